@@ -1,0 +1,329 @@
+//! The chunk store: content-addressed, compressed records in packs, and their index.
+//!
+//! Invariants:
+//! - a record is fsynced (in its pack) before its index row is committed, and an index
+//!   row is committed before any content list or directory object referring to it;
+//! - every read checks the BLAKE3 hash of the plain bytes; a mismatch is `Corrupt`;
+//! - chunks that an ingest or snapshot has looked up or written but not yet committed a
+//!   reference to are *pinned*; GC never deletes a pinned or referenced chunk.
+//!
+//! Lock order: `writer` → `db`; `pins` is a leaf; `cache` and `files` are leaves.
+
+use crate::db::Db;
+use crate::durable::Latch;
+use crate::error::{DbContext, Result, StoreError};
+use crate::format::*;
+use crate::ids::{ChunkId, PackId};
+use crate::pack::{self, Location, PackWriter, RecordHeader};
+use lru::LruCache;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Index row of a chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexEntry {
+    pub pack: PackId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: u8,
+    pub flags: i64,
+}
+
+struct Cache {
+    lru: LruCache<ChunkId, Arc<[u8]>>,
+    bytes: usize,
+    limit: usize,
+}
+
+pub struct ChunkStore {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: Arc<Db>,
+    pub(crate) latch: Arc<Latch>,
+    pub(crate) writer: Mutex<PackWriter>,
+    files: Mutex<HashMap<PackId, Arc<File>>>,
+    cache: Mutex<Cache>,
+    pins: Mutex<HashMap<ChunkId, u32>>,
+    pub(crate) zstd_level: i32,
+}
+
+/// Chunks pinned by one ingest or snapshot; unpinned on drop.
+pub struct Pins<'a> {
+    store: &'a ChunkStore,
+    ids: Mutex<Vec<ChunkId>>,
+}
+
+impl Pins<'_> {
+    /// Pins `id`. Pin before looking a chunk up, so that GC cannot sweep it between
+    /// the lookup and the commit of a reference.
+    pub fn pin(&self, id: ChunkId) {
+        *self.store.pins.lock().unwrap().entry(id).or_insert(0) += 1;
+        self.ids.lock().unwrap().push(id);
+    }
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut p = self.store.pins.lock().unwrap();
+        for id in self.ids.get_mut().unwrap().iter() {
+            if let Some(n) = p.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(id);
+                }
+            }
+        }
+    }
+}
+
+impl ChunkStore {
+    pub fn open(dir: PathBuf, db: Arc<Db>, latch: Arc<Latch>, cache_bytes: usize, zstd_level: i32) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create packs dir", &dir, e))?;
+        let mut max_id = 0u64;
+        for e in std::fs::read_dir(&dir).map_err(|e| StoreError::io("list packs", &dir, e))? {
+            let e = e.map_err(|e| StoreError::io("list packs", &dir, e))?;
+            if let Some(id) = e.file_name().to_str().and_then(pack::pack_id_of) {
+                max_id = max_id.max(id.0);
+            }
+        }
+        let db_max: Option<i64> = db
+            .lock()
+            .query_row("SELECT max(id) FROM packs", [], |r| r.get(0))
+            .ctx("reading pack ids")?;
+        let next = max_id.max(db_max.unwrap_or(0) as u64) + 1;
+        Ok(ChunkStore {
+            writer: Mutex::new(PackWriter::new(dir.clone(), next)),
+            dir,
+            db,
+            latch,
+            files: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                limit: cache_bytes,
+            }),
+            pins: Mutex::new(HashMap::new()),
+            zstd_level,
+        })
+    }
+
+    pub fn pins(&self) -> Pins<'_> {
+        Pins {
+            store: self,
+            ids: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn pinned_snapshot(&self) -> HashSet<ChunkId> {
+        self.pins.lock().unwrap().keys().copied().collect()
+    }
+
+    pub(crate) fn with_pins_locked<T>(&self, f: impl FnOnce(&HashMap<ChunkId, u32>) -> T) -> T {
+        f(&self.pins.lock().unwrap())
+    }
+
+    pub fn lookup(conn: &Connection, id: &ChunkId) -> Result<Option<IndexEntry>> {
+        conn.prepare_cached(
+            "SELECT pack, offset, stored_len, raw_len, kind, flags FROM chunks WHERE id=?1",
+        )
+        .ctx("preparing chunk lookup")?
+        .query_row([&id.0[..]], |r| {
+            Ok(IndexEntry {
+                pack: PackId(r.get::<_, i64>(0)? as u64),
+                offset: r.get::<_, i64>(1)? as u64,
+                stored_len: r.get(2)?,
+                raw_len: r.get(3)?,
+                kind: r.get(4)?,
+                flags: r.get(5)?,
+            })
+        })
+        .optional()
+        .ctx("looking up chunk")
+    }
+
+    /// Whether a healthy copy of `id` is indexed.
+    pub fn has(conn: &Connection, id: &ChunkId) -> Result<bool> {
+        Ok(Self::lookup(conn, id)?.is_some_and(|e| e.flags & CHUNK_DAMAGED == 0))
+    }
+
+    /// Appends a record (compressing when that helps) and returns its location; not
+    /// durable and not indexed until `sync` and `index`.
+    pub fn append(&self, kind: u8, raw: &[u8], compressed: Option<Vec<u8>>, id: ChunkId) -> Result<Location> {
+        self.latch.check()?;
+        let (codec, data): (u8, std::borrow::Cow<[u8]>) = match compressed {
+            Some(c) => (CODEC_ZSTD, c.into()),
+            None => (CODEC_RAW, raw.into()),
+        };
+        let hdr = RecordHeader {
+            kind,
+            codec,
+            raw_len: raw.len() as u32,
+            stored_len: data.len() as u32,
+            id,
+        };
+        self.writer.lock().unwrap().append(&self.latch, hdr, &data)
+    }
+
+    /// Stores one small object (content list or directory), deduplicated, durable and
+    /// indexed when this returns. The caller must hold a pin on `id` until it has
+    /// committed a reference to it.
+    pub fn put_object(&self, kind: u8, raw: &[u8], pins: &Pins<'_>) -> Result<ChunkId> {
+        let id = ChunkId::of(raw);
+        pins.pin(id);
+        if Self::has(&self.db.lock(), &id)? {
+            return Ok(id);
+        }
+        let loc = self.append(kind, raw, pack::compress(raw, self.zstd_level), id)?;
+        self.sync_and_index(&[loc])?;
+        Ok(id)
+    }
+
+    /// fsyncs the packs and then commits index rows for `locs`.
+    pub fn sync_and_index(&self, locs: &[Location]) -> Result<()> {
+        let sealed = self.writer.lock().unwrap().sync(&self.latch)?;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx("begin index commit")?;
+        Self::index_rows(&tx, locs, &sealed)?;
+        tx.commit().ctx("commit chunk index")
+    }
+
+    /// Inserts index rows inside the caller's transaction. A healthy row already present
+    /// is kept; a damaged one is replaced by the new copy (that is how verify damage heals).
+    pub fn index_rows(conn: &Connection, locs: &[Location], sealed: &[PackId]) -> Result<()> {
+        let mut ins = conn
+            .prepare_cached(
+                "INSERT INTO chunks(id, pack, offset, stored_len, raw_len, kind, flags)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0)
+                 ON CONFLICT(id) DO UPDATE SET pack=?2, offset=?3, stored_len=?4, raw_len=?5, flags=0
+                 WHERE flags != 0",
+            )
+            .ctx("preparing index insert")?;
+        let mut packs = HashSet::new();
+        for l in locs {
+            ins.execute(params![
+                &l.id.0[..],
+                l.pack.0 as i64,
+                l.offset as i64,
+                l.stored_len,
+                l.raw_len,
+                l.kind
+            ])
+            .ctx("inserting chunk index row")?;
+            packs.insert(l.pack);
+        }
+        let mut p = conn
+            .prepare_cached("INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 0)")
+            .ctx("preparing pack insert")?;
+        for id in packs {
+            p.execute([id.0 as i64]).ctx("recording pack")?;
+        }
+        for id in sealed {
+            conn.execute(
+                "INSERT INTO packs(id, sealed) VALUES(?1, 1) ON CONFLICT(id) DO UPDATE SET sealed=1",
+                [id.0 as i64],
+            )
+            .ctx("sealing pack")?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pack_file(&self, id: PackId) -> Result<Arc<File>> {
+        if let Some(f) = self.files.lock().unwrap().get(&id) {
+            return Ok(f.clone());
+        }
+        let path = pack::pack_path(&self.dir, id);
+        let f = Arc::new(File::open(&path).map_err(|e| StoreError::io("open pack", &path, e))?);
+        let mut files = self.files.lock().unwrap();
+        if files.len() > 256 {
+            files.clear();
+        }
+        files.insert(id, f.clone());
+        Ok(f)
+    }
+
+    pub(crate) fn forget_pack(&self, id: PackId) {
+        self.files.lock().unwrap().remove(&id);
+    }
+
+    /// Reads and verifies a chunk. `what` names the file (or object) for error messages.
+    pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.cache.lock().unwrap().lru.get(id) {
+            return Ok(b.clone());
+        }
+        // A repack may move the chunk between the lookup and the read: retry once.
+        let mut attempt = 0;
+        let raw = loop {
+            let entry = Self::lookup(&self.db.lock(), id)?;
+            let Some(e) = entry else {
+                return Err(StoreError::Corrupt {
+                    what: what(),
+                    chunk: *id,
+                    detail: "chunk missing from index".into(),
+                });
+            };
+            if e.flags & CHUNK_DAMAGED != 0 {
+                return Err(StoreError::Corrupt {
+                    what: what(),
+                    chunk: *id,
+                    detail: "chunk quarantined by verify".into(),
+                });
+            }
+            let path = pack::pack_path(&self.dir, e.pack);
+            let rec = self
+                .pack_file(e.pack)
+                .and_then(|f| pack::read_record(&f, &path, e.offset, e.stored_len));
+            match rec {
+                Ok((hdr, stored)) => {
+                    if hdr.id != *id {
+                        return Err(StoreError::Corrupt {
+                            what: what(),
+                            chunk: *id,
+                            detail: format!("record at {}:{} holds {}", path.display(), e.offset, hdr.id),
+                        });
+                    }
+                    break pack::decode_payload(&hdr, &stored).map_err(|detail| StoreError::Corrupt {
+                        what: what(),
+                        chunk: *id,
+                        detail: format!("{detail} at {}:{}", path.display(), e.offset),
+                    })?;
+                }
+                Err(err) if attempt == 0 => {
+                    tracing::debug!(%err, chunk = %id, "chunk read failed, retrying after re-lookup");
+                    self.forget_pack(e.pack);
+                    attempt += 1;
+                }
+                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(StoreError::Corrupt {
+                        what: what(),
+                        chunk: *id,
+                        detail: format!("pack {} is truncated", path.display()),
+                    })
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let raw: Arc<[u8]> = raw.into();
+        let mut c = self.cache.lock().unwrap();
+        c.bytes += raw.len();
+        if let Some(old) = c.lru.put(*id, raw.clone()) {
+            c.bytes -= old.len();
+        }
+        while c.bytes > c.limit {
+            match c.lru.pop_lru() {
+                Some((_, v)) => c.bytes -= v.len(),
+                None => break,
+            }
+        }
+        Ok(raw)
+    }
+
+    pub(crate) fn uncache(&self, id: &ChunkId) {
+        let mut c = self.cache.lock().unwrap();
+        if let Some(v) = c.lru.pop(id) {
+            c.bytes -= v.len();
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The SQLite metadata database: schema, opening, and the WAL fsync used by group commit.
+//!
+//! One connection behind a mutex. WAL mode with `synchronous=NORMAL`: a committed
+//! transaction survives a killed process at once, and survives power loss once the WAL
+//! is fsynced, which [`Db::sync_wal`] does for every durable (`sync`) request. The mutex
+//! is always taken last (after staging and pack locks) and never held across I/O on
+//! chunk data.
+
+use crate::durable::Latch;
+use crate::error::{DbContext, Result, StoreError};
+use crate::format::STORE_FORMAT;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS volumes(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT UNIQUE NOT NULL,
+  root INTEGER NOT NULL,
+  created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes(
+  ino INTEGER PRIMARY KEY AUTOINCREMENT,
+  vol INTEGER NOT NULL,
+  parent INTEGER NOT NULL,
+  name BLOB NOT NULL,
+  kind INTEGER NOT NULL,
+  mode INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  gid INTEGER NOT NULL,
+  size INTEGER NOT NULL DEFAULT 0,
+  atime_s INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+  mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+  ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+  content BLOB,
+  target BLOB,
+  tree BLOB,
+  verf BLOB);
+CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name);
+CREATE TABLE IF NOT EXISTS chunks(
+  id BLOB PRIMARY KEY,
+  pack INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  stored_len INTEGER NOT NULL,
+  raw_len INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  flags INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack);
+CREATE TABLE IF NOT EXISTS packs(id INTEGER PRIMARY KEY, sealed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS snapshots(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  vol INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  root BLOB NOT NULL,
+  root_entry BLOB NOT NULL,
+  created_s INTEGER NOT NULL,
+  created_ns INTEGER NOT NULL,
+  logical_bytes INTEGER NOT NULL DEFAULT 0,
+  UNIQUE(vol, name));
+CREATE TABLE IF NOT EXISTS damaged(
+  id BLOB PRIMARY KEY,
+  pack INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  found INTEGER NOT NULL,
+  detail TEXT NOT NULL) WITHOUT ROWID;
+"#;
+
+pub struct Db {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    /// Group commit of WAL fsyncs: (requests served up to, sync in progress).
+    wal_sync: Mutex<(u64, bool)>,
+    wal_cv: Condvar,
+    wal_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path).ctx("opening kura.db")?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;
+             PRAGMA cache_size=-16384; PRAGMA busy_timeout=5000;",
+        )
+        .ctx("setting pragmas")?;
+        conn.execute_batch(SCHEMA).ctx("creating schema")?;
+        let fmt: Option<u32> = conn
+            .query_row("SELECT value FROM meta WHERE key='format'", [], |r| r.get(0))
+            .optional()
+            .ctx("reading store format")?;
+        match fmt {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('format', ?1)",
+                    params![STORE_FORMAT],
+                )
+                .ctx("recording store format")?;
+            }
+            Some(v) if v <= STORE_FORMAT => {}
+            Some(v) => {
+                return Err(StoreError::Format(format!(
+                    "store format {v} is newer than this kura understands ({STORE_FORMAT})"
+                )))
+            }
+        }
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+            wal_sync: Mutex::new((0, false)),
+            wal_cv: Condvar::new(),
+            wal_seq: Default::default(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every transaction committed before this call durable against power loss.
+    /// Concurrent callers share one fsync (group commit).
+    pub fn sync_wal(&self, latch: &Latch) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let my = self.wal_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut g = self.wal_sync.lock().unwrap();
+        loop {
+            if g.0 >= my {
+                return Ok(());
+            }
+            if !g.1 {
+                g.1 = true;
+                let target = self.wal_seq.load(Ordering::Acquire);
+                drop(g);
+                let r = self.fsync_wal(latch);
+                g = self.wal_sync.lock().unwrap();
+                g.1 = false;
+                if r.is_ok() {
+                    g.0 = g.0.max(target);
+                }
+                self.wal_cv.notify_all();
+                r?;
+            } else {
+                g = self.wal_cv.wait(g).unwrap();
+            }
+        }
+    }
+
+    fn fsync_wal(&self, latch: &Latch) -> Result<()> {
+        let wal = self.path.with_extension("db-wal");
+        match std::fs::File::open(&wal) {
+            Ok(f) => latch.sync_file(&f, &wal, true),
+            // No WAL file: everything is checkpointed into the main file, which SQLite
+            // fsyncs during checkpoints.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("open WAL", &wal, e)),
+        }
+    }
+
+    pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+        conn.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
+            .optional()
+            .ctx("reading meta")
+    }
+
+    pub fn meta_set(conn: &Connection, key: &str, v: i64) -> Result<()> {
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value=?2",
+            params![key, v],
+        )
+        .ctx("writing meta")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The one way persistent bytes reach disk, and the latch that stops writes after a
+//! failed fsync (a failed fsync may have dropped dirty pages: retrying it would report
+//! success for data that is gone, so the store refuses writes until reopened).
+
+use crate::error::{Result, StoreError};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Set once any fsync fails; checked by every mutating entry point.
+#[derive(Default)]
+pub struct Latch {
+    failed: AtomicBool,
+    why: Mutex<String>,
+}
+
+impl Latch {
+    pub fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(self.why.lock().unwrap().clone()));
+        }
+        Ok(())
+    }
+
+    fn trip(&self, why: String) {
+        tracing::error!(%why, "fsync failed; store now refuses writes");
+        *self.why.lock().unwrap() = why;
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// fsyncs `file`; a failure trips the latch.
+    pub fn sync_file(&self, file: &File, path: &Path, data_only: bool) -> Result<()> {
+        let r = if data_only {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        r.map_err(|e| {
+            if e.raw_os_error() != Some(libc::ENOSPC) {
+                self.trip(format!("fsync {}: {e}", path.display()));
+            }
+            StoreError::io("fsync", path, e)
+        })
+    }
+
+    /// fsyncs a directory so that entries created or renamed in it are durable.
+    pub fn sync_dir(&self, dir: &Path) -> Result<()> {
+        let f = File::open(dir).map_err(|e| StoreError::io("open directory", dir, e))?;
+        self.sync_file(&f, dir, false)
+    }
+
+    /// Writes `bytes` to `path` atomically: tmp file, fsync, rename, fsync dir.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        self.sync_file(&f, &tmp, false)?;
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", path, e))?;
+        self.sync_dir(path.parent().unwrap_or(Path::new(".")))
+    }
+}

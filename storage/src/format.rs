@@ -1,0 +1,61 @@
+//! On-disk formats of the store, frozen here.
+//!
+//! DO NOT MODIFY the constants or encodings in this file without bumping
+//! [`STORE_FORMAT`] and keeping a reader for the old version: stores written by earlier
+//! versions must keep opening (pinned by `tests/format_golden.rs` and its fixture).
+//!
+//! Layout of a store directory:
+//! ```text
+//! kura.db            SQLite (WAL): volumes, inodes, chunk index, packs, snapshots, damage
+//! packs/<id:016x>.pack   append-only pack files, immutable once another pack is opened
+//! staging/<ino>      landing-zone staging file of a file (sparse)
+//! staging/<ino>.j    range journal of a staging file that overlays ingested content
+//! quarantine/        copies of damaged pack records found by verify
+//! LOCK               flock held by the process that has the store open
+//! ```
+//!
+//! Pack file: `PACK_MAGIC` (8 bytes), then records, each:
+//! `RECORD_MAGIC u32 LE | kind u8 | codec u8 | reserved u16 | raw_len u32 LE |
+//!  stored_len u32 LE | id [32]` (48-byte header) followed by `stored_len` bytes.
+//! `id` is BLAKE3 of the raw (uncompressed) bytes.
+//!
+//! Content list (object kind `KIND_CONTENT`): `CONTENT_MAGIC` then `count u32 LE`, then
+//! `count` entries of `len u32 LE | id [32]`. A file's bytes are the concatenation of the
+//! listed chunks; its size may be larger (the tail reads as zeros) or smaller.
+//!
+//! Directory object (kind `KIND_DIR`): `DIR_MAGIC`, `count u32`, entries sorted by name,
+//! each encoded by `tree::encode_entry`.
+//!
+//! Staging journal: 16-byte records `offset u64 LE | len u64 LE`; `len == u64::MAX` means
+//! "truncated to `offset`".
+
+/// Version of the whole store layout, recorded in the `meta` table.
+pub const STORE_FORMAT: u32 = 1;
+
+pub const PACK_MAGIC: &[u8; 8] = b"KURAPK01";
+pub const RECORD_MAGIC: u32 = 0x4b43_4b31; // "1KCK" little-endian
+pub const RECORD_HEADER_LEN: usize = 48;
+
+pub const KIND_DATA: u8 = 0;
+pub const KIND_CONTENT: u8 = 1;
+pub const KIND_DIR: u8 = 2;
+
+pub const CODEC_RAW: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+pub const CONTENT_MAGIC: &[u8; 4] = b"KCL1";
+pub const DIR_MAGIC: &[u8; 4] = b"KDR1";
+
+pub const JOURNAL_TRUNCATE: u64 = u64::MAX;
+
+/// Chunker parameters. Part of the format in effect: changing them does not break
+/// reading, but it breaks dedup against existing data.
+pub const CHUNK_MIN: u32 = 4 * 1024;
+pub const CHUNK_AVG: u32 = 16 * 1024;
+pub const CHUNK_MAX: u32 = 64 * 1024;
+
+/// Largest a pack grows before a new one is opened.
+pub const PACK_TARGET_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Flag bit in `chunks.flags`: verify found this chunk damaged; reads fail.
+pub const CHUNK_DAMAGED: i64 = 1;

@@ -1,0 +1,318 @@
+//! Garbage collection: mark-and-sweep of the chunk index, then repacking.
+//!
+//! Plan, then apply. `gc_plan` marks every object reachable from the live volumes
+//! (content lists, cached directory trees) and from every snapshot, and lists the index
+//! rows nothing reaches and the packs worth rewriting. `gc` applies it:
+//! 1. under the GC lock held exclusive (ingest and snapshot commits wait), it deletes the
+//!    unreachable index rows, skipping any chunk an ingest has pinned meanwhile;
+//! 2. without that lock, each pack whose live fraction is below the threshold has its
+//!    live records copied to a new pack, fsynced, re-indexed, and only then is the old
+//!    pack file removed. Pack files with no indexed record (left by a crash) are removed.
+//!    The pack currently being appended to is never touched.
+
+use crate::error::{DbContext, Result};
+use crate::format::{KIND_CONTENT, KIND_DIR};
+use crate::ids::{ChunkId, PackId};
+use crate::pack::{self, Location, RecordHeader};
+use crate::store::Store;
+use crate::tree::TreeEntry;
+use rusqlite::params;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Packs whose live bytes are below this fraction of the pack are rewritten.
+    pub repack_below: f64,
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            repack_below: 0.5,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PackUsage {
+    pub pack: PackId,
+    pub file_bytes: u64,
+    pub live_bytes: u64,
+}
+
+/// What a GC would do (or did).
+#[derive(Clone, Debug, Default)]
+pub struct GcPlan {
+    pub reachable: u64,
+    pub unreachable: Vec<ChunkId>,
+    pub unreachable_bytes: u64,
+    pub repack: Vec<PackUsage>,
+    pub remove_packs: Vec<PackId>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    pub plan: GcPlan,
+    pub deleted_chunks: u64,
+    pub repacked_packs: u64,
+    pub removed_packs: u64,
+    pub reclaimed_bytes: u64,
+}
+
+impl Store {
+    /// Every object reachable from live volumes and snapshots.
+    fn mark(&self) -> Result<HashSet<ChunkId>> {
+        let mut marked = HashSet::new();
+        let (contents, trees, roots) = {
+            let conn = self.db.lock();
+            let mut st = conn.prepare("SELECT content, tree FROM inodes WHERE content IS NOT NULL OR tree IS NOT NULL").ctx("gc mark")?;
+            let mut contents = Vec::new();
+            let mut trees = Vec::new();
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)))
+                .ctx("gc mark")?;
+            for r in rows {
+                let (c, t) = r.ctx("gc mark")?;
+                contents.extend(c.and_then(|c| ChunkId::from_slice(&c)));
+                trees.extend(t.and_then(|t| ChunkId::from_slice(&t)));
+            }
+            let mut st = conn.prepare("SELECT root FROM snapshots").ctx("gc mark")?;
+            let roots: Vec<ChunkId> = st
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .ctx("gc mark")?
+                .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b)))
+                .collect();
+            (contents, trees, roots)
+        };
+        for c in contents {
+            self.mark_content(&c, &mut marked)?;
+        }
+        let mut stack: Vec<ChunkId> = trees.into_iter().chain(roots).collect();
+        while let Some(t) = stack.pop() {
+            if !marked.insert(t) {
+                continue;
+            }
+            let entries: std::sync::Arc<Vec<TreeEntry>> = self.dir_object(&t)?;
+            for e in entries.iter() {
+                match (e.attr.kind, e.target_ref) {
+                    (crate::namespace::FileKind::Dir, Some(r)) => stack.push(r),
+                    (_, Some(r)) => self.mark_content(&r, &mut marked)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(marked)
+    }
+
+    fn mark_content(&self, c: &ChunkId, marked: &mut HashSet<ChunkId>) -> Result<()> {
+        if !marked.insert(*c) {
+            return Ok(());
+        }
+        let list = self.content(c)?;
+        marked.extend(list.chunks.iter().map(|(_, id)| *id));
+        Ok(())
+    }
+
+    /// Computes what GC would do, without changing anything.
+    pub fn gc_plan(&self, opts: &GcOptions) -> Result<GcPlan> {
+        let marked = self.mark()?;
+        let pinned = self.chunks.pinned_snapshot();
+        self.plan_from(&marked, &pinned, opts)
+    }
+
+    fn plan_from(&self, marked: &HashSet<ChunkId>, pinned: &HashSet<ChunkId>, opts: &GcOptions) -> Result<GcPlan> {
+        let mut plan = GcPlan::default();
+        let mut live: BTreeMap<PackId, u64> = BTreeMap::new();
+        {
+            let conn = self.db.lock();
+            let mut st = conn.prepare("SELECT id, pack, stored_len FROM chunks").ctx("gc plan")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .ctx("gc plan")?;
+            for r in rows {
+                let (id, p, len) = r.ctx("gc plan")?;
+                let Some(id) = ChunkId::from_slice(&id) else { continue };
+                let bytes = len as u64 + 48;
+                if marked.contains(&id) || pinned.contains(&id) {
+                    plan.reachable += 1;
+                    *live.entry(PackId(p as u64)).or_default() += bytes;
+                } else {
+                    plan.unreachable.push(id);
+                    plan.unreachable_bytes += bytes;
+                }
+            }
+        }
+        let current = self.chunks.writer.lock().unwrap().current();
+        for id in self.pack_ids()? {
+            if Some(id) == current {
+                continue;
+            }
+            let path = pack::pack_path(&self.chunks.dir, id);
+            let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match live.get(&id) {
+                None => plan.remove_packs.push(id),
+                Some(&l) if (l as f64) < opts.repack_below * file_bytes as f64 => plan.repack.push(PackUsage {
+                    pack: id,
+                    file_bytes,
+                    live_bytes: l,
+                }),
+                _ => {}
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Runs garbage collection.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.latch.check()?;
+        let t0 = std::time::Instant::now();
+        let mut report = GcReport::default();
+        {
+            let _excl = self.gc_lock.write().unwrap();
+            let marked = self.mark()?;
+            let pinned = self.chunks.pinned_snapshot();
+            report.plan = self.plan_from(&marked, &pinned, opts)?;
+            if opts.dry_run {
+                return Ok(report);
+            }
+            let mut conn = self.db.lock();
+            let tx = conn.transaction().ctx("begin gc sweep")?;
+            self.chunks.with_pins_locked(|pins| -> Result<()> {
+                let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id=?1").ctx("gc sweep")?;
+                for id in &report.plan.unreachable {
+                    if !pins.contains_key(id) {
+                        del.execute([&id.0[..]]).ctx("gc sweep")?;
+                        report.deleted_chunks += 1;
+                    }
+                }
+                Ok(())
+            })?;
+            tx.commit().ctx("commit gc sweep")?;
+            for id in &report.plan.unreachable {
+                self.chunks.uncache(id);
+            }
+        }
+        // Packs emptied by the sweep are removed; sparse ones are rewritten.
+        let counts = pack_counts(self)?;
+        let current = self.chunks.writer.lock().unwrap().current();
+        for p in self.pack_ids()? {
+            if !counts.contains_key(&p) && Some(p) != current {
+                self.remove_pack(p, &mut report)?;
+            }
+        }
+        for u in report.plan.repack.clone() {
+            self.repack(u.pack, &mut report)?;
+        }
+        self.db.sync_wal(&self.latch)?;
+        tracing::info!(
+            deleted_chunks = report.deleted_chunks,
+            repacked = report.repacked_packs,
+            removed_packs = report.removed_packs,
+            reclaimed = report.reclaimed_bytes,
+            ms = t0.elapsed().as_millis() as u64,
+            "gc done"
+        );
+        Ok(report)
+    }
+
+    /// Pack files on disk.
+    pub(crate) fn pack_ids(&self) -> Result<Vec<PackId>> {
+        let dir = &self.chunks.dir;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(|e| crate::error::StoreError::io("list packs", dir, e))?.flatten() {
+            if let Some(id) = e.file_name().to_str().and_then(pack::pack_id_of) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove_pack(&self, p: PackId, report: &mut GcReport) -> Result<()> {
+        let path = pack::pack_path(&self.chunks.dir, p);
+        // Re-check under the db lock that nothing got indexed into it meanwhile.
+        let conn = self.db.lock();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM chunks WHERE pack=?1", [p.0 as i64], |r| r.get(0))
+            .ctx("gc pack check")?;
+        if n > 0 || Some(p) == self.chunks.writer.lock().unwrap().current() {
+            return Ok(());
+        }
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(&path).map_err(|e| crate::error::StoreError::io("remove pack", &path, e))?;
+        conn.execute("DELETE FROM packs WHERE id=?1", [p.0 as i64]).ctx("gc pack row")?;
+        drop(conn);
+        self.chunks.forget_pack(p);
+        report.removed_packs += 1;
+        report.reclaimed_bytes += len;
+        Ok(())
+    }
+
+    fn repack(&self, p: PackId, report: &mut GcReport) -> Result<()> {
+        let path = pack::pack_path(&self.chunks.dir, p);
+        let rows: Vec<(ChunkId, u64, u32)> = {
+            let conn = self.db.lock();
+            let mut st = conn
+                .prepare("SELECT id, offset, stored_len FROM chunks WHERE pack=?1 AND flags=0")
+                .ctx("repack list")?;
+            let r = st
+                .query_map([p.0 as i64], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?)))
+                .ctx("repack list")?
+                .filter_map(|r| r.ok())
+                .filter_map(|(id, o, l)| Some((ChunkId::from_slice(&id)?, o as u64, l)))
+                .collect();
+            r
+        };
+        let f = self.chunks.pack_file(p)?;
+        let mut locs: Vec<Location> = Vec::new();
+        for (id, off, len) in rows {
+            let (hdr, stored) = pack::read_record(&f, &path, off, len)?;
+            if hdr.id != id || pack::decode_payload(&hdr, &stored).is_err() {
+                // Damaged: leave it where it is for verify to quarantine.
+                tracing::warn!(chunk = %id, pack = %p, "damaged record left in place during repack");
+                return Ok(());
+            }
+            let h = RecordHeader { ..hdr };
+            debug_assert!(matches!(h.kind, 0 | KIND_CONTENT | KIND_DIR));
+            locs.push(self.chunks.writer.lock().unwrap().append(&self.latch, h, &stored)?);
+        }
+        // Seal so the copies are durable and never share a pack with a later ingest.
+        let sealed = self.chunks.writer.lock().unwrap().finish(&self.latch)?;
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction().ctx("begin repack")?;
+            let mut up = tx
+                .prepare_cached("UPDATE chunks SET pack=?2, offset=?3 WHERE id=?1 AND pack=?4")
+                .ctx("repack index")?;
+            for l in &locs {
+                up.execute(params![&l.id.0[..], l.pack.0 as i64, l.offset as i64, p.0 as i64]).ctx("repack index")?;
+            }
+            drop(up);
+            crate::chunk_store::ChunkStore::index_rows(&tx, &[], &sealed)?;
+            for l in &locs {
+                tx.execute("INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 1)", [l.pack.0 as i64]).ctx("repack pack row")?;
+            }
+            tx.commit().ctx("commit repack")?;
+        }
+        report.repacked_packs += 1;
+        let before = report.reclaimed_bytes;
+        self.remove_pack(p, report)?;
+        report.removed_packs -= u64::from(report.reclaimed_bytes != before);
+        let copied: u64 = locs.iter().map(|l| l.stored_len as u64 + 48).sum();
+        report.reclaimed_bytes = before + len.saturating_sub(copied);
+        Ok(())
+    }
+}
+
+/// Counts of index rows per pack, for tests and status.
+pub fn pack_counts(store: &Store) -> Result<HashMap<PackId, u64>> {
+    let conn = store.db.lock();
+    let mut st = conn.prepare("SELECT pack, count(*) FROM chunks GROUP BY pack").ctx("pack counts")?;
+    let rows = st
+        .query_map([], |r| Ok((PackId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64)))
+        .ctx("pack counts")?;
+    rows.collect::<rusqlite::Result<_>>().ctx("pack counts")
+}

@@ -1,0 +1,285 @@
+//! Pack files: append-only containers of compressed chunk records.
+//!
+//! A pack is written by one [`PackWriter`] at a time and never modified after the writer
+//! moves on; GC removes whole packs after copying their live records elsewhere. A record
+//! is referenced only after the pack holding it was fsynced.
+
+use crate::durable::Latch;
+use crate::error::{Result, StoreError};
+use crate::format::*;
+use crate::ids::{ChunkId, PackId};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
+    dir.join(format!("{:016x}.pack", id.0))
+}
+
+/// Parses a pack file name back into its id.
+pub fn pack_id_of(name: &str) -> Option<PackId> {
+    let hex = name.strip_suffix(".pack")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(PackId)
+}
+
+/// Header of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u8,
+    pub codec: u8,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub id: ChunkId,
+}
+
+impl RecordHeader {
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        h[4] = self.kind;
+        h[5] = self.codec;
+        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[16..48].copy_from_slice(self.id.as_bytes());
+        h
+    }
+
+    pub fn decode(h: &[u8]) -> Option<RecordHeader> {
+        if h.len() < RECORD_HEADER_LEN || u32::from_le_bytes(h[0..4].try_into().ok()?) != RECORD_MAGIC
+        {
+            return None;
+        }
+        Some(RecordHeader {
+            kind: h[4],
+            codec: h[5],
+            raw_len: u32::from_le_bytes(h[8..12].try_into().ok()?),
+            stored_len: u32::from_le_bytes(h[12..16].try_into().ok()?),
+            id: ChunkId::from_slice(&h[16..48])?,
+        })
+    }
+}
+
+/// Where a record landed.
+#[derive(Clone, Copy, Debug)]
+pub struct Location {
+    pub id: ChunkId,
+    pub pack: PackId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: u8,
+}
+
+/// Appends records to the current pack and opens the next one when it is full.
+pub struct PackWriter {
+    dir: PathBuf,
+    next_id: u64,
+    cur: Option<OpenPack>,
+    /// Packs closed since the last `sync`, already fsynced; reported as sealed.
+    sealed: Vec<PackId>,
+}
+
+struct OpenPack {
+    id: PackId,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+    /// Whether its directory entry has been fsynced.
+    dir_synced: bool,
+}
+
+impl PackWriter {
+    /// `next_id` must be above every pack id in use, so a pack is never appended to
+    /// after a restart (its tail may be torn).
+    pub fn new(dir: PathBuf, next_id: u64) -> Self {
+        PackWriter {
+            dir,
+            next_id,
+            cur: None,
+            sealed: Vec::new(),
+        }
+    }
+
+    pub fn current(&self) -> Option<PackId> {
+        self.cur.as_ref().map(|p| p.id)
+    }
+
+    fn open_next(&mut self) -> Result<&mut OpenPack> {
+        let id = PackId(self.next_id);
+        self.next_id += 1;
+        let path = pack_path(&self.dir, id);
+        let f = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create pack", &path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(PACK_MAGIC)
+            .map_err(|e| StoreError::io("write pack header", &path, e))?;
+        self.cur = Some(OpenPack {
+            id,
+            path,
+            out,
+            len: PACK_MAGIC.len() as u64,
+            dir_synced: false,
+        });
+        Ok(self.cur.as_mut().unwrap())
+    }
+
+    /// Appends a record. On any error the current pack is abandoned (its tail may be
+    /// partial), so later appends start a fresh pack.
+    pub fn append(&mut self, latch: &Latch, hdr: RecordHeader, data: &[u8]) -> Result<Location> {
+        if self
+            .cur
+            .as_ref()
+            .is_some_and(|p| p.len + (RECORD_HEADER_LEN + data.len()) as u64 > PACK_TARGET_SIZE)
+        {
+            self.seal(latch)?;
+        }
+        if self.cur.is_none() {
+            self.open_next()?;
+        }
+        let p = self.cur.as_mut().unwrap();
+        let offset = p.len;
+        let r = p
+            .out
+            .write_all(&hdr.encode())
+            .and_then(|_| p.out.write_all(data));
+        if let Err(e) = r {
+            let path = p.path.clone();
+            self.cur = None;
+            return Err(StoreError::io("append to pack", path, e));
+        }
+        p.len += (RECORD_HEADER_LEN + data.len()) as u64;
+        Ok(Location {
+            id: hdr.id,
+            pack: p.id,
+            offset,
+            stored_len: hdr.stored_len,
+            raw_len: hdr.raw_len,
+            kind: hdr.kind,
+        })
+    }
+
+    fn seal(&mut self, latch: &Latch) -> Result<()> {
+        if let Some(p) = self.cur.take() {
+            let id = p.id;
+            Self::sync_open(latch, &self.dir, p)?;
+            self.sealed.push(id);
+        }
+        Ok(())
+    }
+
+    fn sync_open(latch: &Latch, dir: &Path, mut p: OpenPack) -> Result<OpenPack> {
+        if let Err(e) = p.out.flush() {
+            return Err(StoreError::io("flush pack", &p.path, e));
+        }
+        latch.sync_file(p.out.get_ref(), &p.path, true)?;
+        if !p.dir_synced {
+            latch.sync_dir(dir)?;
+            p.dir_synced = true;
+        }
+        Ok(p)
+    }
+
+    /// Makes every appended record durable. Returns the packs sealed since the last call.
+    pub fn sync(&mut self, latch: &Latch) -> Result<Vec<PackId>> {
+        if let Some(p) = self.cur.take() {
+            match Self::sync_open(latch, &self.dir, p) {
+                Ok(p) => self.cur = Some(p),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(std::mem::take(&mut self.sealed))
+    }
+
+    /// Closes the current pack so that nothing appends to it again (used by GC so that
+    /// repacked chunks never share a pack with a half-written ingest).
+    pub fn finish(&mut self, latch: &Latch) -> Result<Vec<PackId>> {
+        self.seal(latch)?;
+        Ok(std::mem::take(&mut self.sealed))
+    }
+}
+
+/// Reads one record at `offset`; checks the header against `id` when given.
+pub fn read_record(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    stored_len: u32,
+) -> Result<(RecordHeader, Vec<u8>)> {
+    let mut buf = vec![0u8; RECORD_HEADER_LEN + stored_len as usize];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| StoreError::io("read pack record", path, e))?;
+    let hdr = RecordHeader::decode(&buf[..RECORD_HEADER_LEN]).ok_or_else(|| {
+        StoreError::Format(format!("bad record header at {}:{offset}", path.display()))
+    })?;
+    buf.drain(..RECORD_HEADER_LEN);
+    Ok((hdr, buf))
+}
+
+/// Decodes a record's payload to plain bytes and checks its hash.
+pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if stored.len() != hdr.stored_len as usize {
+        return Err(format!(
+            "stored length {} != header {}",
+            stored.len(),
+            hdr.stored_len
+        ));
+    }
+    let raw = match hdr.codec {
+        CODEC_RAW => stored.to_vec(),
+        CODEC_ZSTD => zstd::bulk::decompress(stored, hdr.raw_len as usize)
+            .map_err(|e| format!("zstd: {e}"))?,
+        c => return Err(format!("unknown codec {c}")),
+    };
+    if raw.len() != hdr.raw_len as usize {
+        return Err(format!("raw length {} != header {}", raw.len(), hdr.raw_len));
+    }
+    if ChunkId::of(&raw) != hdr.id {
+        return Err("BLAKE3 mismatch".into());
+    }
+    Ok(raw)
+}
+
+/// Compresses `raw` with zstd at `level`; returns None when that does not shrink it.
+pub fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    let c = zstd::bulk::compress(raw, level).ok()?;
+    (c.len() < raw.len()).then_some(c)
+}
+
+/// Iterates the records of a whole pack file (for verify and repack), tolerating a torn
+/// tail: it stops at the first header that does not parse or runs past the end.
+pub fn scan(path: &Path) -> Result<Vec<(u64, RecordHeader)>> {
+    let f = File::open(path).map_err(|e| StoreError::io("open pack", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| StoreError::io("stat pack", path, e))?
+        .len();
+    let mut out = Vec::new();
+    let mut magic = [0u8; 8];
+    if f.read_exact_at(&mut magic, 0).is_err() || &magic != PACK_MAGIC {
+        return Ok(out);
+    }
+    let mut off = PACK_MAGIC.len() as u64;
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    while off + RECORD_HEADER_LEN as u64 <= len {
+        if f.read_exact_at(&mut h, off).is_err() {
+            break;
+        }
+        let Some(hdr) = RecordHeader::decode(&h) else {
+            break;
+        };
+        let next = off + (RECORD_HEADER_LEN as u64) + hdr.stored_len as u64;
+        if next > len {
+            break;
+        }
+        out.push((off, hdr));
+        off = next;
+    }
+    Ok(out)
+}

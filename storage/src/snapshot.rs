@@ -1,0 +1,335 @@
+//! Snapshots: immutable, content-addressed trees of a volume, and clones of them.
+//!
+//! `Store::snapshot` ingests what is staged in the volume, then (in one transaction,
+//! under the GC lock shared) re-encodes only the directories whose cached tree id was
+//! cleared since the last snapshot, bottom-up, and records the root. Its cost grows with
+//! the changed directories, not with the volume. Readers walk directory objects; they
+//! never touch the live namespace.
+
+use crate::chunk_store::ChunkStore;
+use crate::error::{DbContext, Result, StoreError};
+use crate::format::KIND_DIR;
+use crate::ids::{ChunkId, FileId, SnapshotId, VolumeId};
+use crate::namespace::{self, FileKind, NewAttr, Timespec};
+use crate::pack::{self, Location};
+use crate::store::{check_volume_name, Store, Volume};
+use crate::tree::{self, TreeEntry};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
+
+/// A recorded snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    pub volume: String,
+    pub name: String,
+    pub created: Timespec,
+    pub root: ChunkId,
+    /// Sum of file sizes in the snapshot.
+    pub logical_bytes: u64,
+}
+
+struct Builder<'a> {
+    store: &'a Store,
+    conn: &'a Connection,
+    locs: Vec<Location>,
+    dirs_encoded: u64,
+}
+
+impl Builder<'_> {
+    fn put(&mut self, raw: &[u8]) -> Result<ChunkId> {
+        let id = ChunkId::of(raw);
+        if !ChunkStore::has(self.conn, &id)? && !self.locs.iter().any(|l| l.id == id) {
+            let comp = pack::compress(raw, self.store.opts.zstd_level);
+            self.locs.push(self.store.chunks.append(KIND_DIR, raw, comp, id)?);
+        }
+        Ok(id)
+    }
+
+    /// Tree id of directory `ino`, re-encoding it (and dirty subdirectories) if needed.
+    fn build(&mut self, ino: FileId) -> Result<ChunkId> {
+        let d = namespace::get(self.conn, ino)?;
+        if let Some(t) = d.tree {
+            return Ok(t);
+        }
+        let mut children = namespace::children(self.conn, ino)?;
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut entries = Vec::with_capacity(children.len());
+        for c in children {
+            let target_ref = match c.attr.kind {
+                FileKind::Dir => Some(self.build(c.attr.ino)?),
+                FileKind::File => c.content,
+                FileKind::Symlink => None,
+            };
+            entries.push(TreeEntry {
+                name: c.name,
+                attr: c.attr,
+                target_ref,
+                link: c.link,
+            });
+        }
+        let id = self.put(&tree::encode_dir(&entries))?;
+        self.conn
+            .execute("UPDATE inodes SET tree=?2 WHERE ino=?1", params![ino.0 as i64, &id.0[..]])
+            .ctx("caching directory tree id")?;
+        self.dirs_encoded += 1;
+        Ok(id)
+    }
+}
+
+fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
+    Ok(SnapshotInfo {
+        id: SnapshotId(r.get::<_, i64>(0)? as u64),
+        volume: r.get(1)?,
+        name: r.get(2)?,
+        root: ChunkId::from_slice(&r.get::<_, Vec<u8>>(3)?).unwrap_or(ChunkId([0; 32])),
+        created: Timespec {
+            sec: r.get(4)?,
+            nsec: r.get::<_, i64>(5)? as u32,
+        },
+        logical_bytes: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+const INFO_SQL: &str = "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes
+                        FROM snapshots s JOIN volumes v ON v.id = s.vol";
+
+impl Store {
+    /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
+    /// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
+    pub fn snapshot(&self, vol: &str, name: &str) -> Result<SnapshotInfo> {
+        self.latch.check()?;
+        check_volume_name(name)?;
+        let v = self.volume(vol)?;
+        let t0 = std::time::Instant::now();
+        let mut tries = 0;
+        loop {
+            self.ingest_all(Some(v.id))?;
+            let still = {
+                let conn = self.db.lock();
+                self.staging
+                    .all()
+                    .iter()
+                    .filter(|s| namespace::get_opt(&conn, s.ino).ok().flatten().is_some_and(|i| i.vol == v.id))
+                    .count()
+            };
+            if still == 0 {
+                break;
+            }
+            tries += 1;
+            if tries >= 5 {
+                return Err(StoreError::Invalid(format!(
+                    "volume {vol}: {still} files kept changing during the snapshot; freeze writers first"
+                )));
+            }
+        }
+        let _gc = self.gc_lock.read().unwrap();
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx("begin snapshot")?;
+        if tx
+            .query_row("SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2", params![v.id.0 as i64, name], |_| Ok(()))
+            .optional()
+            .ctx("checking snapshot name")?
+            .is_some()
+        {
+            return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
+        }
+        let mut b = Builder {
+            store: self,
+            conn: &tx,
+            locs: Vec::new(),
+            dirs_encoded: 0,
+        };
+        let root_tree = b.build(v.root)?;
+        let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
+        let root = namespace::get(&tx, v.root)?;
+        let root_entry = TreeEntry {
+            name: Vec::new(),
+            attr: root.attr,
+            target_ref: Some(root_tree),
+            link: Vec::new(),
+        };
+        let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
+        ChunkStore::index_rows(&tx, &locs, &sealed)?;
+        let logical: i64 = tx
+            .query_row("SELECT coalesce(sum(size),0) FROM inodes WHERE vol=?1 AND kind=1", [v.id.0 as i64], |r| r.get(0))
+            .ctx("summing snapshot size")?;
+        let now = Timespec::now();
+        tx.execute(
+            "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns, logical_bytes)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![v.id.0 as i64, name, &root_tree.0[..], tree::encode_entry_alone(&root_entry), now.sec, now.nsec, logical],
+        )
+        .ctx("recording snapshot")?;
+        let id = SnapshotId(tx.last_insert_rowid() as u64);
+        tx.commit().ctx("commit snapshot")?;
+        drop(conn);
+        self.db.sync_wal(&self.latch)?;
+        tracing::info!(volume = vol, snapshot = name, dirs_encoded, ms = t0.elapsed().as_millis() as u64, "snapshot created");
+        Ok(SnapshotInfo {
+            id,
+            volume: vol.to_owned(),
+            name: name.to_owned(),
+            created: now,
+            root: root_tree,
+            logical_bytes: logical as u64,
+        })
+    }
+
+    /// Snapshots of one volume (or all), oldest first.
+    pub fn snapshots(&self, vol: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let conn = self.db.lock();
+        let mut st = conn
+            .prepare(&format!("{INFO_SQL} WHERE ?1 IS NULL OR v.name = ?1 ORDER BY s.created_s, s.created_ns, s.id"))
+            .ctx("listing snapshots")?;
+        let rows = st.query_map([vol], row_to_info).ctx("listing snapshots")?;
+        rows.collect::<rusqlite::Result<_>>().ctx("listing snapshots")
+    }
+
+    fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
+        let conn = self.db.lock();
+        let r = conn
+            .query_row(
+                &format!("SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes, s.root_entry
+                          FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE v.name=?1 AND s.name=?2"),
+                params![vol, name],
+                |r| Ok((row_to_info(r)?, r.get::<_, Vec<u8>>(7)?)),
+            )
+            .optional()
+            .ctx("reading snapshot")?;
+        let (info, entry) = r.ok_or_else(|| StoreError::NotFound(format!("snapshot {vol}@{name}")))?;
+        Ok((info, tree::decode_entry_alone(&entry)?))
+    }
+
+    /// Deletes a snapshot record; its data goes at the next GC.
+    pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {
+        self.latch.check()?;
+        let (info, _) = self.snapshot_row(vol, name)?;
+        let _gc = self.gc_lock.read().unwrap();
+        self.db
+            .lock()
+            .execute("DELETE FROM snapshots WHERE id=?1", [info.id.0 as i64])
+            .ctx("deleting snapshot")?;
+        self.db.sync_wal(&self.latch)?;
+        tracing::info!(volume = vol, snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    /// The root directory entry of a snapshot.
+    pub fn snapshot_root(&self, vol: &str, name: &str) -> Result<TreeEntry> {
+        Ok(self.snapshot_row(vol, name)?.1)
+    }
+
+    /// Entries of a snapshot directory, sorted by name.
+    pub fn snap_dir(&self, dir: &TreeEntry) -> Result<Arc<Vec<TreeEntry>>> {
+        if dir.attr.kind != FileKind::Dir {
+            return Err(StoreError::NotDir(String::from_utf8_lossy(&dir.name).into_owned()));
+        }
+        let id = dir.target_ref.ok_or_else(|| StoreError::Format("directory entry without tree".into()))?;
+        self.dir_object(&id)
+    }
+
+    pub(crate) fn dir_object(&self, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
+        if let Some(d) = self.dir_cache.lock().unwrap().get(id) {
+            return Ok(d.clone());
+        }
+        let raw = self.chunks.get(id, &|| format!("directory object {id}"))?;
+        let d = Arc::new(tree::decode_dir(&raw)?);
+        self.dir_cache.lock().unwrap().put(*id, d.clone());
+        Ok(d)
+    }
+
+    pub fn snap_lookup(&self, dir: &TreeEntry, name: &[u8]) -> Result<TreeEntry> {
+        let entries = self.snap_dir(dir)?;
+        entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .map(|i| entries[i].clone())
+            .map_err(|_| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))
+    }
+
+    /// Reads a file of a snapshot.
+    pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        if f.attr.kind != FileKind::File {
+            return Err(StoreError::IsDir(String::from_utf8_lossy(&f.name).into_owned()));
+        }
+        let size = f.attr.size;
+        let n = size.saturating_sub(off).min(len as u64) as usize;
+        let mut buf = vec![0u8; n];
+        if let Some(c) = f.target_ref {
+            let name = String::from_utf8_lossy(&f.name).into_owned();
+            self.read_content(&c, off, &mut buf, &|| format!("snapshot file {name}"))?;
+        }
+        Ok((buf, off + n as u64 >= size))
+    }
+
+    /// Makes a new writable volume from a snapshot. Data is shared, not copied; only
+    /// inode rows are written.
+    pub fn clone_snapshot(&self, vol: &str, snap: &str, new_vol: &str) -> Result<Volume> {
+        self.latch.check()?;
+        check_volume_name(new_vol)?;
+        let (_, root) = self.snapshot_row(vol, snap)?;
+        // Read the whole tree first (chunk reads take the db lock).
+        let mut plan: Vec<(usize, TreeEntry)> = Vec::new();
+        let mut stack = vec![(usize::MAX, root.clone())];
+        while let Some((parent_idx, e)) = stack.pop() {
+            let idx = plan.len();
+            plan.push((parent_idx, e.clone()));
+            if e.attr.kind == FileKind::Dir {
+                for c in self.snap_dir(&e)?.iter() {
+                    stack.push((idx, c.clone()));
+                }
+            }
+        }
+        let _gc = self.gc_lock.read().unwrap();
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx("begin clone")?;
+        if tx
+            .query_row("SELECT 1 FROM volumes WHERE name=?1", [new_vol], |_| Ok(()))
+            .optional()
+            .ctx("checking volume")?
+            .is_some()
+        {
+            return Err(StoreError::Exists(format!("volume {new_vol}")));
+        }
+        let now = Timespec::now();
+        tx.execute("INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)", params![new_vol, now.sec])
+            .ctx("inserting volume")?;
+        let vid = VolumeId(tx.last_insert_rowid() as u64);
+        let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
+        for (parent_idx, e) in &plan {
+            let parent = if *parent_idx == usize::MAX { FileId(0) } else { new_ids[*parent_idx] };
+            let name: &[u8] = if *parent_idx == usize::MAX { new_vol.as_bytes() } else { &e.name };
+            let a = e.attr;
+            let (content, tree) = match a.kind {
+                FileKind::Dir => (None, e.target_ref),
+                _ => (e.target_ref, None),
+            };
+            let ino = namespace::insert(
+                &tx,
+                vid,
+                parent,
+                name,
+                a.kind,
+                NewAttr { mode: a.mode, uid: a.uid, gid: a.gid },
+                a.size,
+                [a.atime, a.mtime, a.ctime],
+                content,
+                &e.link,
+                tree,
+                None,
+            )?;
+            new_ids.push(ino);
+        }
+        tx.execute("UPDATE volumes SET root=?2 WHERE id=?1", params![vid.0 as i64, new_ids[0].0 as i64])
+            .ctx("setting clone root")?;
+        tx.commit().ctx("commit clone")?;
+        drop(conn);
+        self.db.sync_wal(&self.latch)?;
+        tracing::info!(volume = vol, snapshot = snap, clone = new_vol, inodes = plan.len(), "snapshot cloned");
+        Ok(Volume {
+            id: vid,
+            name: new_vol.to_owned(),
+            root: new_ids[0],
+        })
+    }
+}

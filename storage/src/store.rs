@@ -1,0 +1,566 @@
+//! The `Store` facade: the one type the NFS layer and the appliance use.
+
+use crate::chunk_store::ChunkStore;
+use crate::chunker::ChunkerParams;
+use crate::content::ContentList;
+use crate::db::Db;
+use crate::durable::Latch;
+use crate::error::{DbContext, Result, StoreError};
+use crate::ids::{ChunkId, FileId, VolumeId};
+use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
+use crate::staging::{Staged, Staging};
+use crate::tree::TreeEntry;
+use lru::LruCache;
+use rusqlite::{params, OptionalExtension};
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Tunables of an open store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of decompressed chunks kept for reads.
+    pub cache_bytes: usize,
+    /// zstd level for new chunks.
+    pub zstd_level: i32,
+    pub chunker: ChunkerParams,
+    /// Threads that hash and compress during ingest.
+    pub ingest_threads: usize,
+    /// Size of the ingest read buffer (bounds ingest memory together with the threads).
+    pub ingest_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 << 20,
+            zstd_level: 3,
+            chunker: ChunkerParams::default(),
+            ingest_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            ingest_buffer: 8 << 20,
+        }
+    }
+}
+
+/// A named export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub name: String,
+    pub root: FileId,
+}
+
+/// One directory entry of the live tree.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+pub struct Store {
+    pub(crate) root: PathBuf,
+    pub(crate) db: Arc<Db>,
+    pub(crate) latch: Arc<Latch>,
+    pub(crate) chunks: ChunkStore,
+    pub(crate) staging: Staging,
+    pub(crate) opts: StoreOptions,
+    content_cache: Mutex<LruCache<ChunkId, Arc<ContentList>>>,
+    pub(crate) dir_cache: Mutex<LruCache<ChunkId, Arc<Vec<TreeEntry>>>>,
+    /// Ingest and snapshot commits take it shared; GC's mark-and-sweep takes it exclusive.
+    pub(crate) gc_lock: RwLock<()>,
+    /// One ingest at a time (each uses all ingest threads).
+    pub(crate) ingest_lock: Mutex<()>,
+    pub(crate) pool: rayon::ThreadPool,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`. Only one process may have it open.
+    pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|e| StoreError::io("create store dir", &root, e))?;
+        let lock_path = root.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("open lock file", &lock_path, e))?;
+        // SAFETY: flock on a valid fd owned by `lock`.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Invalid(format!(
+                "store {} is already open by another process",
+                root.display()
+            )));
+        }
+        for d in ["quarantine"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| StoreError::io("create dir", &p, e))?;
+        }
+        let latch = Arc::new(Latch::default());
+        let db = Arc::new(Db::open(&root.join("kura.db"))?);
+        let chunks = ChunkStore::open(root.join("packs"), db.clone(), latch.clone(), opts.cache_bytes, opts.zstd_level)?;
+        let staging = Staging::open(root.join("staging"))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.ingest_threads.max(1))
+            .thread_name(|i| format!("kura-ingest-{i}"))
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("ingest thread pool: {e}")))?;
+        let store = Store {
+            root,
+            db,
+            latch,
+            chunks,
+            staging,
+            opts,
+            content_cache: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
+            dir_cache: Mutex::new(LruCache::new(NonZeroUsize::new(1024).unwrap())),
+            gc_lock: RwLock::new(()),
+            ingest_lock: Mutex::new(()),
+            pool,
+            _lock: lock,
+        };
+        let recovered = store.staging.recover(&|ino| {
+            let conn = store.db.lock();
+            Ok(namespace::get_opt(&conn, ino)?
+                .filter(|i| i.attr.kind == FileKind::File)
+                .map(|i| (i.content, i.attr.size, i.attr.mtime)))
+        })?;
+        if recovered > 0 {
+            tracing::info!(store = %store.root.display(), files = recovered, "recovered staged files");
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    // ------------------------------------------------------------------ volumes
+
+    /// Creates a volume (an export) with an empty root directory owned as given.
+    pub fn create_volume(&self, name: &str, root: NewAttr) -> Result<Volume> {
+        self.latch.check()?;
+        check_volume_name(name)?;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx("begin create volume")?;
+        if tx
+            .query_row("SELECT 1 FROM volumes WHERE name=?1", [name], |_| Ok(()))
+            .optional()
+            .ctx("checking volume")?
+            .is_some()
+        {
+            return Err(StoreError::Exists(format!("volume {name}")));
+        }
+        let now = Timespec::now();
+        tx.execute(
+            "INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)",
+            params![name, now.sec],
+        )
+        .ctx("inserting volume")?;
+        let vol = VolumeId(tx.last_insert_rowid() as u64);
+        let root_ino = namespace::insert(
+            &tx,
+            vol,
+            FileId(0),
+            name.as_bytes(),
+            FileKind::Dir,
+            root,
+            0,
+            [now; 3],
+            None,
+            b"",
+            None,
+            None,
+        )?;
+        tx.execute("UPDATE volumes SET root=?2 WHERE id=?1", params![vol.0 as i64, root_ino.0 as i64])
+            .ctx("setting volume root")?;
+        tx.commit().ctx("commit create volume")?;
+        drop(conn);
+        self.db.sync_wal(&self.latch)?;
+        tracing::info!(volume = name, "volume created");
+        Ok(Volume {
+            id: vol,
+            name: name.to_owned(),
+            root: root_ino,
+        })
+    }
+
+    pub fn volumes(&self) -> Result<Vec<Volume>> {
+        let conn = self.db.lock();
+        let mut st = conn
+            .prepare("SELECT id, name, root FROM volumes ORDER BY name")
+            .ctx("listing volumes")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Volume {
+                    id: VolumeId(r.get::<_, i64>(0)? as u64),
+                    name: r.get(1)?,
+                    root: FileId(r.get::<_, i64>(2)? as u64),
+                })
+            })
+            .ctx("listing volumes")?;
+        rows.collect::<rusqlite::Result<_>>().ctx("listing volumes")
+    }
+
+    pub fn volume(&self, name: &str) -> Result<Volume> {
+        self.volumes()?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| StoreError::NotFound(format!("volume {name}")))
+    }
+
+    // ------------------------------------------------------------------ metadata
+
+    /// Attributes; a staged file reports its staged size and mtime.
+    pub fn getattr(&self, ino: FileId) -> Result<Attr> {
+        let i = namespace::get(&self.db.lock(), ino)?;
+        Ok(self.overlay_attr(i.attr))
+    }
+
+    fn overlay_attr(&self, mut a: Attr) -> Attr {
+        if a.kind == FileKind::File {
+            if let Some(s) = self.staging.get(a.ino) {
+                let g = s.lock();
+                if !g.dropped {
+                    a.size = g.size;
+                    a.mtime = a.mtime.max(g.mtime);
+                    a.ctime = a.ctime.max(g.mtime);
+                }
+            }
+        }
+        a
+    }
+
+    /// The volume a file belongs to, and its parent (0 for a volume root).
+    pub fn inode(&self, ino: FileId) -> Result<Inode> {
+        let mut i = namespace::get(&self.db.lock(), ino)?;
+        i.attr = self.overlay_attr(i.attr);
+        Ok(i)
+    }
+
+    pub fn lookup(&self, dir: FileId, name: &[u8]) -> Result<Attr> {
+        let conn = self.db.lock();
+        namespace::dir(&conn, dir)?;
+        let i = namespace::lookup(&conn, dir, name)?
+            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        drop(conn);
+        Ok(self.overlay_attr(i.attr))
+    }
+
+    fn mutate<T>(&self, what: &str, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.latch.check()?;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx(what)?;
+        let r = f(&tx)?;
+        tx.commit().ctx(what)?;
+        Ok(r)
+    }
+
+    pub fn create(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<Attr> {
+        self.mutate("create file", |tx| Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr))
+    }
+
+    /// Exclusive create (NFS EXCLUSIVE): a retry with the same verifier succeeds.
+    pub fn create_exclusive(&self, dir: FileId, name: &[u8], attr: NewAttr, verf: [u8; 8]) -> Result<Attr> {
+        self.mutate("exclusive create", |tx| {
+            if let Some(i) = namespace::lookup(tx, dir, name)? {
+                if i.verf == Some(verf) {
+                    return Ok(i.attr);
+                }
+                return Err(StoreError::Exists(String::from_utf8_lossy(name).into_owned()));
+            }
+            Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", Some(verf))?.attr)
+        })
+    }
+
+    pub fn mkdir(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<Attr> {
+        self.mutate("mkdir", |tx| Ok(namespace::create(tx, dir, name, FileKind::Dir, attr, b"", None)?.attr))
+    }
+
+    pub fn symlink(&self, dir: FileId, name: &[u8], target: &[u8], attr: NewAttr) -> Result<Attr> {
+        if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+            return Err(StoreError::Invalid("symlink target must be 1-4096 bytes without NUL".into()));
+        }
+        self.mutate("symlink", |tx| Ok(namespace::create(tx, dir, name, FileKind::Symlink, attr, target, None)?.attr))
+    }
+
+    pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>> {
+        let i = namespace::get(&self.db.lock(), ino)?;
+        if i.attr.kind != FileKind::Symlink {
+            return Err(StoreError::Invalid(format!("file id {ino} is not a symlink")));
+        }
+        Ok(i.link)
+    }
+
+    pub fn remove(&self, dir: FileId, name: &[u8]) -> Result<()> {
+        let victim = self.mutate("remove", |tx| namespace::remove(tx, dir, name, false))?;
+        self.forget_staging(victim.attr.ino)
+    }
+
+    pub fn rmdir(&self, dir: FileId, name: &[u8]) -> Result<()> {
+        self.mutate("rmdir", |tx| namespace::remove(tx, dir, name, true)).map(|_| ())
+    }
+
+    pub fn rename(&self, from: FileId, from_name: &[u8], to: FileId, to_name: &[u8]) -> Result<()> {
+        let replaced = self.mutate("rename", |tx| namespace::rename(tx, from, from_name, to, to_name))?;
+        if let Some(r) = replaced {
+            self.forget_staging(r.attr.ino)?;
+        }
+        Ok(())
+    }
+
+    fn forget_staging(&self, ino: FileId) -> Result<()> {
+        if let Some(s) = self.staging.get(ino) {
+            let mut g = s.lock();
+            g.dropped = true;
+            self.staging.drop_file(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: FileId, s: SetAttr) -> Result<Attr> {
+        self.latch.check()?;
+        if let Some(size) = s.size {
+            self.truncate(ino, size)?;
+        }
+        let has_other = s.mode.is_some() || s.uid.is_some() || s.gid.is_some() || s.atime.is_some() || s.mtime.is_some();
+        if has_other {
+            self.mutate("setattr", |tx| namespace::set_attr(tx, ino, &s))?;
+            if let (Some(m), Some(st)) = (s.mtime, self.staging.get(ino)) {
+                st.lock().mtime = m;
+            }
+        }
+        self.getattr(ino)
+    }
+
+    fn truncate(&self, ino: FileId, size: u64) -> Result<()> {
+        loop {
+            let st = match self.staging.get(ino) {
+                Some(st) => st,
+                None => {
+                    let i = namespace::get(&self.db.lock(), ino)?;
+                    if i.attr.kind != FileKind::File {
+                        return Err(StoreError::IsDir(format!("file id {ino}")));
+                    }
+                    if i.content.is_none() {
+                        // Nothing ingested: the size alone describes the file.
+                        return self.mutate("truncate", |tx| namespace::set_content(tx, ino, None, size, Some(Timespec::now())));
+                    }
+                    self.start_staging(&i)?
+                }
+            };
+            match st.truncate(size) {
+                Err(StoreError::Raced(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn start_staging(&self, i: &Inode) -> Result<Arc<Staged>> {
+        let base = match i.content {
+            Some(c) => Some((c, self.content(&c)?.len())),
+            None => None,
+        };
+        self.staging.start(i.attr.ino, base, i.attr.size, i.attr.mtime)
+    }
+
+    pub fn readdir(&self, dir: FileId, cookie: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        let rows = namespace::readdir(&self.db.lock(), dir, cookie, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|i| DirEntry {
+                name: i.name,
+                attr: self.overlay_attr(i.attr),
+            })
+            .collect())
+    }
+
+    // ------------------------------------------------------------------ data
+
+    /// Writes into the landing zone. Survives a killed daemon once this returns; call
+    /// [`Store::sync`] for durability against power loss.
+    pub fn write(&self, ino: FileId, off: u64, data: &[u8]) -> Result<()> {
+        self.latch.check()?;
+        loop {
+            let st = match self.staging.get(ino) {
+                Some(st) => st,
+                None => {
+                    let i = namespace::get(&self.db.lock(), ino)?;
+                    if i.attr.kind != FileKind::File {
+                        return Err(if i.attr.kind == FileKind::Dir {
+                            StoreError::IsDir(format!("file id {ino}"))
+                        } else {
+                            StoreError::Invalid(format!("file id {ino} is not a regular file"))
+                        });
+                    }
+                    self.start_staging(&i)?
+                }
+            };
+            match st.write(off, data) {
+                Err(StoreError::Raced(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Makes a file's acknowledged writes, and all metadata changes, durable.
+    pub fn sync(&self, ino: FileId) -> Result<()> {
+        self.latch.check()?;
+        if let Some(st) = self.staging.get(ino) {
+            st.sync(&self.latch, &self.staging.dir)?;
+        }
+        self.db.sync_wal(&self.latch)
+    }
+
+    /// Makes everything durable (used at shutdown and by snapshots).
+    pub fn sync_all(&self) -> Result<()> {
+        for st in self.staging.all() {
+            st.sync(&self.latch, &self.staging.dir)?;
+        }
+        self.db.sync_wal(&self.latch)
+    }
+
+    /// Reads up to `len` bytes at `off`. Returns the bytes and whether EOF was reached.
+    pub fn read(&self, ino: FileId, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        loop {
+            if let Some(st) = self.staging.get(ino) {
+                let g = st.lock();
+                if g.dropped {
+                    continue;
+                }
+                let size = g.size;
+                let n = size.saturating_sub(off).min(len as u64) as usize;
+                let mut buf = vec![0u8; n];
+                let what = || format!("file id {ino}");
+                st.read_into(&g, off, &mut buf, &|c, o, b| self.read_content(&c, o, b, &what))?;
+                return Ok((buf, off + n as u64 >= size));
+            }
+            let i = namespace::get(&self.db.lock(), ino)?;
+            if i.attr.kind != FileKind::File {
+                return Err(StoreError::IsDir(format!("file id {ino}")));
+            }
+            let size = i.attr.size;
+            let n = size.saturating_sub(off).min(len as u64) as usize;
+            let mut buf = vec![0u8; n];
+            if let Some(c) = i.content {
+                let what = || self.describe(ino);
+                self.read_content(&c, off, &mut buf, &what)?;
+            }
+            return Ok((buf, off + n as u64 >= size));
+        }
+    }
+
+    /// Human-readable path of a live file for error messages.
+    pub fn describe(&self, ino: FileId) -> String {
+        let conn = self.db.lock();
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            match namespace::get_opt(&conn, cur) {
+                Ok(Some(i)) if i.parent.0 != 0 => {
+                    parts.push(String::from_utf8_lossy(&i.name).into_owned());
+                    cur = i.parent;
+                }
+                Ok(Some(i)) => {
+                    parts.push(String::from_utf8_lossy(&i.name).into_owned());
+                    break;
+                }
+                _ => return format!("file id {ino}"),
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    /// Fills `buf` from content `c` starting at `off`; bytes past the content are zeros.
+    pub(crate) fn read_content(&self, c: &ChunkId, off: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        let list = self.content(c)?;
+        buf.fill(0);
+        let mut pos = 0usize;
+        for (idx, coff, clen) in list.pieces(off, buf.len() as u64) {
+            let (_, id) = list.chunks[idx];
+            let data = self.chunks.get(&id, what)?;
+            buf[pos..pos + clen].copy_from_slice(&data[coff..coff + clen]);
+            pos += clen;
+        }
+        Ok(())
+    }
+
+    /// A content list, cached.
+    pub(crate) fn content(&self, c: &ChunkId) -> Result<Arc<ContentList>> {
+        if let Some(l) = self.content_cache.lock().unwrap().get(c) {
+            return Ok(l.clone());
+        }
+        let raw = self.chunks.get(c, &|| format!("content list {c}"))?;
+        let l = Arc::new(ContentList::decode(&raw)?);
+        self.content_cache.lock().unwrap().put(*c, l.clone());
+        Ok(l)
+    }
+
+    /// Store-wide numbers for status pages and benchmarks.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let conn = self.db.lock();
+        let (chunks, raw, stored): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len + 48),0) FROM chunks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .ctx("computing stats")?;
+        let logical: i64 = conn
+            .query_row("SELECT coalesce(sum(size),0) FROM inodes WHERE kind=1", [], |r| r.get(0))
+            .ctx("computing stats")?;
+        drop(conn);
+        let mut pack_bytes = 0;
+        if let Ok(rd) = std::fs::read_dir(self.root.join("packs")) {
+            for e in rd.flatten() {
+                pack_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(StoreStats {
+            chunks: chunks as u64,
+            chunk_raw_bytes: raw as u64,
+            chunk_stored_bytes: stored as u64,
+            pack_bytes,
+            live_logical_bytes: logical as u64,
+            staged_files: self.staging.all().len() as u64,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub chunks: u64,
+    /// Plain bytes of all indexed chunks (data and metadata objects).
+    pub chunk_raw_bytes: u64,
+    /// Bytes the indexed chunks take in packs, headers included.
+    pub chunk_stored_bytes: u64,
+    /// Bytes of all pack files on disk (includes garbage not yet collected).
+    pub pack_bytes: u64,
+    /// Sum of live file sizes (as last ingested) across volumes.
+    pub live_logical_bytes: u64,
+    pub staged_files: u64,
+}
+
+/// Volume and snapshot names: 1-64 bytes of `[A-Za-z0-9._-]`, not starting with '.'.
+pub fn check_volume_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName {
+            name: name.chars().take(64).collect(),
+            why: "must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with '.'",
+        })
+    }
+}
