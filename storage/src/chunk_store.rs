@@ -31,10 +31,13 @@ pub struct IndexEntry {
     pub raw_len: u32,
     pub kind: u8,
     pub flags: i64,
+    pub inner_off: i64,
 }
 
+/// Decoded record payloads, keyed by where the record is (pack ids are never reused,
+/// so a key never names other bytes).
 struct Cache {
-    lru: LruCache<ChunkId, Arc<[u8]>>,
+    lru: LruCache<(PackId, u64), Arc<[u8]>>,
     bytes: usize,
     limit: usize,
 }
@@ -127,7 +130,7 @@ impl ChunkStore {
 
     pub fn lookup(conn: &Connection, id: &ChunkId) -> Result<Option<IndexEntry>> {
         conn.prepare_cached(
-            "SELECT pack, offset, stored_len, raw_len, kind, flags FROM chunks WHERE id=?1",
+            "SELECT pack, offset, stored_len, raw_len, kind, flags, inner_off FROM chunks WHERE id=?1",
         )
         .ctx("preparing chunk lookup")?
         .query_row([&id.0[..]], |r| {
@@ -138,6 +141,7 @@ impl ChunkStore {
                 raw_len: r.get(3)?,
                 kind: r.get(4)?,
                 flags: r.get(5)?,
+                inner_off: r.get(6)?,
             })
         })
         .optional()
@@ -165,6 +169,22 @@ impl ChunkStore {
             id,
         };
         self.writer.lock().unwrap().append(&self.latch, hdr, &data)
+    }
+
+    /// Appends a bundle: `raw` is the concatenation of `members` (id, offset, length),
+    /// `comp` its compressed form if smaller. Returns one location per member.
+    pub fn append_bundle(&self, raw: &[u8], comp: Option<Vec<u8>>, members: &[(ChunkId, u32, u32)]) -> Result<Vec<Location>> {
+        let rec = self.append(KIND_BUNDLE, raw, comp, ChunkId::of(raw))?;
+        Ok(members
+            .iter()
+            .map(|(id, off, len)| Location {
+                id: *id,
+                raw_len: *len,
+                kind: KIND_DATA,
+                inner_off: *off as i64,
+                ..rec
+            })
+            .collect())
     }
 
     /// Stores one small object (content list or directory), deduplicated, durable and
@@ -195,9 +215,9 @@ impl ChunkStore {
     pub fn index_rows(conn: &Connection, locs: &[Location], sealed: &[PackId]) -> Result<()> {
         let mut ins = conn
             .prepare_cached(
-                "INSERT INTO chunks(id, pack, offset, stored_len, raw_len, kind, flags)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0)
-                 ON CONFLICT(id) DO UPDATE SET pack=?2, offset=?3, stored_len=?4, raw_len=?5, flags=0
+                "INSERT INTO chunks(id, pack, offset, stored_len, raw_len, kind, flags, inner_off)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)
+                 ON CONFLICT(id) DO UPDATE SET pack=?2, offset=?3, stored_len=?4, raw_len=?5, flags=0, inner_off=?7
                  WHERE flags != 0",
             )
             .ctx("preparing index insert")?;
@@ -209,7 +229,8 @@ impl ChunkStore {
                 l.offset as i64,
                 l.stored_len,
                 l.raw_len,
-                l.kind
+                l.kind,
+                l.inner_off
             ])
             .ctx("inserting chunk index row")?;
             packs.insert(l.pack);
@@ -250,65 +271,81 @@ impl ChunkStore {
 
     /// Reads and verifies a chunk. `what` names the file (or object) for error messages.
     pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<Arc<[u8]>> {
-        if let Some(b) = self.cache.lock().unwrap().lru.get(id) {
-            return Ok(b.clone());
-        }
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: what(),
+            chunk: *id,
+            detail,
+        };
         // A repack may move the chunk between the lookup and the read: retry once.
         let mut attempt = 0;
-        let raw = loop {
-            let entry = Self::lookup(&self.db.lock(), id)?;
-            let Some(e) = entry else {
-                return Err(StoreError::Corrupt {
-                    what: what(),
-                    chunk: *id,
-                    detail: "chunk missing from index".into(),
-                });
-            };
+        loop {
+            let e = Self::lookup(&self.db.lock(), id)?.ok_or_else(|| corrupt("chunk missing from index".into()))?;
             if e.flags & CHUNK_DAMAGED != 0 {
-                return Err(StoreError::Corrupt {
-                    what: what(),
-                    chunk: *id,
-                    detail: "chunk quarantined by verify".into(),
-                });
+                return Err(corrupt("chunk quarantined by verify".into()));
             }
-            let path = pack::pack_path(&self.dir, e.pack);
-            let rec = self
-                .pack_file(e.pack)
-                .and_then(|f| pack::read_record(&f, &path, e.offset, e.stored_len));
-            match rec {
-                Ok((hdr, stored)) => {
-                    if hdr.id != *id {
-                        return Err(StoreError::Corrupt {
-                            what: what(),
-                            chunk: *id,
-                            detail: format!("record at {}:{} holds {}", path.display(), e.offset, hdr.id),
-                        });
-                    }
-                    break pack::decode_payload(&hdr, &stored).map_err(|detail| StoreError::Corrupt {
-                        what: what(),
-                        chunk: *id,
-                        detail: format!("{detail} at {}:{}", path.display(), e.offset),
-                    })?;
-                }
+            let payload = match self.record_payload(e.pack, e.offset, e.stored_len) {
+                Ok(p) => p,
+                Err(StoreError::Corrupt { detail, .. }) => return Err(corrupt(detail)),
                 Err(err) if attempt == 0 => {
                     tracing::debug!(%err, chunk = %id, "chunk read failed, retrying after re-lookup");
                     self.forget_pack(e.pack);
                     attempt += 1;
-                }
-                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(StoreError::Corrupt {
-                        what: what(),
-                        chunk: *id,
-                        detail: format!("pack {} is truncated", path.display()),
-                    })
+                    continue;
                 }
                 Err(err) => return Err(err),
+            };
+            let data: Arc<[u8]> = if e.inner_off < 0 {
+                payload
+            } else {
+                let (s, l) = (e.inner_off as usize, e.raw_len as usize);
+                match payload.get(s..s + l) {
+                    Some(b) => b.into(),
+                    None => return Err(corrupt(format!("member {s}+{l} outside its bundle"))),
+                }
+            };
+            if ChunkId::of(&data) != *id {
+                return Err(corrupt(format!("BLAKE3 mismatch in pack {} at {}", e.pack, e.offset)));
             }
+            return Ok(data);
+        }
+    }
+
+    /// The decoded payload of the record at (pack, offset), checked against the hash in
+    /// its header, through the cache.
+    pub(crate) fn record_payload(&self, pack_id: PackId, offset: u64, stored_len: u32) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.cache.lock().unwrap().lru.get(&(pack_id, offset)) {
+            return Ok(b.clone());
+        }
+        let path = pack::pack_path(&self.dir, pack_id);
+        let f = self.pack_file(pack_id)?;
+        let (hdr, stored) = match pack::read_record(&f, &path, offset, stored_len) {
+            Ok(r) => r,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Corrupt {
+                    what: format!("pack {}", path.display()),
+                    chunk: ChunkId([0; 32]),
+                    detail: format!("pack {} is truncated", path.display()),
+                })
+            }
+            Err(StoreError::Format(detail)) => {
+                return Err(StoreError::Corrupt {
+                    what: format!("pack {}", path.display()),
+                    chunk: ChunkId([0; 32]),
+                    detail,
+                })
+            }
+            Err(e) => return Err(e),
         };
-        let raw: Arc<[u8]> = raw.into();
+        let raw: Arc<[u8]> = pack::decode_payload(&hdr, &stored)
+            .map_err(|detail| StoreError::Corrupt {
+                what: format!("pack {}", path.display()),
+                chunk: hdr.id,
+                detail: format!("{detail} at {}:{offset}", path.display()),
+            })?
+            .into();
         let mut c = self.cache.lock().unwrap();
         c.bytes += raw.len();
-        if let Some(old) = c.lru.put(*id, raw.clone()) {
+        if let Some(old) = c.lru.put((pack_id, offset), raw.clone()) {
             c.bytes -= old.len();
         }
         while c.bytes > c.limit {
@@ -320,9 +357,9 @@ impl ChunkStore {
         Ok(raw)
     }
 
-    pub(crate) fn uncache(&self, id: &ChunkId) {
+    pub(crate) fn uncache(&self, pack_id: PackId, offset: u64) {
         let mut c = self.cache.lock().unwrap();
-        if let Some(v) = c.lru.pop(id) {
+        if let Some(v) = c.lru.pop(&(pack_id, offset)) {
             c.bytes -= v.len();
         }
     }

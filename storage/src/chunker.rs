@@ -69,30 +69,108 @@ impl<R: Read> Chunker<R> {
         Ok(())
     }
 
+    /// Cuts the filled buffer: returns where the last whole chunk ends and the lengths.
+    ///
+    /// Large buffers are cut by two threads: the second half is cut speculatively as if
+    /// a chunk started at its first byte, while the first thread cuts from the true
+    /// start. Once the true cuts reach a position the speculative run also cut at, both
+    /// runs agree from there on (a cut depends only on the bytes after the previous one),
+    /// so the speculative cuts are taken. If they never meet, the first thread simply
+    /// cuts to the end. Either way the result equals a sequential cut.
+    fn cut(&self) -> (usize, Vec<usize>) {
+        let data = &self.buf[..self.filled];
+        if data.is_empty() {
+            return (0, Vec::new());
+        }
+        let cdc = FastCDC::new(data, self.params.min, self.params.avg, self.params.max);
+        let max = self.params.max as usize;
+        let eof = self.eof;
+        // Cut points (chunk ends) from `start`, stopping at `stop_after` once passed it
+        // and `stop` says so, or where the buffer-end rule says to wait for more data.
+        let run = |start: usize, stop: &dyn Fn(usize) -> bool| -> Vec<usize> {
+            let mut ends = Vec::new();
+            let mut pos = start;
+            while pos < data.len() {
+                let remaining = data.len() - pos;
+                // Without at least `max` bytes ahead, a cut could depend on the buffer end.
+                if remaining < max && !eof {
+                    break;
+                }
+                let (_, end) = cdc.cut(pos, remaining);
+                ends.push(end);
+                pos = end;
+                if stop(pos) {
+                    break;
+                }
+            }
+            ends
+        };
+        let ends = if data.len() >= 16 * max {
+            let mid = data.len() / 2;
+            let (mut first, spec) = rayon::join(
+                || {
+                    // Cut the first half only; the continuation is decided below.
+                    run(0, &|p| p >= mid)
+                },
+                || run(mid, &|_| false),
+            );
+            let mut pos = first.last().copied().unwrap_or(0);
+            loop {
+                if pos >= data.len() || (first.last() == Some(&pos) && spec.binary_search(&pos).is_ok()) {
+                    if let Ok(i) = spec.binary_search(&pos) {
+                        first.extend_from_slice(&spec[i + 1..]);
+                    }
+                    break;
+                }
+                let more = run(pos, &|_| true);
+                match more.first() {
+                    Some(&e) => {
+                        first.push(e);
+                        pos = e;
+                    }
+                    None => break,
+                }
+            }
+            first
+        } else {
+            run(0, &|_| false)
+        };
+        let mut lens = Vec::with_capacity(ends.len());
+        let mut prev = 0;
+        for e in ends {
+            lens.push(e - prev);
+            prev = e;
+        }
+        (prev, lens)
+    }
+
     /// Returns the next batch: the buffer and the chunk lengths in it, in order.
     /// An empty batch means the stream is finished.
     pub fn next_batch(&mut self) -> io::Result<(&[u8], Vec<usize>)> {
         self.fill()?;
-        let data = &self.buf[..self.filled];
-        let mut lens = Vec::new();
-        if data.is_empty() {
-            return Ok((data, lens));
-        }
-        let cdc = FastCDC::new(data, self.params.min, self.params.avg, self.params.max);
-        let mut pos = 0;
-        let max = self.params.max as usize;
-        while pos < data.len() {
-            let remaining = data.len() - pos;
-            // Without at least `max` bytes ahead, a cut could depend on the buffer end.
-            if remaining < max && !self.eof {
-                break;
-            }
-            let (_, end) = cdc.cut(pos, remaining);
-            lens.push(end - pos);
-            pos = end;
-        }
+        let (pos, lens) = self.cut();
         self.start = pos;
-        Ok((&data[..pos], lens))
+        Ok((&self.buf[..pos], lens))
+    }
+
+    /// Like [`Chunker::next_batch`] but hands out an owned buffer, so that the caller
+    /// can process one batch while the next is read and cut. `spare` is a buffer handed
+    /// out earlier and no longer needed (reusing it avoids page faults). None at the end.
+    pub fn next_owned(&mut self, spare: Option<Vec<u8>>) -> io::Result<Option<(Vec<u8>, Vec<usize>)>> {
+        self.fill()?;
+        let (pos, lens) = self.cut();
+        if pos == 0 {
+            return Ok(None);
+        }
+        let mut next = spare.unwrap_or_default();
+        next.resize(self.buf.len(), 0);
+        let carry = self.filled - pos;
+        next[..carry].copy_from_slice(&self.buf[pos..self.filled]);
+        let mut out = std::mem::replace(&mut self.buf, next);
+        out.truncate(pos);
+        self.filled = carry;
+        self.start = 0;
+        Ok(Some((out, lens)))
     }
 }
 

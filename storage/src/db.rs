@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS chunks(
   stored_len INTEGER NOT NULL,
   raw_len INTEGER NOT NULL,
   kind INTEGER NOT NULL,
-  flags INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+  flags INTEGER NOT NULL DEFAULT 0,
+  inner_off INTEGER NOT NULL DEFAULT -1) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack);
 CREATE TABLE IF NOT EXISTS packs(id INTEGER PRIMARY KEY, sealed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS snapshots(
@@ -110,6 +111,19 @@ impl Db {
             wal_cv: Condvar::new(),
             wal_seq: Default::default(),
         })
+    }
+
+    /// A second connection for read-only lookups (ingest dedup), so that ingest does
+    /// not contend with foreground metadata calls. WAL lets it read concurrently.
+    pub fn open_reader(&self) -> Result<Connection> {
+        let c = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx("opening reader connection")?;
+        c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA cache_size=-16384;")
+            .ctx("setting reader pragmas")?;
+        Ok(c)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Connection> {

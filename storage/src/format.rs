@@ -19,6 +19,13 @@
 //!  stored_len u32 LE | id [32]` (48-byte header) followed by `stored_len` bytes.
 //! `id` is BLAKE3 of the raw (uncompressed) bytes.
 //!
+//! Data chunks are stored in *bundles*: a record of kind `KIND_BUNDLE` whose raw bytes are
+//! the concatenation of up to `BUNDLE_TARGET` bytes of consecutive new chunks, compressed
+//! as one zstd frame (a larger window than one chunk compresses much better; dedup stays
+//! at chunk granularity). The chunk index row of a member names the bundle record and
+//! the member's offset inside the raw bundle (`inner_off`; -1 for a record that is one
+//! object). Content lists and directory objects are single records.
+//!
 //! Content list (object kind `KIND_CONTENT`): `CONTENT_MAGIC` then `count u32 LE`, then
 //! `count` entries of `len u32 LE | id [32]`. A file's bytes are the concatenation of the
 //! listed chunks; its size may be larger (the tail reads as zeros) or smaller.
@@ -39,6 +46,10 @@ pub const RECORD_HEADER_LEN: usize = 48;
 pub const KIND_DATA: u8 = 0;
 pub const KIND_CONTENT: u8 = 1;
 pub const KIND_DIR: u8 = 2;
+pub const KIND_BUNDLE: u8 = 4;
+
+/// Raw bytes of new chunks collected into one bundle before it is compressed.
+pub const BUNDLE_TARGET: usize = 1024 * 1024;
 
 pub const CODEC_RAW: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
@@ -50,8 +61,8 @@ pub const JOURNAL_TRUNCATE: u64 = u64::MAX;
 
 /// Chunker parameters. Part of the format in effect: changing them does not break
 /// reading, but it breaks dedup against existing data.
-pub const CHUNK_MIN: u32 = 4 * 1024;
-pub const CHUNK_AVG: u32 = 16 * 1024;
+pub const CHUNK_MIN: u32 = 2 * 1024;
+pub const CHUNK_AVG: u32 = 8 * 1024;
 pub const CHUNK_MAX: u32 = 64 * 1024;
 
 /// Largest a pack grows before a new one is opened.

@@ -11,9 +11,8 @@
 //!    The pack currently being appended to is never touched.
 
 use crate::error::{DbContext, Result};
-use crate::format::{KIND_CONTENT, KIND_DIR};
 use crate::ids::{ChunkId, PackId};
-use crate::pack::{self, Location, RecordHeader};
+use crate::pack::{self, Location};
 use crate::store::Store;
 use crate::tree::TreeEntry;
 use rusqlite::params;
@@ -124,20 +123,23 @@ impl Store {
 
     fn plan_from(&self, marked: &HashSet<ChunkId>, pinned: &HashSet<ChunkId>, opts: &GcOptions) -> Result<GcPlan> {
         let mut plan = GcPlan::default();
-        let mut live: BTreeMap<PackId, u64> = BTreeMap::new();
+        // Per pack: (plain bytes still reachable, plain bytes indexed).
+        let mut live: BTreeMap<PackId, (u64, u64)> = BTreeMap::new();
         {
             let conn = self.db.lock();
-            let mut st = conn.prepare("SELECT id, pack, stored_len FROM chunks").ctx("gc plan")?;
+            let mut st = conn.prepare("SELECT id, pack, raw_len FROM chunks").ctx("gc plan")?;
             let rows = st
                 .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
                 .ctx("gc plan")?;
             for r in rows {
                 let (id, p, len) = r.ctx("gc plan")?;
                 let Some(id) = ChunkId::from_slice(&id) else { continue };
-                let bytes = len as u64 + 48;
+                let bytes = len as u64;
+                let e = live.entry(PackId(p as u64)).or_default();
+                e.1 += bytes;
                 if marked.contains(&id) || pinned.contains(&id) {
                     plan.reachable += 1;
-                    *live.entry(PackId(p as u64)).or_default() += bytes;
+                    e.0 += bytes;
                 } else {
                     plan.unreachable.push(id);
                     plan.unreachable_bytes += bytes;
@@ -153,10 +155,10 @@ impl Store {
             let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             match live.get(&id) {
                 None => plan.remove_packs.push(id),
-                Some(&l) if (l as f64) < opts.repack_below * file_bytes as f64 => plan.repack.push(PackUsage {
+                Some(&(l, total)) if (l as f64) < opts.repack_below * total as f64 => plan.repack.push(PackUsage {
                     pack: id,
                     file_bytes,
-                    live_bytes: l,
+                    live_bytes: (file_bytes as f64 * l as f64 / total.max(1) as f64) as u64,
                 }),
                 _ => {}
             }
@@ -190,9 +192,6 @@ impl Store {
                 Ok(())
             })?;
             tx.commit().ctx("commit gc sweep")?;
-            for id in &report.plan.unreachable {
-                self.chunks.uncache(id);
-            }
         }
         // Packs emptied by the sweep are removed; sparse ones are rewritten.
         let counts = pack_counts(self)?;
@@ -250,45 +249,77 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the live objects of pack `p` into new records (bundle members are
+    /// re-bundled), fsyncs them, re-points the index, then removes the pack.
     fn repack(&self, p: PackId, report: &mut GcReport) -> Result<()> {
-        let path = pack::pack_path(&self.chunks.dir, p);
-        let rows: Vec<(ChunkId, u64, u32)> = {
+        let rows: Vec<(ChunkId, u64, u32, u32, u8, i64)> = {
             let conn = self.db.lock();
             let mut st = conn
-                .prepare("SELECT id, offset, stored_len FROM chunks WHERE pack=?1 AND flags=0")
+                .prepare("SELECT id, offset, stored_len, raw_len, kind, inner_off FROM chunks WHERE pack=?1 AND flags=0 ORDER BY offset, inner_off")
                 .ctx("repack list")?;
             let r = st
-                .query_map([p.0 as i64], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?)))
+                .query_map([p.0 as i64], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?, r.get::<_, u32>(3)?, r.get::<_, u8>(4)?, r.get::<_, i64>(5)?))
+                })
                 .ctx("repack list")?
                 .filter_map(|r| r.ok())
-                .filter_map(|(id, o, l)| Some((ChunkId::from_slice(&id)?, o as u64, l)))
+                .filter_map(|(id, o, sl, rl, k, io)| Some((ChunkId::from_slice(&id)?, o as u64, sl, rl, k, io)))
                 .collect();
             r
         };
-        let f = self.chunks.pack_file(p)?;
+        let level = self.opts.zstd_level;
         let mut locs: Vec<Location> = Vec::new();
-        for (id, off, len) in rows {
-            let (hdr, stored) = pack::read_record(&f, &path, off, len)?;
-            if hdr.id != id || pack::decode_payload(&hdr, &stored).is_err() {
-                // Damaged: leave it where it is for verify to quarantine.
-                tracing::warn!(chunk = %id, pack = %p, "damaged record left in place during repack");
+        let mut bundle: Vec<u8> = Vec::new();
+        let mut members: Vec<(ChunkId, u32, u32)> = Vec::new();
+        let flush = |bundle: &mut Vec<u8>, members: &mut Vec<(ChunkId, u32, u32)>, locs: &mut Vec<Location>| -> Result<()> {
+            if !members.is_empty() {
+                locs.extend(self.chunks.append_bundle(bundle, pack::compress(bundle, level), members)?);
+                bundle.clear();
+                members.clear();
+            }
+            Ok(())
+        };
+        for (id, off, stored_len, raw_len, kind, inner) in rows {
+            let payload = match self.chunks.record_payload(p, off, stored_len) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Damaged: leave the pack in place for verify to quarantine.
+                    tracing::warn!(chunk = %id, pack = %p, error = %e, "damaged record, pack not repacked");
+                    return Ok(());
+                }
+            };
+            if inner < 0 {
+                locs.push(self.chunks.append(kind, &payload, pack::compress(&payload, level), id)?);
+                continue;
+            }
+            let Some(data) = payload.get(inner as usize..inner as usize + raw_len as usize) else {
+                tracing::warn!(chunk = %id, pack = %p, "bundle member out of range, pack not repacked");
+                return Ok(());
+            };
+            if ChunkId::of(data) != id {
+                tracing::warn!(chunk = %id, pack = %p, "bundle member hash mismatch, pack not repacked");
                 return Ok(());
             }
-            let h = RecordHeader { ..hdr };
-            debug_assert!(matches!(h.kind, 0 | KIND_CONTENT | KIND_DIR));
-            locs.push(self.chunks.writer.lock().unwrap().append(&self.latch, h, &stored)?);
+            members.push((id, bundle.len() as u32, raw_len));
+            bundle.extend_from_slice(data);
+            if bundle.len() >= crate::format::BUNDLE_TARGET {
+                flush(&mut bundle, &mut members, &mut locs)?;
+            }
         }
+        flush(&mut bundle, &mut members, &mut locs)?;
         // Seal so the copies are durable and never share a pack with a later ingest.
         let sealed = self.chunks.writer.lock().unwrap().finish(&self.latch)?;
+        let path = pack::pack_path(&self.chunks.dir, p);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         {
             let mut conn = self.db.lock();
             let tx = conn.transaction().ctx("begin repack")?;
             let mut up = tx
-                .prepare_cached("UPDATE chunks SET pack=?2, offset=?3 WHERE id=?1 AND pack=?4")
+                .prepare_cached("UPDATE chunks SET pack=?2, offset=?3, stored_len=?4, inner_off=?5 WHERE id=?1 AND pack=?6")
                 .ctx("repack index")?;
             for l in &locs {
-                up.execute(params![&l.id.0[..], l.pack.0 as i64, l.offset as i64, p.0 as i64]).ctx("repack index")?;
+                up.execute(params![&l.id.0[..], l.pack.0 as i64, l.offset as i64, l.stored_len, l.inner_off, p.0 as i64])
+                    .ctx("repack index")?;
             }
             drop(up);
             crate::chunk_store::ChunkStore::index_rows(&tx, &[], &sealed)?;
@@ -301,8 +332,11 @@ impl Store {
         let before = report.reclaimed_bytes;
         self.remove_pack(p, report)?;
         report.removed_packs -= u64::from(report.reclaimed_bytes != before);
-        let copied: u64 = locs.iter().map(|l| l.stored_len as u64 + 48).sum();
-        report.reclaimed_bytes = before + len.saturating_sub(copied);
+        let mut copied: HashMap<(PackId, u64), u64> = HashMap::new();
+        for l in &locs {
+            copied.insert((l.pack, l.offset), l.stored_len as u64 + 48);
+        }
+        report.reclaimed_bytes = before + len.saturating_sub(copied.values().sum());
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use crate::chunk_store::ChunkStore;
 use crate::chunker::Chunker;
 use crate::content::ContentList;
 use crate::error::{Result, StoreError};
-use crate::format::{KIND_CONTENT, KIND_DATA};
+use crate::format::{BUNDLE_TARGET, KIND_CONTENT};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use crate::namespace;
 use crate::pack::{self, Location};
@@ -41,6 +41,8 @@ pub struct IngestReport {
     /// Files skipped because a truncate raced them (retried later).
     pub raced: u64,
     pub elapsed: Duration,
+    /// Time spent making new records durable (fsync of packs).
+    pub sync_time: Duration,
 }
 
 impl IngestReport {
@@ -52,6 +54,7 @@ impl IngestReport {
         self.new_bytes += o.new_bytes;
         self.stored_bytes += o.stored_bytes;
         self.raced += o.raced;
+        self.sync_time += o.sync_time;
     }
 }
 
@@ -80,7 +83,75 @@ impl Read for MergedReader<'_> {
     }
 }
 
+/// New chunks collected into one compression unit.
+struct Bundle {
+    raw: Vec<u8>,
+    comp: Option<Vec<u8>>,
+    /// (chunk, offset in `raw`, length)
+    members: Vec<(ChunkId, u32, u32)>,
+}
+
+/// One batch after dedup: its content list entries and the bundles of its new chunks.
+struct Processed {
+    chunks: Vec<(u32, ChunkId)>,
+    bundles: Vec<Bundle>,
+}
+
 impl Store {
+    /// Hashes a batch in parallel, looks the chunks up (pinning them first), groups the
+    /// new ones into bundles of about `BUNDLE_TARGET` bytes and compresses those in
+    /// parallel.
+    fn process_batch(
+        &self,
+        buf: &[u8],
+        lens: &[usize],
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        pins: &crate::chunk_store::Pins<'_>,
+        seen: &mut HashSet<ChunkId>,
+    ) -> Result<Processed> {
+        let mut offs = Vec::with_capacity(lens.len());
+        let mut p = 0;
+        for l in lens {
+            offs.push(p);
+            p += l;
+        }
+        let ids: Vec<ChunkId> = self.pool.install(|| {
+            offs.par_iter()
+                .zip(lens.par_iter())
+                .map(|(o, l)| ChunkId::of(&buf[*o..o + l]))
+                .collect()
+        });
+        let mut bundles: Vec<Bundle> = Vec::new();
+        let mut cur: Option<Bundle> = None;
+        {
+            let conn = conn.lock().unwrap();
+            for ((id, o), l) in ids.iter().zip(&offs).zip(lens) {
+                pins.pin(*id);
+                if seen.contains(id) || ChunkStore::has(&conn, id)? {
+                    continue;
+                }
+                seen.insert(*id);
+                let b = cur.get_or_insert_with(|| Bundle {
+                    raw: Vec::with_capacity(BUNDLE_TARGET + 64 * 1024),
+                    comp: None,
+                    members: Vec::new(),
+                });
+                b.members.push((*id, b.raw.len() as u32, *l as u32));
+                b.raw.extend_from_slice(&buf[*o..o + l]);
+                if b.raw.len() >= BUNDLE_TARGET {
+                    bundles.extend(cur.take());
+                }
+            }
+        }
+        bundles.extend(cur);
+        let level = self.opts.zstd_level;
+        self.pool.install(|| bundles.par_iter_mut().for_each(|b| b.comp = pack::compress(&b.raw, level)));
+        Ok(Processed {
+            chunks: lens.iter().map(|l| *l as u32).zip(ids).collect(),
+            bundles,
+        })
+    }
+
     /// Ingests staged files that have had no write for `idle`.
     pub fn ingest_idle(&self, idle: Duration) -> Result<IngestReport> {
         let now = Instant::now();
@@ -156,7 +227,9 @@ impl Store {
             }
         };
         // Chunk records first, then the references to them.
+        let t_sync = Instant::now();
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
+        report.sync_time = t_sync.elapsed();
         let _gc = self.gc_lock.read().unwrap();
         let mut g = st.lock();
         let log = g.ingesting.take().unwrap_or_default();
@@ -211,53 +284,67 @@ impl Store {
             size,
         };
         let mut chunker = Chunker::new(reader, self.opts.chunker, self.opts.ingest_buffer);
-        let level = self.opts.zstd_level;
-        loop {
-            let (buf, lens) = chunker
-                .next_batch()
-                .map_err(|e| match e.into_inner().map(|b| b.downcast::<StoreError>()) {
-                    Some(Ok(se)) => *se,
-                    Some(Err(other)) => StoreError::Invalid(format!("reading staged file {}: {other}", st.ino)),
-                    None => StoreError::Invalid(format!("reading staged file {}", st.ino)),
-                })?;
-            if buf.is_empty() {
-                break;
-            }
-            let mut slices = Vec::with_capacity(lens.len());
-            let mut p = 0;
-            for l in &lens {
-                slices.push(&buf[p..p + l]);
-                p += l;
-            }
-            // Hash, check the index and compress new chunks, in parallel.
-            let db = &self.db;
-            let pins_ref = &pins;
-            let results: Vec<Result<(ChunkId, Option<Option<Vec<u8>>>)>> = self.pool.install(|| {
-                slices
-                    .par_iter()
-                    .map(|s| {
-                        let id = ChunkId::of(s);
-                        pins_ref.pin(id);
-                        let known = ChunkStore::has(&db.lock(), &id)?;
-                        Ok((id, (!known).then(|| pack::compress(s, level))))
-                    })
-                    .collect()
-            });
-            for (s, r) in slices.iter().zip(results) {
-                let (id, new) = r?;
-                report.chunks += 1;
-                list.push((s.len() as u32, id));
-                if let Some(comp) = new {
-                    if seen.insert(id) {
-                        let stored = comp.as_ref().map_or(s.len(), |c| c.len());
-                        locs.push(self.chunks.append(KIND_DATA, s, comp, id)?);
-                        report.new_chunks += 1;
-                        report.new_bytes += s.len() as u64;
-                        report.stored_bytes += stored as u64;
+        let read_err = |e: std::io::Error| match e.into_inner().map(|b| b.downcast::<StoreError>()) {
+            Some(Ok(se)) => *se,
+            Some(Err(other)) => StoreError::Invalid(format!("reading staged file {}: {other}", st.ino)),
+            None => StoreError::Invalid(format!("reading staged file {}", st.ino)),
+        };
+        let reader_conn = &self.ingest_conn;
+        // Three stages on their own threads, joined by bounded channels (bounded memory):
+        // read+cut → hash, dedup lookup, bundle and compress (ingest pool) → append.
+        type Batch = (Vec<u8>, Vec<usize>);
+        let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(2);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Processed>(2);
+        // Buffers go back to the reader once processed.
+        let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let pins_ref = &pins;
+        let seen_ref = &mut seen;
+        let appended: Result<()> = std::thread::scope(|sc| {
+            std::thread::Builder::new()
+                .name("kura-cut".into())
+                .spawn_scoped(sc, move || loop {
+                    let spare = spare_rx.try_recv().ok();
+                    match self.pool.install(|| chunker.next_owned(spare)) {
+                        Ok(Some(b)) => {
+                            if cut_tx.send(Ok(b)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = cut_tx.send(Err(e));
+                            break;
+                        }
                     }
+                })
+                .map_err(|e| StoreError::Invalid(format!("spawning ingest reader: {e}")))?;
+            let processor = std::thread::Builder::new()
+                .name("kura-dedup".into())
+                .spawn_scoped(sc, move || -> Result<()> {
+                    for batch in cut_rx {
+                        let (buf, lens) = batch.map_err(read_err)?;
+                        let out = self.process_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
+                        let _ = spare_tx.try_send(buf);
+                        if done_tx.send(out).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| StoreError::Invalid(format!("spawning ingest worker: {e}")))?;
+            for p in done_rx {
+                report.chunks += p.chunks.len() as u64;
+                list.extend(p.chunks);
+                for b in p.bundles {
+                    report.new_chunks += b.members.len() as u64;
+                    report.new_bytes += b.raw.len() as u64;
+                    report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
+                    locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
                 }
             }
-        }
+            processor.join().unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
+        });
+        appended?;
         let content = if list.is_empty() {
             None
         } else {
@@ -265,7 +352,7 @@ impl Store {
             let id = ChunkId::of(&raw);
             pins.pin(id);
             if !ChunkStore::has(&self.db.lock(), &id)? && seen.insert(id) {
-                let comp = pack::compress(&raw, level);
+                let comp = pack::compress(&raw, self.opts.zstd_level);
                 report.stored_bytes += comp.as_ref().map_or(raw.len(), |c| c.len()) as u64;
                 locs.push(self.chunks.append(KIND_CONTENT, &raw, comp, id)?);
             }

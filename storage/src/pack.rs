@@ -63,15 +63,19 @@ impl RecordHeader {
     }
 }
 
-/// Where a record landed.
+/// Where an object landed: its record, and for a bundle member its place inside.
 #[derive(Clone, Copy, Debug)]
 pub struct Location {
     pub id: ChunkId,
     pub pack: PackId,
     pub offset: u64,
+    /// Stored length of the whole record.
     pub stored_len: u32,
+    /// Plain length of this object.
     pub raw_len: u32,
     pub kind: u8,
+    /// Offset inside the raw bundle, or -1 for a record that is this object alone.
+    pub inner_off: i64,
 }
 
 /// Appends records to the current pack and opens the next one when it is full.
@@ -79,8 +83,8 @@ pub struct PackWriter {
     dir: PathBuf,
     next_id: u64,
     cur: Option<OpenPack>,
-    /// Packs closed since the last `sync`, already fsynced; reported as sealed.
-    sealed: Vec<PackId>,
+    /// Packs closed since the last `sync`: writeback started, not yet fsynced.
+    sealed: Vec<OpenPack>,
 }
 
 struct OpenPack {
@@ -162,14 +166,21 @@ impl PackWriter {
             stored_len: hdr.stored_len,
             raw_len: hdr.raw_len,
             kind: hdr.kind,
+            inner_off: -1,
         })
     }
 
-    fn seal(&mut self, latch: &Latch) -> Result<()> {
-        if let Some(p) = self.cur.take() {
-            let id = p.id;
-            Self::sync_open(latch, &self.dir, p)?;
-            self.sealed.push(id);
+    /// Closes the current pack. Its fsync is left to the next `sync` so that the
+    /// appending thread does not wait for the disk; writeback is started now.
+    fn seal(&mut self, _latch: &Latch) -> Result<()> {
+        if let Some(mut p) = self.cur.take() {
+            if let Err(e) = p.out.flush() {
+                return Err(StoreError::io("flush pack", &p.path, e));
+            }
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: valid fd; SYNC_FILE_RANGE_WRITE only starts writeback (a hint).
+            unsafe { libc::sync_file_range(p.out.get_ref().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            self.sealed.push(p);
         }
         Ok(())
     }
@@ -188,20 +199,25 @@ impl PackWriter {
 
     /// Makes every appended record durable. Returns the packs sealed since the last call.
     pub fn sync(&mut self, latch: &Latch) -> Result<Vec<PackId>> {
+        let mut ids = Vec::new();
+        for p in std::mem::take(&mut self.sealed) {
+            ids.push(p.id);
+            Self::sync_open(latch, &self.dir, p)?;
+        }
         if let Some(p) = self.cur.take() {
             match Self::sync_open(latch, &self.dir, p) {
                 Ok(p) => self.cur = Some(p),
                 Err(e) => return Err(e),
             }
         }
-        Ok(std::mem::take(&mut self.sealed))
+        Ok(ids)
     }
 
     /// Closes the current pack so that nothing appends to it again (used by GC so that
     /// repacked chunks never share a pack with a half-written ingest).
     pub fn finish(&mut self, latch: &Latch) -> Result<Vec<PackId>> {
         self.seal(latch)?;
-        Ok(std::mem::take(&mut self.sealed))
+        self.sync(latch)
     }
 }
 
@@ -246,10 +262,24 @@ pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<
     Ok(raw)
 }
 
+thread_local! {
+    /// One reusable zstd context per thread: creating one per chunk costs more than
+    /// compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Compresses `raw` with zstd at `level`; returns None when that does not shrink it.
 pub fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
-    let c = zstd::bulk::compress(raw, level).ok()?;
-    (c.len() < raw.len()).then_some(c)
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.as_mut()?;
+        let out = comp.compress(raw).ok()?;
+        (out.len() < raw.len()).then_some(out)
+    })
 }
 
 /// Iterates the records of a whole pack file (for verify and repack), tolerating a torn

@@ -39,7 +39,7 @@ impl Default for StoreOptions {
             zstd_level: 3,
             chunker: ChunkerParams::default(),
             ingest_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            ingest_buffer: 8 << 20,
+            ingest_buffer: 4 << 20,
         }
     }
 }
@@ -73,6 +73,8 @@ pub struct Store {
     /// One ingest at a time (each uses all ingest threads).
     pub(crate) ingest_lock: Mutex<()>,
     pub(crate) pool: rayon::ThreadPool,
+    /// Read-only connection for ingest's dedup lookups.
+    pub(crate) ingest_conn: Mutex<rusqlite::Connection>,
     _lock: File,
 }
 
@@ -108,7 +110,9 @@ impl Store {
             .thread_name(|i| format!("kura-ingest-{i}"))
             .build()
             .map_err(|e| StoreError::Invalid(format!("ingest thread pool: {e}")))?;
+        let ingest_conn = Mutex::new(db.open_reader()?);
         let store = Store {
+            ingest_conn,
             root,
             db,
             latch,
@@ -509,7 +513,9 @@ impl Store {
         let conn = self.db.lock();
         let (chunks, raw, stored): (i64, i64, i64) = conn
             .query_row(
-                "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len + 48),0) FROM chunks",
+                "SELECT count(*), coalesce(sum(raw_len),0),
+                   (SELECT coalesce(sum(stored_len + 48),0) FROM (SELECT DISTINCT pack, offset, stored_len FROM chunks))
+                 FROM chunks",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )

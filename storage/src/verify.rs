@@ -46,45 +46,79 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport> {
         let t0 = std::time::Instant::now();
         let mut report = VerifyReport::default();
-        let rows: Vec<(ChunkId, PackId, u64, u32, i64)> = {
+        type Row = (ChunkId, PackId, u64, u32, i64, u32, i64);
+        let rows: Vec<Row> = {
             let conn = self.db.lock();
             let mut st = conn
-                .prepare("SELECT id, pack, offset, stored_len, flags FROM chunks ORDER BY pack, offset")
+                .prepare("SELECT id, pack, offset, stored_len, flags, raw_len, inner_off FROM chunks ORDER BY pack, offset, inner_off")
                 .ctx("verify list")?;
             let r = st
                 .query_map([], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, u32>(3)?, r.get::<_, i64>(4)?))
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, u32>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
                 })
                 .ctx("verify list")?
                 .filter_map(|r| r.ok())
-                .filter_map(|(id, p, o, l, f)| Some((ChunkId::from_slice(&id)?, PackId(p as u64), o as u64, l, f)))
+                .filter_map(|(id, p, o, l, f, rl, io)| Some((ChunkId::from_slice(&id)?, PackId(p as u64), o as u64, l, f, rl, io)))
                 .collect();
             r
         };
-        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, u64, u32, i64)>> = BTreeMap::new();
-        for (id, p, o, l, f) in rows {
-            by_pack.entry(p).or_default().push((id, o, l, f));
+        // Group the index rows by the record they live in.
+        let mut by_record: BTreeMap<(PackId, u64), Vec<Row>> = BTreeMap::new();
+        for r in rows {
+            by_record.entry((r.1, r.2)).or_default().push(r);
         }
         let mut damaged_ids = HashSet::new();
-        for (p, recs) in by_pack {
-            report.packs += 1;
+        let mut last_pack = None;
+        let mut file: Option<std::io::Result<std::fs::File>> = None;
+        for ((p, off), members) in by_record {
             let path = pack::pack_path(&self.chunks.dir, p);
-            let file = std::fs::File::open(&path);
-            for (id, off, len, flags) in recs {
+            if last_pack != Some(p) {
+                report.packs += 1;
+                file = Some(std::fs::File::open(&path));
+                last_pack = Some(p);
+            }
+            let stored_len = members[0].3;
+            report.bytes += stored_len as u64;
+            // Read from disk, never from the cache: the point is to see what is stored.
+            let mut stored_copy = None;
+            let decoded: std::result::Result<Vec<u8>, String> = match file.as_ref().unwrap() {
+                Err(e) => Err(format!("pack {} unreadable: {e}", path.display())),
+                Ok(f) => match pack::read_record(f, &path, off, stored_len) {
+                    Err(e) => Err(e.to_string()),
+                    Ok((hdr, stored)) => {
+                        let r = pack::decode_payload(&hdr, &stored);
+                        stored_copy = Some(stored);
+                        r
+                    }
+                },
+            };
+            let mut quarantined = false;
+            for (id, _, _, _, flags, raw_len, inner) in members {
                 report.chunks += 1;
-                report.bytes += len as u64;
-                let problem = match &file {
-                    Err(e) => Some((format!("pack {} unreadable: {e}", path.display()), None)),
-                    Ok(f) => match pack::read_record(f, &path, off, len) {
-                        Err(e) => Some((e.to_string(), None)),
-                        Ok((hdr, stored)) if hdr.id != id => Some((format!("record holds {} instead", hdr.id), Some(stored))),
-                        Ok((hdr, stored)) => pack::decode_payload(&hdr, &stored).err().map(|d| (d, Some(stored))),
-                    },
+                let problem = match &decoded {
+                    Err(d) => Some(d.clone()),
+                    Ok(raw) => {
+                        let data = if inner < 0 { Some(&raw[..]) } else { raw.get(inner as usize..inner as usize + raw_len as usize) };
+                        match data {
+                            None => Some("member outside its bundle".to_string()),
+                            Some(d) if ChunkId::of(d) != id => Some("BLAKE3 mismatch".to_string()),
+                            Some(_) if flags & CHUNK_DAMAGED != 0 => Some("flagged by an earlier verify".to_string()),
+                            Some(_) => None,
+                        }
+                    }
                 };
-                let problem = problem.or_else(|| (flags & CHUNK_DAMAGED != 0).then(|| ("flagged by an earlier verify".to_string(), None)));
-                if let Some((detail, stored)) = problem {
+                if let Some(detail) = problem {
                     if flags & CHUNK_DAMAGED == 0 {
-                        self.quarantine(&id, p, off, &detail, stored.as_deref())?;
+                        self.quarantine(&id, p, off, &detail, if quarantined { None } else { stored_copy.as_deref() })?;
+                        quarantined = true;
                     }
                     tracing::error!(chunk = %id, pack = %p, offset = off, %detail, "damaged chunk");
                     damaged_ids.insert(id);
@@ -124,7 +158,7 @@ impl Store {
         )
         .ctx("recording damage")?;
         drop(conn);
-        self.chunks.uncache(id);
+        self.chunks.uncache(p, off);
         Ok(())
     }
 

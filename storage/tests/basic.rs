@@ -1,0 +1,133 @@
+//! End-to-end behaviour of the store through its facade.
+
+mod common;
+use common::*;
+use storage::*;
+
+/// Written bytes read back the same before ingest, after ingest, after reopen, and a
+/// partial rewrite of an ingested file stages only the rewritten range.
+#[test]
+fn write_ingest_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = data(3 << 20, 1);
+    let ino;
+    {
+        let s = open(dir.path());
+        let v = s.create_volume("vol", owner()).unwrap();
+        ino = s.create(v.root, b"f.bin", file_mode()).unwrap().ino;
+        // Out of order writes.
+        s.write(ino, 1 << 20, &payload[1 << 20..]).unwrap();
+        s.write(ino, 0, &payload[..1 << 20]).unwrap();
+        assert_eq!(read_all(&s, ino), payload);
+        let r = s.ingest_all(None).unwrap();
+        assert_eq!(r.files, 1);
+        assert!(r.new_chunks > 10);
+        assert_eq!(s.stats().unwrap().staged_files, 0);
+        assert_eq!(read_all(&s, ino), payload);
+        // Rewrite a range in the middle of the ingested file.
+        s.write(ino, 100_000, b"HELLO").unwrap();
+        let mut expect = payload.clone();
+        expect[100_000..100_005].copy_from_slice(b"HELLO");
+        assert_eq!(read_all(&s, ino), expect);
+        s.sync(ino).unwrap();
+    }
+    let s = open(dir.path());
+    let mut expect = payload.clone();
+    expect[100_000..100_005].copy_from_slice(b"HELLO");
+    assert_eq!(read_all(&s, ino), expect, "staged overlay survives reopen");
+    let r = s.ingest_all(None).unwrap();
+    assert!(r.new_chunks <= 4, "only the chunks around the rewrite are new: {r:?}");
+    assert_eq!(read_all(&s, ino), expect);
+    // Ingesting identical content again stores nothing new.
+    let v = s.volume("vol").unwrap();
+    let b = s.create(v.root, b"copy.bin", file_mode()).unwrap().ino;
+    s.write(b, 0, &expect).unwrap();
+    let r = s.ingest_all(None).unwrap();
+    assert_eq!(r.new_chunks, 0, "{r:?}");
+}
+
+/// Holes read as zeros; shrinking then growing an ingested file exposes zeros, not old data.
+#[test]
+fn truncate_grow_and_shrink() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    s.write(f, 10_000, b"xyz").unwrap();
+    let got = read_all(&s, f);
+    assert_eq!(got.len(), 10_003);
+    assert!(got[..10_000].iter().all(|b| *b == 0));
+    s.ingest_all(None).unwrap();
+    s.setattr(f, SetAttr { size: Some(5), ..Default::default() }).unwrap();
+    s.setattr(f, SetAttr { size: Some(20_000), ..Default::default() }).unwrap();
+    let got = read_all(&s, f);
+    assert_eq!(got.len(), 20_000);
+    assert!(got.iter().all(|b| *b == 0));
+    s.ingest_all(None).unwrap();
+    assert_eq!(read_all(&s, f), vec![0; 20_000]);
+}
+
+/// Snapshots see the tree as it was; later changes do not leak in; clone is writable.
+#[test]
+fn snapshot_clone_delete_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let d = s.mkdir(v.root, b"dir", owner()).unwrap().ino;
+    let f = s.create(d, b"a.txt", file_mode()).unwrap().ino;
+    let one = data(200_000, 7);
+    s.write(f, 0, &one).unwrap();
+    s.symlink(v.root, b"link", b"dir/a.txt", file_mode()).unwrap();
+    s.snapshot("vol", "s1").unwrap();
+    s.write(f, 0, b"CHANGED").unwrap();
+    s.remove(v.root, b"link").unwrap();
+    s.snapshot("vol", "s2").unwrap();
+
+    let root = s.snapshot_root("vol", "s1").unwrap();
+    let names: Vec<_> = s.snap_dir(&root).unwrap().iter().map(|e| e.name.clone()).collect();
+    assert_eq!(names, vec![b"dir".to_vec(), b"link".to_vec()]);
+    let sd = s.snap_lookup(&root, b"dir").unwrap();
+    let sf = s.snap_lookup(&sd, b"a.txt").unwrap();
+    assert_eq!(s.snap_read(&sf, 0, 1 << 20).unwrap().0, one);
+    let link = s.snap_lookup(&root, b"link").unwrap();
+    assert_eq!(link.link, b"dir/a.txt");
+    let r2 = s.snapshot_root("vol", "s2").unwrap();
+    assert!(s.snap_lookup(&r2, b"link").is_err());
+    let sf2 = s.snap_lookup(&s.snap_lookup(&r2, b"dir").unwrap(), b"a.txt").unwrap();
+    assert_eq!(&s.snap_read(&sf2, 0, 7).unwrap().0, b"CHANGED");
+
+    let c = s.clone_snapshot("vol", "s1", "restored").unwrap();
+    let cd = s.lookup(c.root, b"dir").unwrap().ino;
+    let cf = s.lookup(cd, b"a.txt").unwrap().ino;
+    assert_eq!(read_all(&s, cf), one);
+    s.write(cf, 0, b"clone!").unwrap();
+    assert_eq!(&s.snap_read(&sf, 0, 6).unwrap().0, &one[..6], "clone writes do not touch the snapshot");
+
+    s.delete_snapshot("vol", "s1").unwrap();
+    s.remove(cd, b"a.txt").unwrap();
+    let before = s.stats().unwrap();
+    let rep = s.gc(&GcOptions { repack_below: 0.9, dry_run: false }).unwrap();
+    assert!(rep.deleted_chunks > 0, "{rep:?}");
+    let after = s.stats().unwrap();
+    assert!(after.chunks < before.chunks);
+    // What is still referenced still reads.
+    assert_eq!(&s.snap_read(&sf2, 0, 7).unwrap().0, b"CHANGED");
+    assert_eq!(&read_all(&s, f)[..7], b"CHANGED");
+    assert!(s.verify().unwrap().is_clean());
+}
+
+/// Names NFS must refuse are refused and change nothing.
+#[test]
+fn bad_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let long = vec![b'x'; 256];
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b", &long] {
+        let e = s.create(v.root, bad, file_mode()).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidName { .. }), "{e}");
+    }
+    assert!(s.readdir(v.root, 0, 100).unwrap().is_empty());
+    assert!(s.create(v.root, &vec![b'x'; 255], file_mode()).is_ok());
+    assert!(matches!(s.create_volume("../x", owner()), Err(StoreError::InvalidName { .. })));
+}
