@@ -66,6 +66,16 @@ impl Pins<'_> {
         *self.store.pins.lock().unwrap().entry(id).or_insert(0) += 1;
         self.ids.lock().unwrap().push(id);
     }
+
+    /// Pins several chunks under one lock acquisition.
+    pub fn pin_many(&self, ids: &[ChunkId]) {
+        let mut p = self.store.pins.lock().unwrap();
+        for id in ids {
+            *p.entry(*id).or_insert(0) += 1;
+        }
+        drop(p);
+        self.ids.lock().unwrap().extend_from_slice(ids);
+    }
 }
 
 impl Drop for Pins<'_> {

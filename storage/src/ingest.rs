@@ -91,24 +91,18 @@ struct Bundle {
     members: Vec<(ChunkId, u32, u32)>,
 }
 
-/// One batch after dedup: its content list entries and the bundles of its new chunks.
-struct Processed {
-    chunks: Vec<(u32, ChunkId)>,
-    bundles: Vec<Bundle>,
-}
-
 impl Store {
-    /// Hashes a batch in parallel, looks the chunks up (pinning them first), groups the
-    /// new ones into bundles of about `BUNDLE_TARGET` bytes and compresses those in
-    /// parallel.
-    fn process_batch(
+    /// Hashes a batch in parallel, looks the chunks up (pinning them first) and groups
+    /// the new ones into bundles of about `BUNDLE_TARGET` bytes, not yet compressed.
+    #[allow(clippy::type_complexity)]
+    fn dedup_batch(
         &self,
         buf: &[u8],
         lens: &[usize],
         conn: &std::sync::Mutex<rusqlite::Connection>,
         pins: &crate::chunk_store::Pins<'_>,
         seen: &mut HashSet<ChunkId>,
-    ) -> Result<Processed> {
+    ) -> Result<(Vec<(u32, ChunkId)>, Vec<Bundle>)> {
         let mut offs = Vec::with_capacity(lens.len());
         let mut p = 0;
         for l in lens {
@@ -123,11 +117,13 @@ impl Store {
         });
         let mut bundles: Vec<Bundle> = Vec::new();
         let mut cur: Option<Bundle> = None;
+        pins.pin_many(&ids);
         {
             let conn = conn.lock().unwrap();
+            // One read transaction for the whole batch instead of one per lookup.
+            let tx = conn.unchecked_transaction().map_err(|e| StoreError::db("begin dedup lookups", e))?;
             for ((id, o), l) in ids.iter().zip(&offs).zip(lens) {
-                pins.pin(*id);
-                if seen.contains(id) || ChunkStore::has(&conn, id)? {
+                if seen.contains(id) || ChunkStore::has(&tx, id)? {
                     continue;
                 }
                 seen.insert(*id);
@@ -142,14 +138,10 @@ impl Store {
                     bundles.extend(cur.take());
                 }
             }
+            tx.finish().map_err(|e| StoreError::db("end dedup lookups", e))?;
         }
         bundles.extend(cur);
-        let level = self.opts.zstd_level;
-        self.pool.install(|| bundles.par_iter_mut().for_each(|b| b.comp = pack::compress(&b.raw, level)));
-        Ok(Processed {
-            chunks: lens.iter().map(|l| *l as u32).zip(ids).collect(),
-            bundles,
-        })
+        Ok((lens.iter().map(|l| *l as u32).zip(ids).collect(), bundles))
     }
 
     /// Ingests staged files that have had no write for `idle`.
@@ -290,21 +282,30 @@ impl Store {
             None => StoreError::Invalid(format!("reading staged file {}", st.ino)),
         };
         let reader_conn = &self.ingest_conn;
-        // Three stages on their own threads, joined by bounded channels (bounded memory):
-        // read+cut → hash, dedup lookup, bundle and compress (ingest pool) → append.
+        // Stages on their own threads, joined by bounded channels (bounded memory):
+        // read+cut → hash (pool), dedup lookup and bundling → compress (pool, one job per
+        // bundle, at most `IN_FLIGHT` bundles) → append. Bundles may land in any order:
+        // the content list keeps the file order.
+        const IN_FLIGHT: usize = 8;
         type Batch = (Vec<u8>, Vec<usize>);
         let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(2);
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Processed>(2);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Bundle>(IN_FLIGHT);
+        let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(IN_FLIGHT);
+        for _ in 0..IN_FLIGHT {
+            token_tx.send(()).expect("fresh channel");
+        }
         // Buffers go back to the reader once processed.
         let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let pins_ref = &pins;
         let seen_ref = &mut seen;
+        let list_ref = &mut list;
+        let level = self.opts.zstd_level;
         let appended: Result<()> = std::thread::scope(|sc| {
             std::thread::Builder::new()
                 .name("kura-cut".into())
                 .spawn_scoped(sc, move || loop {
                     let spare = spare_rx.try_recv().ok();
-                    match self.pool.install(|| chunker.next_owned(spare)) {
+                    match chunker.next_owned(spare) {
                         Ok(Some(b)) => {
                             if cut_tx.send(Ok(b)).is_err() {
                                 break;
@@ -323,28 +324,34 @@ impl Store {
                 .spawn_scoped(sc, move || -> Result<()> {
                     for batch in cut_rx {
                         let (buf, lens) = batch.map_err(read_err)?;
-                        let out = self.process_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
+                        let (chunks, bundles) = self.dedup_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
                         let _ = spare_tx.try_send(buf);
-                        if done_tx.send(out).is_err() {
-                            break;
+                        list_ref.extend(chunks);
+                        for mut b in bundles {
+                            if token_rx.recv().is_err() {
+                                return Ok(());
+                            }
+                            let tx = done_tx.clone();
+                            self.pool.spawn(move || {
+                                b.comp = pack::compress(&b.raw, level);
+                                let _ = tx.send(b);
+                            });
                         }
                     }
                     Ok(())
                 })
                 .map_err(|e| StoreError::Invalid(format!("spawning ingest worker: {e}")))?;
-            for p in done_rx {
-                report.chunks += p.chunks.len() as u64;
-                list.extend(p.chunks);
-                for b in p.bundles {
-                    report.new_chunks += b.members.len() as u64;
-                    report.new_bytes += b.raw.len() as u64;
-                    report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
-                    locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
-                }
+            for b in done_rx {
+                let _ = token_tx.try_send(());
+                report.new_chunks += b.members.len() as u64;
+                report.new_bytes += b.raw.len() as u64;
+                report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
+                locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
             }
             processor.join().unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
         });
         appended?;
+        report.chunks = list.len() as u64;
         let content = if list.is_empty() {
             None
         } else {

@@ -36,7 +36,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 64 << 20,
-            zstd_level: 3,
+            zstd_level: 2,
             chunker: ChunkerParams::default(),
             ingest_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             ingest_buffer: 4 << 20,
