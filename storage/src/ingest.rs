@@ -40,6 +40,8 @@ pub struct IngestReport {
     pub stored_bytes: u64,
     /// Files skipped because a truncate raced them (retried later).
     pub raced: u64,
+    /// Files whose writes raced the ingest: committed, with the raced ranges still staged.
+    pub rebased: u64,
     pub elapsed: Duration,
     /// Time spent making new records durable (fsync of packs).
     pub sync_time: Duration,
@@ -54,6 +56,7 @@ impl IngestReport {
         self.new_bytes += o.new_bytes;
         self.stored_bytes += o.stored_bytes;
         self.raced += o.raced;
+        self.rebased += o.rebased;
         self.sync_time += o.sync_time;
     }
 }
@@ -243,7 +246,10 @@ impl Store {
             self.staging.drop_file(st.ino)?;
         } else {
             match content {
-                Some(c) => self.staging.rebase(&self.latch, st, &mut g, c, size, &log.writes)?,
+                Some(c) => {
+                    self.staging.rebase(&self.latch, st, &mut g, c, size, &log.writes)?;
+                    report.rebased = 1;
+                }
                 // An empty file whose writes raced the ingest: the staging file already
                 // holds exactly the raced bytes (it was empty when read), full mode fits.
                 None => {}
