@@ -62,3 +62,34 @@ impl Latch {
         self.sync_dir(path.parent().unwrap_or(Path::new(".")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed fsync latches: every later check fails with `Poisoned`, even if a later
+    /// fsync would succeed (the dropped pages are gone; only a reopen and verify may clear it).
+    #[test]
+    fn failed_fsync_latches() {
+        let latch = Latch::default();
+        latch.check().unwrap();
+        // fsync on a pipe fails with EINVAL: a real failed fsync.
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills two fds, which the Files below own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (r, w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        assert!(latch.sync_file(&w, Path::new("pipe"), true).is_err());
+        match latch.check() {
+            Err(StoreError::Poisoned(why)) => assert!(why.contains("pipe"), "{why}"),
+            other => panic!("expected Poisoned, got {other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = File::create(dir.path().join("x")).unwrap();
+        latch.sync_file(&ok, Path::new("x"), true).unwrap();
+        assert!(latch.check().is_err(), "a later successful fsync does not clear the latch");
+        drop((r, w));
+    }
+}

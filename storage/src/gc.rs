@@ -166,8 +166,17 @@ impl Store {
         Ok(plan)
     }
 
-    /// Runs garbage collection.
+    /// Runs garbage collection. On a full disk the emergency reserve is given up so
+    /// that GC can run; it is taken again once GC has freed space.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let r = self.freeing(|| self.gc_once(opts));
+        if r.is_ok() {
+            self.ensure_reserve();
+        }
+        r
+    }
+
+    fn gc_once(&self, opts: &GcOptions) -> Result<GcReport> {
         self.latch.check()?;
         let t0 = std::time::Instant::now();
         let mut report = GcReport::default();
@@ -202,7 +211,9 @@ impl Store {
             }
         }
         for u in report.plan.repack.clone() {
-            self.repack(u.pack, &mut report)?;
+            if pack::pack_path(&self.chunks.dir, u.pack).exists() {
+                self.repack(u.pack, &mut report)?;
+            }
         }
         self.db.sync_wal(&self.latch)?;
         tracing::info!(
@@ -240,7 +251,12 @@ impl Store {
             return Ok(());
         }
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        std::fs::remove_file(&path).map_err(|e| crate::error::StoreError::io("remove pack", &path, e))?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Already gone (emptied by the sweep and removed before its repack turn).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(crate::error::StoreError::io("remove pack", &path, e)),
+        }
         conn.execute("DELETE FROM packs WHERE id=?1", [p.0 as i64]).ctx("gc pack row")?;
         drop(conn);
         self.chunks.forget_pack(p);

@@ -206,10 +206,12 @@ impl Store {
         self.latch.check()?;
         let (info, _) = self.snapshot_row(vol, name)?;
         let _gc = self.gc_lock.read().unwrap();
-        self.db
-            .lock()
-            .execute("DELETE FROM snapshots WHERE id=?1", [info.id.0 as i64])
-            .ctx("deleting snapshot")?;
+        self.freeing(|| {
+            self.db
+                .lock()
+                .execute("DELETE FROM snapshots WHERE id=?1", [info.id.0 as i64])
+                .ctx("deleting snapshot")
+        })?;
         self.db.sync_wal(&self.latch)?;
         tracing::info!(volume = vol, snapshot = name, "snapshot deleted");
         Ok(())

@@ -30,6 +30,9 @@ pub struct StoreOptions {
     pub ingest_threads: usize,
     /// Size of the ingest read buffer (bounds ingest memory together with the threads).
     pub ingest_buffer: usize,
+    /// Space kept in a reserve file (at most 5% of the filesystem) and given back when a
+    /// full disk would otherwise stop an operator from deleting files or snapshots.
+    pub reserve_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -40,6 +43,7 @@ impl Default for StoreOptions {
             chunker: ChunkerParams::default(),
             ingest_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             ingest_buffer: 4 << 20,
+            reserve_bytes: 64 << 20,
         }
     }
 }
@@ -135,7 +139,65 @@ impl Store {
         if recovered > 0 {
             tracing::info!(store = %store.root.display(), files = recovered, "recovered staged files");
         }
+        store.ensure_reserve();
         Ok(store)
+    }
+
+    fn reserve_path(&self) -> PathBuf {
+        self.root.join("RESERVE")
+    }
+
+    /// Creates the emergency reserve file if it is missing and the space is there.
+    pub(crate) fn ensure_reserve(&self) {
+        let path = self.reserve_path();
+        if path.exists() || self.opts.reserve_bytes == 0 {
+            return;
+        }
+        // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+        let fs_bytes = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            if libc::statvfs(c.as_ptr(), &mut st) == 0 {
+                st.f_blocks as u64 * st.f_frsize as u64
+            } else {
+                0
+            }
+        };
+        let size = self.opts.reserve_bytes.min(fs_bytes / 20);
+        if size == 0 {
+            return;
+        }
+        let r = std::fs::File::create(&path).and_then(|f| {
+            // SAFETY: valid fd; posix_fallocate allocates real blocks.
+            let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(rc))
+            }
+        });
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(error = %e, "could not create the emergency space reserve");
+        }
+    }
+
+    /// Gives the reserve back to the filesystem; true if there was one.
+    fn release_reserve(&self) -> bool {
+        let released = std::fs::remove_file(self.reserve_path()).is_ok();
+        if released {
+            tracing::warn!(store = %self.root.display(), "disk full: released the emergency reserve so that space can be freed");
+        }
+        released
+    }
+
+    /// Runs an operation that frees space; on a full disk, releases the reserve and
+    /// tries once more, so that deleting is always possible.
+    pub(crate) fn freeing<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(StoreError::NoSpace { .. }) if self.release_reserve() => f(),
+            r => r,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -304,16 +366,17 @@ impl Store {
     }
 
     pub fn remove(&self, dir: FileId, name: &[u8]) -> Result<()> {
-        let victim = self.mutate("remove", |tx| namespace::remove(tx, dir, name, false))?;
+        let victim = self.freeing(|| self.mutate("remove", |tx| namespace::remove(tx, dir, name, false)))?;
         self.forget_staging(victim.attr.ino)
     }
 
     pub fn rmdir(&self, dir: FileId, name: &[u8]) -> Result<()> {
-        self.mutate("rmdir", |tx| namespace::remove(tx, dir, name, true)).map(|_| ())
+        self.freeing(|| self.mutate("rmdir", |tx| namespace::remove(tx, dir, name, true)))
+            .map(|_| ())
     }
 
     pub fn rename(&self, from: FileId, from_name: &[u8], to: FileId, to_name: &[u8]) -> Result<()> {
-        let replaced = self.mutate("rename", |tx| namespace::rename(tx, from, from_name, to, to_name))?;
+        let replaced = self.freeing(|| self.mutate("rename", |tx| namespace::rename(tx, from, from_name, to, to_name)))?;
         if let Some(r) = replaced {
             self.forget_staging(r.attr.ino)?;
         }
@@ -538,6 +601,18 @@ impl Store {
             live_logical_bytes: logical as u64,
             staged_files: self.staging.all().len() as u64,
         })
+    }
+}
+
+impl Drop for Store {
+    /// A clean close: staged data fsynced and the WAL folded into the database file.
+    fn drop(&mut self) {
+        if self.latch.check().is_ok() {
+            if let Err(e) = self.sync_all() {
+                tracing::warn!(error = %e, "sync at close failed");
+            }
+            let _ = self.db.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
     }
 }
 
