@@ -201,6 +201,27 @@ impl Store {
         Ok((info, tree::decode_entry_alone(&entry)?))
     }
 
+    /// A snapshot and its root entry by id (for stateless NFS handles).
+    pub fn snapshot_by_id(&self, id: SnapshotId) -> Result<(SnapshotInfo, TreeEntry)> {
+        let (vol, name): (String, String) = self
+            .db
+            .lock()
+            .query_row(
+                "SELECT v.name, s.name FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE s.id=?1",
+                [id.0 as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ctx("reading snapshot")?
+            .ok_or_else(|| StoreError::NotFound(format!("snapshot id {id}")))?;
+        self.snapshot_row(&vol, &name)
+    }
+
+    /// Entries of a directory object by id, sorted by name.
+    pub fn dir_entries(&self, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
+        self.dir_object(id)
+    }
+
     /// Deletes a snapshot record; its data goes at the next GC.
     pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {
         self.latch.check()?;

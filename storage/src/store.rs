@@ -200,6 +200,46 @@ impl Store {
         }
     }
 
+    /// Starts serving: returns the NFS handle generation (also the WRITE verifier).
+    /// It changes exactly when staged data that was not yet committed may have been
+    /// lost: the previous run did not close cleanly *and* the machine rebooted since
+    /// (a different kernel boot id). A daemon that was killed on a running machine
+    /// loses nothing (the bytes are in the page cache), so handles stay valid.
+    pub fn begin_service(&self, boot_id: &str) -> Result<u64> {
+        self.latch.check()?;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction().ctx("begin service")?;
+        let gen = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
+        let clean = Db::meta_get(&tx, "clean_shutdown")?.unwrap_or(1) == 1;
+        let last_boot: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key='boot_id'", [], |r| r.get(0))
+            .optional()
+            .ctx("reading boot id")?;
+        let same_boot = last_boot.as_deref() == Some(boot_id);
+        let gen = if clean || same_boot { gen } else { gen + 1 };
+        if !(clean || same_boot) {
+            tracing::warn!(generation = gen, "unclean shutdown and reboot: NFS write verifier changed, clients resend uncommitted writes");
+        }
+        Db::meta_set(&tx, "nfs_generation", gen)?;
+        Db::meta_set(&tx, "clean_shutdown", 0)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES('boot_id', ?1) ON CONFLICT(key) DO UPDATE SET value=?1",
+            [boot_id],
+        )
+        .ctx("recording boot id")?;
+        tx.commit().ctx("begin service")?;
+        drop(conn);
+        self.db.sync_wal(&self.latch)?;
+        Ok(gen as u64)
+    }
+
+    /// Clean stop: everything durable, then the clean mark.
+    pub fn end_service(&self) -> Result<()> {
+        self.sync_all()?;
+        Db::meta_set(&self.db.lock(), "clean_shutdown", 1)?;
+        self.db.sync_wal(&self.latch)
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }

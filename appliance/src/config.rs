@@ -1,0 +1,158 @@
+//! `kura.toml`: what an operator configures. Every field has a default, so kura runs
+//! with no file at all (a local data directory, one export on 127.0.0.1).
+
+use anyhow::{bail, Context, Result};
+use protocol::{Cidr, ExportConfig, ExportPolicy};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the store lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Volumes created at start if missing.
+    #[serde(default = "default_volumes")]
+    pub volumes: Vec<String>,
+    /// A staged file is ingested once it has had no write for this long.
+    #[serde(default = "default_idle")]
+    pub ingest_idle_secs: u64,
+    /// Store calls in flight at once (bounds memory under deep client queues).
+    #[serde(default = "default_inflight")]
+    pub max_inflight: usize,
+    #[serde(default = "default_exports", rename = "export")]
+    pub exports: Vec<ExportToml>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportToml {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_allow")]
+    pub allow: Vec<String>,
+    /// Volumes shown; all when absent.
+    pub volumes: Option<Vec<String>>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default = "yes")]
+    pub root_squash: bool,
+    #[serde(default = "nobody")]
+    pub anon_uid: u32,
+    #[serde(default = "nobody")]
+    pub anon_gid: u32,
+    #[serde(default)]
+    pub owner_uid: u32,
+    #[serde(default)]
+    pub owner_gid: u32,
+    #[serde(default)]
+    pub refuse_uids: Vec<u32>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("kura-data")
+}
+fn default_volumes() -> Vec<String> {
+    vec!["backup".into()]
+}
+fn default_idle() -> u64 {
+    5
+}
+fn default_inflight() -> usize {
+    64
+}
+fn default_listen() -> String {
+    "127.0.0.1:2049".into()
+}
+fn default_allow() -> Vec<String> {
+    vec!["127.0.0.1/32".into(), "::1/128".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn nobody() -> u32 {
+    65534
+}
+fn default_exports() -> Vec<ExportToml> {
+    vec![toml::from_str("").expect("defaults parse")]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let c: Config = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        c.validate().with_context(|| format!("checking config {}", path.display()))?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for v in &self.volumes {
+            storage::store::check_volume_name(v).with_context(|| format!("volume {v:?}"))?;
+        }
+        if self.exports.is_empty() {
+            bail!("no [[export]]: nothing would be served");
+        }
+        for (i, e) in self.exports.iter().enumerate() {
+            e.to_config().with_context(|| format!("export #{}", i + 1))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExportToml {
+    pub fn to_config(&self) -> Result<ExportConfig> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .with_context(|| format!("listen = {:?} is not ADDRESS:PORT", self.listen))?;
+        let allow = self
+            .allow
+            .iter()
+            .map(|a| a.parse::<Cidr>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        if allow.is_empty() {
+            bail!("allow is empty: no client could connect (use [\"0.0.0.0/0\"] to allow all)");
+        }
+        Ok(ExportConfig {
+            listen,
+            allow,
+            policy: ExportPolicy {
+                volumes: self.volumes.clone(),
+                read_only: self.read_only,
+                root_squash: self.root_squash,
+                anon_uid: self.anon_uid,
+                anon_gid: self.anon_gid,
+                owner_uid: self.owner_uid,
+                owner_gid: self.owner_gid,
+                refuse_uids: self.refuse_uids.clone(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::default();
+        assert_eq!(c.exports.len(), 1);
+        assert_eq!(c.exports[0].listen, "127.0.0.1:2049");
+        c.validate().unwrap();
+        let bad = |t: &str| toml::from_str::<Config>(t).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| format!("{e:#}")));
+        assert!(bad("data_dirr = 'x'").unwrap_err().contains("unknown field"));
+        assert!(bad("[[export]]\nlisten = 'nope'").unwrap_err().contains("ADDRESS:PORT"));
+        assert!(bad("[[export]]\nallow = ['10.0.0.0/40']").unwrap_err().contains("prefix"));
+        assert!(bad("[[export]]\nallow = []").unwrap_err().contains("allow is empty"));
+        assert!(bad("volumes = ['../etc']").unwrap_err().contains("volume"));
+    }
+}
