@@ -74,7 +74,7 @@ enum SnapCmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| "info,nfs3_server=warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| "info,nfs3_server=off".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every kura test on a fresh Debian machine, installing what the tests need:
+# Debian's libnfs-utils (nfs-cp, nfs-ls, nfs-cat) and PyPI's nfs-rs in a venv.
+# Tests that mount a tmpfs need root; set KURA_SKIP_MOUNT_TESTS=1 where that is impossible.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+if ! command -v nfs-cp >/dev/null; then
+  echo "installing libnfs-utils" >&2
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libnfs-utils >/dev/null
+fi
+
+VENV=${KURA_VENV:-$PWD/target/test-venv}
+if ! "$VENV/bin/python" -c 'import nfs_rs' 2>/dev/null; then
+  echo "installing nfs-rs into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q 'nfs-rs==0.8.7'
+fi
+export KURA_PYTHON="$VENV/bin/python"
+
+# Release mode: the NFS tests move gigabytes.
+cargo test --release --workspace "$@"
