@@ -213,6 +213,16 @@ impl Store {
             g.ingesting = Some(IngestLog::default());
             (g.size, g.mtime)
         };
+        // Worst case the file is new and incompressible: refuse up front rather than
+        // fill the disk with a half-written pack that only GC could reclaim.
+        let free = self.free_bytes();
+        let margin = 4 << 20;
+        if free < size.saturating_add(margin) {
+            st.lock().ingesting = None;
+            return Err(StoreError::NoSpace {
+                context: format!("ingesting file {} needs up to {size} bytes, {free} free; ingest waits", st.ino),
+            });
+        }
         let r = self.chunk_file(st, size);
         let (content, locs, mut report, pins) = match r {
             Ok(v) => v,

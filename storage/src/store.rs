@@ -182,6 +182,20 @@ impl Store {
         }
     }
 
+    /// Bytes available to the store's filesystem (u64::MAX when unknown).
+    pub fn free_bytes(&self) -> u64 {
+        // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            if libc::statvfs(c.as_ptr(), &mut st) == 0 {
+                st.f_bavail as u64 * st.f_frsize as u64
+            } else {
+                u64::MAX
+            }
+        }
+    }
+
     /// Gives the reserve back to the filesystem; true if there was one.
     fn release_reserve(&self) -> bool {
         let released = std::fs::remove_file(self.reserve_path()).is_ok();

@@ -34,7 +34,7 @@ fn small_fs(mib: u32) -> Option<Mount> {
 /// staged, and after space is freed the store works again.
 #[test]
 fn full_disk_is_a_clear_error_and_loses_nothing() {
-    let Some(m) = small_fs(24) else { return };
+    let Some(m) = small_fs(48) else { return };
     let root = m.0.join("store");
     let s = open(&root);
     let v = s.create_volume("vol", owner()).unwrap();
@@ -70,7 +70,9 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
             }
         }
     }
-    let e = hit.expect("a 24 MiB filesystem must fill up");
+    let e = hit.expect("a 48 MiB filesystem must fill up");
+    let ingested = s.stats().unwrap().chunks;
+    assert!(ingested > 0, "some files were ingested before the disk filled");
     assert!(matches!(e, StoreError::NoSpace { .. }), "expected NoSpace, got {e}");
     assert!(e.to_string().contains("no space left"), "{e}");
     assert!(written.len() >= 4, "only {} files fit", written.len());
