@@ -25,7 +25,13 @@ fn copy_in_and_out_0_to_2gib() {
     for (i, &size) in sizes.iter().enumerate() {
         let src = tmp.path().join(format!("in{i}"));
         let h = make_file(&src, size, i as u64);
-        ok(&libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url(&format!("/backup/f{i}"))]), "nfs-cp in");
+        ok(
+            &libnfs(
+                "nfs-cp",
+                &[src.to_str().unwrap(), &d.url(&format!("/backup/f{i}"))],
+            ),
+            "nfs-cp in",
+        );
         std::fs::remove_file(&src).unwrap();
         files.push((i, size, h));
     }
@@ -34,7 +40,9 @@ fn copy_in_and_out_0_to_2gib() {
     let listing = String::from_utf8_lossy(&ls.stdout);
     for (i, size, _) in &files {
         assert!(
-            listing.lines().any(|l| l.ends_with(&format!(" f{i}")) && l.contains(&format!(" {size} "))),
+            listing
+                .lines()
+                .any(|l| l.ends_with(&format!(" f{i}")) && l.contains(&format!(" {size} "))),
             "f{i} with size {size} missing from listing:\n{listing}"
         );
     }
@@ -45,7 +53,13 @@ fn copy_in_and_out_0_to_2gib() {
         }
         for (i, _, h) in &files {
             let dst = tmp.path().join(format!("out{i}"));
-            ok(&libnfs("nfs-cp", &[&d.url(&format!("/backup/f{i}")), dst.to_str().unwrap()]), "nfs-cp out");
+            ok(
+                &libnfs(
+                    "nfs-cp",
+                    &[&d.url(&format!("/backup/f{i}")), dst.to_str().unwrap()],
+                ),
+                "nfs-cp out",
+            );
             assert_eq!(hash_file(&dst), *h, "f{i} differs (round {round})");
             std::fs::remove_file(&dst).unwrap();
         }
@@ -135,8 +149,14 @@ assert sorted(c.listdir('/')) == ['a', 'y' * 255], c.listdir('/')
 print('done')
 "#,
     );
-    assert!(out.contains("notempty: ") && out.to_lowercase().contains("not empty"), "{out}");
-    assert!(out.to_lowercase().contains("long: ") && out.to_lowercase().contains("too long"), "{out}");
+    assert!(
+        out.contains("notempty: ") && out.to_lowercase().contains("not empty"),
+        "{out}"
+    );
+    assert!(
+        out.to_lowercase().contains("long: ") && out.to_lowercase().contains("too long"),
+        "{out}"
+    );
     assert!(out.contains("done"), "{out}");
 }
 
@@ -146,14 +166,28 @@ print('done')
 fn snapshots_are_browsable_and_read_only() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(tmp.path(), &format!("127.0.0.1:{port}"), &["127.0.0.1/32"], "");
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "",
+    );
     let mut d = Daemon::start(&cfg, &[]);
-    py(d.port, "c.mkdir('/db')\nwith c.open('/db/dump.sql', 'wb') as f: f.write(b'night one\\n' * 5000)\n");
+    py(
+        d.port,
+        "c.mkdir('/db')\nwith c.open('/db/dump.sql', 'wb') as f: f.write(b'night one\\n' * 5000)\n",
+    );
     d.stop();
     kura(&cfg, &["snapshot", "create", "backup", "night1"]);
     let d = Daemon::start(&cfg, &[]);
-    py(d.port, "with c.open('/db/dump.sql', 'wb') as f: f.write(b'night two\\n')\n");
-    let cat = libnfs("nfs-cat", &[&d.url("/backup/.snapshots/night1/db/dump.sql")]);
+    py(
+        d.port,
+        "with c.open('/db/dump.sql', 'wb') as f: f.write(b'night two\\n')\n",
+    );
+    let cat = libnfs(
+        "nfs-cat",
+        &[&d.url("/backup/.snapshots/night1/db/dump.sql")],
+    );
     ok(&cat, "nfs-cat of a snapshot file");
     assert_eq!(cat.stdout, b"night one\n".repeat(5000));
     let ls = libnfs("nfs-ls", &[&d.url("/backup/.snapshots")]);
@@ -161,7 +195,13 @@ fn snapshots_are_browsable_and_read_only() {
     assert!(String::from_utf8_lossy(&ls.stdout).contains("night1"));
     let src = tmp.path().join("x");
     std::fs::write(&src, b"should not land").unwrap();
-    let cp = libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url("/backup/.snapshots/night1/db/new")]);
+    let cp = libnfs(
+        "nfs-cp",
+        &[
+            src.to_str().unwrap(),
+            &d.url("/backup/.snapshots/night1/db/new"),
+        ],
+    );
     assert!(!cp.status.success(), "nfs-cp into a snapshot must fail");
     let out = py(
         d.port,
@@ -200,13 +240,30 @@ fn allow_list_refuses_other_addresses() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "127.0.0.1:0", &["127.0.0.2/32"], "");
     let d = Daemon::start(&cfg, &[]);
-    let ls = libnfs("nfs-ls", &[&d.url("/backup")]);
-    assert!(!ls.status.success(), "a client from 127.0.0.1 must be refused");
+    // The socket filter drops the SYN: the connection never completes.
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], d.port).into();
+    let r = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2));
+    assert!(
+        r.is_err(),
+        "a TCP connection from 127.0.0.1 must not complete"
+    );
+    let o = std::process::Command::new(python())
+        .arg("-c")
+        .arg(format!(
+            "import nfs_rs\ntry:\n    nfs_rs.Client.connect('nfs://127.0.0.1/backup?version=3&nfsport={p}&mountport={p}', noresvport=True, connect_timeout=3)\n    print('CONNECTED')\nexcept nfs_rs.NfsError as e:\n    print('REFUSED')\n",
+            p = d.port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "REFUSED");
     drop(d);
     let tmp2 = tempfile::tempdir().unwrap();
     let cfg = config(tmp2.path(), "127.0.0.1:0", &["127.0.0.0/30"], "");
     let d = Daemon::start(&cfg, &[]);
-    ok(&libnfs("nfs-ls", &[&d.url("/backup")]), "nfs-ls from an allowed address");
+    ok(
+        &libnfs("nfs-ls", &[&d.url("/backup")]),
+        "nfs-ls from an allowed address",
+    );
 }
 
 /// A read-only export refuses writes; root squashing maps owner 0 to the anonymous ids.
@@ -214,15 +271,35 @@ fn allow_list_refuses_other_addresses() {
 fn read_only_export_and_root_squash() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(tmp.path(), &format!("127.0.0.1:{port}"), &["127.0.0.1/32"], "anon_uid = 4242\nanon_gid = 4343\n");
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "anon_uid = 4242\nanon_gid = 4343\n",
+    );
     let mut d = Daemon::start(&cfg, &[]);
-    let out = py(d.port, "c.touch('/f')\nc.chown('/f', 0, 0)\ns = c.stat('/f')\nprint(s.uid, s.gid)\n");
+    let out = py(
+        d.port,
+        "c.touch('/f')\nc.chown('/f', 0, 0)\ns = c.stat('/f')\nprint(s.uid, s.gid)\n",
+    );
     assert_eq!(out.trim(), "4242 4343");
     d.stop();
-    let cfg = config(tmp.path(), &format!("127.0.0.1:{port}"), &["127.0.0.1/32"], "read_only = true\n");
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "read_only = true\n",
+    );
     let d = Daemon::start(&cfg, &[]);
     let src = tmp.path().join("x");
     std::fs::write(&src, b"nope").unwrap();
-    assert!(!libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url("/backup/g")]).status.success());
-    ok(&libnfs("nfs-ls", &[&d.url("/backup")]), "reading a read-only export");
+    assert!(
+        !libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url("/backup/g")])
+            .status
+            .success()
+    );
+    ok(
+        &libnfs("nfs-ls", &[&d.url("/backup")]),
+        "reading a read-only export",
+    );
 }

@@ -11,7 +11,12 @@ use common::*;
 fn committed_data_and_handles_survive_kill9() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(tmp.path(), &format!("127.0.0.1:{port}"), &["127.0.0.1/32"], "");
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "",
+    );
     let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
     let mut p = PyProc::start(
         port,
@@ -41,7 +46,12 @@ print('SAME' if back == data else f'DIFFERENT {len(back)}', flush=True)
 fn verifier_changes_only_after_unclean_reboot() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(tmp.path(), &format!("127.0.0.1:{port}"), &["127.0.0.1/32"], "");
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "",
+    );
     let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
     let mut p = PyProc::start(
         port,
@@ -76,6 +86,9 @@ for step in ['clean', 'kill', 'reboot']:
     let _d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-2")]);
     p.send("go");
     let l = p.expect_line();
-    assert!(l.starts_with("ERR"), "old handle must be stale after an unclean reboot, got {l}");
+    assert!(
+        l.starts_with("ERR"),
+        "old handle must be stale after an unclean reboot, got {l}"
+    );
     p.finish();
 }

@@ -87,9 +87,12 @@ impl Default for Config {
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let c: Config = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-        c.validate().with_context(|| format!("checking config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let c: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        c.validate()
+            .with_context(|| format!("checking config {}", path.display()))?;
         Ok(c)
     }
 
@@ -101,7 +104,8 @@ impl Config {
             bail!("no [[export]]: nothing would be served");
         }
         for (i, e) in self.exports.iter().enumerate() {
-            e.to_config().with_context(|| format!("export #{}", i + 1))?;
+            e.to_config()
+                .with_context(|| format!("export #{}", i + 1))?;
         }
         Ok(())
     }
@@ -148,11 +152,23 @@ mod tests {
         assert_eq!(c.exports.len(), 1);
         assert_eq!(c.exports[0].listen, "127.0.0.1:2049");
         c.validate().unwrap();
-        let bad = |t: &str| toml::from_str::<Config>(t).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| format!("{e:#}")));
-        assert!(bad("data_dirr = 'x'").unwrap_err().contains("unknown field"));
-        assert!(bad("[[export]]\nlisten = 'nope'").unwrap_err().contains("ADDRESS:PORT"));
-        assert!(bad("[[export]]\nallow = ['10.0.0.0/40']").unwrap_err().contains("prefix"));
-        assert!(bad("[[export]]\nallow = []").unwrap_err().contains("allow is empty"));
+        let bad = |t: &str| {
+            toml::from_str::<Config>(t)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| format!("{e:#}")))
+        };
+        assert!(bad("data_dirr = 'x'")
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(bad("[[export]]\nlisten = 'nope'")
+            .unwrap_err()
+            .contains("ADDRESS:PORT"));
+        assert!(bad("[[export]]\nallow = ['10.0.0.0/40']")
+            .unwrap_err()
+            .contains("prefix"));
+        assert!(bad("[[export]]\nallow = []")
+            .unwrap_err()
+            .contains("allow is empty"));
         assert!(bad("volumes = ['../etc']").unwrap_err().contains("volume"));
     }
 }

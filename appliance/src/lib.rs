@@ -20,9 +20,20 @@ pub fn open_store(cfg: &Config) -> Result<Store> {
         .with_context(|| format!("opening store {}", cfg.data_dir.display()))?;
     for v in &cfg.volumes {
         if store.volume(v).is_err() {
-            let owner = cfg.exports.first().map(|e| (e.owner_uid, e.owner_gid)).unwrap_or((0, 0));
+            let owner = cfg
+                .exports
+                .first()
+                .map(|e| (e.owner_uid, e.owner_gid))
+                .unwrap_or((0, 0));
             store
-                .create_volume(v, NewAttr { mode: 0o755, uid: owner.0, gid: owner.1 })
+                .create_volume(
+                    v,
+                    NewAttr {
+                        mode: 0o755,
+                        uid: owner.0,
+                        gid: owner.1,
+                    },
+                )
                 .with_context(|| format!("creating volume {v}"))?;
         }
     }
@@ -31,10 +42,16 @@ pub fn open_store(cfg: &Config) -> Result<Store> {
 
 /// Runs the daemon until `shutdown` resolves: the exports, and the background ingester.
 /// `ready` receives the bound address of every export once they listen.
-pub async fn run(cfg: Config, ready: impl FnOnce(&[SocketAddr]), shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    cfg: Config,
+    ready: impl FnOnce(&[SocketAddr]),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     cfg.validate()?;
     let store = Arc::new(tokio::task::block_in_place(|| open_store(&cfg))?);
-    let generation = store.begin_service(&protocol::boot_id()).context("starting service")?;
+    let generation = store
+        .begin_service(&protocol::boot_id())
+        .context("starting service")?;
     let shared = Shared::new(store.clone(), cfg.max_inflight);
     let mut exports = Vec::new();
     for e in &cfg.exports {
@@ -54,14 +71,16 @@ pub async fn run(cfg: Config, ready: impl FnOnce(&[SocketAddr]), shutdown: impl 
     let ingester = {
         let (store, stop) = (store.clone(), stop.clone());
         let idle = Duration::from_secs(cfg.ingest_idle_secs);
-        std::thread::Builder::new().name("kura-ingester".into()).spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Err(e) = store.ingest_idle(idle) {
-                    tracing::error!(error = %e, "background ingest failed; will retry");
+        std::thread::Builder::new()
+            .name("kura-ingester".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = store.ingest_idle(idle) {
+                        tracing::error!(error = %e, "background ingest failed; will retry");
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
                 }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })?
+            })?
     };
     shutdown.await;
     tracing::info!("shutting down");

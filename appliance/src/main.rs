@@ -41,7 +41,11 @@ enum Cmd {
         cmd: SnapCmd,
     },
     /// Make a new writable volume from a snapshot (shares data, copies nothing).
-    Clone { volume: String, snapshot: String, new_volume: String },
+    Clone {
+        volume: String,
+        snapshot: String,
+        new_volume: String,
+    },
     /// Ingest everything staged now.
     Ingest,
     /// Collect garbage: unreferenced chunks, sparse packs.
@@ -74,7 +78,10 @@ enum SnapCmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| "info,nfs3_server=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+                .unwrap_or_else(|_| "info,nfs3_server=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
@@ -101,7 +108,9 @@ fn real_main() -> Result<()> {
                 cfg.exports[0].allow = allow;
             }
             cfg.validate()?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(kura::run(
                 cfg,
                 |addrs| {
@@ -131,39 +140,72 @@ async fn shutdown_signal() {
 
 fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Volume { cmd: VolumeCmd::Create { name, owner } } => {
+        Cmd::Volume {
+            cmd: VolumeCmd::Create { name, owner },
+        } => {
             let (u, g) = owner.split_once(':').context("--owner is UID:GID")?;
-            store.create_volume(&name, NewAttr { mode: 0o755, uid: u.parse()?, gid: g.parse()? })?;
+            store.create_volume(
+                &name,
+                NewAttr {
+                    mode: 0o755,
+                    uid: u.parse()?,
+                    gid: g.parse()?,
+                },
+            )?;
             println!("created volume {name}");
         }
-        Cmd::Volume { cmd: VolumeCmd::List } => {
+        Cmd::Volume {
+            cmd: VolumeCmd::List,
+        } => {
             for v in store.volumes()? {
                 println!("{}", v.name);
             }
         }
-        Cmd::Snapshot { cmd: SnapCmd::Create { volume, name } } => {
+        Cmd::Snapshot {
+            cmd: SnapCmd::Create { volume, name },
+        } => {
             let s = store.snapshot(&volume, &name)?;
-            println!("snapshot {}@{} ({} bytes)", s.volume, s.name, s.logical_bytes);
+            println!(
+                "snapshot {}@{} ({} bytes)",
+                s.volume, s.name, s.logical_bytes
+            );
         }
-        Cmd::Snapshot { cmd: SnapCmd::List { volume } } => {
+        Cmd::Snapshot {
+            cmd: SnapCmd::List { volume },
+        } => {
             for s in store.snapshots(volume.as_deref())? {
-                println!("{}@{}\t{}\t{}", s.volume, s.name, s.created.sec, s.logical_bytes);
+                println!(
+                    "{}@{}\t{}\t{}",
+                    s.volume, s.name, s.created.sec, s.logical_bytes
+                );
             }
         }
-        Cmd::Snapshot { cmd: SnapCmd::Delete { volume, name } } => {
+        Cmd::Snapshot {
+            cmd: SnapCmd::Delete { volume, name },
+        } => {
             store.delete_snapshot(&volume, &name)?;
             println!("deleted {volume}@{name}");
         }
-        Cmd::Clone { volume, snapshot, new_volume } => {
+        Cmd::Clone {
+            volume,
+            snapshot,
+            new_volume,
+        } => {
             store.clone_snapshot(&volume, &snapshot, &new_volume)?;
             println!("cloned {volume}@{snapshot} to volume {new_volume}");
         }
         Cmd::Ingest => {
             let r = store.ingest_all(None)?;
-            println!("ingested {} files, {} bytes, {} new bytes stored as {}", r.files, r.bytes, r.new_bytes, r.stored_bytes);
+            println!(
+                "ingested {} files, {} bytes, {} new bytes stored as {}",
+                r.files, r.bytes, r.new_bytes, r.stored_bytes
+            );
         }
         Cmd::Gc { dry_run } => {
-            let r = store.gc(&GcOptions { dry_run, ..Default::default() })?;
+            let r = store.gc(&GcOptions {
+                dry_run,
+                ..Default::default()
+            })?;
             println!(
                 "{}unreachable chunks {} ({} bytes), packs to repack {}, deleted {}, reclaimed {} bytes",
                 if dry_run { "[dry run] " } else { "" },
@@ -178,7 +220,10 @@ fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
             let r = store.verify()?;
             println!("checked {} chunks in {} packs", r.chunks, r.packs);
             for d in &r.damaged {
-                println!("DAMAGED chunk {} in pack {} at {}: {}", d.chunk, d.pack, d.offset, d.detail);
+                println!(
+                    "DAMAGED chunk {} in pack {} at {}: {}",
+                    d.chunk, d.pack, d.offset, d.detail
+                );
             }
             for f in &r.affected_files {
                 println!("affected file {f}");

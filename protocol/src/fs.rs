@@ -10,15 +10,21 @@ use crate::errors::to_nfs;
 use crate::handle::{fileid, KuraHandle, Node};
 use lru::LruCache;
 use nfs3_server::nfs3_types::nfs3::{
-    createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime, set_gid3, set_mode3,
-    set_mtime, set_size3, set_uid3, specdata3, stable_how, FSINFO3resok,
+    createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime,
+    set_gid3, set_mode3, set_mtime, set_size3, set_uid3, specdata3, stable_how, FSINFO3resok,
 };
 use nfs3_server::nfs3_types::rpc::auth_unix;
-use nfs3_server::vfs::{DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator, VFSCapabilities};
+use nfs3_server::vfs::{
+    DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
+    VFSCapabilities,
+};
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use storage::{Attr, ChunkId, FileId, FileKind, NewAttr, SetAttr, SnapshotId, Store, StoreError, Timespec, TreeEntry, VolumeId};
+use storage::{
+    Attr, ChunkId, FileId, FileKind, NewAttr, SetAttr, SnapshotId, Store, StoreError, Timespec,
+    TreeEntry, VolumeId,
+};
 use tokio::sync::Semaphore;
 
 /// Name of the read-only snapshot directory in every volume root. Hidden from listings
@@ -85,7 +91,11 @@ impl Shared {
         op: &'static str,
         f: impl FnOnce(&Store) -> storage::Result<T> + Send + 'static,
     ) -> Result<T, nfsstat3> {
-        let _permit = self.permits.acquire().await.map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(Ok(v)) => Ok(v),
@@ -95,6 +105,21 @@ impl Shared {
                 Err(nfsstat3::NFS3ERR_SERVERFAULT)
             }
         }
+    }
+
+    /// Like [`Shared::run`] for a call that borrows the request's buffer: runs on this
+    /// worker thread (`block_in_place`) so that a 1 MiB WRITE payload is not copied.
+    pub async fn run_here<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Store) -> storage::Result<T>,
+    ) -> Result<T, nfsstat3> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        tokio::task::block_in_place(|| f(&self.store)).map_err(|e| to_nfs(op, &e))
     }
 
     /// Forgets cached attributes (after any mutation of these files).
@@ -178,7 +203,10 @@ impl KuraFs {
     }
 
     fn volume_allowed(&self, name: &str) -> bool {
-        self.policy.volumes.as_ref().is_none_or(|v| v.iter().any(|n| n == name))
+        self.policy
+            .volumes
+            .as_ref()
+            .is_none_or(|v| v.iter().any(|n| n == name))
     }
 
     fn writable(&self) -> Result<(), nfsstat3> {
@@ -208,11 +236,18 @@ impl KuraFs {
     /// Volumes visible here: (id, name, root).
     async fn volumes(&self) -> Result<Vec<storage::Volume>, nfsstat3> {
         let all = self.shared.run("list volumes", |s| s.volumes()).await?;
-        Ok(all.into_iter().filter(|v| self.volume_allowed(&v.name)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|v| self.volume_allowed(&v.name))
+            .collect())
     }
 
     async fn volume_by_id(&self, id: VolumeId) -> Result<storage::Volume, nfsstat3> {
-        self.volumes().await?.into_iter().find(|v| v.id == id).ok_or(nfsstat3::NFS3ERR_STALE)
+        self.volumes()
+            .await?
+            .into_iter()
+            .find(|v| v.id == id)
+            .ok_or(nfsstat3::NFS3ERR_STALE)
     }
 
     /// Attributes of a live inode, from the cache when possible; checks the inode's
@@ -222,13 +257,17 @@ impl KuraFs {
         let (a, vol) = match cached {
             Some(v) => v,
             None => {
-                let i = self.shared.run("getattr", move |s| s.inode(ino)).await.map_err(|e| {
-                    if e == nfsstat3::NFS3ERR_NOENT {
-                        nfsstat3::NFS3ERR_STALE
-                    } else {
-                        e
-                    }
-                })?;
+                let i = self
+                    .shared
+                    .run("getattr", move |s| s.inode(ino))
+                    .await
+                    .map_err(|e| {
+                        if e == nfsstat3::NFS3ERR_NOENT {
+                            nfsstat3::NFS3ERR_STALE
+                        } else {
+                            e
+                        }
+                    })?;
                 self.shared.attrs.lock().unwrap().put(ino, (i.attr, i.vol));
                 (i.attr, i.vol)
             }
@@ -240,13 +279,25 @@ impl KuraFs {
     }
 
     /// The index of a snapshot directory object by file id.
-    async fn snap_dir(&self, dir: ChunkId) -> Result<(Arc<Vec<TreeEntry>>, Arc<HashMap<FileId, usize>>), nfsstat3> {
-        let entries = self.shared.run("read snapshot dir", move |s| s.dir_entries(&dir)).await?;
+    async fn snap_dir(
+        &self,
+        dir: ChunkId,
+    ) -> Result<(Arc<Vec<TreeEntry>>, Arc<HashMap<FileId, usize>>), nfsstat3> {
+        let entries = self
+            .shared
+            .run("read snapshot dir", move |s| s.dir_entries(&dir))
+            .await?;
         let cached = self.shared.dir_index.lock().unwrap().get(&dir).cloned();
         let index = match cached {
             Some(i) => i,
             None => {
-                let i: Arc<HashMap<FileId, usize>> = Arc::new(entries.iter().enumerate().map(|(k, e)| (e.attr.ino, k)).collect());
+                let i: Arc<HashMap<FileId, usize>> = Arc::new(
+                    entries
+                        .iter()
+                        .enumerate()
+                        .map(|(k, e)| (e.attr.ino, k))
+                        .collect(),
+                );
                 self.shared.dir_index.lock().unwrap().put(dir, i.clone());
                 i
             }
@@ -259,8 +310,14 @@ impl KuraFs {
         match node {
             Node::SnapRoot(id) => {
                 let id = *id;
-                let (info, root) = self.shared.run("open snapshot", move |s| s.snapshot_by_id(id)).await.map_err(stale)?;
-                self.volume_allowed(&info.volume).then_some(()).ok_or(nfsstat3::NFS3ERR_STALE)?;
+                let (info, root) = self
+                    .shared
+                    .run("open snapshot", move |s| s.snapshot_by_id(id))
+                    .await
+                    .map_err(stale)?;
+                self.volume_allowed(&info.volume)
+                    .then_some(())
+                    .ok_or(nfsstat3::NFS3ERR_STALE)?;
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
@@ -400,10 +457,22 @@ impl ReadDirPlusIterator<KuraHandle> for KuraIter {
     async fn next(&mut self) -> NextResult<DirEntryPlus<KuraHandle>> {
         match self {
             KuraIter::Fixed(v) => v.pop_front().map_or(NextResult::Eof, NextResult::Ok),
-            KuraIter::Snap { fs, snap, dir, entries, pos } => {
-                let Some(e) = entries.get(*pos) else { return NextResult::Eof };
+            KuraIter::Snap {
+                fs,
+                snap,
+                dir,
+                entries,
+                pos,
+            } => {
+                let Some(e) = entries.get(*pos) else {
+                    return NextResult::Eof;
+                };
                 *pos += 1;
-                let node = Node::SnapEntry { snap: *snap, dir: *dir, ino: e.attr.ino };
+                let node = Node::SnapEntry {
+                    snap: *snap,
+                    dir: *dir,
+                    ino: e.attr.ino,
+                };
                 NextResult::Ok(DirEntryPlus {
                     fileid: fileid(&node),
                     name: e.name.clone().into(),
@@ -412,10 +481,20 @@ impl ReadDirPlusIterator<KuraHandle> for KuraIter {
                     name_handle: Some(KuraHandle::new(&node)),
                 })
             }
-            KuraIter::Live { fs, dir, cookie, buf, done } => {
+            KuraIter::Live {
+                fs,
+                dir,
+                cookie,
+                buf,
+                done,
+            } => {
                 if buf.is_empty() && !*done {
                     let (d, c) = (*dir, *cookie);
-                    match fs.shared.run("readdir", move |s| s.readdir(d, c, 512)).await {
+                    match fs
+                        .shared
+                        .run("readdir", move |s| s.readdir(d, c, 512))
+                        .await
+                    {
                         Ok(page) => {
                             if page.len() < 512 {
                                 *done = true;
@@ -455,7 +534,11 @@ impl NfsReadFileSystem for KuraFs {
         }
     }
 
-    async fn lookup(&self, dirid: &KuraHandle, filename: &filename3<'_>) -> Result<KuraHandle, nfsstat3> {
+    async fn lookup(
+        &self,
+        dirid: &KuraHandle,
+        filename: &filename3<'_>,
+    ) -> Result<KuraHandle, nfsstat3> {
         let name = filename.as_ref().to_vec();
         let node = Self::node(dirid)?;
         if name.as_slice() == b"." {
@@ -464,7 +547,12 @@ impl NfsReadFileSystem for KuraFs {
         let found = match node {
             Node::Root => {
                 let n = String::from_utf8_lossy(&name).into_owned();
-                let v = self.volumes().await?.into_iter().find(|v| v.name == n).ok_or(nfsstat3::NFS3ERR_NOENT)?;
+                let v = self
+                    .volumes()
+                    .await?
+                    .into_iter()
+                    .find(|v| v.name == n)
+                    .ok_or(nfsstat3::NFS3ERR_NOENT)?;
                 Node::Live(v.root)
             }
             Node::Live(dir) => {
@@ -479,7 +567,10 @@ impl NfsReadFileSystem for KuraFs {
                     match self.volume_of_root(dir).await? {
                         Some(v) => Node::SnapDir(v.id),
                         None => {
-                            let a = self.shared.run("lookup", move |s| s.lookup(dir, &name)).await?;
+                            let a = self
+                                .shared
+                                .run("lookup", move |s| s.lookup(dir, &name))
+                                .await?;
                             Node::Live(a.ino)
                         }
                     }
@@ -503,8 +594,14 @@ impl NfsReadFileSystem for KuraFs {
                 } else {
                     let vol = self.volume_by_id(v).await?;
                     let n = String::from_utf8_lossy(&name).into_owned();
-                    let snaps = self.shared.run("list snapshots", move |s| s.snapshots(Some(&vol.name))).await?;
-                    let s = snaps.into_iter().find(|s| s.name == n).ok_or(nfsstat3::NFS3ERR_NOENT)?;
+                    let snaps = self
+                        .shared
+                        .run("list snapshots", move |s| s.snapshots(Some(&vol.name)))
+                        .await?;
+                    let s = snaps
+                        .into_iter()
+                        .find(|s| s.name == n)
+                        .ok_or(nfsstat3::NFS3ERR_NOENT)?;
                     Node::SnapRoot(s.id)
                 }
             }
@@ -523,7 +620,11 @@ impl NfsReadFileSystem for KuraFs {
                 let k = entries
                     .binary_search_by(|x| x.name.as_slice().cmp(&name))
                     .map_err(|_| nfsstat3::NFS3ERR_NOENT)?;
-                Node::SnapEntry { snap, dir, ino: entries[k].attr.ino }
+                Node::SnapEntry {
+                    snap,
+                    dir,
+                    ino: entries[k].attr.ino,
+                }
             }
         };
         Ok(KuraHandle::new(&found))
@@ -534,20 +635,29 @@ impl NfsReadFileSystem for KuraFs {
         self.node_attr(&node).await
     }
 
-    async fn read(&self, id: &KuraHandle, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
+    async fn read(
+        &self,
+        id: &KuraHandle,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool), nfsstat3> {
         let node = Self::node(id)?;
         let count = count.min(4 << 20);
         match node {
             Node::Live(ino) => {
                 self.live_attr(ino).await?;
-                self.shared.run("read", move |s| s.read(ino, offset, count)).await
+                self.shared
+                    .run("read", move |s| s.read(ino, offset, count))
+                    .await
             }
             Node::SnapRoot(_) | Node::SnapEntry { .. } => {
                 let (_, e) = self.snap_entry(&node).await?;
                 if e.attr.kind != FileKind::File {
                     return Err(nfsstat3::NFS3ERR_ISDIR);
                 }
-                self.shared.run("read snapshot", move |s| s.snap_read(&e, offset, count)).await
+                self.shared
+                    .run("read snapshot", move |s| s.snap_read(&e, offset, count))
+                    .await
             }
             _ => Err(nfsstat3::NFS3ERR_ISDIR),
         }
@@ -590,7 +700,10 @@ impl NfsReadFileSystem for KuraFs {
             }
             Node::SnapDir(v) => {
                 let vol = self.volume_by_id(v).await?;
-                let snaps = self.shared.run("list snapshots", move |s| s.snapshots(Some(&vol.name))).await?;
+                let snaps = self
+                    .shared
+                    .run("list snapshots", move |s| s.snapshots(Some(&vol.name)))
+                    .await?;
                 let mut out = VecDeque::new();
                 for s in snaps.into_iter().filter(|s| s.id.0 > cookie) {
                     let n = Node::SnapRoot(s.id);
@@ -626,7 +739,11 @@ impl NfsReadFileSystem for KuraFs {
     async fn readlink(&self, id: &KuraHandle) -> Result<nfspath3<'_>, nfsstat3> {
         let node = Self::node(id)?;
         let target = match node {
-            Node::Live(ino) => self.shared.run("readlink", move |s| s.readlink(ino)).await?,
+            Node::Live(ino) => {
+                self.shared
+                    .run("readlink", move |s| s.readlink(ino))
+                    .await?
+            }
             Node::SnapRoot(_) | Node::SnapEntry { .. } => {
                 let (_, e) = self.snap_entry(&node).await?;
                 if e.attr.kind != FileKind::Symlink {
@@ -640,8 +757,13 @@ impl NfsReadFileSystem for KuraFs {
     }
 
     async fn fsinfo(&self, root: &KuraHandle) -> Result<FSINFO3resok, nfsstat3> {
-        use nfs3_server::nfs3_types::nfs3::{post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK};
-        let attr = self.getattr(root).await.map_or(post_op_attr::None, post_op_attr::Some);
+        use nfs3_server::nfs3_types::nfs3::{
+            post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK,
+        };
+        let attr = self
+            .getattr(root)
+            .await
+            .map_or(post_op_attr::None, post_op_attr::Some);
         const MIB: u32 = 1 << 20;
         Ok(FSINFO3resok {
             obj_attributes: attr,
@@ -654,7 +776,10 @@ impl NfsReadFileSystem for KuraFs {
             dtpref: 64 * 1024,
             // Backup images of many TiB: the store's offsets are u64.
             maxfilesize: 1 << 62,
-            time_delta: nfstime3 { seconds: 0, nseconds: 1 },
+            time_delta: nfstime3 {
+                seconds: 0,
+                nseconds: 1,
+            },
             properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
         })
     }
@@ -675,12 +800,21 @@ impl NfsFileSystem for KuraFs {
         self.live_attr(ino).await?;
         let s = self.set_attr(&setattr);
         self.shared.invalidate(&[ino]);
-        let a = self.shared.run("setattr", move |st| st.setattr(ino, s)).await?;
+        let a = self
+            .shared
+            .run("setattr", move |st| st.setattr(ino, s))
+            .await?;
         self.shared.invalidate(&[ino]);
         Ok(self.fattr(&node, &a))
     }
 
-    async fn write(&self, id: &KuraHandle, offset: u64, data: &[u8], stable: stable_how) -> Result<(fattr3, stable_how), nfsstat3> {
+    async fn write(
+        &self,
+        id: &KuraHandle,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> Result<(fattr3, stable_how), nfsstat3> {
         let node = Self::node(id)?;
         let ino = self.live_dir(&node)?;
         let a = self.live_attr(ino).await?;
@@ -688,11 +822,10 @@ impl NfsFileSystem for KuraFs {
             return Err(nfsstat3::NFS3ERR_INVAL);
         }
         let sync = !matches!(stable, stable_how::UNSTABLE);
-        let data = data.to_vec();
         let a = self
             .shared
-            .run("write", move |s| {
-                s.write(ino, offset, &data)?;
+            .run_here("write", |s| {
+                s.write(ino, offset, data)?;
                 if sync {
                     s.sync(ino)?;
                 }
@@ -700,10 +833,22 @@ impl NfsFileSystem for KuraFs {
             })
             .await?;
         self.shared.invalidate(&[ino]);
-        Ok((self.fattr(&node, &a), if sync { stable_how::FILE_SYNC } else { stable_how::UNSTABLE }))
+        Ok((
+            self.fattr(&node, &a),
+            if sync {
+                stable_how::FILE_SYNC
+            } else {
+                stable_how::UNSTABLE
+            },
+        ))
     }
 
-    async fn create(&self, dirid: &KuraHandle, filename: &filename3<'_>, attr: sattr3) -> Result<(KuraHandle, fattr3), nfsstat3> {
+    async fn create(
+        &self,
+        dirid: &KuraHandle,
+        filename: &filename3<'_>,
+        attr: sattr3,
+    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
@@ -721,14 +866,22 @@ impl NfsFileSystem for KuraFs {
                     Err(StoreError::Exists(_)) => {
                         let a = s.lookup(dir, &name)?;
                         if a.kind != FileKind::File {
-                            return Err(StoreError::Exists(String::from_utf8_lossy(&name).into_owned()));
+                            return Err(StoreError::Exists(
+                                String::from_utf8_lossy(&name).into_owned(),
+                            ));
                         }
                         a
                     }
                     Err(e) => return Err(e),
                 };
                 match size {
-                    Some(n) => s.setattr(a.ino, SetAttr { size: Some(n), ..Default::default() }),
+                    Some(n) => s.setattr(
+                        a.ino,
+                        SetAttr {
+                            size: Some(n),
+                            ..Default::default()
+                        },
+                    ),
                     None => Ok(a),
                 }
             })
@@ -738,23 +891,40 @@ impl NfsFileSystem for KuraFs {
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
     }
 
-    async fn create_exclusive(&self, dirid: &KuraHandle, filename: &filename3<'_>, createverf: createverf3) -> Result<KuraHandle, nfsstat3> {
+    async fn create_exclusive(
+        &self,
+        dirid: &KuraHandle,
+        filename: &filename3<'_>,
+        createverf: createverf3,
+    ) -> Result<KuraHandle, nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o644);
         let verf = createverf.0;
-        let a = self.shared.run("create exclusive", move |s| s.create_exclusive(dir, &name, na, verf)).await?;
+        let a = self
+            .shared
+            .run("create exclusive", move |s| {
+                s.create_exclusive(dir, &name, na, verf)
+            })
+            .await?;
         self.shared.invalidate(&[dir]);
         Ok(KuraHandle::new(&Node::Live(a.ino)))
     }
 
-    async fn mkdir(&self, dirid: &KuraHandle, dirname: &filename3<'_>) -> Result<(KuraHandle, fattr3), nfsstat3> {
+    async fn mkdir(
+        &self,
+        dirid: &KuraHandle,
+        dirname: &filename3<'_>,
+    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o755);
-        let a = self.shared.run("mkdir", move |s| s.mkdir(dir, &name, na)).await?;
+        let a = self
+            .shared
+            .run("mkdir", move |s| s.mkdir(dir, &name, na))
+            .await?;
         self.shared.invalidate(&[dir]);
         let node = Node::Live(a.ino);
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
@@ -783,10 +953,19 @@ impl NfsFileSystem for KuraFs {
         Ok(())
     }
 
-    async fn rename<'a>(&self, from_dirid: &KuraHandle, from_filename: &filename3<'a>, to_dirid: &KuraHandle, to_filename: &filename3<'a>) -> Result<(), nfsstat3> {
+    async fn rename<'a>(
+        &self,
+        from_dirid: &KuraHandle,
+        from_filename: &filename3<'a>,
+        to_dirid: &KuraHandle,
+        to_filename: &filename3<'a>,
+    ) -> Result<(), nfsstat3> {
         let from = self.live_dir(&Self::node(from_dirid)?)?;
         let to = self.live_dir(&Self::node(to_dirid)?)?;
-        let (fname, tname) = (from_filename.as_ref().to_vec(), to_filename.as_ref().to_vec());
+        let (fname, tname) = (
+            from_filename.as_ref().to_vec(),
+            to_filename.as_ref().to_vec(),
+        );
         for (d, n) in [(from, &fname), (to, &tname)] {
             if n.as_slice() == SNAPDIR && self.volume_of_root(d).await?.is_some() {
                 return Err(nfsstat3::NFS3ERR_ROFS);
@@ -807,13 +986,22 @@ impl NfsFileSystem for KuraFs {
         Ok(())
     }
 
-    async fn symlink<'a>(&self, dirid: &KuraHandle, linkname: &filename3<'a>, symlink: &nfspath3<'a>, attr: &sattr3) -> Result<(KuraHandle, fattr3), nfsstat3> {
+    async fn symlink<'a>(
+        &self,
+        dirid: &KuraHandle,
+        linkname: &filename3<'a>,
+        symlink: &nfspath3<'a>,
+        attr: &sattr3,
+    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = linkname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let target = symlink.0.to_vec();
         let na = self.new_attr(attr, 0o777);
-        let a = self.shared.run("symlink", move |s| s.symlink(dir, &name, &target, na)).await?;
+        let a = self
+            .shared
+            .run("symlink", move |s| s.symlink(dir, &name, &target, na))
+            .await?;
         self.shared.invalidate(&[dir]);
         let node = Node::Live(a.ino);
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))

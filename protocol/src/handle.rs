@@ -20,7 +20,11 @@ pub enum Node {
     Live(FileId),
     SnapDir(VolumeId),
     SnapRoot(SnapshotId),
-    SnapEntry { snap: SnapshotId, dir: ChunkId, ino: FileId },
+    SnapEntry {
+        snap: SnapshotId,
+        dir: ChunkId,
+        ino: FileId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +61,9 @@ impl KuraHandle {
 
     pub fn node(&self) -> Option<Node> {
         let b = &self.bytes;
-        let u = |r: std::ops::Range<usize>| -> Option<u64> { Some(u64::from_le_bytes(b.get(r)?.try_into().ok()?)) };
+        let u = |r: std::ops::Range<usize>| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(r)?.try_into().ok()?))
+        };
         Some(match (b.first()?, b.len()) {
             (1, 1) => Node::Root,
             (2, 9) => Node::Live(FileId(u(1..9)?)),
@@ -81,7 +87,9 @@ impl FileHandle for KuraHandle {
         &self.bytes
     }
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let h = KuraHandle { bytes: bytes.to_vec() };
+        let h = KuraHandle {
+            bytes: bytes.to_vec(),
+        };
         h.node().map(|_| h)
     }
 }
@@ -94,7 +102,9 @@ pub fn fileid(node: &Node) -> u64 {
         Node::Live(i) => i.0,
         Node::SnapDir(v) => (0b10 << 62) | (v.0 & ((1 << 40) - 1)),
         Node::SnapRoot(s) => (0b10 << 62) | (1 << 61) | (s.0 & ((1 << 40) - 1)),
-        Node::SnapEntry { snap, ino, .. } => (0b11 << 62) | ((snap.0 & ((1 << 22) - 1)) << 40) | (ino.0 & ((1 << 40) - 1)),
+        Node::SnapEntry { snap, ino, .. } => {
+            (0b11 << 62) | ((snap.0 & ((1 << 22) - 1)) << 40) | (ino.0 & ((1 << 40) - 1))
+        }
     }
 }
 
@@ -109,11 +119,18 @@ mod tests {
             Node::Live(FileId(42)),
             Node::SnapDir(VolumeId(3)),
             Node::SnapRoot(SnapshotId(9)),
-            Node::SnapEntry { snap: SnapshotId(9), dir: ChunkId([7; 32]), ino: FileId(1234) },
+            Node::SnapEntry {
+                snap: SnapshotId(9),
+                dir: ChunkId([7; 32]),
+                ino: FileId(1234),
+            },
         ] {
             let h = KuraHandle::new(&n);
             assert!(h.len() <= 56);
-            assert_eq!(KuraHandle::from_bytes(h.as_bytes()).unwrap().node(), Some(n));
+            assert_eq!(
+                KuraHandle::from_bytes(h.as_bytes()).unwrap().node(),
+                Some(n)
+            );
         }
         assert!(KuraHandle::from_bytes(&[2, 1, 2]).is_none());
         assert!(KuraHandle::from_bytes(&[9]).is_none());

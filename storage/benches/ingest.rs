@@ -15,7 +15,10 @@ use std::time::Instant;
 use storage::{ChunkerParams, NewAttr, Store, StoreOptions};
 
 fn env_u32(k: &str, d: u32) -> u32 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -67,8 +70,14 @@ fn main() {
         avg: env_u32("KURA_BENCH_AVG", d.avg),
         max: env_u32("KURA_BENCH_MAX", d.max),
     };
-    let level = env_u32("KURA_BENCH_LEVEL", StoreOptions::default().zstd_level as u32) as i32;
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let level = env_u32(
+        "KURA_BENCH_LEVEL",
+        StoreOptions::default().zstd_level as u32,
+    ) as i32;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let parts: Vec<(&str, Vec<&str>)> = vec![
         ("dumps", vec!["night1.sql", "night2.sql", "night3.sql"]),
         ("tree", vec!["v1.tar", "v2.tar"]),
@@ -92,7 +101,10 @@ fn main() {
         }
         let mut rows: Vec<Row> = Vec::new();
         for run in 0..repeat {
-            let dir = tempfile::Builder::new().prefix("kura-bench-").tempdir_in(&base).unwrap();
+            let dir = tempfile::Builder::new()
+                .prefix("kura-bench-")
+                .tempdir_in(&base)
+                .unwrap();
             let opts = StoreOptions {
                 chunker: params,
                 zstd_level: level,
@@ -100,13 +112,32 @@ fn main() {
             };
             let s = Store::open(dir.path(), opts).unwrap();
             let v = s
-                .create_volume(part, NewAttr { mode: 0o755, uid: 0, gid: 0 })
+                .create_volume(
+                    part,
+                    NewAttr {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    },
+                )
                 .unwrap();
             let mut logical = 0u64;
             for (i, f) in files.iter().enumerate() {
                 let path = format!("{corpus}/{part}/{f}");
-                let mut src = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e} (run make-corpus.sh)"));
-                let ino = s.create(v.root, f.as_bytes(), NewAttr { mode: 0o644, uid: 0, gid: 0 }).unwrap().ino;
+                let mut src = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("{path}: {e} (run make-corpus.sh)"));
+                let ino = s
+                    .create(
+                        v.root,
+                        f.as_bytes(),
+                        NewAttr {
+                            mode: 0o644,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    )
+                    .unwrap()
+                    .ino;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut off = 0u64;
                 let t0 = Instant::now();
@@ -130,7 +161,11 @@ fn main() {
                 let ingest_s = t1.elapsed().as_secs_f64();
                 let cpu = (cpu_secs() - c1) / ingest_s;
                 if std::env::var_os("KURA_BENCH_VERBOSE").is_some() {
-                    eprintln!("{part}/{f}: ingest {ingest_s:.2}s ({:.2}s fsync), {:.0}% CPU", r.sync_time.as_secs_f64(), cpu * 100.0);
+                    eprintln!(
+                        "{part}/{f}: ingest {ingest_s:.2}s ({:.2}s fsync), {:.0}% CPU",
+                        r.sync_time.as_secs_f64(),
+                        cpu * 100.0
+                    );
                 }
                 logical += off;
                 let stats = s.stats().unwrap();

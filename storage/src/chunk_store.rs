@@ -93,7 +93,13 @@ impl Drop for Pins<'_> {
 }
 
 impl ChunkStore {
-    pub fn open(dir: PathBuf, db: Arc<Db>, latch: Arc<Latch>, cache_bytes: usize, zstd_level: i32) -> Result<Self> {
+    pub fn open(
+        dir: PathBuf,
+        db: Arc<Db>,
+        latch: Arc<Latch>,
+        cache_bytes: usize,
+        zstd_level: i32,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create packs dir", &dir, e))?;
         let mut max_id = 0u64;
         for e in std::fs::read_dir(&dir).map_err(|e| StoreError::io("list packs", &dir, e))? {
@@ -165,7 +171,13 @@ impl ChunkStore {
 
     /// Appends a record (compressing when that helps) and returns its location; not
     /// durable and not indexed until `sync` and `index`.
-    pub fn append(&self, kind: u8, raw: &[u8], compressed: Option<Vec<u8>>, id: ChunkId) -> Result<Location> {
+    pub fn append(
+        &self,
+        kind: u8,
+        raw: &[u8],
+        compressed: Option<Vec<u8>>,
+        id: ChunkId,
+    ) -> Result<Location> {
         self.latch.check()?;
         let (codec, data): (u8, std::borrow::Cow<[u8]>) = match compressed {
             Some(c) => (CODEC_ZSTD, c.into()),
@@ -183,7 +195,12 @@ impl ChunkStore {
 
     /// Appends a bundle: `raw` is the concatenation of `members` (id, offset, length),
     /// `comp` its compressed form if smaller. Returns one location per member.
-    pub fn append_bundle(&self, raw: &[u8], comp: Option<Vec<u8>>, members: &[(ChunkId, u32, u32)]) -> Result<Vec<Location>> {
+    pub fn append_bundle(
+        &self,
+        raw: &[u8],
+        comp: Option<Vec<u8>>,
+        members: &[(ChunkId, u32, u32)],
+    ) -> Result<Vec<Location>> {
         let rec = self.append(KIND_BUNDLE, raw, comp, ChunkId::of(raw))?;
         Ok(members
             .iter()
@@ -289,7 +306,8 @@ impl ChunkStore {
         // A repack may move the chunk between the lookup and the read: retry once.
         let mut attempt = 0;
         loop {
-            let e = Self::lookup(&self.db.lock(), id)?.ok_or_else(|| corrupt("chunk missing from index".into()))?;
+            let e = Self::lookup(&self.db.lock(), id)?
+                .ok_or_else(|| corrupt("chunk missing from index".into()))?;
             if e.flags & CHUNK_DAMAGED != 0 {
                 return Err(corrupt("chunk quarantined by verify".into()));
             }
@@ -314,7 +332,10 @@ impl ChunkStore {
                 }
             };
             if ChunkId::of(&data) != *id {
-                return Err(corrupt(format!("BLAKE3 mismatch in pack {} at {}", e.pack, e.offset)));
+                return Err(corrupt(format!(
+                    "BLAKE3 mismatch in pack {} at {}",
+                    e.pack, e.offset
+                )));
             }
             return Ok(data);
         }
@@ -322,7 +343,12 @@ impl ChunkStore {
 
     /// The decoded payload of the record at (pack, offset), checked against the hash in
     /// its header, through the cache.
-    pub(crate) fn record_payload(&self, pack_id: PackId, offset: u64, stored_len: u32) -> Result<Arc<[u8]>> {
+    pub(crate) fn record_payload(
+        &self,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+    ) -> Result<Arc<[u8]>> {
         if let Some(b) = self.cache.lock().unwrap().lru.get(&(pack_id, offset)) {
             return Ok(b.clone());
         }
@@ -330,7 +356,9 @@ impl ChunkStore {
         let f = self.pack_file(pack_id)?;
         let (hdr, stored) = match pack::read_record(&f, &path, offset, stored_len) {
             Ok(r) => r,
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
                 return Err(StoreError::Corrupt {
                     what: format!("pack {}", path.display()),
                     chunk: ChunkId([0; 32]),

@@ -116,7 +116,9 @@ impl<R: Read> Chunker<R> {
             );
             let mut pos = first.last().copied().unwrap_or(0);
             loop {
-                if pos >= data.len() || (first.last() == Some(&pos) && spec.binary_search(&pos).is_ok()) {
+                if pos >= data.len()
+                    || (first.last() == Some(&pos) && spec.binary_search(&pos).is_ok())
+                {
                     if let Ok(i) = spec.binary_search(&pos) {
                         first.extend_from_slice(&spec[i + 1..]);
                     }
@@ -156,7 +158,10 @@ impl<R: Read> Chunker<R> {
     /// Like [`Chunker::next_batch`] but hands out an owned buffer, so that the caller
     /// can process one batch while the next is read and cut. `spare` is a buffer handed
     /// out earlier and no longer needed (reusing it avoids page faults). None at the end.
-    pub fn next_owned(&mut self, spare: Option<Vec<u8>>) -> io::Result<Option<(Vec<u8>, Vec<usize>)>> {
+    pub fn next_owned(
+        &mut self,
+        spare: Option<Vec<u8>>,
+    ) -> io::Result<Option<(Vec<u8>, Vec<usize>)>> {
         self.fill()?;
         let (pos, lens) = self.cut();
         if pos == 0 {
@@ -260,10 +265,16 @@ mod tests {
         let lens = chunk_lengths(&data, ChunkerParams::default());
         let first: Vec<usize> = lens.iter().take(6).copied().collect();
         let digest = crate::ids::ChunkId::of(
-            &lens.iter().flat_map(|l| (*l as u64).to_le_bytes()).collect::<Vec<u8>>(),
+            &lens
+                .iter()
+                .flat_map(|l| (*l as u64).to_le_bytes())
+                .collect::<Vec<u8>>(),
         );
         assert_eq!(lens.len(), 109);
         assert_eq!(first, vec![8349, 4592, 2466, 4293, 4991, 2187]);
-        assert_eq!(digest.to_hex(), "29c1290a57de7ed6724385d3a0cca7a9e7df129c4438e91c62972e0572174c69");
+        assert_eq!(
+            digest.to_hex(),
+            "29c1290a57de7ed6724385d3a0cca7a9e7df129c4438e91c62972e0572174c69"
+        );
     }
 }

@@ -92,7 +92,8 @@ impl ContentList {
         }
         let i = self.starts.partition_point(|s| *s <= len) - 1;
         let whole = self.chunks[..i].to_vec();
-        let partial = (len > self.starts[i]).then(|| (self.chunks[i].1, (len - self.starts[i]) as u32));
+        let partial =
+            (len > self.starts[i]).then(|| (self.chunks[i].1, (len - self.starts[i]) as u32));
         (ContentList::new(whole), partial)
     }
 }

@@ -86,7 +86,9 @@ impl Db {
         .ctx("setting pragmas")?;
         conn.execute_batch(SCHEMA).ctx("creating schema")?;
         let fmt: Option<u32> = conn
-            .query_row("SELECT value FROM meta WHERE key='format'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key='format'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .ctx("reading store format")?;
         match fmt {

@@ -89,7 +89,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ok = File::create(dir.path().join("x")).unwrap();
         latch.sync_file(&ok, Path::new("x"), true).unwrap();
-        assert!(latch.check().is_err(), "a later successful fsync does not clear the latch");
+        assert!(
+            latch.check().is_err(),
+            "a later successful fsync does not clear the latch"
+        );
         drop((r, w));
     }
 }

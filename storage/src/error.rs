@@ -30,7 +30,9 @@ pub enum StoreError {
         chunk: ChunkId,
         detail: String,
     },
-    #[error("store refuses writes: an earlier fsync failed ({0}); reopen the store and run verify")]
+    #[error(
+        "store refuses writes: an earlier fsync failed ({0}); reopen the store and run verify"
+    )]
     Poisoned(String),
     #[error("I/O error while {context} at {path}: {source}")]
     Io {
@@ -55,9 +57,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     /// Wraps an I/O error with context; ENOSPC becomes `NoSpace`.
-    pub fn io(context: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(
+        context: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         let context = context.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT)
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
         {
             let path: PathBuf = path.into();
             return StoreError::NoSpace {

@@ -70,7 +70,12 @@ impl Store {
             let mut contents = Vec::new();
             let mut trees = Vec::new();
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<Vec<u8>>>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                    ))
+                })
                 .ctx("gc mark")?;
             for r in rows {
                 let (c, t) = r.ctx("gc mark")?;
@@ -121,19 +126,34 @@ impl Store {
         self.plan_from(&marked, &pinned, opts)
     }
 
-    fn plan_from(&self, marked: &HashSet<ChunkId>, pinned: &HashSet<ChunkId>, opts: &GcOptions) -> Result<GcPlan> {
+    fn plan_from(
+        &self,
+        marked: &HashSet<ChunkId>,
+        pinned: &HashSet<ChunkId>,
+        opts: &GcOptions,
+    ) -> Result<GcPlan> {
         let mut plan = GcPlan::default();
         // Per pack: (plain bytes still reachable, plain bytes indexed).
         let mut live: BTreeMap<PackId, (u64, u64)> = BTreeMap::new();
         {
             let conn = self.db.lock();
-            let mut st = conn.prepare("SELECT id, pack, raw_len FROM chunks").ctx("gc plan")?;
+            let mut st = conn
+                .prepare("SELECT id, pack, raw_len FROM chunks")
+                .ctx("gc plan")?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .ctx("gc plan")?;
             for r in rows {
                 let (id, p, len) = r.ctx("gc plan")?;
-                let Some(id) = ChunkId::from_slice(&id) else { continue };
+                let Some(id) = ChunkId::from_slice(&id) else {
+                    continue;
+                };
                 let bytes = len as u64;
                 let e = live.entry(PackId(p as u64)).or_default();
                 e.1 += bytes;
@@ -155,11 +175,13 @@ impl Store {
             let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             match live.get(&id) {
                 None => plan.remove_packs.push(id),
-                Some(&(l, total)) if (l as f64) < opts.repack_below * total as f64 => plan.repack.push(PackUsage {
-                    pack: id,
-                    file_bytes,
-                    live_bytes: (file_bytes as f64 * l as f64 / total.max(1) as f64) as u64,
-                }),
+                Some(&(l, total)) if (l as f64) < opts.repack_below * total as f64 => {
+                    plan.repack.push(PackUsage {
+                        pack: id,
+                        file_bytes,
+                        live_bytes: (file_bytes as f64 * l as f64 / total.max(1) as f64) as u64,
+                    })
+                }
                 _ => {}
             }
         }
@@ -191,7 +213,9 @@ impl Store {
             let mut conn = self.db.lock();
             let tx = conn.transaction().ctx("begin gc sweep")?;
             self.chunks.with_pins_locked(|pins| -> Result<()> {
-                let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id=?1").ctx("gc sweep")?;
+                let mut del = tx
+                    .prepare_cached("DELETE FROM chunks WHERE id=?1")
+                    .ctx("gc sweep")?;
                 for id in &report.plan.unreachable {
                     if !pins.contains_key(id) {
                         del.execute([&id.0[..]]).ctx("gc sweep")?;
@@ -231,7 +255,10 @@ impl Store {
     pub(crate) fn pack_ids(&self) -> Result<Vec<PackId>> {
         let dir = &self.chunks.dir;
         let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(|e| crate::error::StoreError::io("list packs", dir, e))?.flatten() {
+        for e in std::fs::read_dir(dir)
+            .map_err(|e| crate::error::StoreError::io("list packs", dir, e))?
+            .flatten()
+        {
             if let Some(id) = e.file_name().to_str().and_then(pack::pack_id_of) {
                 out.push(id);
             }
@@ -245,7 +272,11 @@ impl Store {
         // Re-check under the db lock that nothing got indexed into it meanwhile.
         let conn = self.db.lock();
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM chunks WHERE pack=?1", [p.0 as i64], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE pack=?1",
+                [p.0 as i64],
+                |r| r.get(0),
+            )
             .ctx("gc pack check")?;
         if n > 0 || Some(p) == self.chunks.writer.lock().unwrap().current() {
             return Ok(());
@@ -257,7 +288,8 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(crate::error::StoreError::io("remove pack", &path, e)),
         }
-        conn.execute("DELETE FROM packs WHERE id=?1", [p.0 as i64]).ctx("gc pack row")?;
+        conn.execute("DELETE FROM packs WHERE id=?1", [p.0 as i64])
+            .ctx("gc pack row")?;
         drop(conn);
         self.chunks.forget_pack(p);
         report.removed_packs += 1;
@@ -275,11 +307,20 @@ impl Store {
                 .ctx("repack list")?;
             let r = st
                 .query_map([p.0 as i64], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?, r.get::<_, u32>(3)?, r.get::<_, u8>(4)?, r.get::<_, i64>(5)?))
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, u8>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
                 })
                 .ctx("repack list")?
                 .filter_map(|r| r.ok())
-                .filter_map(|(id, o, sl, rl, k, io)| Some((ChunkId::from_slice(&id)?, o as u64, sl, rl, k, io)))
+                .filter_map(|(id, o, sl, rl, k, io)| {
+                    Some((ChunkId::from_slice(&id)?, o as u64, sl, rl, k, io))
+                })
                 .collect();
             r
         };
@@ -287,9 +328,16 @@ impl Store {
         let mut locs: Vec<Location> = Vec::new();
         let mut bundle: Vec<u8> = Vec::new();
         let mut members: Vec<(ChunkId, u32, u32)> = Vec::new();
-        let flush = |bundle: &mut Vec<u8>, members: &mut Vec<(ChunkId, u32, u32)>, locs: &mut Vec<Location>| -> Result<()> {
+        let flush = |bundle: &mut Vec<u8>,
+                     members: &mut Vec<(ChunkId, u32, u32)>,
+                     locs: &mut Vec<Location>|
+         -> Result<()> {
             if !members.is_empty() {
-                locs.extend(self.chunks.append_bundle(bundle, pack::compress(bundle, level), members)?);
+                locs.extend(self.chunks.append_bundle(
+                    bundle,
+                    pack::compress(bundle, level),
+                    members,
+                )?);
                 bundle.clear();
                 members.clear();
             }
@@ -305,7 +353,12 @@ impl Store {
                 }
             };
             if inner < 0 {
-                locs.push(self.chunks.append(kind, &payload, pack::compress(&payload, level), id)?);
+                locs.push(self.chunks.append(
+                    kind,
+                    &payload,
+                    pack::compress(&payload, level),
+                    id,
+                )?);
                 continue;
             }
             let Some(data) = payload.get(inner as usize..inner as usize + raw_len as usize) else {
@@ -334,13 +387,24 @@ impl Store {
                 .prepare_cached("UPDATE chunks SET pack=?2, offset=?3, stored_len=?4, inner_off=?5 WHERE id=?1 AND pack=?6")
                 .ctx("repack index")?;
             for l in &locs {
-                up.execute(params![&l.id.0[..], l.pack.0 as i64, l.offset as i64, l.stored_len, l.inner_off, p.0 as i64])
-                    .ctx("repack index")?;
+                up.execute(params![
+                    &l.id.0[..],
+                    l.pack.0 as i64,
+                    l.offset as i64,
+                    l.stored_len,
+                    l.inner_off,
+                    p.0 as i64
+                ])
+                .ctx("repack index")?;
             }
             drop(up);
             crate::chunk_store::ChunkStore::index_rows(&tx, &[], &sealed)?;
             for l in &locs {
-                tx.execute("INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 1)", [l.pack.0 as i64]).ctx("repack pack row")?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 1)",
+                    [l.pack.0 as i64],
+                )
+                .ctx("repack pack row")?;
             }
             tx.commit().ctx("commit repack")?;
         }
@@ -360,9 +424,16 @@ impl Store {
 /// Counts of index rows per pack, for tests and status.
 pub fn pack_counts(store: &Store) -> Result<HashMap<PackId, u64>> {
     let conn = store.db.lock();
-    let mut st = conn.prepare("SELECT pack, count(*) FROM chunks GROUP BY pack").ctx("pack counts")?;
+    let mut st = conn
+        .prepare("SELECT pack, count(*) FROM chunks GROUP BY pack")
+        .ctx("pack counts")?;
     let rows = st
-        .query_map([], |r| Ok((PackId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64)))
+        .query_map([], |r| {
+            Ok((
+                PackId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })
         .ctx("pack counts")?;
     rows.collect::<rusqlite::Result<_>>().ctx("pack counts")
 }

@@ -79,7 +79,9 @@ impl Read for MergedReader<'_> {
         let ino = self.st.ino;
         let what = || format!("file id {ino}");
         self.st
-            .read_into(&g, self.pos, &mut buf[..n], &|c, o, b| self.store.read_content(&c, o, b, &what))
+            .read_into(&g, self.pos, &mut buf[..n], &|c, o, b| {
+                self.store.read_content(&c, o, b, &what)
+            })
             .map_err(std::io::Error::other)?;
         self.pos += n as u64;
         Ok(n)
@@ -124,7 +126,9 @@ impl Store {
         {
             let conn = conn.lock().unwrap();
             // One read transaction for the whole batch instead of one per lookup.
-            let tx = conn.unchecked_transaction().map_err(|e| StoreError::db("begin dedup lookups", e))?;
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| StoreError::db("begin dedup lookups", e))?;
             for ((id, o), l) in ids.iter().zip(&offs).zip(lens) {
                 if seen.contains(id) || ChunkStore::has(&tx, id)? {
                     continue;
@@ -141,7 +145,8 @@ impl Store {
                     bundles.extend(cur.take());
                 }
             }
-            tx.finish().map_err(|e| StoreError::db("end dedup lookups", e))?;
+            tx.finish()
+                .map_err(|e| StoreError::db("end dedup lookups", e))?;
         }
         bundles.extend(cur);
         Ok((lens.iter().map(|l| *l as u32).zip(ids).collect(), bundles))
@@ -164,7 +169,12 @@ impl Store {
         let mut files = self.staging.all();
         if let Some(v) = vol {
             let conn = self.db.lock();
-            files.retain(|s| namespace::get_opt(&conn, s.ino).ok().flatten().is_some_and(|i| i.vol == v));
+            files.retain(|s| {
+                namespace::get_opt(&conn, s.ino)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|i| i.vol == v)
+            });
         }
         self.ingest_files(files)
     }
@@ -220,7 +230,10 @@ impl Store {
         if free < size.saturating_add(margin) {
             st.lock().ingesting = None;
             return Err(StoreError::NoSpace {
-                context: format!("ingesting file {} needs up to {size} bytes, {free} free; ingest waits", st.ino),
+                context: format!(
+                    "ingesting file {} needs up to {size} bytes, {free} free; ingest waits",
+                    st.ino
+                ),
             });
         }
         let r = self.chunk_file(st, size);
@@ -242,27 +255,28 @@ impl Store {
             return Err(StoreError::Raced(st.ino));
         }
         let mut conn = self.db.lock();
-        let tx = conn.transaction().map_err(|e| StoreError::db("begin ingest commit", e))?;
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::db("begin ingest commit", e))?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
         let exists = namespace::get_opt(&tx, st.ino)?.is_some();
         if exists {
             namespace::set_content(&tx, st.ino, content, size, Some(mtime))?;
         }
-        tx.commit().map_err(|e| StoreError::db("commit ingest", e))?;
+        tx.commit()
+            .map_err(|e| StoreError::db("commit ingest", e))?;
         drop(conn);
         drop(pins);
         if log.writes.is_empty() || !exists {
             g.dropped = true;
             self.staging.drop_file(st.ino)?;
         } else {
-            match content {
-                Some(c) => {
-                    self.staging.rebase(&self.latch, st, &mut g, c, size, &log.writes)?;
-                    report.rebased = 1;
-                }
-                // An empty file whose writes raced the ingest: the staging file already
-                // holds exactly the raced bytes (it was empty when read), full mode fits.
-                None => {}
+            // An empty file whose writes raced the ingest keeps its full-mode staging:
+            // it held exactly the raced bytes (it was empty when read).
+            if let Some(c) = content {
+                self.staging
+                    .rebase(&self.latch, st, &mut g, c, size, &log.writes)?;
+                report.rebased = 1;
             }
         }
         report.files = 1;
@@ -276,7 +290,12 @@ impl Store {
         &self,
         st: &Staged,
         size: u64,
-    ) -> Result<(Option<ChunkId>, Vec<Location>, IngestReport, crate::chunk_store::Pins<'_>)> {
+    ) -> Result<(
+        Option<ChunkId>,
+        Vec<Location>,
+        IngestReport,
+        crate::chunk_store::Pins<'_>,
+    )> {
         let mut report = IngestReport {
             bytes: size,
             ..Default::default()
@@ -292,9 +311,12 @@ impl Store {
             size,
         };
         let mut chunker = Chunker::new(reader, self.opts.chunker, self.opts.ingest_buffer);
-        let read_err = |e: std::io::Error| match e.into_inner().map(|b| b.downcast::<StoreError>()) {
+        let read_err = |e: std::io::Error| match e.into_inner().map(|b| b.downcast::<StoreError>())
+        {
             Some(Ok(se)) => *se,
-            Some(Err(other)) => StoreError::Invalid(format!("reading staged file {}: {other}", st.ino)),
+            Some(Err(other)) => {
+                StoreError::Invalid(format!("reading staged file {}: {other}", st.ino))
+            }
             None => StoreError::Invalid(format!("reading staged file {}", st.ino)),
         };
         let reader_conn = &self.ingest_conn;
@@ -340,7 +362,8 @@ impl Store {
                 .spawn_scoped(sc, move || -> Result<()> {
                     for batch in cut_rx {
                         let (buf, lens) = batch.map_err(read_err)?;
-                        let (chunks, bundles) = self.dedup_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
+                        let (chunks, bundles) =
+                            self.dedup_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
                         let _ = spare_tx.try_send(buf);
                         list_ref.extend(chunks);
                         for mut b in bundles {
@@ -364,7 +387,9 @@ impl Store {
                 report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
                 locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
             }
-            processor.join().unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
+            processor
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
         });
         appended?;
         report.chunks = list.len() as u64;

@@ -192,7 +192,9 @@ pub fn dir(conn: &Connection, ino: FileId) -> Result<Inode> {
 /// Clears the cached directory object of `dir` and every ancestor.
 pub fn invalidate(conn: &Connection, mut dir: FileId) -> Result<()> {
     let mut clear = conn
-        .prepare_cached("UPDATE inodes SET tree=NULL WHERE ino=?1 AND tree IS NOT NULL RETURNING parent")
+        .prepare_cached(
+            "UPDATE inodes SET tree=NULL WHERE ino=?1 AND tree IS NOT NULL RETURNING parent",
+        )
         .ctx("preparing invalidate")?;
     while dir.0 != 0 {
         let parent: Option<i64> = clear
@@ -209,10 +211,12 @@ pub fn invalidate(conn: &Connection, mut dir: FileId) -> Result<()> {
 }
 
 fn touch_dir(conn: &Connection, dir: FileId, now: Timespec) -> Result<()> {
-    conn.prepare_cached("UPDATE inodes SET mtime_s=?2, mtime_ns=?3, ctime_s=?2, ctime_ns=?3 WHERE ino=?1")
-        .ctx("preparing touch")?
-        .execute(params![dir.0 as i64, now.sec, now.nsec])
-        .ctx("updating directory times")?;
+    conn.prepare_cached(
+        "UPDATE inodes SET mtime_s=?2, mtime_ns=?3, ctime_s=?2, ctime_ns=?3 WHERE ino=?1",
+    )
+    .ctx("preparing touch")?
+    .execute(params![dir.0 as i64, now.sec, now.nsec])
+    .ctx("updating directory times")?;
     invalidate(conn, dir)
 }
 
@@ -275,7 +279,9 @@ pub fn create(
     check_name(name)?;
     let p = dir(conn, parent)?;
     if lookup(conn, parent, name)?.is_some() {
-        return Err(StoreError::Exists(String::from_utf8_lossy(name).into_owned()));
+        return Err(StoreError::Exists(
+            String::from_utf8_lossy(name).into_owned(),
+        ));
     }
     let now = Timespec::now();
     let ino = insert(
@@ -285,7 +291,11 @@ pub fn create(
         name,
         kind,
         attr,
-        if kind == FileKind::Symlink { link.len() as u64 } else { 0 },
+        if kind == FileKind::Symlink {
+            link.len() as u64
+        } else {
+            0
+        },
         [now; 3],
         None,
         link,
@@ -313,8 +323,11 @@ pub fn remove(conn: &Connection, parent: FileId, name: &[u8], want_dir: bool) ->
     if is_dir && has_children(conn, victim.attr.ino)? {
         return Err(StoreError::NotEmpty(n));
     }
-    conn.execute("DELETE FROM inodes WHERE ino=?1", [victim.attr.ino.0 as i64])
-        .ctx("deleting inode")?;
+    conn.execute(
+        "DELETE FROM inodes WHERE ino=?1",
+        [victim.attr.ino.0 as i64],
+    )
+    .ctx("deleting inode")?;
     touch_dir(conn, parent, Timespec::now())?;
     Ok(victim)
 }
@@ -349,7 +362,9 @@ pub fn rename(
         let mut a = to;
         while a.0 != 0 {
             if a == src.attr.ino {
-                return Err(StoreError::Invalid(format!("cannot move directory {n} below itself")));
+                return Err(StoreError::Invalid(format!(
+                    "cannot move directory {n} below itself"
+                )));
             }
             a = get(conn, a)?.parent;
         }
@@ -360,10 +375,15 @@ pub fn rename(
             return Ok(None);
         }
         let tn = String::from_utf8_lossy(to_name).into_owned();
-        match (src.attr.kind == FileKind::Dir, dst.attr.kind == FileKind::Dir) {
+        match (
+            src.attr.kind == FileKind::Dir,
+            dst.attr.kind == FileKind::Dir,
+        ) {
             (true, false) => return Err(StoreError::NotDir(tn)),
             (false, true) => return Err(StoreError::IsDir(tn)),
-            (true, true) if has_children(conn, dst.attr.ino)? => return Err(StoreError::NotEmpty(tn)),
+            (true, true) if has_children(conn, dst.attr.ino)? => {
+                return Err(StoreError::NotEmpty(tn))
+            }
             _ => {}
         }
         conn.execute("DELETE FROM inodes WHERE ino=?1", [dst.attr.ino.0 as i64])
@@ -373,7 +393,13 @@ pub fn rename(
     let now = Timespec::now();
     conn.execute(
         "UPDATE inodes SET parent=?2, name=?3, ctime_s=?4, ctime_ns=?5 WHERE ino=?1",
-        params![src.attr.ino.0 as i64, to.0 as i64, to_name, now.sec, now.nsec],
+        params![
+            src.attr.ino.0 as i64,
+            to.0 as i64,
+            to_name,
+            now.sec,
+            now.nsec
+        ],
     )
     .ctx("renaming inode")?;
     touch_dir(conn, from, now)?;
@@ -440,7 +466,12 @@ pub fn set_content(
 }
 
 /// One page of a directory: entries with file id above `cookie`, in file-id order.
-pub fn readdir(conn: &Connection, dir_ino: FileId, cookie: u64, limit: usize) -> Result<Vec<Inode>> {
+pub fn readdir(
+    conn: &Connection,
+    dir_ino: FileId,
+    cookie: u64,
+    limit: usize,
+) -> Result<Vec<Inode>> {
     dir(conn, dir_ino)?;
     let mut st = conn
         .prepare_cached(&format!(
@@ -448,9 +479,13 @@ pub fn readdir(conn: &Connection, dir_ino: FileId, cookie: u64, limit: usize) ->
         ))
         .ctx("preparing readdir")?;
     let rows = st
-        .query_map(params![dir_ino.0 as i64, cookie as i64, limit as i64], row_to_inode)
+        .query_map(
+            params![dir_ino.0 as i64, cookie as i64, limit as i64],
+            row_to_inode,
+        )
         .ctx("listing directory")?;
-    rows.collect::<rusqlite::Result<Vec<_>>>().ctx("listing directory")
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .ctx("listing directory")
 }
 
 /// All children of a directory (for snapshots and clones).

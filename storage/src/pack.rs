@@ -49,7 +49,8 @@ impl RecordHeader {
     }
 
     pub fn decode(h: &[u8]) -> Option<RecordHeader> {
-        if h.len() < RECORD_HEADER_LEN || u32::from_le_bytes(h[0..4].try_into().ok()?) != RECORD_MAGIC
+        if h.len() < RECORD_HEADER_LEN
+            || u32::from_le_bytes(h[0..4].try_into().ok()?) != RECORD_MAGIC
         {
             return None;
         }
@@ -179,7 +180,14 @@ impl PackWriter {
             }
             use std::os::unix::io::AsRawFd;
             // SAFETY: valid fd; SYNC_FILE_RANGE_WRITE only starts writeback (a hint).
-            unsafe { libc::sync_file_range(p.out.get_ref().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            unsafe {
+                libc::sync_file_range(
+                    p.out.get_ref().as_raw_fd(),
+                    0,
+                    0,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
             self.sealed.push(p);
         }
         Ok(())
@@ -254,7 +262,11 @@ pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<
         c => return Err(format!("unknown codec {c}")),
     };
     if raw.len() != hdr.raw_len as usize {
-        return Err(format!("raw length {} != header {}", raw.len(), hdr.raw_len));
+        return Err(format!(
+            "raw length {} != header {}",
+            raw.len(),
+            hdr.raw_len
+        ));
     }
     if ChunkId::of(&raw) != hdr.id {
         return Err("BLAKE3 mismatch".into());

@@ -41,7 +41,8 @@ impl Builder<'_> {
         let id = ChunkId::of(raw);
         if !ChunkStore::has(self.conn, &id)? && !self.locs.iter().any(|l| l.id == id) {
             let comp = pack::compress(raw, self.store.opts.zstd_level);
-            self.locs.push(self.store.chunks.append(KIND_DIR, raw, comp, id)?);
+            self.locs
+                .push(self.store.chunks.append(KIND_DIR, raw, comp, id)?);
         }
         Ok(id)
     }
@@ -70,7 +71,10 @@ impl Builder<'_> {
         }
         let id = self.put(&tree::encode_dir(&entries))?;
         self.conn
-            .execute("UPDATE inodes SET tree=?2 WHERE ino=?1", params![ino.0 as i64, &id.0[..]])
+            .execute(
+                "UPDATE inodes SET tree=?2 WHERE ino=?1",
+                params![ino.0 as i64, &id.0[..]],
+            )
             .ctx("caching directory tree id")?;
         self.dirs_encoded += 1;
         Ok(id)
@@ -91,7 +95,8 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
     })
 }
 
-const INFO_SQL: &str = "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes
+const INFO_SQL: &str =
+    "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes
                         FROM snapshots s JOIN volumes v ON v.id = s.vol";
 
 impl Store {
@@ -110,7 +115,12 @@ impl Store {
                 self.staging
                     .all()
                     .iter()
-                    .filter(|s| namespace::get_opt(&conn, s.ino).ok().flatten().is_some_and(|i| i.vol == v.id))
+                    .filter(|s| {
+                        namespace::get_opt(&conn, s.ino)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|i| i.vol == v.id)
+                    })
                     .count()
             };
             if still == 0 {
@@ -127,7 +137,11 @@ impl Store {
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx("begin snapshot")?;
         if tx
-            .query_row("SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2", params![v.id.0 as i64, name], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2",
+                params![v.id.0 as i64, name],
+                |_| Ok(()),
+            )
             .optional()
             .ctx("checking snapshot name")?
             .is_some()
@@ -152,7 +166,11 @@ impl Store {
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
         let logical: i64 = tx
-            .query_row("SELECT coalesce(sum(size),0) FROM inodes WHERE vol=?1 AND kind=1", [v.id.0 as i64], |r| r.get(0))
+            .query_row(
+                "SELECT coalesce(sum(size),0) FROM inodes WHERE vol=?1 AND kind=1",
+                [v.id.0 as i64],
+                |r| r.get(0),
+            )
             .ctx("summing snapshot size")?;
         let now = Timespec::now();
         tx.execute(
@@ -165,7 +183,13 @@ impl Store {
         tx.commit().ctx("commit snapshot")?;
         drop(conn);
         self.db.sync_wal(&self.latch)?;
-        tracing::info!(volume = vol, snapshot = name, dirs_encoded, ms = t0.elapsed().as_millis() as u64, "snapshot created");
+        tracing::info!(
+            volume = vol,
+            snapshot = name,
+            dirs_encoded,
+            ms = t0.elapsed().as_millis() as u64,
+            "snapshot created"
+        );
         Ok(SnapshotInfo {
             id,
             volume: vol.to_owned(),
@@ -183,21 +207,23 @@ impl Store {
             .prepare(&format!("{INFO_SQL} WHERE ?1 IS NULL OR v.name = ?1 ORDER BY s.created_s, s.created_ns, s.id"))
             .ctx("listing snapshots")?;
         let rows = st.query_map([vol], row_to_info).ctx("listing snapshots")?;
-        rows.collect::<rusqlite::Result<_>>().ctx("listing snapshots")
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("listing snapshots")
     }
 
     fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
         let conn = self.db.lock();
         let r = conn
             .query_row(
-                &format!("SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes, s.root_entry
-                          FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE v.name=?1 AND s.name=?2"),
+                "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes, s.root_entry
+                 FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE v.name=?1 AND s.name=?2",
                 params![vol, name],
                 |r| Ok((row_to_info(r)?, r.get::<_, Vec<u8>>(7)?)),
             )
             .optional()
             .ctx("reading snapshot")?;
-        let (info, entry) = r.ok_or_else(|| StoreError::NotFound(format!("snapshot {vol}@{name}")))?;
+        let (info, entry) =
+            r.ok_or_else(|| StoreError::NotFound(format!("snapshot {vol}@{name}")))?;
         Ok((info, tree::decode_entry_alone(&entry)?))
     }
 
@@ -246,9 +272,13 @@ impl Store {
     /// Entries of a snapshot directory, sorted by name.
     pub fn snap_dir(&self, dir: &TreeEntry) -> Result<Arc<Vec<TreeEntry>>> {
         if dir.attr.kind != FileKind::Dir {
-            return Err(StoreError::NotDir(String::from_utf8_lossy(&dir.name).into_owned()));
+            return Err(StoreError::NotDir(
+                String::from_utf8_lossy(&dir.name).into_owned(),
+            ));
         }
-        let id = dir.target_ref.ok_or_else(|| StoreError::Format("directory entry without tree".into()))?;
+        let id = dir
+            .target_ref
+            .ok_or_else(|| StoreError::Format("directory entry without tree".into()))?;
         self.dir_object(&id)
     }
 
@@ -273,7 +303,9 @@ impl Store {
     /// Reads a file of a snapshot.
     pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
         if f.attr.kind != FileKind::File {
-            return Err(StoreError::IsDir(String::from_utf8_lossy(&f.name).into_owned()));
+            return Err(StoreError::IsDir(
+                String::from_utf8_lossy(&f.name).into_owned(),
+            ));
         }
         let size = f.attr.size;
         let n = size.saturating_sub(off).min(len as u64) as usize;
@@ -315,13 +347,24 @@ impl Store {
             return Err(StoreError::Exists(format!("volume {new_vol}")));
         }
         let now = Timespec::now();
-        tx.execute("INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)", params![new_vol, now.sec])
-            .ctx("inserting volume")?;
+        tx.execute(
+            "INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)",
+            params![new_vol, now.sec],
+        )
+        .ctx("inserting volume")?;
         let vid = VolumeId(tx.last_insert_rowid() as u64);
         let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
         for (parent_idx, e) in &plan {
-            let parent = if *parent_idx == usize::MAX { FileId(0) } else { new_ids[*parent_idx] };
-            let name: &[u8] = if *parent_idx == usize::MAX { new_vol.as_bytes() } else { &e.name };
+            let parent = if *parent_idx == usize::MAX {
+                FileId(0)
+            } else {
+                new_ids[*parent_idx]
+            };
+            let name: &[u8] = if *parent_idx == usize::MAX {
+                new_vol.as_bytes()
+            } else {
+                &e.name
+            };
             let a = e.attr;
             let (content, tree) = match a.kind {
                 FileKind::Dir => (None, e.target_ref),
@@ -333,7 +376,11 @@ impl Store {
                 parent,
                 name,
                 a.kind,
-                NewAttr { mode: a.mode, uid: a.uid, gid: a.gid },
+                NewAttr {
+                    mode: a.mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                },
                 a.size,
                 [a.atime, a.mtime, a.ctime],
                 content,
@@ -343,12 +390,21 @@ impl Store {
             )?;
             new_ids.push(ino);
         }
-        tx.execute("UPDATE volumes SET root=?2 WHERE id=?1", params![vid.0 as i64, new_ids[0].0 as i64])
-            .ctx("setting clone root")?;
+        tx.execute(
+            "UPDATE volumes SET root=?2 WHERE id=?1",
+            params![vid.0 as i64, new_ids[0].0 as i64],
+        )
+        .ctx("setting clone root")?;
         tx.commit().ctx("commit clone")?;
         drop(conn);
         self.db.sync_wal(&self.latch)?;
-        tracing::info!(volume = vol, snapshot = snap, clone = new_vol, inodes = plan.len(), "snapshot cloned");
+        tracing::info!(
+            volume = vol,
+            snapshot = snap,
+            clone = new_vol,
+            inodes = plan.len(),
+            "snapshot cloned"
+        );
         Ok(Volume {
             id: vid,
             name: new_vol.to_owned(),

@@ -45,7 +45,8 @@ impl RangeSet {
                 self.0.remove(&s);
             }
         }
-        let overlapping: Vec<(u64, u64)> = self.0.range(start..=end).map(|(s, e)| (*s, *e)).collect();
+        let overlapping: Vec<(u64, u64)> =
+            self.0.range(start..=end).map(|(s, e)| (*s, *e)).collect();
         for (s, e) in overlapping {
             end = end.max(e);
             self.0.remove(&s);
@@ -89,6 +90,13 @@ impl RangeSet {
         self.0.iter().map(|(s, e)| (*s, *e))
     }
 }
+
+/// Fills a range from a base content list: (content, offset, buffer).
+pub(crate) type BaseRead<'a> = &'a dyn Fn(ChunkId, u64, &mut [u8]) -> Result<()>;
+
+/// What recovery needs of an inode: (content, size, mtime), or None if it is gone.
+pub(crate) type InodeInfo<'a> =
+    &'a dyn Fn(FileId) -> Result<Option<(Option<ChunkId>, u64, Timespec)>>;
 
 /// What an ingest running on a file must know about writes that raced it.
 #[derive(Default, Debug)]
@@ -154,8 +162,9 @@ impl Staged {
             let mut rec = [0u8; 16];
             rec[..8].copy_from_slice(&off.to_le_bytes());
             rec[8..].copy_from_slice(&(data.len() as u64).to_le_bytes());
-            j.write_all(&rec)
-                .map_err(|e| StoreError::io("append staging journal", journal_path(&self.path), e))?;
+            j.write_all(&rec).map_err(|e| {
+                StoreError::io("append staging journal", journal_path(&self.path), e)
+            })?;
             g.ranges.insert(off, end);
         }
         g.size = g.size.max(end);
@@ -177,8 +186,9 @@ impl Staged {
             let mut rec = [0u8; 16];
             rec[..8].copy_from_slice(&size.to_le_bytes());
             rec[8..].copy_from_slice(&JOURNAL_TRUNCATE.to_le_bytes());
-            j.write_all(&rec)
-                .map_err(|e| StoreError::io("append staging journal", journal_path(&self.path), e))?;
+            j.write_all(&rec).map_err(|e| {
+                StoreError::io("append staging journal", journal_path(&self.path), e)
+            })?;
             g.ranges.clip(size);
             g.base_limit = g.base_limit.min(size);
         }
@@ -202,12 +212,13 @@ impl Staged {
         g: &Inner,
         off: u64,
         buf: &mut [u8],
-        base_read: &dyn Fn(ChunkId, u64, &mut [u8]) -> Result<()>,
+        base_read: BaseRead<'_>,
     ) -> Result<()> {
         let end = off + buf.len() as u64;
         let pread = |s: u64, e: u64, buf: &mut [u8]| -> Result<()> {
             let dst = &mut buf[(s - off) as usize..(e - off) as usize];
-            read_exact_or_zero(&g.file, dst, s).map_err(|e| StoreError::io("read staging file", &self.path, e))
+            read_exact_or_zero(&g.file, dst, s)
+                .map_err(|e| StoreError::io("read staging file", &self.path, e))
         };
         match g.base {
             None => pread(off, end, buf),
@@ -256,7 +267,10 @@ impl Staged {
         let (file, journal, dir_synced) = {
             let g = self.lock();
             let j = match &g.journal {
-                Some(j) => Some(j.try_clone().map_err(|e| StoreError::io("dup journal", &self.path, e))?),
+                Some(j) => Some(
+                    j.try_clone()
+                        .map_err(|e| StoreError::io("dup journal", &self.path, e))?,
+                ),
                 None => None,
             };
             (g.file.clone(), j, g.dir_synced)
@@ -399,7 +413,15 @@ impl Staging {
 
     /// After ingest committed `new_base` while writes raced it: the staging file stays,
     /// now as an overlay of only the raced ranges. The journal is rewritten atomically.
-    pub fn rebase(&self, latch: &Latch, st: &Staged, g: &mut Inner, new_base: ChunkId, base_len: u64, raced: &RangeSet) -> Result<()> {
+    pub fn rebase(
+        &self,
+        latch: &Latch,
+        st: &Staged,
+        g: &mut Inner,
+        new_base: ChunkId,
+        base_len: u64,
+        raced: &RangeSet,
+    ) -> Result<()> {
         let jp = journal_path(&st.path);
         let mut bytes = Vec::new();
         let mut push = |a: u64, b: u64| {
@@ -411,8 +433,10 @@ impl Staging {
             push(s, e - s);
         }
         let tmp = jp.with_extension("j.tmp");
-        std::fs::write(&tmp, &bytes).map_err(|e| StoreError::io("write staging journal", &tmp, e))?;
-        std::fs::rename(&tmp, &jp).map_err(|e| StoreError::io("replace staging journal", &jp, e))?;
+        std::fs::write(&tmp, &bytes)
+            .map_err(|e| StoreError::io("write staging journal", &tmp, e))?;
+        std::fs::rename(&tmp, &jp)
+            .map_err(|e| StoreError::io("replace staging journal", &jp, e))?;
         let _ = latch;
         g.journal = Some(
             OpenOptions::new()
@@ -431,16 +455,20 @@ impl Staging {
 
     /// Finds staging files left by an earlier run. `inode` answers, for a file id, its
     /// current (content, size), or None when the file no longer exists.
-    pub fn recover(&self, inode: &dyn Fn(FileId) -> Result<Option<(Option<ChunkId>, u64, Timespec)>>) -> Result<usize> {
+    pub fn recover(&self, inode: InodeInfo<'_>) -> Result<usize> {
         let mut n = 0;
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| StoreError::io("list staging", &self.dir, e))?;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| StoreError::io("list staging", &self.dir, e))?;
         for e in entries {
             let e = e.map_err(|e| StoreError::io("list staging", &self.dir, e))?;
             let name = e.file_name();
             let name = name.to_string_lossy();
             let Ok(id) = name.parse::<u64>() else {
                 // Journals are handled with their staging file; stray tmp files go.
-                if name.ends_with(".tmp") || (name.ends_with(".j") && !self.dir.join(name.trim_end_matches(".j")).exists()) {
+                if name.ends_with(".tmp")
+                    || (name.ends_with(".j")
+                        && !self.dir.join(name.trim_end_matches(".j")).exists())
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
                 continue;
@@ -456,7 +484,10 @@ impl Staging {
                 .write(true)
                 .open(&path)
                 .map_err(|e| StoreError::io("open staging file", &path, e))?;
-            let flen = file.metadata().map_err(|e| StoreError::io("stat staging", &path, e))?.len();
+            let flen = file
+                .metadata()
+                .map_err(|e| StoreError::io("stat staging", &path, e))?
+                .len();
             let jp = journal_path(&path);
             let (journal, base, base_limit, ranges, size) = match std::fs::read(&jp) {
                 Ok(bytes) => {
@@ -492,7 +523,9 @@ impl Staging {
                         None => (Some(j), None, 0, ranges, size),
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None, 0, RangeSet::default(), flen),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (None, None, 0, RangeSet::default(), flen)
+                }
                 Err(e) => return Err(StoreError::io("read staging journal", &jp, e)),
             };
             let s = Arc::new(Staged {

@@ -41,7 +41,9 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             zstd_level: 2,
             chunker: ChunkerParams::default(),
-            ingest_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            ingest_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             ingest_buffer: 4 << 20,
             reserve_bytes: 64 << 20,
         }
@@ -101,13 +103,17 @@ impl Store {
                 root.display()
             )));
         }
-        for d in ["quarantine"] {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| StoreError::io("create dir", &p, e))?;
-        }
+        let q = root.join("quarantine");
+        std::fs::create_dir_all(&q).map_err(|e| StoreError::io("create quarantine dir", &q, e))?;
         let latch = Arc::new(Latch::default());
         let db = Arc::new(Db::open(&root.join("kura.db"))?);
-        let chunks = ChunkStore::open(root.join("packs"), db.clone(), latch.clone(), opts.cache_bytes, opts.zstd_level)?;
+        let chunks = ChunkStore::open(
+            root.join("packs"),
+            db.clone(),
+            latch.clone(),
+            opts.cache_bytes,
+            opts.zstd_level,
+        )?;
         let staging = Staging::open(root.join("staging"))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.ingest_threads.max(1))
@@ -156,7 +162,8 @@ impl Store {
         // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
         let fs_bytes = unsafe {
             let mut st: libc::statvfs = std::mem::zeroed();
-            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+                .unwrap_or_default();
             if libc::statvfs(c.as_ptr(), &mut st) == 0 {
                 st.f_blocks as u64 * st.f_frsize as u64
             } else {
@@ -187,7 +194,8 @@ impl Store {
         // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
         unsafe {
             let mut st: libc::statvfs = std::mem::zeroed();
-            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+                .unwrap_or_default();
             if libc::statvfs(c.as_ptr(), &mut st) == 0 {
                 st.f_bavail as u64 * st.f_frsize as u64
             } else {
@@ -226,7 +234,9 @@ impl Store {
         let gen = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
         let clean = Db::meta_get(&tx, "clean_shutdown")?.unwrap_or(1) == 1;
         let last_boot: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key='boot_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key='boot_id'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .ctx("reading boot id")?;
         let same_boot = last_boot.as_deref() == Some(boot_id);
@@ -299,8 +309,11 @@ impl Store {
             None,
             None,
         )?;
-        tx.execute("UPDATE volumes SET root=?2 WHERE id=?1", params![vol.0 as i64, root_ino.0 as i64])
-            .ctx("setting volume root")?;
+        tx.execute(
+            "UPDATE volumes SET root=?2 WHERE id=?1",
+            params![vol.0 as i64, root_ino.0 as i64],
+        )
+        .ctx("setting volume root")?;
         tx.commit().ctx("commit create volume")?;
         drop(conn);
         self.db.sync_wal(&self.latch)?;
@@ -374,7 +387,11 @@ impl Store {
         Ok(self.overlay_attr(i.attr))
     }
 
-    fn mutate<T>(&self, what: &str, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn mutate<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         self.latch.check()?;
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx(what)?;
@@ -384,43 +401,62 @@ impl Store {
     }
 
     pub fn create(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<Attr> {
-        self.mutate("create file", |tx| Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr))
+        self.mutate("create file", |tx| {
+            Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr)
+        })
     }
 
     /// Exclusive create (NFS EXCLUSIVE): a retry with the same verifier succeeds.
-    pub fn create_exclusive(&self, dir: FileId, name: &[u8], attr: NewAttr, verf: [u8; 8]) -> Result<Attr> {
+    pub fn create_exclusive(
+        &self,
+        dir: FileId,
+        name: &[u8],
+        attr: NewAttr,
+        verf: [u8; 8],
+    ) -> Result<Attr> {
         self.mutate("exclusive create", |tx| {
             if let Some(i) = namespace::lookup(tx, dir, name)? {
                 if i.verf == Some(verf) {
                     return Ok(i.attr);
                 }
-                return Err(StoreError::Exists(String::from_utf8_lossy(name).into_owned()));
+                return Err(StoreError::Exists(
+                    String::from_utf8_lossy(name).into_owned(),
+                ));
             }
             Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", Some(verf))?.attr)
         })
     }
 
     pub fn mkdir(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<Attr> {
-        self.mutate("mkdir", |tx| Ok(namespace::create(tx, dir, name, FileKind::Dir, attr, b"", None)?.attr))
+        self.mutate("mkdir", |tx| {
+            Ok(namespace::create(tx, dir, name, FileKind::Dir, attr, b"", None)?.attr)
+        })
     }
 
     pub fn symlink(&self, dir: FileId, name: &[u8], target: &[u8], attr: NewAttr) -> Result<Attr> {
         if target.is_empty() || target.len() > 4096 || target.contains(&0) {
-            return Err(StoreError::Invalid("symlink target must be 1-4096 bytes without NUL".into()));
+            return Err(StoreError::Invalid(
+                "symlink target must be 1-4096 bytes without NUL".into(),
+            ));
         }
-        self.mutate("symlink", |tx| Ok(namespace::create(tx, dir, name, FileKind::Symlink, attr, target, None)?.attr))
+        self.mutate("symlink", |tx| {
+            Ok(namespace::create(tx, dir, name, FileKind::Symlink, attr, target, None)?.attr)
+        })
     }
 
     pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>> {
         let i = namespace::get(&self.db.lock(), ino)?;
         if i.attr.kind != FileKind::Symlink {
-            return Err(StoreError::Invalid(format!("file id {ino} is not a symlink")));
+            return Err(StoreError::Invalid(format!(
+                "file id {ino} is not a symlink"
+            )));
         }
         Ok(i.link)
     }
 
     pub fn remove(&self, dir: FileId, name: &[u8]) -> Result<()> {
-        let victim = self.freeing(|| self.mutate("remove", |tx| namespace::remove(tx, dir, name, false)))?;
+        let victim =
+            self.freeing(|| self.mutate("remove", |tx| namespace::remove(tx, dir, name, false)))?;
         self.forget_staging(victim.attr.ino)
     }
 
@@ -430,7 +466,11 @@ impl Store {
     }
 
     pub fn rename(&self, from: FileId, from_name: &[u8], to: FileId, to_name: &[u8]) -> Result<()> {
-        let replaced = self.freeing(|| self.mutate("rename", |tx| namespace::rename(tx, from, from_name, to, to_name)))?;
+        let replaced = self.freeing(|| {
+            self.mutate("rename", |tx| {
+                namespace::rename(tx, from, from_name, to, to_name)
+            })
+        })?;
         if let Some(r) = replaced {
             self.forget_staging(r.attr.ino)?;
         }
@@ -451,7 +491,11 @@ impl Store {
         if let Some(size) = s.size {
             self.truncate(ino, size)?;
         }
-        let has_other = s.mode.is_some() || s.uid.is_some() || s.gid.is_some() || s.atime.is_some() || s.mtime.is_some();
+        let has_other = s.mode.is_some()
+            || s.uid.is_some()
+            || s.gid.is_some()
+            || s.atime.is_some()
+            || s.mtime.is_some();
         if has_other {
             self.mutate("setattr", |tx| namespace::set_attr(tx, ino, &s))?;
             if let (Some(m), Some(st)) = (s.mtime, self.staging.get(ino)) {
@@ -472,7 +516,9 @@ impl Store {
                     }
                     if i.content.is_none() {
                         // Nothing ingested: the size alone describes the file.
-                        return self.mutate("truncate", |tx| namespace::set_content(tx, ino, None, size, Some(Timespec::now())));
+                        return self.mutate("truncate", |tx| {
+                            namespace::set_content(tx, ino, None, size, Some(Timespec::now()))
+                        });
                     }
                     self.start_staging(&i)?
                 }
@@ -489,7 +535,8 @@ impl Store {
             Some(c) => Some((c, self.content(&c)?.len())),
             None => None,
         };
-        self.staging.start(i.attr.ino, base, i.attr.size, i.attr.mtime)
+        self.staging
+            .start(i.attr.ino, base, i.attr.size, i.attr.mtime)
     }
 
     pub fn readdir(&self, dir: FileId, cookie: u64, limit: usize) -> Result<Vec<DirEntry>> {
@@ -560,7 +607,9 @@ impl Store {
                 let n = size.saturating_sub(off).min(len as u64) as usize;
                 let mut buf = vec![0u8; n];
                 let what = || format!("file id {ino}");
-                st.read_into(&g, off, &mut buf, &|c, o, b| self.read_content(&c, o, b, &what))?;
+                st.read_into(&g, off, &mut buf, &|c, o, b| {
+                    self.read_content(&c, o, b, &what)
+                })?;
                 return Ok((buf, off + n as u64 >= size));
             }
             let i = namespace::get(&self.db.lock(), ino)?;
@@ -601,7 +650,13 @@ impl Store {
     }
 
     /// Fills `buf` from content `c` starting at `off`; bytes past the content are zeros.
-    pub(crate) fn read_content(&self, c: &ChunkId, off: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+    pub(crate) fn read_content(
+        &self,
+        c: &ChunkId,
+        off: u64,
+        buf: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         let list = self.content(c)?;
         buf.fill(0);
         let mut pos = 0usize;
@@ -638,7 +693,11 @@ impl Store {
             )
             .ctx("computing stats")?;
         let logical: i64 = conn
-            .query_row("SELECT coalesce(sum(size),0) FROM inodes WHERE kind=1", [], |r| r.get(0))
+            .query_row(
+                "SELECT coalesce(sum(size),0) FROM inodes WHERE kind=1",
+                [],
+                |r| r.get(0),
+            )
             .ctx("computing stats")?;
         drop(conn);
         let mut pack_bytes = 0;
@@ -665,7 +724,10 @@ impl Drop for Store {
             if let Err(e) = self.sync_all() {
                 tracing::warn!(error = %e, "sync at close failed");
             }
-            let _ = self.db.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            let _ = self
+                .db
+                .lock()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
         }
     }
 }
@@ -689,7 +751,9 @@ pub fn check_volume_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {

@@ -149,7 +149,9 @@ pub fn decode_dir(b: &[u8]) -> Result<Vec<TreeEntry>> {
         out.push(decode_entry(&mut r)?);
     }
     if !r.0.is_empty() {
-        return Err(StoreError::Format("trailing bytes in directory object".into()));
+        return Err(StoreError::Format(
+            "trailing bytes in directory object".into(),
+        ));
     }
     Ok(out)
 }

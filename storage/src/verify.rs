@@ -66,7 +66,17 @@ impl Store {
                 })
                 .ctx("verify list")?
                 .filter_map(|r| r.ok())
-                .filter_map(|(id, p, o, l, f, rl, io)| Some((ChunkId::from_slice(&id)?, PackId(p as u64), o as u64, l, f, rl, io)))
+                .filter_map(|(id, p, o, l, f, rl, io)| {
+                    Some((
+                        ChunkId::from_slice(&id)?,
+                        PackId(p as u64),
+                        o as u64,
+                        l,
+                        f,
+                        rl,
+                        io,
+                    ))
+                })
                 .collect();
             r
         };
@@ -106,18 +116,34 @@ impl Store {
                 let problem = match &decoded {
                     Err(d) => Some(d.clone()),
                     Ok(raw) => {
-                        let data = if inner < 0 { Some(&raw[..]) } else { raw.get(inner as usize..inner as usize + raw_len as usize) };
+                        let data = if inner < 0 {
+                            Some(&raw[..])
+                        } else {
+                            raw.get(inner as usize..inner as usize + raw_len as usize)
+                        };
                         match data {
                             None => Some("member outside its bundle".to_string()),
                             Some(d) if ChunkId::of(d) != id => Some("BLAKE3 mismatch".to_string()),
-                            Some(_) if flags & CHUNK_DAMAGED != 0 => Some("flagged by an earlier verify".to_string()),
+                            Some(_) if flags & CHUNK_DAMAGED != 0 => {
+                                Some("flagged by an earlier verify".to_string())
+                            }
                             Some(_) => None,
                         }
                     }
                 };
                 if let Some(detail) = problem {
                     if flags & CHUNK_DAMAGED == 0 {
-                        self.quarantine(&id, p, off, &detail, if quarantined { None } else { stored_copy.as_deref() })?;
+                        self.quarantine(
+                            &id,
+                            p,
+                            off,
+                            &detail,
+                            if quarantined {
+                                None
+                            } else {
+                                stored_copy.as_deref()
+                            },
+                        )?;
                         quarantined = true;
                     }
                     tracing::error!(chunk = %id, pack = %p, offset = off, %detail, "damaged chunk");
@@ -144,14 +170,27 @@ impl Store {
         Ok(report)
     }
 
-    fn quarantine(&self, id: &ChunkId, p: PackId, off: u64, detail: &str, stored: Option<&[u8]>) -> Result<()> {
+    fn quarantine(
+        &self,
+        id: &ChunkId,
+        p: PackId,
+        off: u64,
+        detail: &str,
+        stored: Option<&[u8]>,
+    ) -> Result<()> {
         if let Some(bytes) = stored {
-            let q = self.root.join("quarantine").join(format!("{}-{:016x}-{off}", id.to_hex(), p.0));
+            let q =
+                self.root
+                    .join("quarantine")
+                    .join(format!("{}-{:016x}-{off}", id.to_hex(), p.0));
             self.latch.write_atomic(&q, bytes)?;
         }
         let conn = self.db.lock();
-        conn.execute("UPDATE chunks SET flags = flags | ?2 WHERE id=?1", params![&id.0[..], CHUNK_DAMAGED])
-            .ctx("flagging damaged chunk")?;
+        conn.execute(
+            "UPDATE chunks SET flags = flags | ?2 WHERE id=?1",
+            params![&id.0[..], CHUNK_DAMAGED],
+        )
+        .ctx("flagging damaged chunk")?;
         conn.execute(
             "INSERT OR REPLACE INTO damaged(id, pack, offset, found, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
             params![&id.0[..], p.0 as i64, off as i64, crate::namespace::Timespec::now().sec, detail],
@@ -179,7 +218,13 @@ impl Store {
                 .prepare("SELECT i.ino, v.name, i.content FROM inodes i JOIN volumes v ON v.id = i.vol WHERE i.kind = 1 AND i.content IS NOT NULL")
                 .ctx("verify affected")?;
             let r = st
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
                 .ctx("verify affected")?
                 .filter_map(|r| r.ok())
                 .map(|(i, v, c)| (crate::ids::FileId(i as u64), v, ChunkId::from_slice(&c)))
@@ -200,23 +245,30 @@ impl Store {
                 match e.attr.kind {
                     FileKind::Dir => {
                         if e.target_ref.is_some_and(|t| bad.contains(&t)) {
-                            report.affected_snapshots.push(format!("{}@{}:{path}/", s.volume, s.name));
+                            report
+                                .affected_snapshots
+                                .push(format!("{}@{}:{path}/", s.volume, s.name));
                             continue;
                         }
                         match self.snap_dir(&e) {
                             Ok(entries) => {
                                 for c in entries.iter() {
-                                    stack.push((format!("{path}/{}", String::from_utf8_lossy(&c.name)), c.clone()));
+                                    stack.push((
+                                        format!("{path}/{}", String::from_utf8_lossy(&c.name)),
+                                        c.clone(),
+                                    ));
                                 }
                             }
-                            Err(StoreError::Corrupt { .. }) => {
-                                report.affected_snapshots.push(format!("{}@{}:{path}/", s.volume, s.name))
-                            }
+                            Err(StoreError::Corrupt { .. }) => report
+                                .affected_snapshots
+                                .push(format!("{}@{}:{path}/", s.volume, s.name)),
                             Err(e) => return Err(e),
                         }
                     }
                     FileKind::File if uses(e.target_ref) => {
-                        report.affected_snapshots.push(format!("{}@{}:{path}", s.volume, s.name));
+                        report
+                            .affected_snapshots
+                            .push(format!("{}@{}:{path}", s.volume, s.name));
                     }
                     _ => {}
                 }

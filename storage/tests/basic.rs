@@ -36,7 +36,10 @@ fn write_ingest_read_reopen() {
     expect[100_000..100_005].copy_from_slice(b"HELLO");
     assert_eq!(read_all(&s, ino), expect, "staged overlay survives reopen");
     let r = s.ingest_all(None).unwrap();
-    assert!(r.new_chunks <= 4, "only the chunks around the rewrite are new: {r:?}");
+    assert!(
+        r.new_chunks <= 4,
+        "only the chunks around the rewrite are new: {r:?}"
+    );
     assert_eq!(read_all(&s, ino), expect);
     // Ingesting identical content again stores nothing new.
     let v = s.volume("vol").unwrap();
@@ -58,8 +61,22 @@ fn truncate_grow_and_shrink() {
     assert_eq!(got.len(), 10_003);
     assert!(got[..10_000].iter().all(|b| *b == 0));
     s.ingest_all(None).unwrap();
-    s.setattr(f, SetAttr { size: Some(5), ..Default::default() }).unwrap();
-    s.setattr(f, SetAttr { size: Some(20_000), ..Default::default() }).unwrap();
+    s.setattr(
+        f,
+        SetAttr {
+            size: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.setattr(
+        f,
+        SetAttr {
+            size: Some(20_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let got = read_all(&s, f);
     assert_eq!(got.len(), 20_000);
     assert!(got.iter().all(|b| *b == 0));
@@ -77,14 +94,20 @@ fn snapshot_clone_delete_gc() {
     let f = s.create(d, b"a.txt", file_mode()).unwrap().ino;
     let one = data(200_000, 7);
     s.write(f, 0, &one).unwrap();
-    s.symlink(v.root, b"link", b"dir/a.txt", file_mode()).unwrap();
+    s.symlink(v.root, b"link", b"dir/a.txt", file_mode())
+        .unwrap();
     s.snapshot("vol", "s1").unwrap();
     s.write(f, 0, b"CHANGED").unwrap();
     s.remove(v.root, b"link").unwrap();
     s.snapshot("vol", "s2").unwrap();
 
     let root = s.snapshot_root("vol", "s1").unwrap();
-    let names: Vec<_> = s.snap_dir(&root).unwrap().iter().map(|e| e.name.clone()).collect();
+    let names: Vec<_> = s
+        .snap_dir(&root)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
     assert_eq!(names, vec![b"dir".to_vec(), b"link".to_vec()]);
     let sd = s.snap_lookup(&root, b"dir").unwrap();
     let sf = s.snap_lookup(&sd, b"a.txt").unwrap();
@@ -93,7 +116,9 @@ fn snapshot_clone_delete_gc() {
     assert_eq!(link.link, b"dir/a.txt");
     let r2 = s.snapshot_root("vol", "s2").unwrap();
     assert!(s.snap_lookup(&r2, b"link").is_err());
-    let sf2 = s.snap_lookup(&s.snap_lookup(&r2, b"dir").unwrap(), b"a.txt").unwrap();
+    let sf2 = s
+        .snap_lookup(&s.snap_lookup(&r2, b"dir").unwrap(), b"a.txt")
+        .unwrap();
     assert_eq!(&s.snap_read(&sf2, 0, 7).unwrap().0, b"CHANGED");
 
     let c = s.clone_snapshot("vol", "s1", "restored").unwrap();
@@ -101,12 +126,21 @@ fn snapshot_clone_delete_gc() {
     let cf = s.lookup(cd, b"a.txt").unwrap().ino;
     assert_eq!(read_all(&s, cf), one);
     s.write(cf, 0, b"clone!").unwrap();
-    assert_eq!(&s.snap_read(&sf, 0, 6).unwrap().0, &one[..6], "clone writes do not touch the snapshot");
+    assert_eq!(
+        &s.snap_read(&sf, 0, 6).unwrap().0,
+        &one[..6],
+        "clone writes do not touch the snapshot"
+    );
 
     s.delete_snapshot("vol", "s1").unwrap();
     s.remove(cd, b"a.txt").unwrap();
     let before = s.stats().unwrap();
-    let rep = s.gc(&GcOptions { repack_below: 0.9, dry_run: false }).unwrap();
+    let rep = s
+        .gc(&GcOptions {
+            repack_below: 0.9,
+            dry_run: false,
+        })
+        .unwrap();
     assert!(rep.deleted_chunks > 0, "{rep:?}");
     let after = s.stats().unwrap();
     assert!(after.chunks < before.chunks);
@@ -129,7 +163,10 @@ fn bad_names_are_refused() {
     }
     assert!(s.readdir(v.root, 0, 100).unwrap().is_empty());
     assert!(s.create(v.root, &vec![b'x'; 255], file_mode()).is_ok());
-    assert!(matches!(s.create_volume("../x", owner()), Err(StoreError::InvalidName { .. })));
+    assert!(matches!(
+        s.create_volume("../x", owner()),
+        Err(StoreError::InvalidName { .. })
+    ));
 }
 
 /// A flipped byte in a pack: reads fail with `Corrupt` naming the file (never wrong
@@ -167,17 +204,30 @@ fn corruption_is_detected_quarantined_and_healed() {
     let rep = s.verify().unwrap();
     assert!(!rep.is_clean());
     assert_eq!(rep.affected_files, vec!["vol:/db/dump.sql".to_string()]);
-    assert_eq!(rep.affected_snapshots, vec!["vol@nightly:/db/dump.sql".to_string()]);
-    assert!(std::fs::read_dir(dir.path().join("quarantine")).unwrap().count() >= 1);
+    assert_eq!(
+        rep.affected_snapshots,
+        vec!["vol@nightly:/db/dump.sql".to_string()]
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .count()
+            >= 1
+    );
     // Still an error, not wrong bytes, after the quarantine.
-    assert!(matches!(s.read(f, 0, 4096), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        s.read(f, 0, 4096),
+        Err(StoreError::Corrupt { .. })
+    ));
     // The same content arriving again (next night's backup) replaces the damaged copies.
     let g = s.create(v.root, b"again.sql", file_mode()).unwrap().ino;
     s.write(g, 0, &payload).unwrap();
     s.ingest_all(None).unwrap();
     assert_eq!(read_all(&s, f), payload);
     let root = s.snapshot_root("vol", "nightly").unwrap();
-    let sf = s.snap_lookup(&s.snap_lookup(&root, b"db").unwrap(), b"dump.sql").unwrap();
+    let sf = s
+        .snap_lookup(&s.snap_lookup(&root, b"db").unwrap(), b"dump.sql")
+        .unwrap();
     assert_eq!(s.snap_read(&sf, 0, 2 << 20).unwrap().0, payload);
     assert!(s.verify().unwrap().is_clean());
 }
@@ -191,7 +241,8 @@ fn readdir_paging_survives_deletes() {
     let v = s.create_volume("vol", owner()).unwrap();
     let d = s.mkdir(v.root, b"big", owner()).unwrap().ino;
     for i in 0..3000 {
-        s.create(d, format!("file-{i:05}").as_bytes(), file_mode()).unwrap();
+        s.create(d, format!("file-{i:05}").as_bytes(), file_mode())
+            .unwrap();
     }
     let mut seen = std::collections::HashSet::new();
     let mut cookie = 0;
@@ -201,7 +252,11 @@ fn readdir_paging_survives_deletes() {
             break;
         }
         for e in &page {
-            assert!(seen.insert(e.name.clone()), "duplicate {:?}", String::from_utf8_lossy(&e.name));
+            assert!(
+                seen.insert(e.name.clone()),
+                "duplicate {:?}",
+                String::from_utf8_lossy(&e.name)
+            );
             s.remove(d, &e.name).unwrap();
         }
         cookie = page.last().unwrap().attr.ino.0;
@@ -229,13 +284,28 @@ fn rename_and_remove_rules() {
     assert_eq!(s.lookup(b, b"g").unwrap().ino, f);
     assert_eq!(read_all(&s, f), b"one");
     assert!(matches!(s.getattr(g), Err(StoreError::NotFound(_))));
-    assert!(matches!(s.rename(r, b"a", b, b"g"), Err(StoreError::NotDir(_))));
-    assert!(matches!(s.rename(b, b"g", r, b"a"), Err(StoreError::IsDir(_))));
-    assert!(matches!(s.rename(r, b"b", r, b"a"), Ok(())), "dir over empty dir");
+    assert!(matches!(
+        s.rename(r, b"a", b, b"g"),
+        Err(StoreError::NotDir(_))
+    ));
+    assert!(matches!(
+        s.rename(b, b"g", r, b"a"),
+        Err(StoreError::IsDir(_))
+    ));
+    assert!(
+        matches!(s.rename(r, b"b", r, b"a"), Ok(())),
+        "dir over empty dir"
+    );
     let c = s.mkdir(b, b"c", owner()).unwrap().ino;
-    assert!(matches!(s.rename(r, b"a", c, b"x"), Err(StoreError::Invalid(_))), "below itself");
+    assert!(
+        matches!(s.rename(r, b"a", c, b"x"), Err(StoreError::Invalid(_))),
+        "below itself"
+    );
     s.mkdir(r, b"d", owner()).unwrap();
-    assert!(matches!(s.rename(r, b"d", r, b"a"), Err(StoreError::NotEmpty(_))));
+    assert!(matches!(
+        s.rename(r, b"d", r, b"a"),
+        Err(StoreError::NotEmpty(_))
+    ));
     assert!(matches!(s.rmdir(r, b"a"), Err(StoreError::NotEmpty(_))));
     assert!(matches!(s.remove(r, b"a"), Err(StoreError::IsDir(_))));
     // `b` now lives at /a and holds the file g.
@@ -244,13 +314,39 @@ fn rename_and_remove_rules() {
     assert!(matches!(s.rmdir(b, b"nope"), Err(StoreError::NotFound(_))));
     assert!(matches!(s.lookup(f, b"x"), Err(StoreError::NotDir(_))));
     // Exclusive create: a retry with the same verifier succeeds, another fails.
-    let x = s.create_exclusive(r, b"x", file_mode(), *b"verifier").unwrap();
-    assert_eq!(s.create_exclusive(r, b"x", file_mode(), *b"verifier").unwrap().ino, x.ino);
-    assert!(matches!(s.create_exclusive(r, b"x", file_mode(), *b"other!!!"), Err(StoreError::Exists(_))));
-    // setattr: setuid bits, owner, times with nanoseconds.
-    let t = Timespec { sec: 1_700_000_000, nsec: 123_456_789 };
-    let at = s
-        .setattr(x.ino, SetAttr { mode: Some(0o6755), uid: Some(0), gid: Some(42), mtime: Some(t), atime: Some(t), size: None })
+    let x = s
+        .create_exclusive(r, b"x", file_mode(), *b"verifier")
         .unwrap();
-    assert_eq!((at.mode, at.uid, at.gid, at.mtime, at.atime), (0o6755, 0, 42, t, t));
+    assert_eq!(
+        s.create_exclusive(r, b"x", file_mode(), *b"verifier")
+            .unwrap()
+            .ino,
+        x.ino
+    );
+    assert!(matches!(
+        s.create_exclusive(r, b"x", file_mode(), *b"other!!!"),
+        Err(StoreError::Exists(_))
+    ));
+    // setattr: setuid bits, owner, times with nanoseconds.
+    let t = Timespec {
+        sec: 1_700_000_000,
+        nsec: 123_456_789,
+    };
+    let at = s
+        .setattr(
+            x.ino,
+            SetAttr {
+                mode: Some(0o6755),
+                uid: Some(0),
+                gid: Some(42),
+                mtime: Some(t),
+                atime: Some(t),
+                size: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (at.mode, at.uid, at.gid, at.mtime, at.atime),
+        (0o6755, 0, 42, t, t)
+    );
 }

@@ -44,7 +44,10 @@ fn writes_racing_ingest_are_kept() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ingests, rebased) = ingester.join().unwrap();
     assert!(ingests > 1, "ingest ran {ingests} times");
-    assert!(rebased > 0, "no ingest was raced by a write in {ingests} ingests");
+    assert!(
+        rebased > 0,
+        "no ingest was raced by a write in {ingests} ingests"
+    );
     assert_eq!(read_all(&s, ino), model);
     s.ingest_all(None).unwrap();
     assert_eq!(read_all(&s, ino), model);
@@ -66,7 +69,10 @@ fn concurrent_sync_writers() {
     for t in 0..8u64 {
         let s = s.clone();
         handles.push(std::thread::spawn(move || {
-            let own = s.create(v.root, format!("f{t}").as_bytes(), file_mode()).unwrap().ino;
+            let own = s
+                .create(v.root, format!("f{t}").as_bytes(), file_mode())
+                .unwrap()
+                .ino;
             for i in 0..50u64 {
                 let d = data(8192, t * 1000 + i);
                 s.write(own, i * 8192, &d).unwrap();
@@ -83,7 +89,10 @@ fn concurrent_sync_writers() {
     for (t, own) in owns.into_iter().enumerate() {
         let got = read_all(&s, own);
         for i in 0..50u64 {
-            assert_eq!(&got[(i * 8192) as usize..((i + 1) * 8192) as usize], &data(8192, t as u64 * 1000 + i)[..]);
+            assert_eq!(
+                &got[(i * 8192) as usize..((i + 1) * 8192) as usize],
+                &data(8192, t as u64 * 1000 + i)[..]
+            );
         }
     }
     let got = read_all(&s, shared);
@@ -108,7 +117,11 @@ fn gc_during_ingest_keeps_references() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
-                s.gc(&GcOptions { repack_below: 0.9, dry_run: false }).unwrap();
+                s.gc(&GcOptions {
+                    repack_below: 0.9,
+                    dry_run: false,
+                })
+                .unwrap();
                 n += 1;
             }
         })

@@ -20,7 +20,9 @@ fn content(i: u64) -> Vec<u8> {
 #[test]
 #[ignore = "run by the crash tests as a child process"]
 fn crash_child() {
-    let Some(dir) = std::env::var_os("KURA_CRASH_DIR") else { return };
+    let Some(dir) = std::env::var_os("KURA_CRASH_DIR") else {
+        return;
+    };
     let mode = std::env::var("KURA_CRASH_MODE").unwrap();
     let start: u64 = std::env::var("KURA_CRASH_START").unwrap().parse().unwrap();
     let s = open(std::path::Path::new(&dir));
@@ -62,7 +64,11 @@ fn crash_child() {
                     // Remove an older file whose content others share, then collect.
                     let _ = s.remove(v.root, format!("f{}", i - 1).as_bytes());
                     println!("DEL {}", i - 1);
-                    s.gc(&GcOptions { repack_below: 0.9, dry_run: false }).unwrap();
+                    s.gc(&GcOptions {
+                        repack_below: 0.9,
+                        dry_run: false,
+                    })
+                    .unwrap();
                 }
             }
             m => panic!("unknown mode {m}"),
@@ -77,9 +83,21 @@ struct Outcome {
 }
 
 /// Runs the child until it has acknowledged `kill_after` files, waits `delay`, kills it.
-fn run_and_kill(dir: &std::path::Path, mode: &str, start: u64, kill_after: usize, delay: Duration) -> Outcome {
+fn run_and_kill(
+    dir: &std::path::Path,
+    mode: &str,
+    start: u64,
+    kill_after: usize,
+    delay: Duration,
+) -> Outcome {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("KURA_CRASH_DIR", dir)
         .env("KURA_CRASH_MODE", mode)
         .env("KURA_CRASH_START", start.to_string())
@@ -139,9 +157,17 @@ fn check(dir: &std::path::Path, acked: &[u64], deleted: &[u64], snaps: &[String]
             .lookup(v.root, format!("f{i}").as_bytes())
             .unwrap_or_else(|e| panic!("acknowledged file f{i} lost: {e}"))
             .ino;
-        assert!(read_all(&s, f) == content(i), "acknowledged file f{i} differs after kill -9");
+        assert!(
+            read_all(&s, f) == content(i),
+            "acknowledged file f{i} differs after kill -9"
+        );
     }
-    let existing: Vec<String> = s.snapshots(Some("vol")).unwrap().into_iter().map(|x| x.name).collect();
+    let existing: Vec<String> = s
+        .snapshots(Some("vol"))
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
     for n in snaps {
         assert!(existing.contains(n), "recorded snapshot {n} lost");
     }
@@ -156,7 +182,11 @@ fn check(dir: &std::path::Path, acked: &[u64], deleted: &[u64], snaps: &[String]
     let rep = s.verify().unwrap();
     assert!(rep.is_clean(), "verify after crash: {:?}", rep.damaged);
     s.ingest_all(None).unwrap();
-    s.gc(&GcOptions { repack_below: 0.0, dry_run: false }).unwrap();
+    s.gc(&GcOptions {
+        repack_below: 0.0,
+        dry_run: false,
+    })
+    .unwrap();
     let counts = storage::gc::pack_counts(&s).unwrap();
     for e in std::fs::read_dir(dir.join("packs")).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
@@ -174,7 +204,9 @@ fn crash_loop(mode: &str, seed: u64) {
     let mut deleted = Vec::new();
     let mut snaps = Vec::new();
     for _round in 0..5 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let kill_after = 2 + (rng >> 33) as usize % 5;
         let delay = Duration::from_millis((rng >> 40) % 120);
         let o = run_and_kill(dir.path(), mode, next, kill_after, delay);

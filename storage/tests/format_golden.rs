@@ -28,15 +28,31 @@ fn t(sec: i64) -> Timespec {
 fn make_fixture() {
     let dir = fixture();
     let _ = std::fs::remove_dir_all(&dir);
-    let s = Store::open(&dir, StoreOptions { reserve_bytes: 0, ..opts() }).unwrap();
+    let s = Store::open(
+        &dir,
+        StoreOptions {
+            reserve_bytes: 0,
+            ..opts()
+        },
+    )
+    .unwrap();
     let v = s.create_volume("vol", owner()).unwrap();
     let d = s.mkdir(v.root, b"docs", owner()).unwrap().ino;
     let a = s.create(d, b"a.txt", file_mode()).unwrap().ino;
     s.write(a, 0, b"hello, format v1\n").unwrap();
     let b = s.create(v.root, b"big.bin", file_mode()).unwrap().ino;
     s.write(b, 0, &big()).unwrap();
-    s.symlink(v.root, b"link", b"docs/a.txt", file_mode()).unwrap();
-    s.setattr(a, SetAttr { mtime: Some(t(1_700_000_000)), mode: Some(0o4640), ..Default::default() }).unwrap();
+    s.symlink(v.root, b"link", b"docs/a.txt", file_mode())
+        .unwrap();
+    s.setattr(
+        a,
+        SetAttr {
+            mtime: Some(t(1_700_000_000)),
+            mode: Some(0o4640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     s.snapshot("vol", "s1").unwrap();
     s.write(a, 0, b"HELLO").unwrap();
     s.ingest_all(None).unwrap();
@@ -78,7 +94,9 @@ fn v1_store_still_opens() {
     let l = s.lookup(v.root, b"link").unwrap();
     assert_eq!(s.readlink(l.ino).unwrap(), b"docs/a.txt");
     let root = s.snapshot_root("vol", "s1").unwrap();
-    let sa = s.snap_lookup(&s.snap_lookup(&root, b"docs").unwrap(), b"a.txt").unwrap();
+    let sa = s
+        .snap_lookup(&s.snap_lookup(&root, b"docs").unwrap(), b"a.txt")
+        .unwrap();
     assert_eq!(s.snap_read(&sa, 0, 100).unwrap().0, b"hello, format v1\n");
     assert_eq!(sa.attr.mtime, t(1_700_000_000));
     assert!(s.verify().unwrap().is_clean());
@@ -87,7 +105,13 @@ fn v1_store_still_opens() {
 /// Encodings of records, content lists and directory objects, pinned byte for byte.
 #[test]
 fn encodings_are_pinned() {
-    let h = RecordHeader { kind: 4, codec: 1, raw_len: 1_048_576, stored_len: 300_000, id: ChunkId([7; 32]) };
+    let h = RecordHeader {
+        kind: 4,
+        codec: 1,
+        raw_len: 1_048_576,
+        stored_len: 300_000,
+        id: ChunkId([7; 32]),
+    };
     let enc = h.encode();
     assert_eq!(hex(&enc[..16]), "314b434b0401000000001000e0930400");
     assert_eq!(RecordHeader::decode(&enc), Some(h));

@@ -75,11 +75,28 @@ type Tree = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 #[derive(Clone, Debug)]
 enum TOp {
-    Create { dir: u8, name: u8, seed: u8, len: u16 },
-    Mkdir { dir: u8, name: u8 },
-    Remove { pick: u8 },
-    Rename { pick: u8, dir: u8, name: u8 },
-    Overwrite { pick: u8, seed: u8 },
+    Create {
+        dir: u8,
+        name: u8,
+        seed: u8,
+        len: u16,
+    },
+    Mkdir {
+        dir: u8,
+        name: u8,
+    },
+    Remove {
+        pick: u8,
+    },
+    Rename {
+        pick: u8,
+        dir: u8,
+        name: u8,
+    },
+    Overwrite {
+        pick: u8,
+        seed: u8,
+    },
     Snapshot,
 }
 
@@ -96,7 +113,11 @@ fn top() -> impl Strategy<Value = TOp> {
 
 fn dirs(t: &Tree) -> Vec<Vec<u8>> {
     let mut d = vec![Vec::new()];
-    d.extend(t.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()));
+    d.extend(
+        t.iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone()),
+    );
     d
 }
 

@@ -6,7 +6,8 @@ use common::*;
 use std::process::Command;
 use storage::*;
 
-struct Mount(std::path::PathBuf, tempfile::TempDir);
+/// A mounted tmpfs; the temp dir it sits on lives as long as the mount.
+struct Mount(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Mount {
     fn drop(&mut self) {
@@ -25,7 +26,10 @@ fn small_fs(mib: u32) -> Option<Mount> {
         .arg(dir.path())
         .status()
         .expect("run mount");
-    assert!(st.success(), "mounting a tmpfs failed (needs root); set KURA_SKIP_MOUNT_TESTS=1 to skip");
+    assert!(
+        st.success(),
+        "mounting a tmpfs failed (needs root); set KURA_SKIP_MOUNT_TESTS=1 to skip"
+    );
     Some(Mount(dir.path().to_path_buf(), dir))
 }
 
@@ -49,7 +53,9 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
             }
         };
         // Incompressible, unique: every file takes real space in staging and packs.
-        let d: Vec<u8> = (0..1_000_000u64).map(|k| (k.wrapping_mul(2654435761).wrapping_add(i * 977) >> 13) as u8 ^ (i as u8)).collect();
+        let d: Vec<u8> = (0..1_000_000u64)
+            .map(|k| (k.wrapping_mul(2654435761).wrapping_add(i * 977) >> 13) as u8 ^ (i as u8))
+            .collect();
         let d = blake3_stream(&d, i);
         match s.write(f, 0, &d) {
             Ok(()) => {}
@@ -72,12 +78,21 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
     }
     let e = hit.expect("a 48 MiB filesystem must fill up");
     let ingested = s.stats().unwrap().chunks;
-    assert!(ingested > 0, "some files were ingested before the disk filled");
-    assert!(matches!(e, StoreError::NoSpace { .. }), "expected NoSpace, got {e}");
+    assert!(
+        ingested > 0,
+        "some files were ingested before the disk filled"
+    );
+    assert!(
+        matches!(e, StoreError::NoSpace { .. }),
+        "expected NoSpace, got {e}"
+    );
     assert!(e.to_string().contains("no space left"), "{e}");
     assert!(written.len() >= 4, "only {} files fit", written.len());
     for (f, d) in &written {
-        assert!(&read_all(&s, *f) == d, "data written before the disk filled is intact");
+        assert!(
+            &read_all(&s, *f) == d,
+            "data written before the disk filled is intact"
+        );
     }
     // Free space: remove half the files, collect garbage, and carry on.
     for (i, _) in written.iter().enumerate().filter(|(i, _)| i % 2 == 0) {

@@ -31,7 +31,11 @@ impl Daemon {
     /// Starts `kura serve` with this config and waits until it listens.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kura"));
-        cmd.arg("--config").arg(config).arg("serve").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         cmd.env("KURA_LOG", "warn,nfs3_server=off");
         for (k, v) in env {
             cmd.env(k, v);
@@ -44,8 +48,15 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("kura did not start listening in 30 s");
-        let port = line.rsplit(':').next().unwrap().parse().expect("listening line");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kura did not start listening in 30 s");
+        let port = line
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("listening line");
         let data = config.parent().unwrap().join("store");
         Daemon {
             child: Some(child),
@@ -57,7 +68,10 @@ impl Daemon {
 
     /// libnfs URL of `path` inside the export (e.g. "/backup/file").
     pub fn url(&self, path: &str) -> String {
-        format!("nfs://127.0.0.1{path}?nfsport={p}&mountport={p}&version=3", p = self.port)
+        format!(
+            "nfs://127.0.0.1{path}?nfsport={p}&mountport={p}&version=3",
+            p = self.port
+        )
     }
 
     /// SIGKILL: no clean shutdown, nothing flushed by kura.
@@ -112,20 +126,25 @@ pub fn kura(config: &Path, args: &[&str]) -> Output {
         .env("KURA_LOG", "warn")
         .output()
         .unwrap();
-    assert!(o.status.success(), "kura {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "kura {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
 /// Runs a libnfs-utils tool; returns its output (not asserting success).
 pub fn libnfs(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} not found ({e}); run scripts/test.sh, which installs libnfs-utils"))
+    Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("{tool} not found ({e}); run scripts/test.sh, which installs libnfs-utils")
+    })
 }
 
 pub fn python() -> String {
-    std::env::var("KURA_PYTHON").unwrap_or_else(|_| panic!("KURA_PYTHON is not set: run scripts/test.sh, which installs nfs-rs"))
+    std::env::var("KURA_PYTHON").unwrap_or_else(|_| {
+        panic!("KURA_PYTHON is not set: run scripts/test.sh, which installs nfs-rs")
+    })
 }
 
 /// Prelude for nfs-rs scripts: `c` is a client connected to the volume `backup`.
@@ -202,7 +221,11 @@ impl Drop for PyProc {
 
 /// A free loopback port (for restarting a daemon on the same port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes `size` bytes whose every 4 KiB block names its own offset (so a misplaced
@@ -215,7 +238,11 @@ pub fn make_file(path: &Path, size: u64, seed: u64) -> blake3::Hash {
     while off < size {
         let n = (size - off).min(4096) as usize;
         for (i, b) in block.iter_mut().enumerate() {
-            *b = ((off / 4096).wrapping_mul(31).wrapping_add(i as u64 * 7).wrapping_add(seed) % 251) as u8;
+            *b = ((off / 4096)
+                .wrapping_mul(31)
+                .wrapping_add(i as u64 * 7)
+                .wrapping_add(seed)
+                % 251) as u8;
         }
         block[..8].copy_from_slice(&off.to_le_bytes());
         f.write_all(&block[..n]).unwrap();
