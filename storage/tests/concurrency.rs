@@ -36,7 +36,7 @@ fn writes_racing_ingest_are_kept() {
         let patch = data(4096, i);
         s.write(ino, off, &patch).unwrap();
         model[off as usize..off as usize + 4096].copy_from_slice(&patch);
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             assert_eq!(read_all(&s, ino), model, "after {i} writes");
         }
         i += 1;

@@ -12,7 +12,7 @@ use storage::*;
 fn content(i: u64) -> Vec<u8> {
     // Sizes from 64 KiB to ~3 MiB; every third file repeats an earlier one (dedup).
     let size = 65_536 + ((i * 7_919_993) % (3 << 20)) as usize;
-    data(size, if i % 3 == 0 { i / 3 } else { i + 1000 })
+    data(size, if i.is_multiple_of(3) { i / 3 } else { i + 1000 })
 }
 
 /// The child's workload. Prints `ACK i` once file `i` is written and synced, and
