@@ -21,5 +21,13 @@ if ! "$VENV/bin/python" -c 'import nfs_rs' 2>/dev/null; then
 fi
 export KURA_PYTHON="$VENV/bin/python"
 
-# Release mode: the NFS tests move gigabytes.
-cargo test --release --workspace "$@"
+# Release mode: the NFS tests move gigabytes. No doc tests (there are none), so that
+# cargo's last summary is a real one; a total follows.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$rc"

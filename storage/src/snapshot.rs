@@ -27,6 +27,9 @@ pub struct SnapshotInfo {
     pub root: ChunkId,
     /// Sum of file sizes in the snapshot.
     pub logical_bytes: u64,
+    /// Directory objects written by this snapshot (the changed directories); 0 when read
+    /// back from the table.
+    pub dirs_encoded: u64,
 }
 
 struct Builder<'a> {
@@ -92,6 +95,7 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
             nsec: r.get::<_, i64>(5)? as u32,
         },
         logical_bytes: r.get::<_, i64>(6)? as u64,
+        dirs_encoded: 0,
     })
 }
 
@@ -197,6 +201,7 @@ impl Store {
             created: now,
             root: root_tree,
             logical_bytes: logical as u64,
+            dirs_encoded,
         })
     }
 

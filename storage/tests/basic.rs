@@ -350,3 +350,61 @@ fn rename_and_remove_rules() {
         (0o6755, 0, 42, t, t)
     );
 }
+
+/// A snapshot costs what changed: after one file deep in a tree of 200 directories
+/// changes, the next snapshot re-encodes only the directories on its path.
+#[test]
+fn snapshot_cost_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let mut deep = v.root;
+    for depth in 0..4 {
+        deep = s
+            .mkdir(deep, format!("level{depth}").as_bytes(), owner())
+            .unwrap()
+            .ino;
+    }
+    for i in 0..200 {
+        let d = s
+            .mkdir(v.root, format!("d{i}").as_bytes(), owner())
+            .unwrap()
+            .ino;
+        s.create(d, b"f", file_mode()).unwrap();
+    }
+    let f = s.create(deep, b"leaf", file_mode()).unwrap().ino;
+    let first = s.snapshot("vol", "one").unwrap();
+    assert_eq!(first.dirs_encoded, 1 + 4 + 200);
+    let same = s.snapshot("vol", "two").unwrap();
+    assert_eq!(same.dirs_encoded, 0, "nothing changed, nothing encoded");
+    assert_eq!(same.root, first.root);
+    s.write(f, 0, b"changed").unwrap();
+    let third = s.snapshot("vol", "three").unwrap();
+    assert_eq!(
+        third.dirs_encoded, 5,
+        "root and the four directories on the path"
+    );
+}
+
+/// Volumes of one store share chunks: the same bytes written to a second volume store
+/// nothing new.
+#[test]
+fn volumes_share_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let a = s.create_volume("a", owner()).unwrap();
+    let b = s.create_volume("b", owner()).unwrap();
+    let payload = data(2 << 20, 5);
+    let fa = s.create(a.root, b"x", file_mode()).unwrap().ino;
+    s.write(fa, 0, &payload).unwrap();
+    s.ingest_all(None).unwrap();
+    let fb = s.create(b.root, b"y", file_mode()).unwrap().ino;
+    s.write(fb, 0, &payload).unwrap();
+    let r = s.ingest_all(None).unwrap();
+    assert_eq!(r.new_chunks, 0, "{r:?}");
+    assert_eq!(read_all(&s, fb), payload);
+    assert!(
+        s.lookup(b.root, b"x").is_err(),
+        "volumes keep separate namespaces"
+    );
+}
