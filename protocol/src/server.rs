@@ -143,37 +143,29 @@ async fn nfs_listener(
     Ok((l, port))
 }
 
+fn spawn_server(l: NFSTcpListener<KuraFs>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = l.handle_forever().await {
+            tracing::error!(error = %e, "export listener stopped");
+        }
+    })
+}
+
 /// Starts one export. `generation` comes from `Store::begin_service`.
 pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> io::Result<Export> {
     let fs = KuraFs::new(shared, cfg.policy.clone());
     let open = cfg.allow.iter().any(|c| c.is_everything());
-    if open {
+    let allow_names: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
+    if open || cfg.listen.is_ipv4() {
         let (l, port) = nfs_listener(fs, &cfg.listen.to_string(), generation).await?;
+        if !open {
+            attach_allow_filter(port, &cfg.allow)?;
+        }
         let addr = SocketAddr::new(cfg.listen.ip(), port);
-        tracing::info!(%addr, "export listening (all clients allowed)");
-        let t = tokio::spawn(async move {
-            if let Err(e) = l.handle_forever().await {
-                tracing::error!(error = %e, "export listener stopped");
-            }
-        });
+        tracing::info!(%addr, allow = ?allow_names, "export listening");
         return Ok(Export {
             addr,
-            tasks: vec![t],
-        });
-    }
-    if cfg.listen.is_ipv4() {
-        let (l, port) = nfs_listener(fs, &cfg.listen.to_string(), generation).await?;
-        attach_allow_filter(port, &cfg.allow)?;
-        let addr = SocketAddr::new(cfg.listen.ip(), port);
-        tracing::info!(%addr, allow = ?cfg.allow.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "export listening (socket filter)");
-        let t = tokio::spawn(async move {
-            if let Err(e) = l.handle_forever().await {
-                tracing::error!(error = %e, "export listener stopped");
-            }
-        });
-        return Ok(Export {
-            addr,
-            tasks: vec![t],
+            tasks: vec![spawn_server(l)],
         });
     }
     let (l, inner_port) = nfs_listener(fs, "127.0.0.1:0", generation).await?;
@@ -181,12 +173,8 @@ pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> i
     let addr = front.local_addr()?;
     let inner: SocketAddr = ([127, 0, 0, 1], inner_port).into();
     let allow = cfg.allow.clone();
-    tracing::info!(%addr, allow = ?allow.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "export listening");
-    let server = tokio::spawn(async move {
-        if let Err(e) = l.handle_forever().await {
-            tracing::error!(error = %e, "export listener stopped");
-        }
-    });
+    tracing::info!(%addr, allow = ?allow_names, "export listening (relay)");
+    let server = spawn_server(l);
     let gate = tokio::spawn(async move {
         loop {
             let (sock, peer) = match front.accept().await {

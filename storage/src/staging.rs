@@ -141,7 +141,27 @@ fn journal_path(p: &Path) -> PathBuf {
     p.with_extension("j")
 }
 
+/// Appends one journal record (`len == JOURNAL_TRUNCATE`: truncated to `off`).
+fn journal_append(j: &mut File, staging: &Path, off: u64, len: u64) -> Result<()> {
+    let mut rec = [0u8; 16];
+    rec[..8].copy_from_slice(&off.to_le_bytes());
+    rec[8..].copy_from_slice(&len.to_le_bytes());
+    j.write_all(&rec)
+        .map_err(|e| StoreError::io("append staging journal", journal_path(staging), e))
+}
+
 impl Staged {
+    fn new(ino: FileId, path: PathBuf, inner: Inner) -> Arc<Staged> {
+        Arc::new(Staged {
+            ino,
+            path,
+            inner: Mutex::new(inner),
+            sync_state: Mutex::new((0, false)),
+            sync_cv: Condvar::new(),
+            seq: Default::default(),
+        })
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -159,12 +179,7 @@ impl Staged {
             .write_all_at(data, off)
             .map_err(|e| StoreError::io("write staging file", &self.path, e))?;
         if let Some(j) = g.journal.as_mut() {
-            let mut rec = [0u8; 16];
-            rec[..8].copy_from_slice(&off.to_le_bytes());
-            rec[8..].copy_from_slice(&(data.len() as u64).to_le_bytes());
-            j.write_all(&rec).map_err(|e| {
-                StoreError::io("append staging journal", journal_path(&self.path), e)
-            })?;
+            journal_append(j, &self.path, off, data.len() as u64)?;
             g.ranges.insert(off, end);
         }
         g.size = g.size.max(end);
@@ -183,12 +198,7 @@ impl Staged {
             return Err(StoreError::Raced(self.ino));
         }
         if let Some(j) = g.journal.as_mut() {
-            let mut rec = [0u8; 16];
-            rec[..8].copy_from_slice(&size.to_le_bytes());
-            rec[8..].copy_from_slice(&JOURNAL_TRUNCATE.to_le_bytes());
-            j.write_all(&rec).map_err(|e| {
-                StoreError::io("append staging journal", journal_path(&self.path), e)
-            })?;
+            journal_append(j, &self.path, size, JOURNAL_TRUNCATE)?;
             g.ranges.clip(size);
             g.base_limit = g.base_limit.min(size);
         }
@@ -367,16 +377,12 @@ impl Staging {
                 .map_err(|e| StoreError::io("size staging file", &path, e))?;
         } else if let Some(j) = journal.as_mut() {
             // Record the starting size so a restart replays from it.
-            let mut rec = [0u8; 16];
-            rec[..8].copy_from_slice(&size.to_le_bytes());
-            rec[8..].copy_from_slice(&JOURNAL_TRUNCATE.to_le_bytes());
-            j.write_all(&rec)
-                .map_err(|e| StoreError::io("append staging journal", journal_path(&path), e))?;
+            journal_append(j, &path, size, JOURNAL_TRUNCATE)?;
         }
-        let s = Arc::new(Staged {
+        let s = Staged::new(
             ino,
             path,
-            inner: Mutex::new(Inner {
+            Inner {
                 file: Arc::new(file),
                 journal,
                 base: base.map(|b| b.0),
@@ -388,11 +394,8 @@ impl Staging {
                 ingesting: None,
                 dir_synced: false,
                 dropped: false,
-            }),
-            sync_state: Mutex::new((0, false)),
-            sync_cv: Condvar::new(),
-            seq: Default::default(),
-        });
+            },
+        );
         files.insert(ino, s.clone());
         Ok(s)
     }
@@ -528,10 +531,10 @@ impl Staging {
                 }
                 Err(e) => return Err(StoreError::io("read staging journal", &jp, e)),
             };
-            let s = Arc::new(Staged {
+            let s = Staged::new(
                 ino,
                 path,
-                inner: Mutex::new(Inner {
+                Inner {
                     file: Arc::new(file),
                     journal,
                     base,
@@ -543,11 +546,8 @@ impl Staging {
                     ingesting: None,
                     dir_synced: true,
                     dropped: false,
-                }),
-                sync_state: Mutex::new((0, false)),
-                sync_cv: Condvar::new(),
-                seq: Default::default(),
-            });
+                },
+            );
             self.files.lock().unwrap().insert(ino, s);
             n += 1;
         }

@@ -159,17 +159,7 @@ impl Store {
         if path.exists() || self.opts.reserve_bytes == 0 {
             return;
         }
-        // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
-        let fs_bytes = unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
-                .unwrap_or_default();
-            if libc::statvfs(c.as_ptr(), &mut st) == 0 {
-                st.f_blocks as u64 * st.f_frsize as u64
-            } else {
-                0
-            }
-        };
+        let fs_bytes = statvfs(&self.root).map_or(0, |(total, _)| total);
         let size = self.opts.reserve_bytes.min(fs_bytes / 20);
         if size == 0 {
             return;
@@ -191,17 +181,7 @@ impl Store {
 
     /// Bytes available to the store's filesystem (u64::MAX when unknown).
     pub fn free_bytes(&self) -> u64 {
-        // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
-        unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
-                .unwrap_or_default();
-            if libc::statvfs(c.as_ptr(), &mut st) == 0 {
-                st.f_bavail as u64 * st.f_frsize as u64
-            } else {
-                u64::MAX
-            }
-        }
+        statvfs(&self.root).map_or(u64::MAX, |(_, avail)| avail)
     }
 
     /// Gives the reserve back to the filesystem; true if there was one.
@@ -744,6 +724,19 @@ pub struct StoreStats {
     /// Sum of live file sizes (as last ingested) across volumes.
     pub live_logical_bytes: u64,
     pub staged_files: u64,
+}
+
+/// (total, available) bytes of the filesystem holding `path`.
+fn statvfs(path: &Path) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct; `c` is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st) == 0).then(|| {
+            let f = st.f_frsize as u64;
+            (st.f_blocks as u64 * f, st.f_bavail as u64 * f)
+        })
+    }
 }
 
 /// Volume and snapshot names: 1-64 bytes of `[A-Za-z0-9._-]`, not starting with '.'.
