@@ -165,13 +165,7 @@ print('done')
 #[test]
 fn snapshots_are_browsable_and_read_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = config(
-        tmp.path(),
-        &format!("127.0.0.1:{port}"),
-        &["127.0.0.1/32"],
-        "",
-    );
+    let cfg = config_fixed_port(tmp.path(), "");
     let mut d = Daemon::start(&cfg, &[]);
     py(
         d.port,

@@ -10,16 +10,10 @@ use common::*;
 #[test]
 fn committed_data_and_handles_survive_kill9() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = config(
-        tmp.path(),
-        &format!("127.0.0.1:{port}"),
-        &["127.0.0.1/32"],
-        "",
-    );
+    let cfg = config_fixed_port(tmp.path(), "");
     let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
     let mut p = PyProc::start(
-        port,
+        d.port,
         r#"
 data = bytes((i * 7 + 3) % 251 for i in range(8 << 20))
 f = c.open('/precious.bin', 'w+b')
@@ -45,16 +39,10 @@ print('SAME' if back == data else f'DIFFERENT {len(back)}', flush=True)
 #[test]
 fn verifier_changes_only_after_unclean_reboot() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = config(
-        tmp.path(),
-        &format!("127.0.0.1:{port}"),
-        &["127.0.0.1/32"],
-        "",
-    );
+    let cfg = config_fixed_port(tmp.path(), "");
     let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
     let mut p = PyProc::start(
-        port,
+        d.port,
         r#"
 with c.open('/f', 'wb') as f: f.write(b'x' * 1000)
 f = c.open('/f', 'rb')

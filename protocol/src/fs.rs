@@ -85,17 +85,21 @@ impl Shared {
         })
     }
 
+    /// A slot among the bounded store calls in flight; waits when all are taken.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, nfsstat3> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)
+    }
+
     /// The one door to the store.
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         op: &'static str,
         f: impl FnOnce(&Store) -> storage::Result<T> + Send + 'static,
     ) -> Result<T, nfsstat3> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        let _permit = self.permit().await?;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(Ok(v)) => Ok(v),
@@ -114,11 +118,7 @@ impl Shared {
         op: &'static str,
         f: impl FnOnce(&Store) -> storage::Result<T>,
     ) -> Result<T, nfsstat3> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| nfsstat3::NFS3ERR_SERVERFAULT)?;
+        let _permit = self.permit().await?;
         tokio::task::block_in_place(|| f(&self.store)).map_err(|e| to_nfs(op, &e))
     }
 

@@ -27,6 +27,17 @@ pub fn config(dir: &Path, listen: &str, allow: &[&str], extra: &str) -> PathBuf 
     p
 }
 
+/// A config for a daemon on a fixed free port (so that it can restart on the same one),
+/// allowing 127.0.0.1.
+pub fn config_fixed_port(dir: &Path, extra: &str) -> PathBuf {
+    config(
+        dir,
+        &format!("127.0.0.1:{}", free_port()),
+        &["127.0.0.1/32"],
+        extra,
+    )
+}
+
 impl Daemon {
     /// Starts `kura serve` with this config and waits until it listens.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
