@@ -1,27 +1,51 @@
 //! Content lists: a file's bytes as an ordered list of chunks.
+//!
+//! A *leaf* list (`KCL1`) names chunks; an *index* list (`KCL2`) names leaf lists, so
+//! that a file of many TiB is a few thousand bounded objects rather than one huge one.
+//! Ingest writes a leaf per `content_part_entries` chunks (65,536 by default, ~2.3 MiB
+//! encoded, ~512 MiB of file) and an index over them when a file needs more than one.
 
 use crate::error::{Result, StoreError};
-use crate::format::CONTENT_MAGIC;
+use crate::format::{CONTENT_INDEX_MAGIC, CONTENT_MAGIC};
 use crate::ids::ChunkId;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContentList {
-    /// (length, chunk) in file order.
-    pub chunks: Vec<(u32, ChunkId)>,
-    /// Start offset of each chunk; `starts.len() == chunks.len() + 1`, last = total.
+    /// (length, object) in file order: chunks in a leaf, leaf lists in an index.
+    pub entries: Vec<(u64, ChunkId)>,
+    /// True for an index of leaf lists.
+    pub index: bool,
+    /// Start offset of each entry; `starts.len() == entries.len() + 1`, last = total.
     starts: Vec<u64>,
 }
 
 impl ContentList {
+    /// A leaf list of chunks.
     pub fn new(chunks: Vec<(u32, ChunkId)>) -> Self {
-        let mut starts = Vec::with_capacity(chunks.len() + 1);
+        Self::build(
+            chunks.into_iter().map(|(l, id)| (l as u64, id)).collect(),
+            false,
+        )
+    }
+
+    /// An index over leaf lists: (bytes the leaf covers, leaf id).
+    pub fn new_index(parts: Vec<(u64, ChunkId)>) -> Self {
+        Self::build(parts, true)
+    }
+
+    fn build(entries: Vec<(u64, ChunkId)>, index: bool) -> Self {
+        let mut starts = Vec::with_capacity(entries.len() + 1);
         let mut p = 0u64;
         starts.push(0);
-        for (l, _) in &chunks {
-            p += *l as u64;
+        for (l, _) in &entries {
+            p += *l;
             starts.push(p);
         }
-        ContentList { chunks, starts }
+        ContentList {
+            entries,
+            index,
+            starts,
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -33,11 +57,20 @@ impl ContentList {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.chunks.len() * 36);
-        out.extend_from_slice(CONTENT_MAGIC);
-        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        for (l, id) in &self.chunks {
-            out.extend_from_slice(&l.to_le_bytes());
+        let width = if self.index { 8 } else { 4 };
+        let mut out = Vec::with_capacity(8 + self.entries.len() * (32 + width));
+        out.extend_from_slice(if self.index {
+            CONTENT_INDEX_MAGIC
+        } else {
+            CONTENT_MAGIC
+        });
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for (l, id) in &self.entries {
+            if self.index {
+                out.extend_from_slice(&l.to_le_bytes());
+            } else {
+                out.extend_from_slice(&(*l as u32).to_le_bytes());
+            }
             out.extend_from_slice(id.as_bytes());
         }
         out
@@ -45,27 +78,35 @@ impl ContentList {
 
     pub fn decode(b: &[u8]) -> Result<Self> {
         let bad = || StoreError::Format("malformed content list".into());
-        if b.len() < 8 || &b[..4] != CONTENT_MAGIC {
+        if b.len() < 8 {
             return Err(bad());
         }
+        let index = match &b[..4] {
+            m if m == CONTENT_MAGIC => false,
+            m if m == CONTENT_INDEX_MAGIC => true,
+            _ => return Err(bad()),
+        };
+        let width = if index { 8 } else { 4 };
         let n = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
-        if b.len() != 8 + n * 36 {
+        if b.len() != 8 + n * (32 + width) {
             return Err(bad());
         }
-        let chunks = b[8..]
-            .chunks_exact(36)
+        let entries = b[8..]
+            .chunks_exact(32 + width)
             .map(|e| {
-                (
-                    u32::from_le_bytes(e[..4].try_into().unwrap()),
-                    ChunkId::from_slice(&e[4..]).unwrap(),
-                )
+                let l = if index {
+                    u64::from_le_bytes(e[..8].try_into().unwrap())
+                } else {
+                    u32::from_le_bytes(e[..4].try_into().unwrap()) as u64
+                };
+                (l, ChunkId::from_slice(&e[width..]).unwrap())
             })
             .collect();
-        Ok(ContentList::new(chunks))
+        Ok(Self::build(entries, index))
     }
 
-    /// Pieces covering `[off, off+len)`: (chunk index, offset within chunk, length).
-    pub fn pieces(&self, off: u64, len: u64) -> Vec<(usize, usize, usize)> {
+    /// Pieces covering `[off, off+len)`: (entry index, offset within entry, length).
+    pub fn pieces(&self, off: u64, len: u64) -> Vec<(usize, u64, u64)> {
         let end = (off + len).min(self.len());
         let mut out = Vec::new();
         if off >= end {
@@ -73,28 +114,15 @@ impl ContentList {
         }
         let mut i = self.starts.partition_point(|s| *s <= off) - 1;
         let mut pos = off;
-        while pos < end && i < self.chunks.len() {
+        while pos < end && i < self.entries.len() {
             let cs = self.starts[i];
             let ce = self.starts[i + 1];
             let take = ce.min(end) - pos;
-            out.push((i, (pos - cs) as usize, take as usize));
+            out.push((i, pos - cs, take));
             pos += take;
             i += 1;
         }
         out
-    }
-
-    /// The list cut to its first `len` bytes; the last chunk may be only partly used,
-    /// so it is reported for the caller to re-chunk.
-    pub fn prefix(&self, len: u64) -> (ContentList, Option<(ChunkId, u32)>) {
-        if len >= self.len() {
-            return (self.clone(), None);
-        }
-        let i = self.starts.partition_point(|s| *s <= len) - 1;
-        let whole = self.chunks[..i].to_vec();
-        let partial =
-            (len > self.starts[i]).then(|| (self.chunks[i].1, (len - self.starts[i]) as u32));
-        (ContentList::new(whole), partial)
     }
 }
 
@@ -111,8 +139,12 @@ mod tests {
         assert_eq!(c.pieces(45, 100), vec![(4, 5, 5)]);
         assert!(c.pieces(50, 10).is_empty());
         assert_eq!(ContentList::decode(&c.encode()).unwrap(), c);
-        let (p, part) = c.prefix(25);
-        assert_eq!(p.len(), 20);
-        assert_eq!(part, Some((ChunkId([2; 32]), 5)));
+        let idx = ContentList::new_index(vec![(5 << 30, ChunkId([1; 32])), (7, ChunkId([2; 32]))]);
+        assert_eq!(idx.len(), (5 << 30) + 7);
+        assert_eq!(ContentList::decode(&idx.encode()).unwrap(), idx);
+        assert_eq!(
+            idx.pieces((5 << 30) - 1, 3),
+            vec![(0, (5 << 30) - 1, 1), (1, 0, 2)]
+        );
     }
 }

@@ -55,6 +55,9 @@ pub const CODEC_RAW: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 
 pub const CONTENT_MAGIC: &[u8; 4] = b"KCL1";
+/// Index of leaf content lists (kind `KIND_CONTENT` too): `CONTENT_INDEX_MAGIC`,
+/// `count u32 LE`, then `count` entries of `len u64 LE | leaf id [32]`.
+pub const CONTENT_INDEX_MAGIC: &[u8; 4] = b"KCL2";
 pub const DIR_MAGIC: &[u8; 4] = b"KDR1";
 
 pub const JOURNAL_TRUNCATE: u64 = u64::MAX;

@@ -114,9 +114,9 @@ impl Store {
         if !marked.insert(*c) {
             return Ok(());
         }
-        let list = self.content(c)?;
-        marked.extend(list.chunks.iter().map(|(_, id)| *id));
-        Ok(())
+        self.visit_content(c, &mut |id| {
+            marked.insert(*id);
+        })
     }
 
     /// Computes what GC would do, without changing anything.

@@ -338,7 +338,11 @@ impl Store {
         let seen_ref = &mut seen;
         let list_ref = &mut list;
         let level = self.opts.zstd_level;
-        let appended: Result<()> = std::thread::scope(|sc| {
+        let part_entries = self.opts.content_part_entries.max(1);
+        // Leaf lists written so far (only for files of more than one part).
+        let mut parts: Vec<(u64, ChunkId)> = Vec::new();
+        let parts_ref = &mut parts;
+        let appended: Result<(Vec<Location>, u64, u64)> = std::thread::scope(|sc| {
             std::thread::Builder::new()
                 .name("kura-cut".into())
                 .spawn_scoped(sc, move || loop {
@@ -359,16 +363,29 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("spawning ingest reader: {e}")))?;
             let processor = std::thread::Builder::new()
                 .name("kura-dedup".into())
-                .spawn_scoped(sc, move || -> Result<()> {
+                .spawn_scoped(sc, move || -> Result<(Vec<Location>, u64, u64)> {
+                    // Leaf lists stored here: (their locations, stored bytes, chunks seen).
+                    let (mut obj_locs, mut obj_stored, mut nchunks) = (Vec::new(), 0u64, 0u64);
                     for batch in cut_rx {
                         let (buf, lens) = batch.map_err(read_err)?;
                         let (chunks, bundles) =
                             self.dedup_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
                         let _ = spare_tx.try_send(buf);
+                        nchunks += chunks.len() as u64;
                         list_ref.extend(chunks);
+                        // Bounded memory for huge files: every full part becomes a leaf.
+                        while list_ref.len() >= part_entries {
+                            let rest = list_ref.split_off(part_entries);
+                            let leaf = ContentList::new(std::mem::replace(list_ref, rest));
+                            let (id, loc, stored) =
+                                self.content_object(&leaf, pins_ref, seen_ref)?;
+                            parts_ref.push((leaf.len(), id));
+                            obj_locs.extend(loc);
+                            obj_stored += stored;
+                        }
                         for mut b in bundles {
                             if token_rx.recv().is_err() {
-                                return Ok(());
+                                return Ok((obj_locs, obj_stored, nchunks));
                             }
                             let tx = done_tx.clone();
                             self.pool.spawn(move || {
@@ -377,7 +394,7 @@ impl Store {
                             });
                         }
                     }
-                    Ok(())
+                    Ok((obj_locs, obj_stored, nchunks))
                 })
                 .map_err(|e| StoreError::Invalid(format!("spawning ingest worker: {e}")))?;
             for b in done_rx {
@@ -391,21 +408,53 @@ impl Store {
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
         });
-        appended?;
-        report.chunks = list.len() as u64;
-        let content = if list.is_empty() {
-            None
-        } else {
-            let raw = ContentList::new(list).encode();
-            let id = ChunkId::of(&raw);
-            pins.pin(id);
-            if !ChunkStore::has(&self.db.lock(), &id)? && seen.insert(id) {
-                let comp = pack::compress(&raw, self.opts.zstd_level);
-                report.stored_bytes += comp.as_ref().map_or(raw.len(), |c| c.len()) as u64;
-                locs.push(self.chunks.append(KIND_CONTENT, &raw, comp, id)?);
+        let (obj_locs, obj_stored, nchunks) = appended?;
+        locs.extend(obj_locs);
+        report.stored_bytes += obj_stored;
+        report.chunks = nchunks;
+        let mut store_list = |l: &ContentList, report: &mut IngestReport| -> Result<ChunkId> {
+            let (id, loc, stored) = self.content_object(l, &pins, &mut seen)?;
+            locs.extend(loc);
+            report.stored_bytes += stored;
+            Ok(id)
+        };
+        let content = if parts.is_empty() {
+            if list.is_empty() {
+                None
+            } else {
+                Some(store_list(&ContentList::new(list), &mut report)?)
             }
-            Some(id)
+        } else {
+            if !list.is_empty() {
+                let leaf = ContentList::new(list);
+                let id = store_list(&leaf, &mut report)?;
+                parts.push((leaf.len(), id));
+            }
+            Some(store_list(&ContentList::new_index(parts), &mut report)?)
         };
         Ok((content, locs, report, pins))
+    }
+
+    /// Stores a content list object (deduplicated; pinned until the ingest commits).
+    /// Returns its id, the location if it was written, and the bytes it took.
+    fn content_object(
+        &self,
+        list: &ContentList,
+        pins: &crate::chunk_store::Pins<'_>,
+        seen: &mut HashSet<ChunkId>,
+    ) -> Result<(ChunkId, Option<Location>, u64)> {
+        let raw = list.encode();
+        let id = ChunkId::of(&raw);
+        pins.pin(id);
+        if ChunkStore::has(&self.db.lock(), &id)? || !seen.insert(id) {
+            return Ok((id, None, 0));
+        }
+        let comp = pack::compress(&raw, self.opts.zstd_level);
+        let stored = comp.as_ref().map_or(raw.len(), |c| c.len()) as u64;
+        Ok((
+            id,
+            Some(self.chunks.append(KIND_CONTENT, &raw, comp, id)?),
+            stored,
+        ))
     }
 }

@@ -33,6 +33,8 @@ pub struct StoreOptions {
     /// Space kept in a reserve file (at most 5% of the filesystem) and given back when a
     /// full disk would otherwise stop an operator from deleting files or snapshots.
     pub reserve_bytes: u64,
+    /// Chunks per leaf content list; a file with more gets an index of leaves.
+    pub content_part_entries: usize,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +48,7 @@ impl Default for StoreOptions {
                 .unwrap_or(2),
             ingest_buffer: 4 << 20,
             reserve_bytes: 64 << 20,
+            content_part_entries: 65_536,
         }
     }
 }
@@ -640,11 +643,28 @@ impl Store {
         let list = self.content(c)?;
         buf.fill(0);
         let mut pos = 0usize;
-        for (idx, coff, clen) in list.pieces(off, buf.len() as u64) {
-            let (_, id) = list.chunks[idx];
-            let data = self.chunks.get(&id, what)?;
-            buf[pos..pos + clen].copy_from_slice(&data[coff..coff + clen]);
-            pos += clen;
+        for (idx, eoff, elen) in list.pieces(off, buf.len() as u64) {
+            let (_, id) = list.entries[idx];
+            let dst = &mut buf[pos..pos + elen as usize];
+            if list.index {
+                self.read_content(&id, eoff, dst, what)?;
+            } else {
+                let data = self.chunks.get(&id, what)?;
+                dst.copy_from_slice(&data[eoff as usize..(eoff + elen) as usize]);
+            }
+            pos += elen as usize;
+        }
+        Ok(())
+    }
+
+    /// Visits every object content `c` reaches: leaf lists of an index, and chunks.
+    pub(crate) fn visit_content(&self, c: &ChunkId, f: &mut dyn FnMut(&ChunkId)) -> Result<()> {
+        let list = self.content(c)?;
+        for (_, id) in &list.entries {
+            f(id);
+            if list.index {
+                self.visit_content(id, f)?;
+            }
         }
         Ok(())
     }

@@ -206,10 +206,12 @@ impl Store {
             match c {
                 None => false,
                 Some(c) if bad.contains(&c) => true,
-                Some(c) => match self.content(&c) {
-                    Ok(l) => l.chunks.iter().any(|(_, id)| bad.contains(id)),
-                    Err(_) => true,
-                },
+                Some(c) => {
+                    let mut hit = false;
+                    self.visit_content(&c, &mut |id| hit |= bad.contains(id))
+                        .is_err()
+                        || hit
+                }
             }
         };
         let live: Vec<(crate::ids::FileId, String, Option<ChunkId>)> = {

@@ -8,6 +8,9 @@ pub fn opts() -> StoreOptions {
         cache_bytes: 4 << 20,
         ingest_threads: 2,
         ingest_buffer: 1 << 20,
+        // Tiny leaves, so that every test file of more than 16 chunks is stored as an
+        // index of leaf lists (the layout of huge files).
+        content_part_entries: 16,
         ..Default::default()
     }
 }

@@ -119,6 +119,10 @@ fn encodings_are_pinned() {
     let ce = c.encode();
     assert_eq!(hex(&ce[..12]), "4b434c310200000000200000");
     assert_eq!(ChunkId::of(&ce).to_hex(), GOLDEN_CONTENT);
+    let idx = ContentList::new_index(vec![(5 << 30, ChunkId([3; 32]))]);
+    let ie = idx.encode();
+    assert_eq!(hex(&ie[..16]), "4b434c32010000000000004001000000");
+    assert_eq!(ie.len(), 8 + 40);
     let e = TreeEntry {
         name: b"a.txt".to_vec(),
         attr: Attr {
