@@ -8,7 +8,8 @@
 //! (logical bytes so far / bytes the packs take) and peak RSS of this process.
 //! Env: KURA_CORPUS (default $TMPDIR/kura-corpus), KURA_BENCH_DIR (store location,
 //! default $TMPDIR), KURA_BENCH_REPEAT (runs per part; the median ingest MB/s is shown),
-//! KURA_BENCH_MIN/AVG/MAX (chunk sizes), KURA_BENCH_LEVEL (zstd level).
+//! KURA_BENCH_MIN/AVG/MAX (chunk sizes), KURA_BENCH_LEVEL (zstd level), KURA_BENCH_THREADS
+//! (ingest pool threads), KURA_BENCH_SETTLE (fsync staged data before ingest).
 
 use std::io::Read;
 use std::time::Instant;
@@ -105,10 +106,12 @@ fn main() {
                 .prefix("kura-bench-")
                 .tempdir_in(&base)
                 .unwrap();
+            let d = StoreOptions::default();
             let opts = StoreOptions {
                 chunker: params,
                 zstd_level: level,
-                ..Default::default()
+                ingest_threads: env_u32("KURA_BENCH_THREADS", d.ingest_threads as u32) as usize,
+                ..d
             };
             let s = Store::open(dir.path(), opts).unwrap();
             let v = s

@@ -20,7 +20,6 @@ use crate::namespace;
 use crate::pack::{self, Location};
 use crate::staging::{IngestLog, Staged};
 use crate::store::Store;
-use rayon::prelude::*;
 use std::collections::HashSet;
 use std::io::Read;
 use std::sync::Arc;
@@ -88,6 +87,27 @@ impl Read for MergedReader<'_> {
     }
 }
 
+/// BLAKE3 of each chunk of a batch, the two halves of the batch on two threads.
+fn hash_chunks(buf: &[u8], lens: &[usize]) -> Vec<ChunkId> {
+    let mid = lens.len() / 2;
+    let split: usize = lens[..mid].iter().sum();
+    let hash = |b: &[u8], ls: &[usize]| -> Vec<ChunkId> {
+        let mut p = 0;
+        ls.iter()
+            .map(|l| {
+                p += l;
+                ChunkId::of(&b[p - l..p])
+            })
+            .collect()
+    };
+    let (mut a, b) = rayon::join(
+        || hash(&buf[..split], &lens[..mid]),
+        || hash(&buf[split..], &lens[mid..]),
+    );
+    a.extend(b);
+    a
+}
+
 /// New chunks collected into one compression unit.
 struct Bundle {
     raw: Vec<u8>,
@@ -97,13 +117,14 @@ struct Bundle {
 }
 
 impl Store {
-    /// Hashes a batch in parallel, looks the chunks up (pinning them first) and groups
-    /// the new ones into bundles of about `BUNDLE_TARGET` bytes, not yet compressed.
+    /// Looks a hashed batch up (pinning the chunks first) and groups the new chunks into
+    /// bundles of about `BUNDLE_TARGET` bytes, not yet compressed.
     #[allow(clippy::type_complexity)]
     fn dedup_batch(
         &self,
         buf: &[u8],
         lens: &[usize],
+        ids: Vec<ChunkId>,
         conn: &std::sync::Mutex<rusqlite::Connection>,
         pins: &crate::chunk_store::Pins<'_>,
         seen: &mut HashSet<ChunkId>,
@@ -114,12 +135,6 @@ impl Store {
             offs.push(p);
             p += l;
         }
-        let ids: Vec<ChunkId> = self.pool.install(|| {
-            offs.par_iter()
-                .zip(lens.par_iter())
-                .map(|(o, l)| ChunkId::of(&buf[*o..o + l]))
-                .collect()
-        });
         let mut bundles: Vec<Bundle> = Vec::new();
         let mut cur: Option<Bundle> = None;
         pins.pin_many(&ids);
@@ -324,8 +339,8 @@ impl Store {
         // read+cut → hash (pool), dedup lookup and bundling → compress (pool, one job per
         // bundle, at most `IN_FLIGHT` bundles) → append. Bundles may land in any order:
         // the content list keeps the file order.
-        const IN_FLIGHT: usize = 8;
-        type Batch = (Vec<u8>, Vec<usize>);
+        const IN_FLIGHT: usize = 16;
+        type Batch = (Vec<u8>, Vec<usize>, Vec<ChunkId>);
         let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(2);
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Bundle>(IN_FLIGHT);
         let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(IN_FLIGHT);
@@ -348,8 +363,11 @@ impl Store {
                 .spawn_scoped(sc, move || loop {
                     let spare = spare_rx.try_recv().ok();
                     match chunker.next_owned(spare) {
-                        Ok(Some(b)) => {
-                            if cut_tx.send(Ok(b)).is_err() {
+                        Ok(Some((buf, lens))) => {
+                            // Hashing here (on rayon's global pool, in halves) keeps the
+                            // ingest pool free for compression.
+                            let ids = hash_chunks(&buf, &lens);
+                            if cut_tx.send(Ok((buf, lens, ids))).is_err() {
                                 break;
                             }
                         }
@@ -367,9 +385,9 @@ impl Store {
                     // Leaf lists stored here: (their locations, stored bytes, chunks seen).
                     let (mut obj_locs, mut obj_stored, mut nchunks) = (Vec::new(), 0u64, 0u64);
                     for batch in cut_rx {
-                        let (buf, lens) = batch.map_err(read_err)?;
+                        let (buf, lens, ids) = batch.map_err(read_err)?;
                         let (chunks, bundles) =
-                            self.dedup_batch(&buf, &lens, reader_conn, pins_ref, seen_ref)?;
+                            self.dedup_batch(&buf, &lens, ids, reader_conn, pins_ref, seen_ref)?;
                         let _ = spare_tx.try_send(buf);
                         nchunks += chunks.len() as u64;
                         list_ref.extend(chunks);
