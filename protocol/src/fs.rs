@@ -321,6 +321,19 @@ impl KuraFs {
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
+                if self.policy.volumes.is_some() {
+                    // Handles are not secrets: an export limited to some volumes checks
+                    // that the snapshot belongs to one of them.
+                    let id = *snap;
+                    let (info, _) = self
+                        .shared
+                        .run("open snapshot", move |s| s.snapshot_by_id(id))
+                        .await
+                        .map_err(stale)?;
+                    if !self.volume_allowed(&info.volume) {
+                        return Err(nfsstat3::NFS3ERR_STALE);
+                    }
+                }
                 let (entries, index) = self.snap_dir(*dir).await.map_err(stale)?;
                 let k = index.get(ino).ok_or(nfsstat3::NFS3ERR_STALE)?;
                 Ok((*snap, entries[*k].clone()))
