@@ -297,3 +297,29 @@ fn read_only_export_and_root_squash() {
         "reading a read-only export",
     );
 }
+
+/// An export limited to some volumes shows and mounts only those; another export of the
+/// same store on another port shows the rest.
+#[test]
+fn exports_limited_to_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("kura.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nvolumes = [\"backup\", \"other\"]\n\n\
+             [[export]]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1/32\"]\nvolumes = [\"backup\"]\n\n\
+             [[export]]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1/32\"]\nvolumes = [\"other\"]\n",
+            tmp.path().join("store")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &[]);
+    ok(&libnfs("nfs-ls", &[&d.url("/backup")]), "nfs-ls of the exported volume");
+    let other = libnfs("nfs-ls", &[&d.url("/other")]);
+    assert!(!other.status.success(), "a volume of another export must not mount here");
+    let root = libnfs("nfs-ls", &[&format!("nfs://127.0.0.1/?nfsport={p}&mountport={p}&version=3", p = d.port)]);
+    ok(&root, "nfs-ls of the export root");
+    let listing = String::from_utf8_lossy(&root.stdout);
+    assert!(listing.contains("backup") && !listing.contains("other"), "{listing}");
+}
