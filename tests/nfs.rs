@@ -315,11 +315,68 @@ fn exports_limited_to_volumes() {
     )
     .unwrap();
     let d = Daemon::start(&cfg, &[]);
-    ok(&libnfs("nfs-ls", &[&d.url("/backup")]), "nfs-ls of the exported volume");
+    ok(
+        &libnfs("nfs-ls", &[&d.url("/backup")]),
+        "nfs-ls of the exported volume",
+    );
     let other = libnfs("nfs-ls", &[&d.url("/other")]);
-    assert!(!other.status.success(), "a volume of another export must not mount here");
-    let root = libnfs("nfs-ls", &[&format!("nfs://127.0.0.1/?nfsport={p}&mountport={p}&version=3", p = d.port)]);
+    assert!(
+        !other.status.success(),
+        "a volume of another export must not mount here"
+    );
+    let root = libnfs(
+        "nfs-ls",
+        &[&format!(
+            "nfs://127.0.0.1/?nfsport={p}&mountport={p}&version=3",
+            p = d.port
+        )],
+    );
     ok(&root, "nfs-ls of the export root");
     let listing = String::from_utf8_lossy(&root.stdout);
-    assert!(listing.contains("backup") && !listing.contains("other"), "{listing}");
+    assert!(
+        listing.contains("backup") && !listing.contains("other"),
+        "{listing}"
+    );
+}
+
+/// IPv6 listeners enforce the allow-list with the accept-and-relay gate: an allowed
+/// client copies a file in and out through it; another address is cut off at accept.
+#[test]
+fn ipv6_export_relays_allowed_clients_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "[::1]:0", &["::1/128"], "");
+    let d = Daemon::start(&cfg, &[]);
+    let url = |p: &str| {
+        format!(
+            "nfs://::1{p}?nfsport={port}&mountport={port}&version=3",
+            port = d.port
+        )
+    };
+    let src = tmp.path().join("in");
+    let h = make_file(&src, 3 << 20, 9);
+    ok(
+        &libnfs("nfs-cp", &[src.to_str().unwrap(), &url("/backup/v6")]),
+        "nfs-cp in over IPv6",
+    );
+    let dst = tmp.path().join("out");
+    ok(
+        &libnfs("nfs-cp", &[&url("/backup/v6"), dst.to_str().unwrap()]),
+        "nfs-cp out over IPv6",
+    );
+    assert_eq!(hash_file(&dst), h);
+    drop(d);
+    let tmp2 = tempfile::tempdir().unwrap();
+    let cfg = config(tmp2.path(), "[::1]:0", &["::2/128"], "");
+    let d = Daemon::start(&cfg, &[]);
+    let ls = libnfs(
+        "nfs-ls",
+        &[&format!(
+            "nfs://::1/backup?nfsport={p}&mountport={p}&version=3",
+            p = d.port
+        )],
+    );
+    assert!(
+        !ls.status.success(),
+        "a client outside the IPv6 allow-list must be refused"
+    );
 }
