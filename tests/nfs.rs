@@ -187,6 +187,18 @@ fn snapshots_are_browsable_and_read_only() {
     let ls = libnfs("nfs-ls", &[&d.url("/backup/.snapshots")]);
     ok(&ls, "nfs-ls .snapshots");
     assert!(String::from_utf8_lossy(&ls.stdout).contains("night1"));
+    // `..` inside a snapshot climbs to the right directory (MNT resolves the path by
+    // LOOKUPs, `..` included).
+    let up = libnfs("nfs-ls", &[&d.url("/backup/.snapshots/night1/db/..")]);
+    ok(&up, "nfs-ls of a snapshot subdirectory's parent");
+    assert!(String::from_utf8_lossy(&up.stdout)
+        .lines()
+        .any(|l| l.ends_with(" db")));
+    let up2 = libnfs("nfs-ls", &[&d.url("/backup/.snapshots/night1/..")]);
+    ok(&up2, "nfs-ls of a snapshot root's parent");
+    assert!(String::from_utf8_lossy(&up2.stdout)
+        .lines()
+        .any(|l| l.ends_with(" night1")));
     let src = tmp.path().join("x");
     std::fs::write(&src, b"should not land").unwrap();
     let cp = libnfs(

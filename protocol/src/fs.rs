@@ -361,6 +361,52 @@ impl KuraFs {
         }
     }
 
+    /// The parent of a snapshot directory. Handles name the directory object holding an
+    /// entry but not that object's own place, so it is found by walking the snapshot
+    /// from its root (only `..` lookups pay this).
+    async fn snap_parent(&self, snap: SnapshotId, node: &Node) -> Result<Node, nfsstat3> {
+        let Node::SnapEntry { dir: holder, .. } = node else {
+            // The parent of a snapshot root is the volume's .snapshots directory.
+            let (info, _) = self
+                .shared
+                .run("open snapshot", move |s| s.snapshot_by_id(snap))
+                .await?;
+            let vol = self
+                .volumes()
+                .await?
+                .into_iter()
+                .find(|v| v.name == info.volume)
+                .ok_or(nfsstat3::NFS3ERR_STALE)?;
+            return Ok(Node::SnapDir(vol.id));
+        };
+        let holder = *holder;
+        let found = self
+            .shared
+            .run("lookup .. in snapshot", move |s| {
+                let (_, root) = s.snapshot_by_id(snap)?;
+                let mut stack = vec![root.target_ref];
+                if root.target_ref == Some(holder) {
+                    return Ok(None);
+                }
+                while let Some(Some(d)) = stack.pop() {
+                    for e in s.dir_entries(&d)?.iter() {
+                        if e.attr.kind == FileKind::Dir {
+                            if e.target_ref == Some(holder) {
+                                return Ok(Some((d, e.attr.ino)));
+                            }
+                            stack.push(e.target_ref);
+                        }
+                    }
+                }
+                Err(StoreError::NotFound("parent directory in snapshot".into()))
+            })
+            .await?;
+        Ok(match found {
+            None => Node::SnapRoot(snap),
+            Some((dir, ino)) => Node::SnapEntry { snap, dir, ino },
+        })
+    }
+
     /// Is `ino` the root of a volume exported here?
     async fn volume_of_root(&self, ino: FileId) -> Result<Option<storage::Volume>, nfsstat3> {
         Ok(self.volumes().await?.into_iter().find(|v| v.root == ino))
@@ -625,9 +671,10 @@ impl NfsReadFileSystem for KuraFs {
                 }
                 let dir = e.target_ref.ok_or(nfsstat3::NFS3ERR_IO)?;
                 if name.as_slice() == b".." {
-                    // Snapshot handles do not record their parent; the snapshot root is
-                    // the answer clients can always continue from.
-                    return Ok(KuraHandle::new(&Node::SnapRoot(snap)));
+                    return self
+                        .snap_parent(snap, &node)
+                        .await
+                        .map(|n| KuraHandle::new(&n));
                 }
                 let (entries, _) = self.snap_dir(dir).await?;
                 let k = entries
@@ -682,16 +729,16 @@ impl NfsReadFileSystem for KuraFs {
         match node {
             Node::Root => {
                 let mut out = VecDeque::new();
-                for (k, v) in self.volumes().await?.into_iter().enumerate() {
-                    if (k as u64) < cookie {
-                        continue;
-                    }
+                // Cookie = volume id, so a volume created between pages shifts nothing.
+                let mut vols = self.volumes().await?;
+                vols.sort_by_key(|v| v.id);
+                for v in vols.into_iter().filter(|v| v.id.0 > cookie) {
                     let n = Node::Live(v.root);
                     let a = self.live_attr(v.root).await?;
                     out.push_back(DirEntryPlus {
                         fileid: v.root.0,
                         name: v.name.into_bytes().into(),
-                        cookie: k as u64 + 1,
+                        cookie: v.id.0,
                         name_attributes: Some(self.fattr(&n, &a)),
                         name_handle: Some(KuraHandle::new(&n)),
                     });
