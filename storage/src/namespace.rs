@@ -437,7 +437,8 @@ pub fn set_attr(conn: &Connection, ino: FileId, s: &SetAttr) -> Result<Inode> {
     get(conn, ino)
 }
 
-/// Records new content and size of a file after ingest (or a truncate), with its mtime.
+/// Records new content and size of a file after ingest (or a truncate), with the time
+/// of the data change (`mtime`; None keeps the current one).
 pub fn set_content(
     conn: &Connection,
     ino: FileId,
@@ -447,7 +448,9 @@ pub fn set_content(
 ) -> Result<()> {
     let cur = get(conn, ino)?;
     let m = mtime.unwrap_or(cur.attr.mtime);
-    let c = Timespec::now().max(m);
+    // The change time is that of the data change, not of its ingest: clients saw the
+    // staged ctime already, and a moved ctime would fail their SETATTR guards.
+    let c = cur.attr.ctime.max(m);
     conn.prepare_cached(
         "UPDATE inodes SET content=?2, size=?3, mtime_s=?4, mtime_ns=?5, ctime_s=?6, ctime_ns=?7 WHERE ino=?1",
     )

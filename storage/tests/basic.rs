@@ -408,3 +408,39 @@ fn volumes_share_chunks() {
         "volumes keep separate namespaces"
     );
 }
+
+/// Ingest is invisible in the attributes: size, mtime and ctime read the same before and
+/// after (a moved ctime would break clients' SETATTR guards and caches); an mtime set by
+/// SETATTR after writing (what rsync does) survives the ingest.
+#[test]
+fn ingest_keeps_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(100_000, 1)).unwrap();
+    let before = s.getattr(f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    s.ingest_all(None).unwrap();
+    let after = s.getattr(f).unwrap();
+    assert_eq!(
+        (before.size, before.mtime, before.ctime),
+        (after.size, after.mtime, after.ctime)
+    );
+    let old = Timespec {
+        sec: 1_500_000_000,
+        nsec: 7,
+    };
+    s.write(f, 0, b"rsync").unwrap();
+    s.setattr(
+        f,
+        SetAttr {
+            mtime: Some(old),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.getattr(f).unwrap().mtime, old);
+    s.ingest_all(None).unwrap();
+    assert_eq!(s.getattr(f).unwrap().mtime, old);
+}
