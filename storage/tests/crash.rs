@@ -62,8 +62,10 @@ fn crash_child() {
                 s.ingest_all(None).unwrap();
                 if i % 2 == 1 {
                     // Remove an older file whose content others share, then collect.
-                    let _ = s.remove(v.root, format!("f{}", i - 1).as_bytes());
+                    // Announce before removing: a kill between the two must not
+                    // make the parent expect a file that is already gone.
                     println!("DEL {}", i - 1);
+                    let _ = s.remove(v.root, format!("f{}", i - 1).as_bytes());
                     s.gc(&GcOptions {
                         repack_below: 0.9,
                         dry_run: false,
