@@ -69,7 +69,9 @@ fn operator_workflow() {
         .any(|l| l == "restored"));
     let stats = ok(run(&data, &["stats"]));
     assert!(
-        stats.contains("chunks ") && stats.contains("staged files 0"),
+        stats.contains("chunks ")
+            && stats.contains("staged files 0")
+            && stats.contains("filesystem free bytes "),
         "{stats}"
     );
     assert!(ok(run(&data, &["gc", "--dry-run"])).starts_with("[dry run]"));

@@ -238,8 +238,15 @@ fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
         Cmd::Stats => {
             let s = store.stats()?;
             println!(
-                "chunks {}\nplain bytes {}\nstored bytes {}\npack bytes {}\nlive logical bytes {}\nstaged files {}",
-                s.chunks, s.chunk_raw_bytes, s.chunk_stored_bytes, s.pack_bytes, s.live_logical_bytes, s.staged_files
+                "chunks {}\nplain bytes {}\nstored bytes {}\npack bytes {}\nlive logical bytes {}\nstaged files {}\nfilesystem bytes {}\nfilesystem free bytes {}",
+                s.chunks,
+                s.chunk_raw_bytes,
+                s.chunk_stored_bytes,
+                s.pack_bytes,
+                s.live_logical_bytes,
+                s.staged_files,
+                s.fs_total_bytes,
+                s.fs_free_bytes
             );
         }
         Cmd::Serve { .. } => unreachable!(),

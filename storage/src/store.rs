@@ -706,7 +706,10 @@ impl Store {
                 pack_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
             }
         }
+        let (fs_total, fs_free) = statvfs(&self.root).unwrap_or((0, 0));
         Ok(StoreStats {
+            fs_total_bytes: fs_total,
+            fs_free_bytes: fs_free,
             chunks: chunks as u64,
             chunk_raw_bytes: raw as u64,
             chunk_stored_bytes: stored as u64,
@@ -744,6 +747,10 @@ pub struct StoreStats {
     /// Sum of live file sizes (as last ingested) across volumes.
     pub live_logical_bytes: u64,
     pub staged_files: u64,
+    /// Capacity of the filesystem holding the store (what FSSTAT cannot report: the NFS
+    /// server library answers a fixed 1 TiB).
+    pub fs_total_bytes: u64,
+    pub fs_free_bytes: u64,
 }
 
 /// (total, available) bytes of the filesystem holding `path`.
