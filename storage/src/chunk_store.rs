@@ -53,39 +53,59 @@ pub struct ChunkStore {
     pub(crate) zstd_level: i32,
 }
 
-/// Chunks pinned by one ingest or snapshot; unpinned on drop.
+/// Chunks pinned by one ingest or snapshot; what is still pinned is unpinned on drop.
 pub struct Pins<'a> {
     store: &'a ChunkStore,
-    ids: Mutex<Vec<ChunkId>>,
+    /// This holder's own pins (a multiset), so that it can release parts early.
+    own: Mutex<HashMap<ChunkId, u32>>,
 }
 
 impl Pins<'_> {
     /// Pins `id`. Pin before looking a chunk up, so that GC cannot sweep it between
     /// the lookup and the commit of a reference.
     pub fn pin(&self, id: ChunkId) {
-        *self.store.pins.lock().unwrap().entry(id).or_insert(0) += 1;
-        self.ids.lock().unwrap().push(id);
+        self.pin_many(&[id]);
     }
 
     /// Pins several chunks under one lock acquisition.
     pub fn pin_many(&self, ids: &[ChunkId]) {
         let mut p = self.store.pins.lock().unwrap();
+        let mut own = self.own.lock().unwrap();
         for id in ids {
             *p.entry(*id).or_insert(0) += 1;
+            *own.entry(*id).or_insert(0) += 1;
         }
-        drop(p);
-        self.ids.lock().unwrap().extend_from_slice(ids);
+    }
+
+    /// Releases pins taken earlier (once a reference to the chunks is committed).
+    pub fn unpin_many(&self, ids: &[ChunkId]) {
+        let mut p = self.store.pins.lock().unwrap();
+        let mut own = self.own.lock().unwrap();
+        for id in ids {
+            if let Some(n) = own.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    own.remove(id);
+                }
+                if let Some(g) = p.get_mut(id) {
+                    *g -= 1;
+                    if *g == 0 {
+                        p.remove(id);
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Drop for Pins<'_> {
     fn drop(&mut self) {
         let mut p = self.store.pins.lock().unwrap();
-        for id in self.ids.get_mut().unwrap().iter() {
-            if let Some(n) = p.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
-                    p.remove(id);
+        for (id, n) in self.own.get_mut().unwrap().drain() {
+            if let Some(g) = p.get_mut(&id) {
+                *g = g.saturating_sub(n);
+                if *g == 0 {
+                    p.remove(&id);
                 }
             }
         }
@@ -132,7 +152,7 @@ impl ChunkStore {
     pub fn pins(&self) -> Pins<'_> {
         Pins {
             store: self,
-            ids: Mutex::new(Vec::new()),
+            own: Mutex::new(HashMap::new()),
         }
     }
 

@@ -33,6 +33,9 @@
 //! Directory object (kind `KIND_DIR`): `DIR_MAGIC`, `count u32`, entries sorted by name,
 //! each encoded by `tree::encode_entry`.
 //!
+//! `ingest_parts` table: leaf content lists an ingest in progress has committed (GC
+//! marks them); cleared when the file commits, when the ingest fails, and at open.
+//!
 //! Staging journal: 16-byte records `offset u64 LE | len u64 LE`; `len == u64::MAX` means
 //! "truncated to `offset`".
 

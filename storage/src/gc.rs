@@ -82,6 +82,15 @@ impl Store {
                 contents.extend(c.and_then(|c| ChunkId::from_slice(&c)));
                 trees.extend(t.and_then(|t| ChunkId::from_slice(&t)));
             }
+            // Leaves already committed by an ingest still in progress.
+            let mut st = conn
+                .prepare("SELECT leaf FROM ingest_parts")
+                .ctx("gc mark")?;
+            contents.extend(
+                st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                    .ctx("gc mark")?
+                    .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b))),
+            );
             let mut st = conn.prepare("SELECT root FROM snapshots").ctx("gc mark")?;
             let roots: Vec<ChunkId> = st
                 .query_map([], |r| r.get::<_, Vec<u8>>(0))

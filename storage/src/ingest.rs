@@ -108,6 +108,13 @@ fn hash_chunks(buf: &[u8], lens: &[usize]) -> Vec<ChunkId> {
     a
 }
 
+/// What the appender thread receives: compressed bundles (numbered in the order they
+/// were formed) and finished leaf lists (to commit once bundles `< upto` are appended).
+enum ToAppender {
+    Bundle(u64, Bundle),
+    Leaf { upto: u64, leaf: ContentList },
+}
+
 /// New chunks collected into one compression unit.
 struct Bundle {
     raw: Vec<u8>,
@@ -251,14 +258,29 @@ impl Store {
                 ),
             });
         }
-        let r = self.chunk_file(st, size);
-        let (content, locs, mut report, pins) = match r {
-            Ok(v) => v,
-            Err(e) => {
-                st.lock().ingesting = None;
-                return Err(e);
+        let r = self.ingest_and_commit(st, size, mtime, t0);
+        if r.is_err() {
+            st.lock().ingesting = None;
+            // Parts committed by this attempt are garbage now (GC collects them).
+            if let Err(e) = self
+                .db
+                .lock()
+                .execute("DELETE FROM ingest_parts WHERE ino=?1", [st.ino.0 as i64])
+            {
+                tracing::warn!(ino = %st.ino, error = %e, "could not clear ingest parts");
             }
-        };
+        }
+        r
+    }
+
+    fn ingest_and_commit(
+        &self,
+        st: &Staged,
+        size: u64,
+        mtime: crate::namespace::Timespec,
+        t0: Instant,
+    ) -> Result<IngestReport> {
+        let (content, locs, mut report, pins) = self.chunk_file(st, size)?;
         // Chunk records first, then the references to them.
         let t_sync = Instant::now();
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
@@ -274,6 +296,8 @@ impl Store {
             .transaction()
             .map_err(|e| StoreError::db("begin ingest commit", e))?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
+        tx.execute("DELETE FROM ingest_parts WHERE ino=?1", [st.ino.0 as i64])
+            .map_err(|e| StoreError::db("clearing ingest parts", e))?;
         let exists = namespace::get_opt(&tx, st.ino)?.is_some();
         if exists {
             namespace::set_content(&tx, st.ino, content, size, Some(mtime))?;
@@ -336,13 +360,19 @@ impl Store {
         };
         let reader_conn = &self.ingest_conn;
         // Stages on their own threads, joined by bounded channels (bounded memory):
-        // read+cut → hash (pool), dedup lookup and bundling → compress (pool, one job per
+        // read+cut → hash, dedup lookup and bundling → compress (pool, one job per
         // bundle, at most `IN_FLIGHT` bundles) → append. Bundles may land in any order:
         // the content list keeps the file order.
+        //
+        // Files of more than one part (`content_part_entries` chunks) commit each finished
+        // leaf list as soon as every bundle holding its new chunks is appended: packs
+        // fsynced, index rows and an `ingest_parts` row (which GC marks) in one
+        // transaction; then the part's pins and rows are released. Memory stays bounded
+        // by one part whatever the file size.
         const IN_FLIGHT: usize = 16;
         type Batch = (Vec<u8>, Vec<usize>, Vec<ChunkId>);
         let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(2);
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Bundle>(IN_FLIGHT);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<ToAppender>(IN_FLIGHT);
         let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(IN_FLIGHT);
         for _ in 0..IN_FLIGHT {
             token_tx.send(()).expect("fresh channel");
@@ -354,10 +384,9 @@ impl Store {
         let list_ref = &mut list;
         let level = self.opts.zstd_level;
         let part_entries = self.opts.content_part_entries.max(1);
-        // Leaf lists written so far (only for files of more than one part).
+        // Leaf lists committed so far (only for files of more than one part).
         let mut parts: Vec<(u64, ChunkId)> = Vec::new();
-        let parts_ref = &mut parts;
-        let appended: Result<(Vec<Location>, u64, u64)> = std::thread::scope(|sc| {
+        let appended: Result<u64> = std::thread::scope(|sc| {
             std::thread::Builder::new()
                 .name("kura-cut".into())
                 .spawn_scoped(sc, move || loop {
@@ -379,11 +408,12 @@ impl Store {
                     }
                 })
                 .map_err(|e| StoreError::Invalid(format!("spawning ingest reader: {e}")))?;
+            let leaf_tx = done_tx.clone();
             let processor = std::thread::Builder::new()
                 .name("kura-dedup".into())
-                .spawn_scoped(sc, move || -> Result<(Vec<Location>, u64, u64)> {
-                    // Leaf lists stored here: (their locations, stored bytes, chunks seen).
-                    let (mut obj_locs, mut obj_stored, mut nchunks) = (Vec::new(), 0u64, 0u64);
+                .spawn_scoped(sc, move || -> Result<u64> {
+                    let mut nchunks = 0u64;
+                    let mut bundle_seq = 0u64;
                     for batch in cut_rx {
                         let (buf, lens, ids) = batch.map_err(read_err)?;
                         let (chunks, bundles) =
@@ -391,45 +421,79 @@ impl Store {
                         let _ = spare_tx.try_send(buf);
                         nchunks += chunks.len() as u64;
                         list_ref.extend(chunks);
-                        // Bounded memory for huge files: every full part becomes a leaf.
+                        for mut b in bundles {
+                            if token_rx.recv().is_err() {
+                                return Ok(nchunks);
+                            }
+                            let tx = done_tx.clone();
+                            let seq = bundle_seq;
+                            bundle_seq += 1;
+                            self.pool.spawn(move || {
+                                b.comp = pack::compress(&b.raw, level);
+                                let _ = tx.send(ToAppender::Bundle(seq, b));
+                            });
+                        }
+                        // Every full part becomes a leaf, committed once the bundles
+                        // issued so far (which hold its new chunks) are appended.
                         while list_ref.len() >= part_entries {
                             let rest = list_ref.split_off(part_entries);
                             let leaf = ContentList::new(std::mem::replace(list_ref, rest));
-                            let (id, loc, stored) =
-                                self.content_object(&leaf, pins_ref, seen_ref)?;
-                            parts_ref.push((leaf.len(), id));
-                            obj_locs.extend(loc);
-                            obj_stored += stored;
-                        }
-                        for mut b in bundles {
-                            if token_rx.recv().is_err() {
-                                return Ok((obj_locs, obj_stored, nchunks));
+                            for (_, id) in &leaf.entries {
+                                seen_ref.remove(id);
                             }
-                            let tx = done_tx.clone();
-                            self.pool.spawn(move || {
-                                b.comp = pack::compress(&b.raw, level);
-                                let _ = tx.send(b);
-                            });
+                            if leaf_tx
+                                .send(ToAppender::Leaf {
+                                    upto: bundle_seq,
+                                    leaf,
+                                })
+                                .is_err()
+                            {
+                                return Ok(nchunks);
+                            }
                         }
                     }
-                    Ok((obj_locs, obj_stored, nchunks))
+                    Ok(nchunks)
                 })
                 .map_err(|e| StoreError::Invalid(format!("spawning ingest worker: {e}")))?;
-            for b in done_rx {
-                let _ = token_tx.try_send(());
-                report.new_chunks += b.members.len() as u64;
-                report.new_bytes += b.raw.len() as u64;
-                report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
-                locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
+            let mut arrived = std::collections::BTreeSet::new();
+            let mut contiguous = 0u64;
+            let mut pending: std::collections::VecDeque<(u64, ContentList)> = Default::default();
+            let mut leaf_seen = HashSet::new();
+            for m in done_rx {
+                match m {
+                    ToAppender::Bundle(seq, b) => {
+                        let _ = token_tx.try_send(());
+                        report.new_chunks += b.members.len() as u64;
+                        report.new_bytes += b.raw.len() as u64;
+                        report.stored_bytes +=
+                            b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
+                        locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
+                        arrived.insert(seq);
+                        while arrived.remove(&contiguous) {
+                            contiguous += 1;
+                        }
+                    }
+                    ToAppender::Leaf { upto, leaf } => pending.push_back((upto, leaf)),
+                }
+                while pending.front().is_some_and(|(upto, _)| *upto <= contiguous) {
+                    let (_, leaf) = pending.pop_front().unwrap();
+                    let id = self.commit_part(
+                        st.ino,
+                        parts.len(),
+                        &leaf,
+                        &mut locs,
+                        &pins,
+                        &mut leaf_seen,
+                        &mut report,
+                    )?;
+                    parts.push((leaf.len(), id));
+                }
             }
             processor
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Invalid("ingest worker panicked".into())))
         });
-        let (obj_locs, obj_stored, nchunks) = appended?;
-        locs.extend(obj_locs);
-        report.stored_bytes += obj_stored;
-        report.chunks = nchunks;
+        report.chunks = appended?;
         let mut store_list = |l: &ContentList, report: &mut IngestReport| -> Result<ChunkId> {
             let (id, loc, stored) = self.content_object(l, &pins, &mut seen)?;
             locs.extend(loc);
@@ -451,6 +515,47 @@ impl Store {
             Some(store_list(&ContentList::new_index(parts), &mut report)?)
         };
         Ok((content, locs, report, pins))
+    }
+
+    /// Commits one finished leaf of a multi-part ingest: the leaf object, the packs
+    /// fsynced, the index rows of everything appended so far and the `ingest_parts` row,
+    /// in one transaction; then releases the part's pins.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_part(
+        &self,
+        ino: FileId,
+        seq: usize,
+        leaf: &ContentList,
+        locs: &mut Vec<Location>,
+        pins: &crate::chunk_store::Pins<'_>,
+        leaf_seen: &mut HashSet<ChunkId>,
+        report: &mut IngestReport,
+    ) -> Result<ChunkId> {
+        let (id, loc, stored) = self.content_object(leaf, pins, leaf_seen)?;
+        locs.extend(loc);
+        report.stored_bytes += stored;
+        let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
+        {
+            let _gc = self.gc_lock.read().unwrap();
+            let mut conn = self.db.lock();
+            let tx = conn
+                .transaction()
+                .map_err(|e| StoreError::db("begin ingest part", e))?;
+            ChunkStore::index_rows(&tx, locs, &sealed)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO ingest_parts(ino, seq, leaf) VALUES(?1, ?2, ?3)",
+                rusqlite::params![ino.0 as i64, seq as i64, &id.0[..]],
+            )
+            .map_err(|e| StoreError::db("recording ingest part", e))?;
+            tx.commit()
+                .map_err(|e| StoreError::db("commit ingest part", e))?;
+        }
+        locs.clear();
+        // The part is now reachable from `ingest_parts`: its pins can go (the leaf's own
+        // pin stays until the file commits).
+        let ids: Vec<ChunkId> = leaf.entries.iter().map(|(_, c)| *c).collect();
+        pins.unpin_many(&ids);
+        Ok(id)
     }
 
     /// Stores a content list object (deduplicated; pinned until the ingest commits).

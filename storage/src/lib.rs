@@ -22,8 +22,10 @@
 //!   is committed in the same transaction as (or before) any inode or snapshot referring
 //!   to it. GC deletes index rows first and pack files last.
 //! - GC never deletes a chunk reachable from a live inode, a cached directory tree, a
-//!   snapshot, or pinned by an ingest or snapshot in progress (pins are taken before the
-//!   index lookup that decides dedup).
+//!   snapshot, a leaf already committed by an ingest in progress (`ingest_parts`), or
+//!   pinned by an ingest or snapshot in progress (pins are taken before the index lookup
+//!   that decides dedup, and released part by part once the part's leaf is committed,
+//!   so an ingest's memory is bounded by one part whatever the file size).
 //! - Every read checks the BLAKE3 hash; a mismatch is `StoreError::Corrupt` naming the file.
 //! - After a failed fsync the store refuses writes until reopened ([`durable::Latch`]).
 //! - A staging file is deleted only after the ingest that replaced it is committed; a

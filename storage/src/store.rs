@@ -139,6 +139,12 @@ impl Store {
             pool,
             _lock: lock,
         };
+        // Parts of ingests a crash interrupted: their chunks become ordinary garbage.
+        store
+            .db
+            .lock()
+            .execute("DELETE FROM ingest_parts", [])
+            .ctx("clearing interrupted ingests")?;
         let recovered = store.staging.recover(&|ino| {
             let conn = store.db.lock();
             Ok(namespace::get_opt(&conn, ino)?
