@@ -1,14 +1,17 @@
 //! Ingest: staged files → content-defined chunks → deduplicated, compressed packs.
 //!
 //! A file is read sequentially through its merged view (staging over base), cut with
-//! FastCDC, and each batch of chunks is hashed and (if new) compressed on the ingest
-//! threads. New records are appended to the current pack, the pack is fsynced, and then
-//! one transaction indexes the new chunks and points the inode at its new content list.
-//! Only then is the staging file dropped. Writes that raced the ingest stay staged as an
-//! overlay of the new content; a truncate that raced it makes the ingest give up (the
-//! records it wrote are garbage for GC) and the file is tried again later.
+//! FastCDC and hashed with BLAKE3 on the reading thread; chunks are looked up in the
+//! index, new ones grouped into 1 MiB bundles and compressed on the ingest pool, and the
+//! bundles appended to the current pack. The pack is fsynced, and then one transaction
+//! indexes the new chunks and points the inode at its new content list. Only then is the
+//! staging file dropped. Writes that raced the ingest stay staged as an overlay of the new
+//! content; a truncate that raced it makes the ingest give up (the records it wrote are
+//! garbage for GC) and the file is tried again later.
 //!
-//! Memory: one read buffer (`ingest_buffer`) plus its compressed copies at a time.
+//! Files of more than one part commit each finished leaf list on the way (see
+//! `chunk_file`), so memory is bounded: a few read buffers (`ingest_buffer`), at most 16
+//! bundles in flight, and one part's chunk list, pins and index rows.
 
 use crate::chunk_store::ChunkStore;
 use crate::chunker::Chunker;
