@@ -140,6 +140,10 @@ pub struct KuraFs {
     shared: Arc<Shared>,
     policy: Arc<ExportPolicy>,
     fsid: u64,
+    /// For exports limited to some volumes: which volume ids (and snapshot ids) are
+    /// visible here. Ids are never reused, so answers never go stale; caching them keeps
+    /// a store query off every GETATTR and READ.
+    visible: Arc<Mutex<HashMap<(bool, u64), bool>>>,
 }
 
 fn ts(t: Timespec) -> nfstime3 {
@@ -162,7 +166,39 @@ impl KuraFs {
             shared,
             policy: Arc::new(policy),
             fsid: 0x6b757261,
+            visible: Arc::default(),
         }
+    }
+
+    /// Whether volume `vol` is exported here (always, without a volume list).
+    async fn volume_visible(&self, vol: VolumeId) -> Result<bool, nfsstat3> {
+        if self.policy.volumes.is_none() {
+            return Ok(true);
+        }
+        if let Some(v) = self.visible.lock().unwrap().get(&(false, vol.0)) {
+            return Ok(*v);
+        }
+        let v = self.volumes().await?.iter().any(|v| v.id == vol);
+        self.visible.lock().unwrap().insert((false, vol.0), v);
+        Ok(v)
+    }
+
+    /// Whether snapshot `snap` belongs to a volume exported here.
+    async fn snapshot_visible(&self, snap: SnapshotId) -> Result<bool, nfsstat3> {
+        if self.policy.volumes.is_none() {
+            return Ok(true);
+        }
+        if let Some(v) = self.visible.lock().unwrap().get(&(true, snap.0)) {
+            return Ok(*v);
+        }
+        let (info, _) = self
+            .shared
+            .run("open snapshot", move |s| s.snapshot_by_id(snap))
+            .await
+            .map_err(stale)?;
+        let v = self.volume_allowed(&info.volume);
+        self.visible.lock().unwrap().insert((true, snap.0), v);
+        Ok(v)
     }
 
     fn fattr(&self, node: &Node, a: &Attr) -> fattr3 {
@@ -272,8 +308,8 @@ impl KuraFs {
                 (i.attr, i.vol)
             }
         };
-        if self.policy.volumes.is_some() {
-            self.volume_by_id(vol).await?;
+        if !self.volume_visible(vol).await? {
+            return Err(nfsstat3::NFS3ERR_STALE);
         }
         Ok(a)
     }
@@ -321,18 +357,10 @@ impl KuraFs {
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
-                if self.policy.volumes.is_some() {
-                    // Handles are not secrets: an export limited to some volumes checks
-                    // that the snapshot belongs to one of them.
-                    let id = *snap;
-                    let (info, _) = self
-                        .shared
-                        .run("open snapshot", move |s| s.snapshot_by_id(id))
-                        .await
-                        .map_err(stale)?;
-                    if !self.volume_allowed(&info.volume) {
-                        return Err(nfsstat3::NFS3ERR_STALE);
-                    }
+                // Handles are not secrets: an export limited to some volumes checks
+                // that the snapshot belongs to one of them.
+                if !self.snapshot_visible(*snap).await? {
+                    return Err(nfsstat3::NFS3ERR_STALE);
                 }
                 let (entries, index) = self.snap_dir(*dir).await.map_err(stale)?;
                 let k = index.get(ino).ok_or(nfsstat3::NFS3ERR_STALE)?;
