@@ -1,6 +1,6 @@
 //! The one place where store errors become NFS status codes.
 
-use nfs3_server::nfs3_types::nfs3::nfsstat3;
+use nfs3_types::nfs3::nfsstat3;
 use storage::StoreError;
 
 /// Maps a store error to the NFS status the protocol prescribes, logging it once with

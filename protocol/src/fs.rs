@@ -9,15 +9,11 @@
 use crate::errors::to_nfs;
 use crate::handle::{fileid, KuraHandle, Node};
 use lru::LruCache;
-use nfs3_server::nfs3_types::nfs3::{
+use nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime,
     set_gid3, set_mode3, set_mtime, set_size3, set_uid3, specdata3, stable_how, FSINFO3resok,
 };
-use nfs3_server::nfs3_types::rpc::auth_unix;
-use nfs3_server::vfs::{
-    DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
-    VFSCapabilities,
-};
+use nfs3_types::rpc::auth_unix;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -527,10 +523,10 @@ pub enum KuraIter {
         fs: KuraFs,
         dir: FileId,
         cookie: u64,
-        buf: VecDeque<DirEntryPlus<KuraHandle>>,
+        buf: VecDeque<DirEntryPlus>,
         done: bool,
     },
-    Fixed(VecDeque<DirEntryPlus<KuraHandle>>),
+    Fixed(VecDeque<DirEntryPlus>),
     Snap {
         fs: KuraFs,
         snap: SnapshotId,
@@ -540,10 +536,20 @@ pub enum KuraIter {
     },
 }
 
-impl ReadDirPlusIterator<KuraHandle> for KuraIter {
-    async fn next(&mut self) -> NextResult<DirEntryPlus<KuraHandle>> {
+/// One directory entry with its attributes and handle (READDIRPLUS shape).
+pub struct DirEntryPlus {
+    pub fileid: u64,
+    pub name: Vec<u8>,
+    pub cookie: u64,
+    pub name_attributes: fattr3,
+    pub name_handle: KuraHandle,
+}
+
+impl KuraIter {
+    /// The next entry; `None` at the end of the directory.
+    pub async fn next(&mut self) -> Result<Option<DirEntryPlus>, nfsstat3> {
         match self {
-            KuraIter::Fixed(v) => v.pop_front().map_or(NextResult::Eof, NextResult::Ok),
+            KuraIter::Fixed(v) => Ok(v.pop_front()),
             KuraIter::Snap {
                 fs,
                 snap,
@@ -552,7 +558,7 @@ impl ReadDirPlusIterator<KuraHandle> for KuraIter {
                 pos,
             } => {
                 let Some(e) = entries.get(*pos) else {
-                    return NextResult::Eof;
+                    return Ok(None);
                 };
                 *pos += 1;
                 let node = Node::SnapEntry {
@@ -560,13 +566,13 @@ impl ReadDirPlusIterator<KuraHandle> for KuraIter {
                     dir: *dir,
                     ino: e.attr.ino,
                 };
-                NextResult::Ok(DirEntryPlus {
+                Ok(Some(DirEntryPlus {
                     fileid: fileid(&node),
-                    name: e.name.clone().into(),
+                    name: e.name.clone(),
                     cookie: *pos as u64,
-                    name_attributes: Some(fs.fattr(&node, &e.attr)),
-                    name_handle: Some(KuraHandle::new(&node)),
-                })
+                    name_attributes: fs.fattr(&node, &e.attr),
+                    name_handle: KuraHandle::new(&node),
+                }))
             }
             KuraIter::Live {
                 fs,
@@ -591,37 +597,38 @@ impl ReadDirPlusIterator<KuraHandle> for KuraIter {
                                 let node = Node::Live(e.attr.ino);
                                 buf.push_back(DirEntryPlus {
                                     fileid: e.attr.ino.0,
-                                    name: e.name.into(),
+                                    name: e.name,
                                     cookie: e.attr.ino.0,
-                                    name_attributes: Some(fs.fattr(&node, &e.attr)),
-                                    name_handle: Some(KuraHandle::new(&node)),
+                                    name_attributes: fs.fattr(&node, &e.attr),
+                                    name_handle: KuraHandle::new(&node),
                                 });
                             }
                         }
-                        Err(e) => return NextResult::Err(e),
+                        Err(e) => return Err(e),
                     }
                 }
-                buf.pop_front().map_or(NextResult::Eof, NextResult::Ok)
+                Ok(buf.pop_front())
             }
         }
     }
 }
 
-impl NfsReadFileSystem for KuraFs {
-    type Handle = KuraHandle;
-
-    fn root_dir(&self) -> KuraHandle {
+/// The NFS operations, one per procedure; the RPC layer (`crate::nfs`) adds the
+/// protocol's wrapping (wcc data, post-op attributes).
+impl KuraFs {
+    pub fn root_dir(&self) -> KuraHandle {
         KuraHandle::new(&Node::Root)
     }
 
-    fn authorize(&self, auth: Option<&auth_unix>) -> bool {
+    /// Whether to serve a call with this credential (`None`: not AUTH_UNIX).
+    pub fn authorize(&self, auth: Option<&auth_unix>) -> bool {
         match auth {
             None => false,
             Some(a) => !self.policy.refuse_uids.contains(&a.uid),
         }
     }
 
-    async fn lookup(
+    pub async fn lookup(
         &self,
         dirid: &KuraHandle,
         filename: &filename3<'_>,
@@ -718,12 +725,12 @@ impl NfsReadFileSystem for KuraFs {
         Ok(KuraHandle::new(&found))
     }
 
-    async fn getattr(&self, id: &KuraHandle) -> Result<fattr3, nfsstat3> {
+    pub async fn getattr(&self, id: &KuraHandle) -> Result<fattr3, nfsstat3> {
         let node = Self::node(id)?;
         self.node_attr(&node).await
     }
 
-    async fn read(
+    pub async fn read(
         &self,
         id: &KuraHandle,
         offset: u64,
@@ -751,8 +758,7 @@ impl NfsReadFileSystem for KuraFs {
         }
     }
 
-    #[allow(refining_impl_trait)]
-    async fn readdirplus(&self, dirid: &KuraHandle, cookie: u64) -> Result<KuraIter, nfsstat3> {
+    pub async fn readdirplus(&self, dirid: &KuraHandle, cookie: u64) -> Result<KuraIter, nfsstat3> {
         let node = Self::node(dirid)?;
         match node {
             Node::Root => {
@@ -765,10 +771,10 @@ impl NfsReadFileSystem for KuraFs {
                     let a = self.live_attr(v.root).await?;
                     out.push_back(DirEntryPlus {
                         fileid: v.root.0,
-                        name: v.name.into_bytes().into(),
+                        name: v.name.into_bytes(),
                         cookie: v.id.0,
-                        name_attributes: Some(self.fattr(&n, &a)),
-                        name_handle: Some(KuraHandle::new(&n)),
+                        name_attributes: self.fattr(&n, &a),
+                        name_handle: KuraHandle::new(&n),
                     });
                 }
                 Ok(KuraIter::Fixed(out))
@@ -798,10 +804,10 @@ impl NfsReadFileSystem for KuraFs {
                     let (_, e) = self.snap_entry(&n).await?;
                     out.push_back(DirEntryPlus {
                         fileid: fileid(&n),
-                        name: s.name.into_bytes().into(),
+                        name: s.name.into_bytes(),
                         cookie: s.id.0,
-                        name_attributes: Some(self.fattr(&n, &e.attr)),
-                        name_handle: Some(KuraHandle::new(&n)),
+                        name_attributes: self.fattr(&n, &e.attr),
+                        name_handle: KuraHandle::new(&n),
                     });
                 }
                 Ok(KuraIter::Fixed(out))
@@ -824,7 +830,7 @@ impl NfsReadFileSystem for KuraFs {
         }
     }
 
-    async fn readlink(&self, id: &KuraHandle) -> Result<nfspath3<'_>, nfsstat3> {
+    pub async fn readlink(&self, id: &KuraHandle) -> Result<nfspath3<'_>, nfsstat3> {
         let node = Self::node(id)?;
         let target = match node {
             Node::Live(ino) => {
@@ -844,10 +850,62 @@ impl NfsReadFileSystem for KuraFs {
         Ok(target.into())
     }
 
-    async fn fsinfo(&self, root: &KuraHandle) -> Result<FSINFO3resok, nfsstat3> {
-        use nfs3_server::nfs3_types::nfs3::{
-            post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK,
+    /// ACCESS: the rights the caller has on a node, from its mode bits, owner and group
+    /// against the caller's AUTH_UNIX ids (uid 0 has every right but executing a file
+    /// without any x bit). Nothing is writable in snapshots or on a read-only export.
+    /// The server does not repeat this check on each call (credentials are the
+    /// client's word in AUTH_UNIX); it tells clients how to behave.
+    pub async fn access(
+        &self,
+        id: &KuraHandle,
+        want: u32,
+        cred: Option<&auth_unix>,
+    ) -> Result<(fattr3, u32), nfsstat3> {
+        use nfs3_types::nfs3::{
+            ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND, ACCESS3_LOOKUP, ACCESS3_MODIFY,
+            ACCESS3_READ,
         };
+        let node = Self::node(id)?;
+        let a = self.node_attr(&node).await?;
+        let dir = matches!(a.type_, ftype3::NF3DIR);
+        let bits = match cred {
+            Some(c) if c.uid == 0 => 0o7,
+            Some(c) if c.uid == a.uid => (a.mode >> 6) & 7,
+            Some(c) if c.gid == a.gid || c.gids.contains(&a.gid) => (a.mode >> 3) & 7,
+            _ => a.mode & 7,
+        };
+        let mut granted = 0;
+        if bits & 4 != 0 {
+            granted |= ACCESS3_READ;
+        }
+        if bits & 2 != 0 {
+            granted |= ACCESS3_MODIFY | ACCESS3_EXTEND;
+            if dir {
+                granted |= ACCESS3_DELETE;
+            }
+        }
+        if dir {
+            if bits & 1 != 0 {
+                granted |= ACCESS3_LOOKUP;
+            }
+        } else if bits & 1 != 0 && a.mode & 0o111 != 0 {
+            granted |= ACCESS3_EXECUTE;
+        }
+        if self.policy.read_only || !matches!(node, Node::Live(_)) {
+            granted &= !(ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE);
+        }
+        Ok((a, granted & want))
+    }
+
+    /// FSSTAT: the capacity of the filesystem holding the store. Deduplication means a
+    /// client can store more than `fbytes`; this is the honest lower bound. The store
+    /// has no inode table, so file counts are unbounded (reported as 2^40).
+    pub async fn fsstat(&self) -> Result<(u64, u64), nfsstat3> {
+        self.shared.run("fsstat", |s| Ok(s.fs_space())).await
+    }
+
+    pub async fn fsinfo(&self, root: &KuraHandle) -> Result<FSINFO3resok, nfsstat3> {
+        use nfs3_types::nfs3::{post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK};
         let attr = self
             .getattr(root)
             .await
@@ -873,16 +931,8 @@ impl NfsReadFileSystem for KuraFs {
     }
 }
 
-impl NfsFileSystem for KuraFs {
-    fn capabilities(&self) -> VFSCapabilities {
-        if self.policy.read_only {
-            VFSCapabilities::ReadOnly
-        } else {
-            VFSCapabilities::ReadWrite
-        }
-    }
-
-    async fn setattr(&self, id: &KuraHandle, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+impl KuraFs {
+    pub async fn setattr(&self, id: &KuraHandle, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let node = Self::node(id)?;
         let ino = self.live_dir(&node)?;
         self.live_attr(ino).await?;
@@ -896,7 +946,7 @@ impl NfsFileSystem for KuraFs {
         Ok(self.fattr(&node, &a))
     }
 
-    async fn write(
+    pub async fn write(
         &self,
         id: &KuraHandle,
         offset: u64,
@@ -931,11 +981,14 @@ impl NfsFileSystem for KuraFs {
         ))
     }
 
-    async fn create(
+    /// CREATE, UNCHECKED (`guarded == false`: an existing regular file is reused and
+    /// truncated if the attributes carry a size) or GUARDED (an existing name is EXIST).
+    pub async fn create(
         &self,
         dirid: &KuraHandle,
         filename: &filename3<'_>,
         attr: sattr3,
+        guarded: bool,
     ) -> Result<(KuraHandle, fattr3), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = filename.as_ref().to_vec();
@@ -948,10 +1001,9 @@ impl NfsFileSystem for KuraFs {
         let a = self
             .shared
             .run("create", move |s| {
-                // UNCHECKED create of an existing file truncates it if asked, as NFS says.
                 let a = match s.create(dir, &name, na) {
                     Ok(a) => a,
-                    Err(StoreError::Exists(_)) => {
+                    Err(StoreError::Exists(_)) if !guarded => {
                         let a = s.lookup(dir, &name)?;
                         if a.kind != FileKind::File {
                             return Err(StoreError::Exists(
@@ -963,14 +1015,14 @@ impl NfsFileSystem for KuraFs {
                     Err(e) => return Err(e),
                 };
                 match size {
-                    Some(n) => s.setattr(
+                    Some(n) if n != a.size => s.setattr(
                         a.ino,
                         SetAttr {
                             size: Some(n),
                             ..Default::default()
                         },
                     ),
-                    None => Ok(a),
+                    _ => Ok(a),
                 }
             })
             .await?;
@@ -979,7 +1031,7 @@ impl NfsFileSystem for KuraFs {
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
     }
 
-    async fn create_exclusive(
+    pub async fn create_exclusive(
         &self,
         dirid: &KuraHandle,
         filename: &filename3<'_>,
@@ -1000,26 +1052,45 @@ impl NfsFileSystem for KuraFs {
         Ok(KuraHandle::new(&Node::Live(a.ino)))
     }
 
-    async fn mkdir(
+    /// MKDIR with the client's attributes (mode incl. setgid/sticky, owner, times).
+    pub async fn mkdir(
         &self,
         dirid: &KuraHandle,
         dirname: &filename3<'_>,
+        attr: &sattr3,
     ) -> Result<(KuraHandle, fattr3), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
-        let na = self.new_attr(&sattr3::default(), 0o755);
+        let na = self.new_attr(attr, 0o755);
+        let mut times = self.set_attr(attr);
+        times.mode = None;
+        times.uid = None;
+        times.gid = None;
+        times.size = None;
         let a = self
             .shared
-            .run("mkdir", move |s| s.mkdir(dir, &name, na))
+            .run("mkdir", move |s| {
+                let a = s.mkdir(dir, &name, na)?;
+                if times.atime.is_some() || times.mtime.is_some() {
+                    return s.setattr(a.ino, times);
+                }
+                Ok(a)
+            })
             .await?;
         self.shared.invalidate(&[dir]);
         let node = Node::Live(a.ino);
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
     }
 
-    /// REMOVE and RMDIR both arrive here (the server routes both to `remove`).
-    async fn remove(&self, dirid: &KuraHandle, filename: &filename3<'_>) -> Result<(), nfsstat3> {
+    /// REMOVE (`want_dir == false`: a directory is ISDIR) or RMDIR (`true`: anything
+    /// else is NOTDIR, a non-empty directory NOTEMPTY).
+    pub async fn remove(
+        &self,
+        dirid: &KuraHandle,
+        filename: &filename3<'_>,
+        want_dir: bool,
+    ) -> Result<(), nfsstat3> {
         let dir = self.live_dir(&Self::node(dirid)?)?;
         let name = filename.as_ref().to_vec();
         if name.as_slice() == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
@@ -1027,9 +1098,9 @@ impl NfsFileSystem for KuraFs {
         }
         let victim = self
             .shared
-            .run("remove", move |s| {
+            .run(if want_dir { "rmdir" } else { "remove" }, move |s| {
                 let a = s.lookup(dir, &name)?;
-                if a.kind == FileKind::Dir {
+                if want_dir {
                     s.rmdir(dir, &name)?;
                 } else {
                     s.remove(dir, &name)?;
@@ -1041,7 +1112,7 @@ impl NfsFileSystem for KuraFs {
         Ok(())
     }
 
-    async fn rename<'a>(
+    pub async fn rename<'a>(
         &self,
         from_dirid: &KuraHandle,
         from_filename: &filename3<'a>,
@@ -1074,7 +1145,7 @@ impl NfsFileSystem for KuraFs {
         Ok(())
     }
 
-    async fn symlink<'a>(
+    pub async fn symlink<'a>(
         &self,
         dirid: &KuraHandle,
         linkname: &filename3<'a>,
@@ -1095,7 +1166,7 @@ impl NfsFileSystem for KuraFs {
         Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
     }
 
-    async fn commit(&self, id: &KuraHandle, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+    pub async fn commit(&self, id: &KuraHandle, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
         match Self::node(id)? {
             Node::Live(ino) => self.shared.run("commit", move |s| s.sync(ino)).await,
             _ => Ok(()),

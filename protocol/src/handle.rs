@@ -1,6 +1,7 @@
 //! File handles of the export: stateless encodings of every node kind.
 //!
-//! `nfs3_server` prefixes each handle with its generation; what follows is ours:
+//! On the wire a handle is the export's generation (8 bytes, little endian; see
+//! `crate::nfs`) followed by one of:
 //! ```text
 //! 1                               export root (lists volumes)
 //! 2 | ino u64                     live file, directory or symlink
@@ -11,7 +12,6 @@
 //! Snapshot handles name the directory object holding the entry, so resolving one needs
 //! no table: the object is immutable.
 
-use nfs3_server::vfs::FileHandle;
 use storage::{ChunkId, FileId, SnapshotId, VolumeId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,14 +79,13 @@ impl KuraHandle {
     }
 }
 
-impl FileHandle for KuraHandle {
-    fn len(&self) -> usize {
-        self.bytes.len()
-    }
-    fn as_bytes(&self) -> &[u8] {
+impl KuraHandle {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
-    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+
+    /// Parses the part after the generation; `None` for anything malformed.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let h = KuraHandle {
             bytes: bytes.to_vec(),
         };
@@ -126,7 +125,7 @@ mod tests {
             },
         ] {
             let h = KuraHandle::new(&n);
-            assert!(h.len() <= 56);
+            assert!(h.as_bytes().len() + 8 <= 64);
             assert_eq!(
                 KuraHandle::from_bytes(h.as_bytes()).unwrap().node(),
                 Some(n)

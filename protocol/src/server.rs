@@ -1,27 +1,22 @@
 //! Listeners: one per export, the client address allow-list, and the handle generation.
 //!
-//! `nfs3_server` accepts connections itself and never shows the file system a peer
-//! address, so the allow-list is enforced below it:
-//! - IPv4 listeners: a classic BPF socket filter on the listening socket drops every
-//!   packet (the SYN first) whose source address is outside the allowed blocks, so a
-//!   refused client never completes a connection and no byte reaches the NFS server.
-//!   It costs nothing per call. (Refused clients see a connect timeout, as behind a
-//!   firewall that drops.)
-//! - IPv6 listeners: kura accepts on the public address, checks the peer and relays
-//!   allowed connections to the NFS server on an ephemeral loopback port; refused peers
-//!   are closed before a byte is read. The relay costs throughput (measured in the
-//!   closing note of the NFS issue), which is why IPv4 uses the filter.
-//!
-//! An export that allows every address needs neither.
+//! kura accepts its own connections, so the allow-list is checked on the peer address
+//! at accept, before a byte is read: a refused client's connection is closed at once
+//! (and logged). It costs nothing per call. A cap on connections per export keeps a
+//! flood of idle connections from becoming memory.
 
 use crate::fs::{ExportPolicy, KuraFs, Shared};
-use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use crate::nfs::NfsService;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+/// Connections one export serves at a time; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// An address block, `10.0.0.0/8` or `::1/128` (a bare address means one host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,54 +127,22 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn nfs_listener(
-    fs: KuraFs,
-    addr: &str,
-    generation: u64,
-) -> io::Result<(NFSTcpListener<KuraFs>, u16)> {
-    let mut l = NFSTcpListener::bind_with_generation(addr, fs, generation).await?;
-    l.with_export_name("/");
-    let port = l.get_listen_port();
-    Ok((l, port))
-}
-
-fn spawn_server(l: NFSTcpListener<KuraFs>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = l.handle_forever().await {
-            tracing::error!(error = %e, "export listener stopped");
-        }
-    })
-}
-
 /// Starts one export. `generation` comes from `Store::begin_service`.
 pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> io::Result<Export> {
-    let fs = KuraFs::new(shared, cfg.policy.clone());
-    let open = cfg.allow.iter().any(|c| c.is_everything());
+    let svc = NfsService::new(KuraFs::new(shared, cfg.policy.clone()), generation);
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    svc.set_port(addr.port());
     let allow_names: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
-    if open || cfg.listen.is_ipv4() {
-        let (l, port) = nfs_listener(fs, &cfg.listen.to_string(), generation).await?;
-        if !open {
-            attach_allow_filter(port, &cfg.allow)?;
-        }
-        let addr = SocketAddr::new(cfg.listen.ip(), port);
-        tracing::info!(%addr, allow = ?allow_names, "export listening");
-        return Ok(Export {
-            addr,
-            tasks: vec![spawn_server(l)],
-        });
-    }
-    let (l, inner_port) = nfs_listener(fs, "127.0.0.1:0", generation).await?;
-    let front = TcpListener::bind(cfg.listen).await?;
-    let addr = front.local_addr()?;
-    let inner: SocketAddr = ([127, 0, 0, 1], inner_port).into();
+    tracing::info!(%addr, allow = ?allow_names, "export listening");
     let allow = cfg.allow.clone();
-    tracing::info!(%addr, allow = ?allow_names, "export listening (relay)");
-    let server = spawn_server(l);
-    let gate = tokio::spawn(async move {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let task = tokio::spawn(async move {
         loop {
-            let (sock, peer) = match front.accept().await {
+            let (sock, peer) = match listener.accept().await {
                 Ok(v) => v,
                 Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
@@ -187,123 +150,24 @@ pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> i
             };
             if !allow.iter().any(|c| c.contains(peer.ip())) {
                 tracing::warn!(%peer, "connection refused: address not in the export's allow-list");
-                drop(sock);
                 continue;
             }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many connections");
+                continue;
+            };
+            tracing::debug!(%peer, "connection accepted");
+            let svc = svc.clone();
             tokio::spawn(async move {
-                let _ = sock.set_nodelay(true);
-                match TcpStream::connect(inner).await {
-                    Ok(mut up) => {
-                        let _ = up.set_nodelay(true);
-                        let mut sock = sock;
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut sock,
-                            &mut up,
-                            1 << 20,
-                            1 << 20,
-                        )
-                        .await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot reach the NFS server"),
-                }
+                crate::rpc::serve_connection(sock, peer, svc).await;
+                drop(slot);
             });
         }
     });
     Ok(Export {
         addr,
-        tasks: vec![server, gate],
+        tasks: vec![task],
     })
-}
-
-/// The classic BPF program: accept a packet whose IPv4 source is in one of `allow`'s
-/// IPv4 blocks, drop everything else.
-fn allow_program(allow: &[Cidr]) -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const ALU_AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let src = (libc::SKF_NET_OFF + 12) as u32;
-    let v4: Vec<(u32, u32)> = allow
-        .iter()
-        .filter_map(|c| match c.addr {
-            IpAddr::V4(a) => {
-                let mask = if c.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - c.prefix)
-                };
-                Some((u32::from(a) & mask, mask))
-            }
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let mut prog = Vec::new();
-    for (k, (net, mask)) in v4.iter().enumerate() {
-        let remaining = (v4.len() - k - 1) as u8;
-        prog.push(ins(LD_W_ABS, 0, 0, src));
-        prog.push(ins(ALU_AND_K, 0, 0, *mask));
-        // Match: jump over the rest of the checks and the drop to the accept.
-        prog.push(ins(JEQ_K, remaining * 3 + 1, 0, *net));
-    }
-    prog.push(ins(RET_K, 0, 0, 0));
-    prog.push(ins(RET_K, 0, 0, u32::MAX));
-    prog
-}
-
-/// Finds this process's listening TCP socket on `port` and attaches the allow filter.
-fn attach_allow_filter(port: u16, allow: &[Cidr]) -> io::Result<()> {
-    let prog = allow_program(allow);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    let mut attached = 0;
-    for e in std::fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = e?.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: getsockname/getsockopt on an fd we own; failures (not a socket) are skipped.
-        let listening_on_port = unsafe {
-            let mut sa: libc::sockaddr_in = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let mut acc: libc::c_int = 0;
-            let mut alen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            libc::getsockname(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len) == 0
-                && sa.sin_family as i32 == libc::AF_INET
-                && u16::from_be(sa.sin_port) == port
-                && libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ACCEPTCONN,
-                    &mut acc as *mut _ as *mut libc::c_void,
-                    &mut alen,
-                ) == 0
-                && acc == 1
-        };
-        if listening_on_port {
-            // SAFETY: fprog points at `prog`, alive for the call; the kernel copies it.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ATTACH_FILTER,
-                    &fprog as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            attached += 1;
-        }
-    }
-    if attached == 0 {
-        return Err(io::Error::other(format!(
-            "no listening socket on port {port} to filter"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -193,6 +193,11 @@ impl Store {
         statvfs(&self.root).map_or(u64::MAX, |(_, avail)| avail)
     }
 
+    /// (total, available) bytes of the store's filesystem; (0, 0) when unknown.
+    pub fn fs_space(&self) -> (u64, u64) {
+        statvfs(&self.root).unwrap_or((0, 0))
+    }
+
     /// Gives the reserve back to the filesystem; true if there was one.
     fn release_reserve(&self) -> bool {
         let released = std::fs::remove_file(self.reserve_path()).is_ok();
@@ -753,8 +758,7 @@ pub struct StoreStats {
     /// Sum of live file sizes (as last ingested) across volumes.
     pub live_logical_bytes: u64,
     pub staged_files: u64,
-    /// Capacity of the filesystem holding the store (what FSSTAT cannot report: the NFS
-    /// server library answers a fixed 1 TiB).
+    /// Capacity of the filesystem holding the store (FSSTAT reports the same).
     pub fs_total_bytes: u64,
     pub fs_free_bytes: u64,
 }

@@ -47,7 +47,7 @@ impl Daemon {
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        cmd.env("KURA_LOG", "warn,nfs3_server=off");
+        cmd.env("KURA_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }

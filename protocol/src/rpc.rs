@@ -1,0 +1,381 @@
+//! ONC RPC over TCP (RFC 5531): record marking, the call header, replies, and the
+//! connection loop with its bounds. What the calls mean is `crate::nfs`'s business.
+//!
+//! Bounds, so that a client's queue depth never becomes server memory:
+//! - a record larger than [`MAX_RECORD`] closes the connection;
+//! - each connection has at most [`CALLS_PER_CONN`] calls in progress and
+//!   [`BYTES_PER_CONN`] bytes of requests; beyond that kura stops reading the socket and
+//!   TCP pushes back on the client;
+//! - replies wait in a bounded queue for the one writer of the connection, which batches
+//!   small replies into one send.
+
+use nfs3_types::rpc::{
+    accept_stat_data, accepted_reply, auth_flavor, auth_stat, auth_unix, msg_body, opaque_auth,
+    rejected_reply, reply_body, rpc_msg, RPC_VERSION_2,
+};
+use nfs3_types::xdr_codec::{Pack, Unpack};
+use std::future::Future;
+use std::io::{self, Cursor};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Largest record accepted: a 1 MiB WRITE (the advertised `wtmax`) with headroom.
+pub const MAX_RECORD: usize = 4 << 20;
+/// Calls in progress per connection.
+pub const CALLS_PER_CONN: usize = 64;
+/// Request bytes in progress per connection.
+pub const BYTES_PER_CONN: usize = 32 << 20;
+
+/// One decoded call: its header and the record that holds its arguments.
+pub struct Call {
+    pub xid: u32,
+    pub prog: u32,
+    pub vers: u32,
+    pub proc_: u32,
+    /// The AUTH_UNIX credential; `None` for any other flavor.
+    pub cred: Option<auth_unix>,
+    msg: Vec<u8>,
+    args_at: usize,
+}
+
+impl Call {
+    /// Parses the call header of a record. `Err` carries the xid when there is one (a
+    /// reply can then say what was wrong) and a description.
+    pub fn parse(msg: Vec<u8>) -> Result<Call, (Option<u32>, String)> {
+        let mut cur = Cursor::new(msg.as_slice());
+        let (rpc, _) = rpc_msg::unpack(&mut cur).map_err(|e| {
+            let xid = msg
+                .get(..4)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+            (xid, format!("malformed RPC header: {e}"))
+        })?;
+        let args_at = cur.position() as usize;
+        let msg_body::CALL(call) = rpc.body else {
+            return Err((None, "a REPLY where a CALL was expected".into()));
+        };
+        if call.rpcvers != RPC_VERSION_2 {
+            return Err((Some(rpc.xid), format!("RPC version {}", call.rpcvers)));
+        }
+        let cred = if call.cred.flavor == auth_flavor::AUTH_UNIX {
+            let body: &[u8] = call.cred.body.as_ref();
+            match auth_unix::unpack(&mut Cursor::new(body)) {
+                Ok((a, _)) => Some(a),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let (xid, prog, vers, proc_) = (rpc.xid, call.prog, call.vers, call.proc);
+        Ok(Call {
+            xid,
+            prog,
+            vers,
+            proc_,
+            cred,
+            msg,
+            args_at,
+        })
+    }
+
+    /// The encoded arguments.
+    pub fn args(&self) -> &[u8] {
+        &self.msg[self.args_at..]
+    }
+
+    /// Decodes the arguments as `T`.
+    pub fn decode<T: Unpack>(&self) -> Option<T> {
+        T::unpack(&mut Cursor::new(self.args()))
+            .ok()
+            .map(|(v, _)| v)
+    }
+}
+
+/// An encoded reply. `head` starts with four bytes reserved for the record mark;
+/// `bulk` (READ data) is sent after it without being copied into it, then padding.
+pub struct Reply {
+    head: Vec<u8>,
+    bulk: Vec<u8>,
+}
+
+impl Reply {
+    fn start(xid: u32, body: reply_body<'_>, size: usize) -> Vec<u8> {
+        let mut head = Vec::with_capacity(4 + 24 + size);
+        head.extend_from_slice(&[0; 4]);
+        let rpc = rpc_msg {
+            xid,
+            body: msg_body::REPLY(body),
+        };
+        rpc.pack(&mut head).expect("packing into a Vec cannot fail");
+        head
+    }
+
+    fn accepted(xid: u32, stat: accept_stat_data, size: usize) -> Vec<u8> {
+        Self::start(
+            xid,
+            reply_body::MSG_ACCEPTED(accepted_reply {
+                verf: opaque_auth::default(),
+                reply_data: stat,
+            }),
+            size,
+        )
+    }
+
+    /// SUCCESS with the procedure's result.
+    pub fn success<T: Pack>(xid: u32, res: &T) -> Reply {
+        let mut head = Self::accepted(xid, accept_stat_data::SUCCESS, res.packed_size());
+        res.pack(&mut head).expect("packing into a Vec cannot fail");
+        Reply {
+            head,
+            bulk: Vec::new(),
+        }
+    }
+
+    /// SUCCESS with a result whose last field is variable-length opaque `bulk`:
+    /// `prefix` is everything before that field's length.
+    pub fn success_bulk<T: Pack>(xid: u32, prefix: &T, bulk: Vec<u8>) -> Reply {
+        let mut head = Self::accepted(xid, accept_stat_data::SUCCESS, prefix.packed_size() + 4);
+        prefix
+            .pack(&mut head)
+            .expect("packing into a Vec cannot fail");
+        (bulk.len() as u32)
+            .pack(&mut head)
+            .expect("packing into a Vec cannot fail");
+        Reply { head, bulk }
+    }
+
+    /// The call was accepted but could not be served (`GARBAGE_ARGS`, `PROC_UNAVAIL`…).
+    pub fn error(xid: u32, stat: accept_stat_data) -> Reply {
+        Reply {
+            head: Self::accepted(xid, stat, 0),
+            bulk: Vec::new(),
+        }
+    }
+
+    /// The credential was refused.
+    pub fn auth_error(xid: u32, stat: auth_stat) -> Reply {
+        Reply {
+            head: Self::start(
+                xid,
+                reply_body::MSG_DENIED(rejected_reply::auth_error(stat)),
+                0,
+            ),
+            bulk: Vec::new(),
+        }
+    }
+
+    /// Not RPC version 2.
+    pub fn rpc_mismatch(xid: u32) -> Reply {
+        Reply {
+            head: Self::start(
+                xid,
+                reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(RPC_VERSION_2, RPC_VERSION_2)),
+                0,
+            ),
+            bulk: Vec::new(),
+        }
+    }
+
+    /// The whole reply as one buffer (for the duplicate request cache).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = self.head.clone();
+        v.extend_from_slice(&self.bulk);
+        v.resize(v.len() + pad(self.bulk.len()), 0);
+        v
+    }
+
+    /// A reply from [`Reply::to_bytes`].
+    pub fn from_bytes(head: Vec<u8>) -> Reply {
+        Reply {
+            head,
+            bulk: Vec::new(),
+        }
+    }
+
+    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(mut self, w: &mut W) -> io::Result<()> {
+        let pad = pad(self.bulk.len());
+        let len = self.head.len() - 4 + self.bulk.len() + pad;
+        if len >= 1 << 31 {
+            return Err(io::Error::other("reply larger than one record"));
+        }
+        let mark = (len as u32) | 0x8000_0000;
+        self.head[..4].copy_from_slice(&mark.to_be_bytes());
+        w.write_all(&self.head).await?;
+        if !self.bulk.is_empty() {
+            w.write_all(&self.bulk).await?;
+            w.write_all(&[0u8; 4][..pad]).await?;
+        }
+        Ok(())
+    }
+}
+
+fn pad(n: usize) -> usize {
+    (4 - n % 4) % 4
+}
+
+/// What serves calls: one per export.
+pub trait Service: Send + Sync + 'static {
+    /// Serves one call from `peer`; `None` sends no reply (a retransmission of a call
+    /// still in progress).
+    fn call(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        call: Call,
+    ) -> impl Future<Output = Option<Reply>> + Send;
+}
+
+/// Reads one record (all its fragments). `Ok(None)` at a clean end of stream.
+async fn read_record<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
+    let mut msg = Vec::new();
+    loop {
+        let mut mark = [0u8; 4];
+        match r.read_exact(&mut mark).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && msg.is_empty() => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+        let mark = u32::from_be_bytes(mark);
+        let len = (mark & 0x7fff_ffff) as usize;
+        if msg.len() + len > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record larger than {MAX_RECORD} bytes"),
+            ));
+        }
+        let at = msg.len();
+        msg.resize(at + len, 0);
+        r.read_exact(&mut msg[at..]).await?;
+        if mark & 0x8000_0000 != 0 {
+            return Ok(Some(msg));
+        }
+    }
+}
+
+/// Serves one connection until the client closes it or breaks the protocol.
+pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc: Arc<S>) {
+    let _ = sock.set_nodelay(true);
+    let (rd, wr) = sock.into_split();
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let (tx, mut rx) = mpsc::channel::<Reply>(CALLS_PER_CONN);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(256 << 10, wr);
+        while let Some(r) = rx.recv().await {
+            if r.write_to(&mut w).await.is_err() {
+                return;
+            }
+            // Batch whatever else is ready into the same send.
+            while let Ok(r) = rx.try_recv() {
+                if r.write_to(&mut w).await.is_err() {
+                    return;
+                }
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let calls = Arc::new(Semaphore::new(CALLS_PER_CONN));
+    let bytes = Arc::new(Semaphore::new(BYTES_PER_CONN >> 10));
+    loop {
+        let msg = match read_record(&mut rd).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::UnexpectedEof
+                    && e.kind() != io::ErrorKind::ConnectionReset
+                {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                }
+                break;
+            }
+        };
+        let units = ((msg.len() >> 10) + 1).min(BYTES_PER_CONN >> 10) as u32;
+        let (Ok(call_permit), Ok(byte_permit)) = (
+            calls.clone().acquire_owned().await,
+            bytes.clone().acquire_many_owned(units).await,
+        ) else {
+            break;
+        };
+        let call = match Call::parse(msg) {
+            Ok(c) => c,
+            Err((Some(xid), why)) => {
+                tracing::warn!(%peer, why, "unusable call");
+                let reply = if why.starts_with("RPC version") {
+                    Reply::rpc_mismatch(xid)
+                } else {
+                    Reply::error(xid, accept_stat_data::GARBAGE_ARGS)
+                };
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err((None, why)) => {
+                tracing::warn!(%peer, why, "closing connection");
+                break;
+            }
+        };
+        let (svc, tx) = (svc.clone(), tx.clone());
+        tokio::spawn(async move {
+            let reply = svc.call(peer, call).await;
+            drop(byte_permit);
+            if let Some(r) = reply {
+                let _ = tx.send(r).await;
+            }
+            drop(call_permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_of_several_fragments_and_limits() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&3u32.to_be_bytes());
+        wire.extend_from_slice(b"abc");
+        wire.extend_from_slice(&(0x8000_0000u32 | 2).to_be_bytes());
+        wire.extend_from_slice(b"de");
+        let mut r = wire.as_slice();
+        assert_eq!(read_record(&mut r).await.unwrap().unwrap(), b"abcde");
+        assert!(read_record(&mut r).await.unwrap().is_none(), "clean end");
+
+        let huge = (0x8000_0000u32 | (MAX_RECORD as u32 + 1)).to_be_bytes();
+        let mut r = &huge[..];
+        assert_eq!(
+            read_record(&mut r).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let cut = [0x80u8, 0, 0, 9, 1, 2];
+        let mut r = &cut[..];
+        assert!(read_record(&mut r).await.is_err(), "truncated record");
+    }
+
+    #[tokio::test]
+    async fn replies_carry_record_mark_and_padding() {
+        let r = Reply::success_bulk(7, &0u32, vec![1, 2, 3, 4, 5]);
+        let mut out = Vec::new();
+        r.write_to(&mut out).await.unwrap();
+        let mark = u32::from_be_bytes(out[..4].try_into().unwrap());
+        assert_eq!(mark & 0x8000_0000, 0x8000_0000, "last fragment");
+        assert_eq!((mark & 0x7fff_ffff) as usize, out.len() - 4);
+        assert_eq!(out.len() % 4, 0);
+        assert_eq!(&out[4..8], &7u32.to_be_bytes(), "xid first");
+        assert_eq!(&out[out.len() - 3..], &[0, 0, 0], "bulk padded with zeros");
+    }
+
+    #[test]
+    fn garbage_headers_are_refused_with_their_xid() {
+        let e = Call::parse(vec![0, 0, 0, 9, 0, 0]).err().unwrap();
+        assert_eq!(e.0, Some(9));
+        assert!(Call::parse(vec![]).is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! Wire-level checks of the NFSv3 export with `nfs3_client`, a typed NFSv3 client from
+//! crates.io: the answers the protocol prescribes where the file-level clients (libnfs,
+//! nfs-rs) hide them — create modes, MKDIR attributes, REMOVE vs RMDIR, bad names, the
+//! SETATTR guard, handles of another generation, READDIR paging, portmap, credentials.
+
+mod common;
+
+use common::*;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::{Nfs3Client, Nfs3ConnectionBuilder};
+use tokio::net::TcpStream;
+
+type Client = Nfs3Client<TokioIo<TcpStream>>;
+
+fn root_cred() -> opaque_auth<'static> {
+    opaque_auth::auth_unix(&auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"test"),
+        uid: 0,
+        gid: 0,
+        gids: vec![],
+    })
+}
+
+async fn connect(port: u16, path: &str) -> (Client, nfs_fh3) {
+    let conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", path)
+        .connect_from_privileged_port(false)
+        .mount_port(port)
+        .nfs3_port(port)
+        .credential(root_cred())
+        .mount()
+        .await
+        .expect("mount");
+    let root = conn.root_nfs_fh3();
+    (conn.into_nfs3_client(), root)
+}
+
+fn status<T, E>(r: &Nfs3Result<T, E>) -> nfsstat3 {
+    match r {
+        Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
+        Nfs3Result::Err((s, _)) => *s,
+    }
+}
+
+fn name(n: &[u8]) -> filename3<'_> {
+    filename3(Opaque::borrowed(n))
+}
+
+fn dirop<'a>(dir: &nfs_fh3, n: &'a [u8]) -> diropargs3<'a> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: name(n),
+    }
+}
+
+fn with_mode(mode: u32) -> sattr3 {
+    sattr3 {
+        mode: set_mode3::Some(mode),
+        ..Default::default()
+    }
+}
+
+async fn create(c: &mut Client, dir: &nfs_fh3, n: &[u8], how: createhow3) -> CREATE3res {
+    c.create(&CREATE3args {
+        where_: dirop(dir, n),
+        how,
+    })
+    .await
+    .unwrap()
+}
+
+async fn mkdir(c: &mut Client, dir: &nfs_fh3, n: &[u8], mode: u32) -> MKDIR3res {
+    c.mkdir(&MKDIR3args {
+        where_: dirop(dir, n),
+        attributes: with_mode(mode),
+    })
+    .await
+    .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// CREATE in its three modes, MKDIR with its mode, REMOVE vs RMDIR, LINK/MKNOD, and
+/// every kind of bad name.
+#[test]
+fn create_modes_mkdir_remove_rmdir_and_bad_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &config(tmp.path(), "127.0.0.1:0", &["127.0.0.1/32"], ""),
+        &[],
+    );
+    runtime().block_on(async {
+        let (mut c, root) = connect(d.port, "/backup").await;
+
+        // GUARDED: a second create of the name is EXIST; UNCHECKED reuses the file.
+        let r = create(&mut c, &root, b"g", createhow3::GUARDED(with_mode(0o600))).await;
+        let Nfs3Result::Ok(ok) = r else {
+            panic!("guarded create: {:?}", status(&r))
+        };
+        assert_eq!(ok.obj_attributes.unwrap().mode & 0o7777, 0o600);
+        let r = create(&mut c, &root, b"g", createhow3::GUARDED(sattr3::default())).await;
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_EXIST);
+        let r = create(
+            &mut c,
+            &root,
+            b"g",
+            createhow3::UNCHECKED(sattr3::default()),
+        )
+        .await;
+        assert_eq!(
+            status(&r),
+            nfsstat3::NFS3_OK,
+            "unchecked create of an existing file"
+        );
+
+        // EXCLUSIVE: a retry with the same verifier succeeds (same file), another is EXIST.
+        let v = createverf3(*b"verifier");
+        let first = create(&mut c, &root, b"x", createhow3::EXCLUSIVE(v)).await;
+        let retry = create(&mut c, &root, b"x", createhow3::EXCLUSIVE(v)).await;
+        let (Nfs3Result::Ok(a), Nfs3Result::Ok(b)) = (first, retry) else {
+            panic!("exclusive create and its retry must both succeed")
+        };
+        assert_eq!(
+            a.obj.unwrap(),
+            b.obj.unwrap(),
+            "the retry names the same file"
+        );
+        let other = create(
+            &mut c,
+            &root,
+            b"x",
+            createhow3::EXCLUSIVE(createverf3(*b"another!")),
+        )
+        .await;
+        assert_eq!(status(&other), nfsstat3::NFS3ERR_EXIST);
+
+        // MKDIR keeps the requested mode, setgid and sticky bits included.
+        for (n, mode) in [
+            (&b"d700"[..], 0o700),
+            (b"d2775", 0o2775),
+            (b"d1777", 0o1777),
+        ] {
+            let r = mkdir(&mut c, &root, n, mode).await;
+            let Nfs3Result::Ok(ok) = r else {
+                panic!("mkdir: {:?}", status(&r))
+            };
+            assert_eq!(ok.obj_attributes.unwrap().mode & 0o7777, mode);
+        }
+        let r = mkdir(&mut c, &root, b"d700", 0o755).await;
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_EXIST);
+
+        // REMOVE of a directory is ISDIR, RMDIR of a file NOTDIR, of a full one NOTEMPTY.
+        let Nfs3Result::Ok(d700) = c
+            .lookup(&LOOKUP3args {
+                what: dirop(&root, b"d700"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("lookup d700")
+        };
+        create(
+            &mut c,
+            &d700.object,
+            b"f",
+            createhow3::UNCHECKED(sattr3::default()),
+        )
+        .await;
+        let r = c
+            .remove(&REMOVE3args {
+                object: dirop(&root, b"d2775"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_ISDIR);
+        let r = c
+            .rmdir(&RMDIR3args {
+                object: dirop(&root, b"g"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTDIR);
+        let r = c
+            .rmdir(&RMDIR3args {
+                object: dirop(&root, b"d700"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTEMPTY);
+        let r = c
+            .rmdir(&RMDIR3args {
+                object: dirop(&root, b"nope"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOENT);
+        let r = c
+            .rmdir(&RMDIR3args {
+                object: dirop(&root, b"d2775"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3_OK);
+        let r = c
+            .remove(&REMOVE3args {
+                object: dirop(&root, b"g"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3_OK);
+
+        // Hard links and device files are not stored.
+        let r = c
+            .link(&LINK3args {
+                file: d700.object.clone(),
+                link: dirop(&root, b"l"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTSUPP);
+
+        // Bad names touch nothing.
+        let long = vec![b'n'; 256];
+        for (n, want) in [
+            (&b""[..], nfsstat3::NFS3ERR_INVAL),
+            (b".", nfsstat3::NFS3ERR_INVAL),
+            (b"..", nfsstat3::NFS3ERR_INVAL),
+            (b"a/b", nfsstat3::NFS3ERR_INVAL),
+            (b"a\0b", nfsstat3::NFS3ERR_INVAL),
+            (&long, nfsstat3::NFS3ERR_NAMETOOLONG),
+        ] {
+            let r = create(&mut c, &root, n, createhow3::UNCHECKED(sattr3::default())).await;
+            assert_eq!(status(&r), want, "create {:?}", String::from_utf8_lossy(n));
+            let r = mkdir(&mut c, &root, n, 0o755).await;
+            assert_eq!(status(&r), want, "mkdir {:?}", String::from_utf8_lossy(n));
+        }
+        let r = c
+            .readdir(&READDIR3args {
+                dir: root.clone(),
+                cookie: 0,
+                cookieverf: cookieverf3::default(),
+                count: 8192,
+            })
+            .await
+            .unwrap();
+        let Nfs3Result::Ok(list) = r else {
+            panic!("readdir")
+        };
+        let mut names: Vec<String> = list
+            .reply
+            .entries
+            .0
+            .iter()
+            .map(|e| String::from_utf8_lossy(e.name.0.as_ref()).into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d1777", "d700", "x"]);
+    });
+}
+
+/// The SETATTR guard, handles of another generation or malformed, PATHCONF, FSSTAT,
+/// UNSTABLE writes and COMMIT's verifier, READDIR paging with a small reply size.
+#[test]
+fn guards_handles_limits_commit_and_paging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &config(tmp.path(), "127.0.0.1:0", &["127.0.0.1/32"], ""),
+        &[],
+    );
+    runtime().block_on(async {
+        let (mut c, root) = connect(d.port, "/backup").await;
+        let Nfs3Result::Ok(f) = create(
+            &mut c,
+            &root,
+            b"f",
+            createhow3::UNCHECKED(sattr3::default()),
+        )
+        .await
+        else {
+            panic!("create")
+        };
+        let fh = f.obj.unwrap();
+        let ctime = f.obj_attributes.unwrap().ctime;
+
+        // A guard that does not match the ctime is NOT_SYNC and changes nothing.
+        let stale_guard = nfstime3 {
+            seconds: ctime.seconds.wrapping_sub(10),
+            nseconds: 0,
+        };
+        let r = c
+            .setattr(&SETATTR3args {
+                object: fh.clone(),
+                new_attributes: with_mode(0o600),
+                guard: sattrguard3::Some(stale_guard),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOT_SYNC);
+        let r = c
+            .setattr(&SETATTR3args {
+                object: fh.clone(),
+                new_attributes: with_mode(0o4711),
+                guard: sattrguard3::Some(ctime),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3_OK);
+        let Nfs3Result::Ok(a) = c
+            .getattr(&GETATTR3args { object: fh.clone() })
+            .await
+            .unwrap()
+        else {
+            panic!("getattr")
+        };
+        assert_eq!(a.obj_attributes.mode & 0o7777, 0o4711);
+
+        // A handle of another generation is STALE; garbage is BADHANDLE.
+        let mut other = fh.data.to_vec();
+        other[0] ^= 0xff;
+        let r = c
+            .getattr(&GETATTR3args {
+                object: nfs_fh3 {
+                    data: Opaque::owned(other),
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_STALE);
+        let mut garbage = fh.data.to_vec();
+        garbage.truncate(10);
+        let r = c
+            .getattr(&GETATTR3args {
+                object: nfs_fh3 {
+                    data: Opaque::owned(garbage),
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_BADHANDLE);
+
+        let Nfs3Result::Ok(pc) = c
+            .pathconf(&PATHCONF3args {
+                object: root.clone(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("pathconf")
+        };
+        assert_eq!(pc.name_max, 255);
+        assert!(pc.no_trunc && pc.case_preserving && !pc.case_insensitive);
+        let Nfs3Result::Ok(st) = c
+            .fsstat(&FSSTAT3args {
+                fsroot: root.clone(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("fsstat")
+        };
+        assert!(st.tbytes > 0 && st.abytes <= st.tbytes && st.tbytes != 1 << 40);
+
+        // UNSTABLE answers UNSTABLE; COMMIT answers the same verifier; FILE_SYNC is stable.
+        let data = vec![7u8; 100_000];
+        let r = c
+            .write(&WRITE3args {
+                file: fh.clone(),
+                offset: 0,
+                count: data.len() as u32,
+                stable: stable_how::UNSTABLE,
+                data: Opaque::borrowed(&data),
+            })
+            .await
+            .unwrap();
+        let Nfs3Result::Ok(w) = r else {
+            panic!("write")
+        };
+        assert_eq!(w.count, 100_000);
+        assert!(matches!(w.committed, stable_how::UNSTABLE));
+        let Nfs3Result::Ok(cm) = c
+            .commit(&COMMIT3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 0,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("commit")
+        };
+        assert_eq!(cm.verf, w.verf);
+        let Nfs3Result::Ok(w2) = c
+            .write(&WRITE3args {
+                file: fh.clone(),
+                offset: 100_000,
+                count: 3,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::borrowed(b"end"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("write")
+        };
+        assert!(matches!(w2.committed, stable_how::FILE_SYNC));
+        let Nfs3Result::Ok(rd) = c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset: 99_998,
+                count: 100,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("read")
+        };
+        assert_eq!(rd.data.as_ref(), b"\x07\x07end");
+        assert!(rd.eof);
+
+        // READDIR and READDIRPLUS page through 300 entries with small replies.
+        let Nfs3Result::Ok(dd) = mkdir(&mut c, &root, b"many", 0o755).await else {
+            panic!("mkdir")
+        };
+        let dir = dd.obj.unwrap();
+        for i in 0..300 {
+            let n = format!("entry-{i:04}-{}", "p".repeat(i % 40));
+            create(
+                &mut c,
+                &dir,
+                n.as_bytes(),
+                createhow3::UNCHECKED(sattr3::default()),
+            )
+            .await;
+        }
+        let (mut cookie, mut seen, mut pages) = (0, Vec::new(), 0);
+        loop {
+            let r = c
+                .readdir(&READDIR3args {
+                    dir: dir.clone(),
+                    cookie,
+                    cookieverf: cookieverf3::default(),
+                    count: 1024,
+                })
+                .await
+                .unwrap();
+            let Nfs3Result::Ok(ok) = r else {
+                panic!("readdir page: {:?}", status(&r))
+            };
+            pages += 1;
+            for e in &ok.reply.entries.0 {
+                seen.push(String::from_utf8_lossy(e.name.0.as_ref()).into_owned());
+                cookie = e.cookie;
+            }
+            if ok.reply.eof {
+                break;
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 300);
+        assert!(pages > 5, "small replies must page ({pages} pages)");
+        let (mut cookie, mut plus) = (0, 0);
+        loop {
+            let r = c
+                .readdirplus(&READDIRPLUS3args {
+                    dir: dir.clone(),
+                    cookie,
+                    cookieverf: cookieverf3::default(),
+                    dircount: 512,
+                    maxcount: 4096,
+                })
+                .await
+                .unwrap();
+            let Nfs3Result::Ok(ok) = r else {
+                panic!("readdirplus page")
+            };
+            for e in &ok.reply.entries.0 {
+                assert!(e.name_attributes.is_some() && e.name_handle.is_some());
+                plus += 1;
+                cookie = e.cookie;
+            }
+            if ok.reply.eof {
+                break;
+            }
+        }
+        assert_eq!(plus, 300);
+        let r = c
+            .readdir(&READDIR3args {
+                dir: dir.clone(),
+                cookie: 0,
+                cookieverf: cookieverf3::default(),
+                count: 64,
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3ERR_TOOSMALL);
+    });
+}
+
+/// Clients that ask a portmapper on the export's port learn that port; a call without
+/// an AUTH_UNIX credential is refused; a refused uid is refused.
+#[test]
+fn portmap_and_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &config(
+            tmp.path(),
+            "127.0.0.1:0",
+            &["127.0.0.1/32"],
+            "refuse_uids = [666]",
+        ),
+        &[],
+    );
+    runtime().block_on(async {
+        let conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/backup")
+            .connect_from_privileged_port(false)
+            .portmapper_port(d.port)
+            .credential(root_cred())
+            .mount()
+            .await
+            .expect("mount through the export port's portmapper");
+        let root = conn.root_nfs_fh3();
+        let mut c = conn.into_nfs3_client();
+        let r = c.getattr(&GETATTR3args { object: root }).await.unwrap();
+        assert_eq!(status(&r), nfsstat3::NFS3_OK);
+
+        let anon = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/backup")
+            .connect_from_privileged_port(false)
+            .mount_port(d.port)
+            .nfs3_port(d.port)
+            .mount()
+            .await;
+        assert!(anon.is_err(), "AUTH_NULL must be refused");
+
+        let refused = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/backup")
+            .connect_from_privileged_port(false)
+            .mount_port(d.port)
+            .nfs3_port(d.port)
+            .credential(opaque_auth::auth_unix(&auth_unix {
+                uid: 666,
+                ..Default::default()
+            }))
+            .mount()
+            .await;
+        assert!(refused.is_err(), "a refused uid must be refused");
+
+        let missing = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/nope")
+            .connect_from_privileged_port(false)
+            .mount_port(d.port)
+            .nfs3_port(d.port)
+            .credential(root_cred())
+            .mount()
+            .await;
+        assert!(missing.is_err(), "mount of a missing volume must fail");
+    });
+}
