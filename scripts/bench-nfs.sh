@@ -4,7 +4,8 @@
 # RUNS (default 5). Both servers run inside a private network namespace (unshare -n,
 # loopback only). Needs root; installs nfs-ganesha, nfs-ganesha-vfs, rpcbind,
 # libnfs-utils when missing.
-#   scripts/bench-nfs.sh [RUNS]     env: BENCH_DIR (default $TMPDIR/kura-nfs-bench), SIZE_MIB
+#   scripts/bench-nfs.sh [RUNS]     env: BENCH_DIR (default $TMPDIR/kura-nfs-bench), SIZE_MIB,
+#   KURA_BASELINE (another kura binary, e.g. an earlier commit's, measured alongside)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -22,14 +23,16 @@ if [ "${KURA_IN_NETNS:-}" != 1 ]; then
   fi
   cargo build --release -p kura -q
   rm -rf "$DIR"; mkdir -p "$DIR"
-  head -c $((SIZE_MIB << 20)) /dev/urandom > "$DIR/input.bin"
   # A private network and mount namespace: loopback only, a private /run for rpcbind.
   exec unshare -n -m env KURA_IN_NETNS=1 "$0" "$RUNS"
 fi
 
 ip link set lo up
 mount -t tmpfs tmpfs /run
-mkdir -p /run/rpcbind /run/ganesha
+mkdir -p /run/rpcbind /run/ganesha /run/io
+# The client's own file lives in memory, so that only the servers touch the disk.
+IO=/run/io
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$IO/input.bin"
 rpcbind -w
 KURA=$PWD/target/release/kura
 mkdir -p "$DIR/gexport"
@@ -47,32 +50,46 @@ ganesha.nfsd -F -L "$DIR/ganesha.log" -f "$DIR/ganesha.conf" -p "$DIR/ganesha.pi
 GPID=$!
 "$KURA" --data "$DIR/kstore" serve --listen 127.0.0.1:12051 > "$DIR/kura.out" 2> "$DIR/kura.log" &
 KPID=$!
-"$KURA" --data "$DIR/kstore-open" serve --listen 127.0.0.1:12052 --allow 0.0.0.0/0 > "$DIR/kura-open.out" 2> "$DIR/kura-open.log" &
-KOPID=$!
-trap 'kill $GPID $KPID $KOPID 2>/dev/null; wait 2>/dev/null' EXIT
+SERVERS="kura ganesha"
+BPID=
+if [ -n "${KURA_BASELINE:-}" ]; then
+  "$KURA_BASELINE" --data "$DIR/kstore-base" serve --listen 127.0.0.1:12053 > "$DIR/kura-base.out" 2> "$DIR/kura-base.log" &
+  BPID=$!
+  SERVERS="kura kura-base ganesha"
+fi
+trap 'kill $GPID $KPID $BPID 2>/dev/null; wait 2>/dev/null' EXIT
 sleep 3
 
 url() { echo "nfs://127.0.0.1$2?nfsport=$1&mountport=${3:-$1}&version=3"; }
 now() { date +%s.%N; }
 mbs() { echo "$SIZE_MIB $1 $2" | awk '{ printf "%.0f", $1 * 1.048576 / ($3 - $2) }'; }
 declare -A W R
+# Each turn starts on a quiet machine: dirty pages written back and the previous kura
+# turn's background ingest (5 s after its last write) finished; otherwise whoever goes
+# first in a round reads while the round before is still being written back. The order
+# also rotates from run to run.
+SETTLE=${SETTLE:-8}
+read -r -a ORDER <<< "$SERVERS"
 for ((i = 1; i <= RUNS; i++)); do
-  for srv in kura kura-open ganesha; do
+  n=${#ORDER[@]}
+  for ((k = 0; k < n; k++)); do
+    srv=${ORDER[$(( (k + i) % n ))]}
+    sync; sleep "$SETTLE"
     case $srv in
       kura) port=12051; mport=12051; path=/backup/f$i ;;
-      kura-open) port=12052; mport=12052; path=/backup/f$i ;;
+      kura-base) port=12053; mport=12053; path=/backup/f$i ;;
       ganesha) port=12049; mport=12050; path=$DIR/gexport/f$i ;;
     esac
-    t0=$(now); nfs-cp "$DIR/input.bin" "$(url $port $path $mport)" >/dev/null; t1=$(now)
-    nfs-cp "$(url $port $path $mport)" "$DIR/out.bin" >/dev/null; t2=$(now)
-    cmp -s "$DIR/input.bin" "$DIR/out.bin" || { echo "$srv: read back differs" >&2; exit 1; }
-    rm -f "$DIR/out.bin"
+    t0=$(now); nfs-cp "$IO/input.bin" "$(url $port $path $mport)" >/dev/null; t1=$(now)
+    nfs-cp "$(url $port $path $mport)" "$IO/out.bin" >/dev/null; t2=$(now)
+    cmp -s "$IO/input.bin" "$IO/out.bin" || { echo "$srv: read back differs" >&2; exit 1; }
+    rm -f "$IO/out.bin"
     W[$srv]+="$(mbs "$t0" "$t1") "; R[$srv]+="$(mbs "$t1" "$t2") "
   done
 done
 med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "nfs-cp ${SIZE_MIB} MiB, $RUNS runs, MB/s (median; all runs)"
-for srv in kura kura-open ganesha; do
+for srv in $SERVERS; do
   printf "%-10s write %5s  (%s)  read %5s  (%s)\n" "$srv" "$(echo "${W[$srv]}" | med)" "${W[$srv]}" "$(echo "${R[$srv]}" | med)" "${R[$srv]}"
 done
-echo "kura: allow-list 127.0.0.1/32 (socket filter); kura-open: allow 0.0.0.0/0"
+echo "kura: allow-list 127.0.0.1/32 (the default export)"

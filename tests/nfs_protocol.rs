@@ -505,8 +505,8 @@ fn guards_handles_limits_commit_and_paging() {
     });
 }
 
-/// Clients that ask a portmapper on the export's port learn that port; a call without
-/// an AUTH_UNIX credential is refused; a refused uid is refused.
+/// Clients that ask a portmapper on the export's port learn that port; MOUNT lists the
+/// volumes; a call without an AUTH_UNIX credential is refused; a refused uid is refused.
 #[test]
 fn portmap_and_credentials() {
     let tmp = tempfile::tempdir().unwrap();
@@ -531,6 +531,20 @@ fn portmap_and_credentials() {
         let mut c = conn.into_nfs3_client();
         let r = c.getattr(&GETATTR3args { object: root }).await.unwrap();
         assert_eq!(status(&r), nfsstat3::NFS3_OK);
+
+        // MOUNT's EXPORT list (showmount -e): the root and each volume.
+        let io = TokioIo::new(TcpStream::connect(("127.0.0.1", d.port)).await.unwrap());
+        let mut m =
+            nfs3_client::MountClient::new_with_auth(io, root_cred(), opaque_auth::default());
+        let dirs: Vec<String> = m
+            .export()
+            .await
+            .unwrap()
+            .0
+            .iter()
+            .map(|e| String::from_utf8_lossy(e.ex_dir.0.as_ref()).into_owned())
+            .collect();
+        assert_eq!(dirs, ["/", "/backup"]);
 
         let anon = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/backup")
             .connect_from_privileged_port(false)

@@ -28,6 +28,9 @@ use tokio::sync::Semaphore;
 /// snapshots; reachable by name.
 pub const SNAPDIR: &[u8] = b".snapshots";
 
+/// Largest READ or WRITE (FSINFO's rtmax and wtmax); longer READs return this much.
+pub const MAX_IO: usize = 1 << 20;
+
 /// Per-export rules.
 #[derive(Clone, Debug)]
 pub struct ExportPolicy {
@@ -263,6 +266,11 @@ impl KuraFs {
         } else {
             g
         }
+    }
+
+    /// Names of the volumes this export shows (MOUNT's EXPORT list).
+    pub async fn volume_names(&self) -> Result<Vec<String>, nfsstat3> {
+        Ok(self.volumes().await?.into_iter().map(|v| v.name).collect())
     }
 
     /// Volumes visible here: (id, name, root).
@@ -737,7 +745,7 @@ impl KuraFs {
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
         let node = Self::node(id)?;
-        let count = count.min(4 << 20);
+        let count = count.min(MAX_IO as u32);
         match node {
             Node::Live(ino) => {
                 self.live_attr(ino).await?;
@@ -910,7 +918,7 @@ impl KuraFs {
             .getattr(root)
             .await
             .map_or(post_op_attr::None, post_op_attr::Some);
-        const MIB: u32 = 1 << 20;
+        const MIB: u32 = MAX_IO as u32;
         Ok(FSINFO3resok {
             obj_attributes: attr,
             rtmax: MIB,

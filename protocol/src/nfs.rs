@@ -617,8 +617,9 @@ impl NfsService {
         }
     }
 
-    /// MOUNT v3: MNT of `/`, `/<volume>` or a directory below one; EXPORT lists `/`.
-    async fn mount(&self, call: &Call) -> Reply {
+    /// MOUNT v3: MNT of `/`, `/<volume>` or a directory below one; EXPORT lists `/`
+    /// and each volume shown here.
+    async fn mount(&self, peer: SocketAddr, call: &Call) -> Reply {
         use MOUNT_PROGRAM::*;
         let xid = call.xid;
         if call.vers != nfs3_types::mount::VERSION {
@@ -642,12 +643,12 @@ impl NfsService {
                     {
                         Ok(next) => h = next,
                         Err(stat) => {
-                            tracing::info!(path, ?stat, "mount refused");
+                            tracing::info!(%peer, path, ?stat, "mount refused");
                             return Reply::success(xid, &mountres3::Err(mount_stat(stat)));
                         }
                     }
                 }
-                tracing::info!(path, "mounted");
+                tracing::info!(%peer, path, "mounted");
                 let fh = self.fh(&h);
                 Reply::success(
                     xid,
@@ -659,10 +660,18 @@ impl NfsService {
             }
             MOUNTPROC3_DUMP => Reply::success(xid, &List::<Void>(Vec::new())),
             MOUNTPROC3_EXPORT => {
-                let list: exports = List(vec![nfs3_types::mount::export_node {
-                    ex_dir: dirpath(Opaque::borrowed(b"/")),
-                    ex_groups: List(Vec::new()),
-                }]);
+                let mut dirs = vec![b"/".to_vec()];
+                if let Ok(names) = self.fs.volume_names().await {
+                    dirs.extend(names.into_iter().map(|n| format!("/{n}").into_bytes()));
+                }
+                let list: exports = List(
+                    dirs.into_iter()
+                        .map(|d| nfs3_types::mount::export_node {
+                            ex_dir: dirpath(Opaque::owned(d)),
+                            ex_groups: List(Vec::new()),
+                        })
+                        .collect(),
+                );
                 Reply::success(xid, &list)
             }
         }
@@ -689,10 +698,10 @@ impl NfsService {
         }
     }
 
-    async fn dispatch(&self, call: &Call) -> Reply {
+    async fn dispatch(&self, peer: SocketAddr, call: &Call) -> Reply {
         match call.prog {
             PROGRAM => self.nfs(call).await,
-            nfs3_types::mount::PROGRAM => self.mount(call).await,
+            nfs3_types::mount::PROGRAM => self.mount(peer, call).await,
             portmap::PROGRAM => self.portmap(call),
             _ => Reply::error(call.xid, accept_stat_data::PROG_UNAVAIL),
         }
@@ -741,6 +750,15 @@ fn non_idempotent(call: &Call) -> bool {
 }
 
 impl Service for NfsService {
+    fn reply_size_hint(&self, call: &Call) -> usize {
+        let read = call.prog == PROGRAM && call.proc_ == NFS_PROGRAM::NFSPROC3_READ as u32;
+        if !read {
+            return 0;
+        }
+        call.decode::<READ3args>()
+            .map_or(0, |a| (a.count as usize).min(crate::fs::MAX_IO))
+    }
+
     async fn call(self: Arc<Self>, peer: SocketAddr, call: Call) -> Option<Reply> {
         let xid = call.xid;
         // The portmapper and NULL pings answer anyone who reached the port; everything
@@ -752,7 +770,7 @@ impl Service for NfsService {
             return Some(Reply::auth_error(xid, auth_stat::AUTH_TOOWEAK));
         }
         if !non_idempotent(&call) {
-            return Some(self.dispatch(&call).await);
+            return Some(self.dispatch(peer, &call).await);
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (call.prog, call.proc_, call.args()).hash(&mut hasher);
@@ -774,7 +792,7 @@ impl Service for NfsService {
                 }
             }
         }
-        let reply = self.dispatch(&call).await;
+        let reply = self.dispatch(peer, &call).await;
         self.drc
             .lock()
             .unwrap()

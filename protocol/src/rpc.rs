@@ -4,8 +4,9 @@
 //! Bounds, so that a client's queue depth never becomes server memory:
 //! - a record larger than [`MAX_RECORD`] closes the connection;
 //! - each connection has at most [`CALLS_PER_CONN`] calls in progress and
-//!   [`BYTES_PER_CONN`] bytes of requests; beyond that kura stops reading the socket and
-//!   TCP pushes back on the client;
+//!   [`BYTES_PER_CONN`] bytes of requests, and all connections together at most
+//!   [`BYTES_ALL_CONNS`]; beyond that kura stops reading the socket and TCP pushes back
+//!   on the client;
 //! - replies wait in a bounded queue for the one writer of the connection, which batches
 //!   small replies into one send.
 
@@ -17,7 +18,7 @@ use nfs3_types::xdr_codec::{Pack, Unpack};
 use std::future::Future;
 use std::io::{self, Cursor};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -27,7 +28,11 @@ pub const MAX_RECORD: usize = 4 << 20;
 /// Calls in progress per connection.
 pub const CALLS_PER_CONN: usize = 64;
 /// Request bytes in progress per connection.
-pub const BYTES_PER_CONN: usize = 32 << 20;
+pub const BYTES_PER_CONN: usize = 16 << 20;
+/// Request bytes in progress over all connections of the process.
+pub const BYTES_ALL_CONNS: usize = 256 << 20;
+/// Read and write buffer of a connection (large records bypass them).
+const IO_BUFFER: usize = 64 << 10;
 
 /// One decoded call: its header and the record that holds its arguments.
 pub struct Call {
@@ -224,7 +229,22 @@ pub trait Service: Send + Sync + 'static {
         peer: SocketAddr,
         call: Call,
     ) -> impl Future<Output = Option<Reply>> + Send;
+
+    /// Bytes the reply to `call` may hold beyond its fixed part (READ data), so that
+    /// replies count against the same memory budget as requests.
+    fn reply_size_hint(&self, call: &Call) -> usize {
+        let _ = call;
+        0
+    }
 }
+
+/// The budget a call holds from the moment its request is read until its reply has
+/// been written to the socket.
+type Permits = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// Reads one record (all its fragments). `Ok(None)` at a clean end of stream.
 async fn read_record<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
@@ -255,20 +275,28 @@ async fn read_record<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<O
     }
 }
 
+/// The budget of request bytes shared by all connections, in KiB.
+fn all_conns_budget() -> Arc<Semaphore> {
+    static BUDGET: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(Semaphore::new(BYTES_ALL_CONNS >> 10)))
+        .clone()
+}
+
 /// Serves one connection until the client closes it or breaks the protocol.
 pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc: Arc<S>) {
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
-    let (tx, mut rx) = mpsc::channel::<Reply>(CALLS_PER_CONN);
+    let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
+    let (tx, mut rx) = mpsc::channel::<(Reply, Option<Permits>)>(CALLS_PER_CONN);
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 << 10, wr);
-        while let Some(r) = rx.recv().await {
+        let mut w = BufWriter::with_capacity(IO_BUFFER, wr);
+        while let Some((r, _permits)) = rx.recv().await {
             if r.write_to(&mut w).await.is_err() {
                 return;
             }
             // Batch whatever else is ready into the same send.
-            while let Ok(r) = rx.try_recv() {
+            while let Ok((r, _permits)) = rx.try_recv() {
                 if r.write_to(&mut w).await.is_err() {
                     return;
                 }
@@ -280,6 +308,7 @@ pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc
     });
     let calls = Arc::new(Semaphore::new(CALLS_PER_CONN));
     let bytes = Arc::new(Semaphore::new(BYTES_PER_CONN >> 10));
+    let all = all_conns_budget();
     loop {
         let msg = match read_record(&mut rd).await {
             Ok(Some(m)) => m,
@@ -293,13 +322,6 @@ pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc
                 break;
             }
         };
-        let units = ((msg.len() >> 10) + 1).min(BYTES_PER_CONN >> 10) as u32;
-        let (Ok(call_permit), Ok(byte_permit)) = (
-            calls.clone().acquire_owned().await,
-            bytes.clone().acquire_many_owned(units).await,
-        ) else {
-            break;
-        };
         let call = match Call::parse(msg) {
             Ok(c) => c,
             Err((Some(xid), why)) => {
@@ -309,7 +331,7 @@ pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc
                 } else {
                     Reply::error(xid, accept_stat_data::GARBAGE_ARGS)
                 };
-                if tx.send(reply).await.is_err() {
+                if tx.send((reply, None)).await.is_err() {
                     break;
                 }
                 continue;
@@ -319,14 +341,23 @@ pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc
                 break;
             }
         };
+        // Request and reply bytes, in KiB. Always acquired in this order (call,
+        // connection bytes, shared bytes) and only ever waited for here, so no two
+        // readers wait on each other; released once the reply is written.
+        let size = call.msg.len().max(svc.reply_size_hint(&call));
+        let units = ((size >> 10) + 1).min(BYTES_PER_CONN >> 10) as u32;
+        let (Ok(a), Ok(b), Ok(c)) = (
+            calls.clone().acquire_owned().await,
+            bytes.clone().acquire_many_owned(units).await,
+            all.clone().acquire_many_owned(units).await,
+        ) else {
+            break;
+        };
         let (svc, tx) = (svc.clone(), tx.clone());
         tokio::spawn(async move {
-            let reply = svc.call(peer, call).await;
-            drop(byte_permit);
-            if let Some(r) = reply {
-                let _ = tx.send(r).await;
+            if let Some(r) = svc.call(peer, call).await {
+                let _ = tx.send((r, Some((a, b, c)))).await;
             }
-            drop(call_permit);
         });
     }
     drop(tx);
