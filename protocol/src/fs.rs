@@ -532,6 +532,7 @@ pub enum KuraIter {
         dir: FileId,
         cookie: u64,
         buf: VecDeque<DirEntryPlus>,
+        fetch: usize,
         done: bool,
     },
     Fixed(VecDeque<DirEntryPlus>),
@@ -587,17 +588,17 @@ impl KuraIter {
                 dir,
                 cookie,
                 buf,
+                fetch,
                 done,
             } => {
                 if buf.is_empty() && !*done {
-                    let (d, c) = (*dir, *cookie);
-                    match fs
-                        .shared
-                        .run("readdir", move |s| s.readdir(d, c, 512))
-                        .await
-                    {
+                    // A READDIR reply holds ~100-400 entries: fetch a small first batch,
+                    // then larger ones if the client's buffer takes more.
+                    let (d, c, n) = (*dir, *cookie, *fetch);
+                    *fetch = (n * 4).min(2048);
+                    match fs.shared.run("readdir", move |s| s.readdir(d, c, n)).await {
                         Ok(page) => {
-                            if page.len() < 512 {
+                            if page.len() < n {
                                 *done = true;
                             }
                             for e in page {
@@ -797,6 +798,7 @@ impl KuraFs {
                     dir,
                     cookie,
                     buf: VecDeque::new(),
+                    fetch: 128,
                     done: false,
                 })
             }

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS inodes(
   tree BLOB,
   verf BLOB);
 CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name);
+-- Listing pages by file-id cookie: without it each page scanned the whole directory.
+CREATE INDEX IF NOT EXISTS inodes_listing ON inodes(parent, ino);
 CREATE TABLE IF NOT EXISTS chunks(
   id BLOB PRIMARY KEY,
   pack INTEGER NOT NULL,
