@@ -77,15 +77,6 @@ enum SnapCmd {
 }
 
 fn main() {
-    // NFS records and READ buffers are ~1 MiB and freed on other threads than the ones
-    // that allocated them. With glibc's adaptive threshold they end up retained in
-    // per-thread arenas (RSS grew to ~110 MiB under a 512-deep WRITE queue); a fixed
-    // threshold maps and unmaps them, so memory follows the work in flight.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
