@@ -81,6 +81,29 @@ async fn mkdir(c: &mut Client, dir: &nfs_fh3, n: &[u8], mode: u32) -> MKDIR3res 
     .unwrap()
 }
 
+async fn write(
+    c: &mut Client,
+    fh: &nfs_fh3,
+    offset: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> WRITE3resok {
+    let r = c
+        .write(&WRITE3args {
+            file: fh.clone(),
+            offset,
+            count: data.len() as u32,
+            stable,
+            data: Opaque::borrowed(data),
+        })
+        .await
+        .unwrap();
+    match r {
+        Nfs3Result::Ok(w) => w,
+        Nfs3Result::Err((stat, _)) => panic!("write at {offset}: {stat:?}"),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,48 +197,23 @@ fn create_modes_mkdir_remove_rmdir_and_bad_names() {
             createhow3::UNCHECKED(sattr3::default()),
         )
         .await;
-        let r = c
-            .remove(&REMOVE3args {
-                object: dirop(&root, b"d2775"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3ERR_ISDIR);
-        let r = c
-            .rmdir(&RMDIR3args {
-                object: dirop(&root, b"g"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTDIR);
-        let r = c
-            .rmdir(&RMDIR3args {
-                object: dirop(&root, b"d700"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTEMPTY);
-        let r = c
-            .rmdir(&RMDIR3args {
-                object: dirop(&root, b"nope"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3ERR_NOENT);
-        let r = c
-            .rmdir(&RMDIR3args {
-                object: dirop(&root, b"d2775"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3_OK);
-        let r = c
-            .remove(&REMOVE3args {
-                object: dirop(&root, b"g"),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status(&r), nfsstat3::NFS3_OK);
+        for (rmdir, n, want) in [
+            (false, &b"d2775"[..], nfsstat3::NFS3ERR_ISDIR),
+            (true, b"g", nfsstat3::NFS3ERR_NOTDIR),
+            (true, b"d700", nfsstat3::NFS3ERR_NOTEMPTY),
+            (true, b"nope", nfsstat3::NFS3ERR_NOENT),
+            (true, b"d2775", nfsstat3::NFS3_OK),
+            (false, b"g", nfsstat3::NFS3_OK),
+        ] {
+            let object = dirop(&root, n);
+            let got = if rmdir {
+                status(&c.rmdir(&RMDIR3args { object }).await.unwrap())
+            } else {
+                status(&c.remove(&REMOVE3args { object }).await.unwrap())
+            };
+            let what = if rmdir { "RMDIR" } else { "REMOVE" };
+            assert_eq!(got, want, "{what} {}", String::from_utf8_lossy(n));
+        }
 
         // Hard links and device files are not stored.
         let r = c
@@ -370,19 +368,7 @@ fn guards_handles_limits_commit_and_paging() {
 
         // UNSTABLE answers UNSTABLE; COMMIT answers the same verifier; FILE_SYNC is stable.
         let data = vec![7u8; 100_000];
-        let r = c
-            .write(&WRITE3args {
-                file: fh.clone(),
-                offset: 0,
-                count: data.len() as u32,
-                stable: stable_how::UNSTABLE,
-                data: Opaque::borrowed(&data),
-            })
-            .await
-            .unwrap();
-        let Nfs3Result::Ok(w) = r else {
-            panic!("write")
-        };
+        let w = write(&mut c, &fh, 0, &data, stable_how::UNSTABLE).await;
         assert_eq!(w.count, 100_000);
         assert!(matches!(w.committed, stable_how::UNSTABLE));
         let Nfs3Result::Ok(cm) = c
@@ -397,19 +383,7 @@ fn guards_handles_limits_commit_and_paging() {
             panic!("commit")
         };
         assert_eq!(cm.verf, w.verf);
-        let Nfs3Result::Ok(w2) = c
-            .write(&WRITE3args {
-                file: fh.clone(),
-                offset: 100_000,
-                count: 3,
-                stable: stable_how::FILE_SYNC,
-                data: Opaque::borrowed(b"end"),
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("write")
-        };
+        let w2 = write(&mut c, &fh, 100_000, b"end", stable_how::FILE_SYNC).await;
         assert!(matches!(w2.committed, stable_how::FILE_SYNC));
         let Nfs3Result::Ok(rd) = c
             .read(&READ3args {
