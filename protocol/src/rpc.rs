@@ -8,7 +8,8 @@
 //!   [`BYTES_ALL_CONNS`]; beyond that kura stops reading the socket and TCP pushes back
 //!   on the client;
 //! - replies wait in a bounded queue for the one writer of the connection, which batches
-//!   small replies into one send.
+//!   small replies into one send; a client that takes no replies for [`REPLY_STALL`]
+//!   is closed, so a stuck client cannot keep the shared budget from the others.
 
 use nfs3_types::rpc::{
     accept_stat_data, accepted_reply, auth_flavor, auth_stat, auth_unix, msg_body, opaque_auth,
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::io::{self, Cursor};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -31,6 +33,9 @@ pub const CALLS_PER_CONN: usize = 64;
 pub const BYTES_PER_CONN: usize = 16 << 20;
 /// Request bytes in progress over all connections of the process.
 pub const BYTES_ALL_CONNS: usize = 256 << 20;
+/// How long a client may leave replies unread (its TCP window shut) before kura closes
+/// the connection and frees what the replies held.
+pub const REPLY_STALL: Duration = Duration::from_secs(120);
 /// Read and write buffer of a connection (large records bypass them).
 const IO_BUFFER: usize = 64 << 10;
 
@@ -283,26 +288,51 @@ fn all_conns_budget() -> Arc<Semaphore> {
         .clone()
 }
 
-/// Serves one connection until the client closes it or breaks the protocol.
+/// Serves one connection until the client closes it, breaks the protocol, or takes no
+/// replies for [`REPLY_STALL`].
 pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc: Arc<S>) {
+    serve_connection_with(sock, peer, svc, REPLY_STALL).await
+}
+
+/// [`serve_connection`] with another stall limit.
+pub async fn serve_connection_with<S: Service>(
+    sock: TcpStream,
+    peer: SocketAddr,
+    svc: Arc<S>,
+    stall: Duration,
+) {
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
     let (tx, mut rx) = mpsc::channel::<(Reply, Option<Permits>)>(CALLS_PER_CONN);
+    // The writer ends when the client goes away or stops taking replies for `stall`;
+    // dropping `closed` then tells the reader to stop too, and the replies it held
+    // give their budget back.
+    let (closed, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
+        let _closed = closed;
         let mut w = BufWriter::with_capacity(IO_BUFFER, wr);
         while let Some((r, _permits)) = rx.recv().await {
-            if r.write_to(&mut w).await.is_err() {
-                return;
-            }
+            let mut sent = tokio::time::timeout(stall, r.write_to(&mut w)).await;
             // Batch whatever else is ready into the same send.
-            while let Ok((r, _permits)) = rx.try_recv() {
-                if r.write_to(&mut w).await.is_err() {
-                    return;
+            while let Ok(Ok(())) = sent {
+                match rx.try_recv() {
+                    Ok((r, _permits)) => {
+                        sent = tokio::time::timeout(stall, r.write_to(&mut w)).await
+                    }
+                    Err(_) => break,
                 }
             }
-            if w.flush().await.is_err() {
-                return;
+            if let Ok(Ok(())) = sent {
+                sent = tokio::time::timeout(stall, w.flush()).await;
+            }
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(%peer, secs = stall.as_secs(), "client took no replies; closing connection");
+                    return;
+                }
             }
         }
     });
@@ -310,7 +340,11 @@ pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc
     let bytes = Arc::new(Semaphore::new(BYTES_PER_CONN >> 10));
     let all = all_conns_budget();
     loop {
-        let msg = match read_record(&mut rd).await {
+        let record = tokio::select! {
+            r = read_record(&mut rd) => r,
+            _ = &mut writer_gone => break,
+        };
+        let msg = match record {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -401,6 +435,75 @@ mod tests {
         assert_eq!(out.len() % 4, 0);
         assert_eq!(&out[4..8], &7u32.to_be_bytes(), "xid first");
         assert_eq!(&out[out.len() - 3..], &[0, 0, 0], "bulk padded with zeros");
+    }
+
+    /// Answers every call with 1 MiB.
+    struct Big;
+
+    impl Service for Big {
+        async fn call(self: Arc<Self>, _peer: SocketAddr, call: Call) -> Option<Reply> {
+            Some(Reply::success_bulk(call.xid, &0u32, vec![7; 1 << 20]))
+        }
+        fn reply_size_hint(&self, _call: &Call) -> usize {
+            1 << 20
+        }
+    }
+
+    fn record(xid: u32) -> Vec<u8> {
+        use nfs3_types::rpc::call_body;
+        let msg = rpc_msg {
+            xid,
+            body: msg_body::CALL(call_body {
+                rpcvers: 2,
+                prog: 1,
+                vers: 1,
+                proc: 1,
+                cred: opaque_auth::default(),
+                verf: opaque_auth::default(),
+            }),
+        };
+        let mut v = vec![0; 4];
+        msg.pack(&mut v).unwrap();
+        let mark = (v.len() as u32 - 4) | 0x8000_0000;
+        v[..4].copy_from_slice(&mark.to_be_bytes());
+        v
+    }
+
+    /// A client that sends calls but never reads the replies holds the budget only
+    /// until the stall limit: then its connection is closed and everything is freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_takes_no_replies_is_closed_and_frees_its_budget() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (sock, peer) = listener.accept().await.unwrap();
+            serve_connection_with(sock, peer, Arc::new(Big), Duration::from_secs(1)).await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        for xid in 0..64 {
+            client.write_all(&record(xid)).await.unwrap();
+        }
+        // The replies fill the socket buffers; the server must give up on its own.
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the connection must be closed within the stall limit")
+            .unwrap();
+        // Calls still running when it closed give theirs back as they finish.
+        let full = BYTES_ALL_CONNS >> 10;
+        let t0 = std::time::Instant::now();
+        while all_conns_budget().available_permits() != full && t0.elapsed().as_secs() < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            all_conns_budget().available_permits(),
+            full,
+            "every reply's budget is back"
+        );
+        // What the client gets is some whole replies, then the end of the stream.
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert!(got.len() < 64 << 20, "not every reply was sent");
     }
 
     #[test]
