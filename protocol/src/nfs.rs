@@ -41,7 +41,8 @@ const FILES: u64 = 1 << 40;
 pub struct NfsService {
     fs: KuraFs,
     generation: u64,
-    port: Mutex<u16>,
+    /// The port this service listens on (answered to portmap GETPORT).
+    port: u16,
     drc: Mutex<LruCache<DrcKey, Option<Arc<Vec<u8>>>>>,
 }
 
@@ -80,18 +81,13 @@ fn wcc_of(a: &fattr3) -> wcc_attr {
 }
 
 impl NfsService {
-    pub fn new(fs: KuraFs, generation: u64) -> Arc<Self> {
+    pub fn new(fs: KuraFs, generation: u64, port: u16) -> Arc<Self> {
         Arc::new(NfsService {
             fs,
             generation,
-            port: Mutex::new(0),
+            port,
             drc: Mutex::new(LruCache::new(NonZeroUsize::new(4096).unwrap())),
         })
-    }
-
-    /// The port this service listens on (answered to portmap GETPORT).
-    pub fn set_port(&self, port: u16) {
-        *self.port.lock().unwrap() = port;
     }
 
     fn fh(&self, h: &KuraHandle) -> nfs_fh3 {
@@ -687,11 +683,7 @@ impl NfsService {
                 let m = args!(call, mapping);
                 let ours = (m.prog == PROGRAM || m.prog == nfs3_types::mount::PROGRAM)
                     && m.prot == portmap::IPPROTO_TCP;
-                let port = if ours {
-                    *self.port.lock().unwrap() as u32
-                } else {
-                    0
-                };
+                let port = if ours { self.port as u32 } else { 0 };
                 Reply::success(xid, &port)
             }
             _ => Reply::error(xid, accept_stat_data::PROC_UNAVAIL),
@@ -861,7 +853,7 @@ mod tests {
             )
             .unwrap();
         let fs = KuraFs::new(Shared::new(store, 8), ExportPolicy::default());
-        let svc = NfsService::new(fs, 42);
+        let svc = NfsService::new(fs, 42, 2049);
         let dir = svc.fh(&KuraHandle::new(&crate::handle::Node::Live(vol.root)));
         let args = REMOVE3args {
             object: diropargs3 {

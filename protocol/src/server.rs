@@ -82,10 +82,6 @@ impl Cidr {
             _ => false,
         }
     }
-
-    pub fn is_everything(&self) -> bool {
-        self.prefix == 0
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -129,10 +125,13 @@ pub fn boot_id() -> String {
 
 /// Starts one export. `generation` comes from `Store::begin_service`.
 pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> io::Result<Export> {
-    let svc = NfsService::new(KuraFs::new(shared, cfg.policy.clone()), generation);
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    svc.set_port(addr.port());
+    let svc = NfsService::new(
+        KuraFs::new(shared, cfg.policy.clone()),
+        generation,
+        addr.port(),
+    );
     let allow_names: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
     tracing::info!(%addr, allow = ?allow_names, "export listening");
     let allow = cfg.allow.clone();
@@ -186,7 +185,10 @@ mod tests {
         let one: Cidr = "127.0.0.1".parse().unwrap();
         assert!(one.contains("127.0.0.1".parse().unwrap()));
         assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().is_everything());
+        assert!("0.0.0.0/0"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("203.0.113.9".parse().unwrap()));
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));

@@ -717,7 +717,7 @@ impl Store {
                 pack_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
             }
         }
-        let (fs_total, fs_free) = statvfs(&self.root).unwrap_or((0, 0));
+        let (fs_total, fs_free) = self.fs_space();
         Ok(StoreStats {
             fs_total_bytes: fs_total,
             fs_free_bytes: fs_free,
