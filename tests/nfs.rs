@@ -158,7 +158,7 @@ assert c.access('/m/f', os.X_OK)
 c.remove('/m/f'); c.rmdir('/m')
 fs = c.fs_stat()
 assert 0 < fs.available_bytes <= fs.total_bytes, fs
-assert c.fs_info().max_file_size >= 1 << 44
+assert c.fs_info().max_file_size >= 1 << 40
 assert sorted(c.listdir('/')) == ['a', 'y' * 255], c.listdir('/')
 print('done')
 "#,

@@ -49,6 +49,12 @@ pub struct ExportToml {
     pub owner_gid: u32,
     #[serde(default)]
     pub refuse_uids: Vec<u32>,
+    /// Connections served at a time, shared fairly between client addresses.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection with nothing in progress that sent nothing for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -74,6 +80,12 @@ fn yes() -> bool {
 }
 fn nobody() -> u32 {
     65534
+}
+fn default_max_connections() -> usize {
+    protocol::server::MAX_CONNECTIONS
+}
+fn default_idle_timeout() -> u64 {
+    360
 }
 fn default_exports() -> Vec<ExportToml> {
     vec![toml::from_str("").expect("defaults parse")]
@@ -125,6 +137,12 @@ impl ExportToml {
         if allow.is_empty() {
             bail!("allow is empty: no client could connect (use [\"0.0.0.0/0\"] to allow all)");
         }
+        if self.max_connections == 0 {
+            bail!("max_connections = 0: no client could connect");
+        }
+        if self.idle_timeout_secs == 0 {
+            bail!("idle_timeout_secs = 0 would close every connection at once");
+        }
         Ok(ExportConfig {
             listen,
             allow,
@@ -137,6 +155,11 @@ impl ExportToml {
                 owner_uid: self.owner_uid,
                 owner_gid: self.owner_gid,
                 refuse_uids: self.refuse_uids.clone(),
+            },
+            max_connections: self.max_connections,
+            limits: protocol::limits::Limits {
+                idle: std::time::Duration::from_secs(self.idle_timeout_secs),
+                ..Default::default()
             },
         })
     }

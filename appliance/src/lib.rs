@@ -52,13 +52,14 @@ pub async fn run(
     let generation = store
         .begin_service(&protocol::boot_id())
         .context("starting service")?;
+    let secret = store.handle_secret().context("reading the handle secret")?;
     let shared = Shared::new(store.clone(), cfg.max_inflight);
     let mut exports = Vec::new();
     for e in &cfg.exports {
         let ec = e.to_config()?;
         let listen = ec.listen;
         exports.push(
-            protocol::server::start(shared.clone(), ec, generation)
+            protocol::server::start(shared.clone(), ec, generation, &secret)
                 .await
                 .with_context(|| format!("listening on {listen}"))?,
         );
@@ -78,6 +79,8 @@ pub async fn run(
                     if let Err(e) = store.ingest_idle(idle) {
                         tracing::error!(error = %e, "background ingest failed; will retry");
                     }
+                    // Takes the emergency reserve again once a full disk has room.
+                    store.ensure_reserve();
                     std::thread::sleep(Duration::from_millis(500));
                 }
             })?

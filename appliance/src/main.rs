@@ -207,23 +207,44 @@ fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
                 ..Default::default()
             })?;
             println!(
-                "{}unreachable chunks {} ({} bytes), packs to repack {}, deleted {}, reclaimed {} bytes",
+                "{}unreachable chunks {} ({} bytes), packs to repack {}, orphan packs {}, {} {} bytes",
                 if dry_run { "[dry run] " } else { "" },
                 r.plan.unreachable.len(),
                 r.plan.unreachable_bytes,
                 r.plan.repack.len(),
-                r.deleted_chunks,
-                r.reclaimed_bytes
+                r.plan.remove_packs.len(),
+                if dry_run { "would reclaim" } else { "reclaimed" },
+                if dry_run {
+                    r.plan.reclaim_bytes()
+                } else {
+                    r.reclaimed_bytes
+                }
             );
         }
         Cmd::Verify => {
             let r = store.verify()?;
-            println!("checked {} chunks in {} packs", r.chunks, r.packs);
+            println!(
+                "checked {} chunks in {} packs; {} staged files ({} bytes) in the landing zone",
+                r.chunks, r.packs, r.staged_files, r.staged_bytes
+            );
             for d in &r.damaged {
                 println!(
                     "DAMAGED chunk {} in pack {} at {}: {}",
                     d.chunk, d.pack, d.offset, d.detail
                 );
+            }
+            for rec in &r.records {
+                let kept = match &rec.quarantine {
+                    Ok(p) => format!("copy kept at {}", p.display()),
+                    Err(why) => why.clone(),
+                };
+                println!(
+                    "DAMAGED record in pack {} at {}: {} chunks unreadable; {kept}",
+                    rec.pack, rec.offset, rec.chunks
+                );
+            }
+            for p in &r.staged_problems {
+                println!("STAGED {p}");
             }
             for f in &r.affected_files {
                 println!("affected file {f}");
@@ -232,7 +253,11 @@ fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
                 println!("affected snapshot file {f}");
             }
             if !r.is_clean() {
-                bail!("{} damaged chunks", r.damaged.len());
+                bail!(
+                    "{} damaged chunks, {} staged files with problems",
+                    r.damaged.len(),
+                    r.staged_problems.len()
+                );
             }
         }
         Cmd::Stats => {

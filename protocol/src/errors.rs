@@ -13,9 +13,8 @@ pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
         StoreError::NotDir(_) => NFS3ERR_NOTDIR,
         StoreError::IsDir(_) => NFS3ERR_ISDIR,
         StoreError::NotEmpty(_) => NFS3ERR_NOTEMPTY,
-        StoreError::InvalidName { why, .. } if *why == "longer than 255 bytes" => {
-            NFS3ERR_NAMETOOLONG
-        }
+        StoreError::NameTooLong { .. } => NFS3ERR_NAMETOOLONG,
+        StoreError::TooBig(_) => NFS3ERR_FBIG,
         StoreError::InvalidName { .. } => NFS3ERR_INVAL,
         StoreError::Invalid(_) => NFS3ERR_INVAL,
         StoreError::ReadOnly(_) => NFS3ERR_ROFS,

@@ -7,7 +7,7 @@
 //! volume go through here), so GETATTR rarely touches the store.
 
 use crate::errors::to_nfs;
-use crate::handle::{fileid, KuraHandle, Node};
+use crate::handle::{fileid, Node};
 use lru::LruCache;
 use nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime,
@@ -30,6 +30,18 @@ pub const SNAPDIR: &[u8] = b".snapshots";
 
 /// Largest READ or WRITE (FSINFO's rtmax and wtmax); longer READs return this much.
 pub const MAX_IO: usize = 1 << 20;
+
+/// A node that passed the export's gate ([`KuraFs::resolve`]): it exists and belongs to
+/// a volume this export shows. Every procedure takes its handles as `Checked`, and only
+/// `resolve` makes one, so no procedure can reach a node the export does not show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked(Node);
+
+impl Checked {
+    pub fn node(&self) -> &Node {
+        &self.0
+    }
+}
 
 /// Per-export rules.
 #[derive(Clone, Debug)]
@@ -179,24 +191,6 @@ impl KuraFs {
         }
         let v = self.volumes().await?.iter().any(|v| v.id == vol);
         self.visible.lock().unwrap().insert((false, vol.0), v);
-        Ok(v)
-    }
-
-    /// Whether snapshot `snap` belongs to a volume exported here.
-    async fn snapshot_visible(&self, snap: SnapshotId) -> Result<bool, nfsstat3> {
-        if self.policy.volumes.is_none() {
-            return Ok(true);
-        }
-        if let Some(v) = self.visible.lock().unwrap().get(&(true, snap.0)) {
-            return Ok(*v);
-        }
-        let (info, _) = self
-            .shared
-            .run("open snapshot", move |s| s.snapshot_by_id(snap))
-            .await
-            .map_err(stale)?;
-        let v = self.volume_allowed(&info.volume);
-        self.visible.lock().unwrap().insert((true, snap.0), v);
         Ok(v)
     }
 
@@ -361,11 +355,6 @@ impl KuraFs {
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
-                // Handles are not secrets: an export limited to some volumes checks
-                // that the snapshot belongs to one of them.
-                if !self.snapshot_visible(*snap).await? {
-                    return Err(nfsstat3::NFS3ERR_STALE);
-                }
                 let (entries, index) = self.snap_dir(*dir).await.map_err(stale)?;
                 let k = index.get(ino).ok_or(nfsstat3::NFS3ERR_STALE)?;
                 Ok((*snap, entries[*k].clone()))
@@ -511,8 +500,31 @@ impl KuraFs {
         Ok(())
     }
 
-    fn node(h: &KuraHandle) -> Result<Node, nfsstat3> {
-        h.node().ok_or(nfsstat3::NFS3ERR_BADHANDLE)
+    /// The gate every handle passes once, before any procedure sees its node: the node
+    /// must exist (else STALE) and belong to a volume this export shows (else STALE, as
+    /// if it did not exist: a handle must not reveal what other exports hold).
+    pub async fn resolve(&self, node: Node) -> Result<Checked, nfsstat3> {
+        match &node {
+            Node::Root => {}
+            Node::Live(ino) => {
+                self.live_attr(*ino).await?;
+            }
+            Node::SnapDir(v) => {
+                self.volume_by_id(*v).await?;
+            }
+            Node::SnapRoot(snap) | Node::SnapEntry { snap, .. } => {
+                let snap = *snap;
+                let (info, _) = self
+                    .shared
+                    .run("open snapshot", move |s| s.snapshot_by_id(snap))
+                    .await
+                    .map_err(stale)?;
+                if !self.volume_allowed(&info.volume) {
+                    return Err(nfsstat3::NFS3ERR_STALE);
+                }
+            }
+        }
+        Ok(Checked(node))
     }
 }
 
@@ -551,7 +563,7 @@ pub struct DirEntryPlus {
     pub name: Vec<u8>,
     pub cookie: u64,
     pub name_attributes: fattr3,
-    pub name_handle: KuraHandle,
+    pub name_handle: Node,
 }
 
 impl KuraIter {
@@ -580,7 +592,7 @@ impl KuraIter {
                     name: e.name.clone(),
                     cookie: *pos as u64,
                     name_attributes: fs.fattr(&node, &e.attr),
-                    name_handle: KuraHandle::new(&node),
+                    name_handle: node,
                 }))
             }
             KuraIter::Live {
@@ -609,7 +621,7 @@ impl KuraIter {
                                     name: e.name,
                                     cookie: e.attr.ino.0,
                                     name_attributes: fs.fattr(&node, &e.attr),
-                                    name_handle: KuraHandle::new(&node),
+                                    name_handle: node,
                                 });
                             }
                         }
@@ -625,8 +637,9 @@ impl KuraIter {
 /// The NFS operations, one per procedure; the RPC layer (`crate::nfs`) adds the
 /// protocol's wrapping (wcc data, post-op attributes).
 impl KuraFs {
-    pub fn root_dir(&self) -> KuraHandle {
-        KuraHandle::new(&Node::Root)
+    /// The export root (what MNT of `/` answers).
+    pub fn root_dir(&self) -> Checked {
+        Checked(Node::Root)
     }
 
     /// Whether to serve a call with this credential (`None`: not AUTH_UNIX).
@@ -639,13 +652,16 @@ impl KuraFs {
 
     pub async fn lookup(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         filename: &filename3<'_>,
-    ) -> Result<KuraHandle, nfsstat3> {
+    ) -> Result<Node, nfsstat3> {
         let name = filename.as_ref().to_vec();
-        let node = Self::node(dirid)?;
+        let node = dirid.0.clone();
+        if name.len() > storage::namespace::MAX_NAME {
+            return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
+        }
         if name.as_slice() == b"." {
-            return Ok(dirid.clone());
+            return Ok(node);
         }
         let found = match node {
             Node::Root => {
@@ -660,9 +676,8 @@ impl KuraFs {
             }
             Node::Live(dir) => {
                 if name.as_slice() == b".." {
-                    if let Some(v) = self.volume_of_root(dir).await? {
-                        let _ = v;
-                        return Ok(KuraHandle::new(&Node::Root));
+                    if self.volume_of_root(dir).await?.is_some() {
+                        return Ok(Node::Root);
                     }
                     let i = self.shared.run("lookup ..", move |s| s.inode(dir)).await?;
                     Node::Live(i.parent)
@@ -715,10 +730,7 @@ impl KuraFs {
                 }
                 let dir = e.target_ref.ok_or(nfsstat3::NFS3ERR_IO)?;
                 if name.as_slice() == b".." {
-                    return self
-                        .snap_parent(snap, &node)
-                        .await
-                        .map(|n| KuraHandle::new(&n));
+                    return self.snap_parent(snap, &node).await;
                 }
                 let (entries, _) = self.snap_dir(dir).await?;
                 let k = entries
@@ -731,21 +743,21 @@ impl KuraFs {
                 }
             }
         };
-        Ok(KuraHandle::new(&found))
+        Ok(found)
     }
 
-    pub async fn getattr(&self, id: &KuraHandle) -> Result<fattr3, nfsstat3> {
-        let node = Self::node(id)?;
+    pub async fn getattr(&self, id: &Checked) -> Result<fattr3, nfsstat3> {
+        let node = id.0.clone();
         self.node_attr(&node).await
     }
 
     pub async fn read(
         &self,
-        id: &KuraHandle,
+        id: &Checked,
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
-        let node = Self::node(id)?;
+        let node = id.0.clone();
         let count = count.min(MAX_IO as u32);
         match node {
             Node::Live(ino) => {
@@ -767,8 +779,8 @@ impl KuraFs {
         }
     }
 
-    pub async fn readdirplus(&self, dirid: &KuraHandle, cookie: u64) -> Result<KuraIter, nfsstat3> {
-        let node = Self::node(dirid)?;
+    pub async fn readdirplus(&self, dirid: &Checked, cookie: u64) -> Result<KuraIter, nfsstat3> {
+        let node = dirid.0.clone();
         match node {
             Node::Root => {
                 let mut out = VecDeque::new();
@@ -783,7 +795,7 @@ impl KuraFs {
                         name: v.name.into_bytes(),
                         cookie: v.id.0,
                         name_attributes: self.fattr(&n, &a),
-                        name_handle: KuraHandle::new(&n),
+                        name_handle: n,
                     });
                 }
                 Ok(KuraIter::Fixed(out))
@@ -817,7 +829,7 @@ impl KuraFs {
                         name: s.name.into_bytes(),
                         cookie: s.id.0,
                         name_attributes: self.fattr(&n, &e.attr),
-                        name_handle: KuraHandle::new(&n),
+                        name_handle: n,
                     });
                 }
                 Ok(KuraIter::Fixed(out))
@@ -840,8 +852,8 @@ impl KuraFs {
         }
     }
 
-    pub async fn readlink(&self, id: &KuraHandle) -> Result<nfspath3<'_>, nfsstat3> {
-        let node = Self::node(id)?;
+    pub async fn readlink(&self, id: &Checked) -> Result<nfspath3<'_>, nfsstat3> {
+        let node = id.0.clone();
         let target = match node {
             Node::Live(ino) => {
                 self.shared
@@ -867,7 +879,7 @@ impl KuraFs {
     /// client's word in AUTH_UNIX); it tells clients how to behave.
     pub async fn access(
         &self,
-        id: &KuraHandle,
+        id: &Checked,
         want: u32,
         cred: Option<&auth_unix>,
     ) -> Result<(fattr3, u32), nfsstat3> {
@@ -875,7 +887,7 @@ impl KuraFs {
             ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND, ACCESS3_LOOKUP, ACCESS3_MODIFY,
             ACCESS3_READ,
         };
-        let node = Self::node(id)?;
+        let node = id.0.clone();
         let a = self.node_attr(&node).await?;
         let dir = matches!(a.type_, ftype3::NF3DIR);
         let bits = match cred {
@@ -914,7 +926,7 @@ impl KuraFs {
         self.shared.run("fsstat", |s| Ok(s.fs_space())).await
     }
 
-    pub async fn fsinfo(&self, root: &KuraHandle) -> Result<FSINFO3resok, nfsstat3> {
+    pub async fn fsinfo(&self, root: &Checked) -> Result<FSINFO3resok, nfsstat3> {
         use nfs3_types::nfs3::{post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK};
         let attr = self
             .getattr(root)
@@ -930,8 +942,9 @@ impl KuraFs {
             wtpref: MIB,
             wtmult: 4096,
             dtpref: 64 * 1024,
-            // Backup images of many TiB: the store's offsets are u64.
-            maxfilesize: 1 << 62,
+            // What the staging filesystem holds (ext4: 16 TiB); past it WRITE and
+            // SETATTR answer FBIG.
+            maxfilesize: self.shared.store.max_file_size(),
             time_delta: nfstime3 {
                 seconds: 0,
                 nseconds: 1,
@@ -942,8 +955,8 @@ impl KuraFs {
 }
 
 impl KuraFs {
-    pub async fn setattr(&self, id: &KuraHandle, setattr: sattr3) -> Result<fattr3, nfsstat3> {
-        let node = Self::node(id)?;
+    pub async fn setattr(&self, id: &Checked, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        let node = id.0.clone();
         let ino = self.live_dir(&node)?;
         self.live_attr(ino).await?;
         let s = self.set_attr(&setattr);
@@ -958,12 +971,12 @@ impl KuraFs {
 
     pub async fn write(
         &self,
-        id: &KuraHandle,
+        id: &Checked,
         offset: u64,
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
-        let node = Self::node(id)?;
+        let node = id.0.clone();
         let ino = self.live_dir(&node)?;
         let a = self.live_attr(ino).await?;
         if a.kind != FileKind::File {
@@ -995,12 +1008,12 @@ impl KuraFs {
     /// truncated if the attributes carry a size) or GUARDED (an existing name is EXIST).
     pub async fn create(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         filename: &filename3<'_>,
         attr: sattr3,
         guarded: bool,
-    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
-        let dir = self.live_dir(&Self::node(dirid)?)?;
+    ) -> Result<(Node, fattr3), nfsstat3> {
+        let dir = self.live_dir(&dirid.0.clone())?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&attr, 0o644);
@@ -1038,16 +1051,16 @@ impl KuraFs {
             .await?;
         self.shared.invalidate(&[dir, a.ino]);
         let node = Node::Live(a.ino);
-        Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
+        Ok((node.clone(), self.fattr(&node, &a)))
     }
 
     pub async fn create_exclusive(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         filename: &filename3<'_>,
         createverf: createverf3,
-    ) -> Result<KuraHandle, nfsstat3> {
-        let dir = self.live_dir(&Self::node(dirid)?)?;
+    ) -> Result<Node, nfsstat3> {
+        let dir = self.live_dir(&dirid.0.clone())?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o644);
@@ -1059,17 +1072,17 @@ impl KuraFs {
             })
             .await?;
         self.shared.invalidate(&[dir]);
-        Ok(KuraHandle::new(&Node::Live(a.ino)))
+        Ok(Node::Live(a.ino))
     }
 
     /// MKDIR with the client's attributes (mode incl. setgid/sticky, owner, times).
     pub async fn mkdir(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         dirname: &filename3<'_>,
         attr: &sattr3,
-    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
-        let dir = self.live_dir(&Self::node(dirid)?)?;
+    ) -> Result<(Node, fattr3), nfsstat3> {
+        let dir = self.live_dir(&dirid.0.clone())?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(attr, 0o755);
@@ -1090,18 +1103,18 @@ impl KuraFs {
             .await?;
         self.shared.invalidate(&[dir]);
         let node = Node::Live(a.ino);
-        Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
+        Ok((node.clone(), self.fattr(&node, &a)))
     }
 
     /// REMOVE (`want_dir == false`: a directory is ISDIR) or RMDIR (`true`: anything
     /// else is NOTDIR, a non-empty directory NOTEMPTY).
     pub async fn remove(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         filename: &filename3<'_>,
         want_dir: bool,
     ) -> Result<(), nfsstat3> {
-        let dir = self.live_dir(&Self::node(dirid)?)?;
+        let dir = self.live_dir(&dirid.0.clone())?;
         let name = filename.as_ref().to_vec();
         if name.as_slice() == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
             return Err(nfsstat3::NFS3ERR_ROFS);
@@ -1124,13 +1137,13 @@ impl KuraFs {
 
     pub async fn rename<'a>(
         &self,
-        from_dirid: &KuraHandle,
+        from_dirid: &Checked,
         from_filename: &filename3<'a>,
-        to_dirid: &KuraHandle,
+        to_dirid: &Checked,
         to_filename: &filename3<'a>,
     ) -> Result<(), nfsstat3> {
-        let from = self.live_dir(&Self::node(from_dirid)?)?;
-        let to = self.live_dir(&Self::node(to_dirid)?)?;
+        let from = self.live_dir(&from_dirid.0.clone())?;
+        let to = self.live_dir(&to_dirid.0.clone())?;
         let (fname, tname) = (
             from_filename.as_ref().to_vec(),
             to_filename.as_ref().to_vec(),
@@ -1157,12 +1170,12 @@ impl KuraFs {
 
     pub async fn symlink<'a>(
         &self,
-        dirid: &KuraHandle,
+        dirid: &Checked,
         linkname: &filename3<'a>,
         symlink: &nfspath3<'a>,
         attr: &sattr3,
-    ) -> Result<(KuraHandle, fattr3), nfsstat3> {
-        let dir = self.live_dir(&Self::node(dirid)?)?;
+    ) -> Result<(Node, fattr3), nfsstat3> {
+        let dir = self.live_dir(&dirid.0.clone())?;
         let name = linkname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let target = symlink.0.to_vec();
@@ -1173,11 +1186,11 @@ impl KuraFs {
             .await?;
         self.shared.invalidate(&[dir]);
         let node = Node::Live(a.ino);
-        Ok((KuraHandle::new(&node), self.fattr(&node, &a)))
+        Ok((node.clone(), self.fattr(&node, &a)))
     }
 
-    pub async fn commit(&self, id: &KuraHandle, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
-        match Self::node(id)? {
+    pub async fn commit(&self, id: &Checked, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+        match id.0.clone() {
             Node::Live(ino) => self.shared.run("commit", move |s| s.sync(ino)).await,
             _ => Ok(()),
         }

@@ -8,7 +8,9 @@
 //! - [`rpc`]: ONC RPC over TCP: records, call headers, replies, per-connection bounds.
 //! - [`nfs`]: the NFS, MOUNT and portmap procedures, handles on the wire, the
 //!   duplicate request cache.
-//! - [`handle`]: stateless file handles for live and snapshot nodes.
+//! - [`handle`]: stateless file handles for live and snapshot nodes, sealed per export.
+//! - [`limits`]: fairness between clients: slots per address, idle and stalled
+//!   connections, rate-limited warnings.
 //! - [`fs`]: the file system, its one door to the store (bounded, blocking pool), the
 //!   attribute cache.
 //! - [`errors`]: the one mapping from store errors to `nfsstat3`.
@@ -20,6 +22,7 @@
 pub mod errors;
 pub mod fs;
 pub mod handle;
+pub mod limits;
 pub mod nfs;
 pub mod rpc;
 pub mod server;

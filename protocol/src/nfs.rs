@@ -13,8 +13,8 @@
 //! arguments: a retransmission while the call runs is dropped, one after it finished
 //! gets the first reply again (so a retried REMOVE does not answer NOENT).
 
-use crate::fs::{DirEntryPlus, KuraFs};
-use crate::handle::KuraHandle;
+use crate::fs::{Checked, DirEntryPlus, KuraFs};
+use crate::handle::{HandleCodec, Node};
 use crate::rpc::{Call, Reply, Service};
 use lru::LruCache;
 use nfs3_types::mount::{
@@ -34,12 +34,21 @@ use std::sync::{Arc, Mutex};
 const FATTR_SIZE: usize = 84;
 const POST_OP_ATTR_SIZE: usize = 4 + FATTR_SIZE;
 
+/// Largest READDIR or READDIRPLUS reply, whatever the client's maxcount: 20,000
+/// entries come back in pages, not as one 3 MB reply.
+pub const DIR_REPLY_MAX: usize = 128 << 10;
+
+static AUTH_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(10));
+
 /// File counts FSSTAT reports: the store has no inode table to run out of.
 const FILES: u64 = 1 << 40;
 
 /// The NFS, MOUNT and portmap service of one export.
 pub struct NfsService {
     fs: KuraFs,
+    codec: HandleCodec,
+    /// The WRITE/COMMIT verifier (the store's handle generation).
     generation: u64,
     /// The port this service listens on (answered to portmap GETPORT).
     port: u16,
@@ -81,54 +90,56 @@ fn wcc_of(a: &fattr3) -> wcc_attr {
 }
 
 impl NfsService {
-    pub fn new(fs: KuraFs, generation: u64, port: u16) -> Arc<Self> {
+    pub fn new(fs: KuraFs, codec: HandleCodec, generation: u64, port: u16) -> Arc<Self> {
         Arc::new(NfsService {
             fs,
+            codec,
             generation,
             port,
             drc: Mutex::new(LruCache::new(NonZeroUsize::new(4096).unwrap())),
         })
     }
 
-    fn fh(&self, h: &KuraHandle) -> nfs_fh3 {
-        let mut v = Vec::with_capacity(8 + h.as_bytes().len());
-        v.extend_from_slice(&self.generation.to_le_bytes());
-        v.extend_from_slice(h.as_bytes());
+    fn fh(&self, node: &Node) -> nfs_fh3 {
         nfs_fh3 {
-            data: Opaque::owned(v),
+            data: Opaque::owned(self.codec.seal(node)),
         }
     }
 
-    fn handle(&self, fh: &nfs_fh3) -> Result<KuraHandle, nfsstat3> {
-        let b: &[u8] = fh.data.as_ref();
-        if b.len() < 9 {
-            return Err(nfsstat3::NFS3ERR_BADHANDLE);
-        }
-        if b[..8] != self.generation.to_le_bytes() {
-            return Err(nfsstat3::NFS3ERR_STALE);
-        }
-        KuraHandle::from_bytes(&b[8..]).ok_or(nfsstat3::NFS3ERR_BADHANDLE)
+    /// Opens a handle and passes it through the export's gate: the only way a
+    /// procedure gets a node to work on.
+    async fn handle(&self, fh: &nfs_fh3) -> Result<Checked, nfsstat3> {
+        let node = self.codec.open(fh.data.as_ref())?;
+        self.fs.resolve(node).await
     }
 
     fn verf(&self) -> writeverf3 {
         writeverf3(self.generation.to_le_bytes())
     }
 
-    async fn post(&self, h: &KuraHandle) -> post_op_attr {
+    /// Attributes of a node just found or made (it passes the gate like any handle).
+    async fn post_node(&self, node: &Node) -> post_op_attr {
+        match self.fs.resolve(node.clone()).await {
+            Ok(h) => self.post(&h).await,
+            Err(_) => post_op_attr::None,
+        }
+    }
+
+    async fn post(&self, h: &Checked) -> post_op_attr {
         self.fs
             .getattr(h)
             .await
             .map_or(post_op_attr::None, post_op_attr::Some)
     }
 
-    async fn pre(&self, h: &KuraHandle) -> pre_op_attr {
+    async fn pre(&self, h: &Checked) -> pre_op_attr {
         self.fs
             .getattr(h)
             .await
             .map_or(pre_op_attr::None, |a| pre_op_attr::Some(wcc_of(&a)))
     }
 
-    async fn wcc(&self, before: pre_op_attr, h: &KuraHandle) -> wcc_data {
+    async fn wcc(&self, before: pre_op_attr, h: &Checked) -> wcc_data {
         wcc_data {
             before,
             after: self.post(h).await,
@@ -155,7 +166,7 @@ impl NfsService {
             NFSPROC3_NULL => Reply::success(xid, &Void),
             NFSPROC3_GETATTR => {
                 let a = args!(call, GETATTR3args);
-                let h = tryn!(xid, self.handle(&a.object), Void);
+                let h = tryn!(xid, self.handle(&a.object).await, Void);
                 let attr = tryn!(xid, self.fs.getattr(&h).await, Void);
                 Reply::success(
                     xid,
@@ -167,10 +178,14 @@ impl NfsService {
             NFSPROC3_SETATTR => self.setattr(call).await,
             NFSPROC3_LOOKUP => {
                 let a = args!(call, LOOKUP3args<'static>);
-                let dir = tryn!(xid, self.handle(&a.what.dir), LOOKUP3resfail::default());
+                let dir = tryn!(
+                    xid,
+                    self.handle(&a.what.dir).await,
+                    LOOKUP3resfail::default()
+                );
                 match self.fs.lookup(&dir, &a.what.name).await {
                     Ok(h) => {
-                        let obj_attributes = self.post(&h).await;
+                        let obj_attributes = self.post_node(&h).await;
                         Reply::success(
                             xid,
                             &LOOKUP3res::Ok(LOOKUP3resok {
@@ -193,7 +208,7 @@ impl NfsService {
             }
             NFSPROC3_ACCESS => {
                 let a = args!(call, ACCESS3args);
-                let h = tryn!(xid, self.handle(&a.object), ACCESS3resfail::default());
+                let h = tryn!(xid, self.handle(&a.object).await, ACCESS3resfail::default());
                 let (attr, access) = tryn!(
                     xid,
                     self.fs.access(&h, a.access, call.cred.as_ref()).await,
@@ -209,7 +224,11 @@ impl NfsService {
             }
             NFSPROC3_READLINK => {
                 let a = args!(call, READLINK3args);
-                let h = tryn!(xid, self.handle(&a.symlink), READLINK3resfail::default());
+                let h = tryn!(
+                    xid,
+                    self.handle(&a.symlink).await,
+                    READLINK3resfail::default()
+                );
                 let target = tryn!(
                     xid,
                     self.fs.readlink(&h).await,
@@ -227,7 +246,7 @@ impl NfsService {
             }
             NFSPROC3_READ => {
                 let a = args!(call, READ3args);
-                let h = tryn!(xid, self.handle(&a.file), READ3resfail::default());
+                let h = tryn!(xid, self.handle(&a.file).await, READ3resfail::default());
                 let (data, eof) = tryn!(
                     xid,
                     self.fs.read(&h, a.offset, a.count).await,
@@ -248,7 +267,11 @@ impl NfsService {
             NFSPROC3_CREATE => self.create(call).await,
             NFSPROC3_MKDIR => {
                 let a = args!(call, MKDIR3args<'static>);
-                let dir = tryn!(xid, self.handle(&a.where_.dir), MKDIR3resfail::default());
+                let dir = tryn!(
+                    xid,
+                    self.handle(&a.where_.dir).await,
+                    MKDIR3resfail::default()
+                );
                 let before = self.pre(&dir).await;
                 let r = self.fs.mkdir(&dir, &a.where_.name, &a.attributes).await;
                 let dir_wcc = self.wcc(before, &dir).await;
@@ -264,7 +287,11 @@ impl NfsService {
             }
             NFSPROC3_SYMLINK => {
                 let a = args!(call, SYMLINK3args<'static>);
-                let dir = tryn!(xid, self.handle(&a.where_.dir), SYMLINK3resfail::default());
+                let dir = tryn!(
+                    xid,
+                    self.handle(&a.where_.dir).await,
+                    SYMLINK3resfail::default()
+                );
                 let before = self.pre(&dir).await;
                 let r = self
                     .fs
@@ -290,7 +317,11 @@ impl NfsService {
                 // REMOVE3args and RMDIR3args are the same on the wire.
                 let a = args!(call, REMOVE3args<'static>);
                 let rmdir = proc_ == NFSPROC3_RMDIR;
-                let dir = tryn!(xid, self.handle(&a.object.dir), REMOVE3resfail::default());
+                let dir = tryn!(
+                    xid,
+                    self.handle(&a.object.dir).await,
+                    REMOVE3resfail::default()
+                );
                 let before = self.pre(&dir).await;
                 let r = self.fs.remove(&dir, &a.object.name, rmdir).await;
                 let dir_wcc = self.wcc(before, &dir).await;
@@ -300,8 +331,8 @@ impl NfsService {
             NFSPROC3_RENAME => {
                 let a = args!(call, RENAME3args<'static, 'static>);
                 let fail = RENAME3resfail::default;
-                let from = tryn!(xid, self.handle(&a.from.dir), fail());
-                let to = tryn!(xid, self.handle(&a.to.dir), fail());
+                let from = tryn!(xid, self.handle(&a.from.dir).await, fail());
+                let to = tryn!(xid, self.handle(&a.to.dir).await, fail());
                 let (fb, tb) = (self.pre(&from).await, self.pre(&to).await);
                 let r = self.fs.rename(&from, &a.from.name, &to, &a.to.name).await;
                 let fromdir_wcc = self.wcc(fb, &from).await;
@@ -324,7 +355,7 @@ impl NfsService {
             }
             NFSPROC3_LINK => {
                 let a = args!(call, LINK3args<'static>);
-                let file_attributes = match self.handle(&a.file) {
+                let file_attributes = match self.handle(&a.file).await {
                     Ok(h) => self.post(&h).await,
                     Err(_) => post_op_attr::None,
                 };
@@ -352,7 +383,7 @@ impl NfsService {
             NFSPROC3_READDIRPLUS => self.readdir(call, true).await,
             NFSPROC3_FSSTAT => {
                 let a = args!(call, FSSTAT3args);
-                let h = tryn!(xid, self.handle(&a.fsroot), FSSTAT3resfail::default());
+                let h = tryn!(xid, self.handle(&a.fsroot).await, FSSTAT3resfail::default());
                 let attr = self.post(&h).await;
                 let (total, avail) = tryn!(
                     xid,
@@ -377,13 +408,17 @@ impl NfsService {
             }
             NFSPROC3_FSINFO => {
                 let a = args!(call, FSINFO3args);
-                let h = tryn!(xid, self.handle(&a.fsroot), FSINFO3resfail::default());
+                let h = tryn!(xid, self.handle(&a.fsroot).await, FSINFO3resfail::default());
                 let info = tryn!(xid, self.fs.fsinfo(&h).await, FSINFO3resfail::default());
                 Reply::success(xid, &FSINFO3res::Ok(info))
             }
             NFSPROC3_PATHCONF => {
                 let a = args!(call, PATHCONF3args);
-                let h = tryn!(xid, self.handle(&a.object), PATHCONF3resfail::default());
+                let h = tryn!(
+                    xid,
+                    self.handle(&a.object).await,
+                    PATHCONF3resfail::default()
+                );
                 let attr = tryn!(xid, self.fs.getattr(&h).await, PATHCONF3resfail::default());
                 Reply::success(
                     xid,
@@ -402,7 +437,7 @@ impl NfsService {
                 let a = args!(call, COMMIT3args);
                 let h = tryn!(
                     xid,
-                    self.handle(&a.file),
+                    self.handle(&a.file).await,
                     COMMIT3resfail {
                         file_wcc: wcc_data::default()
                     }
@@ -425,7 +460,11 @@ impl NfsService {
     async fn setattr(&self, call: &Call) -> Reply {
         let xid = call.xid;
         let a = args!(call, SETATTR3args);
-        let h = tryn!(xid, self.handle(&a.object), SETATTR3resfail::default());
+        let h = tryn!(
+            xid,
+            self.handle(&a.object).await,
+            SETATTR3resfail::default()
+        );
         let now = tryn!(xid, self.fs.getattr(&h).await, SETATTR3resfail::default());
         let before = pre_op_attr::Some(wcc_of(&now));
         if let sattrguard3::Some(guard) = a.guard {
@@ -466,7 +505,7 @@ impl NfsService {
             return Reply::error(xid, accept_stat_data::GARBAGE_ARGS);
         };
         let data = &data[..data.len().min(count as usize)];
-        let h = tryn!(xid, self.handle(&fh), WRITE3resfail::default());
+        let h = tryn!(xid, self.handle(&fh).await, WRITE3resfail::default());
         let before = self.pre(&h).await;
         match self.fs.write(&h, offset, data, stable).await {
             Ok((attr, committed)) => Reply::success(
@@ -491,14 +530,21 @@ impl NfsService {
     async fn create(&self, call: &Call) -> Reply {
         let xid = call.xid;
         let a = args!(call, CREATE3args<'static>);
-        let dir = tryn!(xid, self.handle(&a.where_.dir), CREATE3resfail::default());
+        let dir = tryn!(
+            xid,
+            self.handle(&a.where_.dir).await,
+            CREATE3resfail::default()
+        );
         let before = self.pre(&dir).await;
         let name = &a.where_.name;
         let r = match a.how {
             createhow3::UNCHECKED(attr) => self.fs.create(&dir, name, attr, false).await,
             createhow3::GUARDED(attr) => self.fs.create(&dir, name, attr, true).await,
             createhow3::EXCLUSIVE(verf) => match self.fs.create_exclusive(&dir, name, verf).await {
-                Ok(h) => self.fs.getattr(&h).await.map(|a| (h, a)),
+                Ok(n) => match self.fs.resolve(n.clone()).await {
+                    Ok(h) => self.fs.getattr(&h).await.map(|a| (n, a)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
         };
@@ -526,7 +572,10 @@ impl NfsService {
             let a = args!(call, READDIR3args);
             (a.dir, a.cookie, usize::MAX, a.count as usize)
         };
-        let h = tryn!(xid, self.handle(&fh), READDIR3resfail::default());
+        // However much a client asks for, one reply stays within what the memory budget
+        // counted for it (`reply_size_hint`); the client pages for the rest.
+        let maxcount = maxcount.min(DIR_REPLY_MAX);
+        let h = tryn!(xid, self.handle(&fh).await, READDIR3resfail::default());
         let dir_attributes = self.post(&h).await;
         let fail = || READDIR3resfail {
             dir_attributes: dir_attributes.clone(),
@@ -536,7 +585,7 @@ impl NfsService {
         let fixed = 4 + POST_OP_ATTR_SIZE + 8 + 4 + 4 + 32;
         let mut used = fixed;
         let mut dir_used = 0usize;
-        let mut entries: Vec<DirEntryPlus> = Vec::new();
+        let mut entries: Vec<(DirEntryPlus, Option<nfs_fh3>)> = Vec::new();
         let eof = loop {
             let e = match it.next().await {
                 Ok(Some(e)) => e,
@@ -547,22 +596,19 @@ impl NfsService {
             };
             let name = 4 + e.name.len().div_ceil(4) * 4;
             let basic = 4 + 8 + name + 8;
-            let size = if plus {
-                basic
-                    + POST_OP_ATTR_SIZE
-                    + 4
-                    + 4
-                    + 8
-                    + e.name_handle.as_bytes().len().div_ceil(4) * 4
-            } else {
-                basic
+            let fh = plus.then(|| self.fh(&e.name_handle));
+            let size = match &fh {
+                Some(fh) => {
+                    basic + POST_OP_ATTR_SIZE + 4 + 4 + fh.data.as_ref().len().div_ceil(4) * 4
+                }
+                None => basic,
             };
             if used + size > maxcount || dir_used + basic > dircount {
                 break false;
             }
             used += size;
             dir_used += basic;
-            entries.push(e);
+            entries.push((e, fh));
         };
         if entries.is_empty() && !eof {
             return Reply::success(xid, &READDIR3res::Err((nfsstat3::NFS3ERR_TOOSMALL, fail())));
@@ -571,12 +617,12 @@ impl NfsService {
         if plus {
             let list = entries
                 .into_iter()
-                .map(|e| entryplus3 {
+                .map(|(e, fh)| entryplus3 {
                     fileid: e.fileid,
                     name: filename3(Opaque::owned(e.name)),
                     cookie: e.cookie,
                     name_attributes: post_op_attr::Some(e.name_attributes),
-                    name_handle: post_op_fh3::Some(self.fh(&e.name_handle)),
+                    name_handle: fh.map_or(post_op_fh3::None, post_op_fh3::Some),
                 })
                 .collect();
             Reply::success(
@@ -593,7 +639,7 @@ impl NfsService {
         } else {
             let list = entries
                 .into_iter()
-                .map(|e| entry3 {
+                .map(|(e, _)| entry3 {
                     fileid: e.fileid,
                     name: filename3(Opaque::owned(e.name)),
                     cookie: e.cookie,
@@ -637,15 +683,21 @@ impl NfsService {
                         .lookup(&h, &filename3(Opaque::borrowed(part.as_bytes())))
                         .await
                     {
-                        Ok(next) => h = next,
+                        Ok(next) => match self.fs.resolve(next).await {
+                            Ok(next) => h = next,
+                            Err(stat) => {
+                                return Reply::success(xid, &mountres3::Err(mount_stat(stat)))
+                            }
+                        },
                         Err(stat) => {
+                            let path = crate::limits::shorten(&path, 256);
                             tracing::info!(%peer, path, ?stat, "mount refused");
                             return Reply::success(xid, &mountres3::Err(mount_stat(stat)));
                         }
                     }
                 }
-                tracing::info!(%peer, path, "mounted");
-                let fh = self.fh(&h);
+                tracing::info!(%peer, path = crate::limits::shorten(&path, 256), "mounted");
+                let fh = self.fh(h.node());
                 Reply::success(
                     xid,
                     &mountres3::Ok(mountres3_ok {
@@ -743,12 +795,18 @@ fn non_idempotent(call: &Call) -> bool {
 
 impl Service for NfsService {
     fn reply_size_hint(&self, call: &Call) -> usize {
-        let read = call.prog == PROGRAM && call.proc_ == NFS_PROGRAM::NFSPROC3_READ as u32;
-        if !read {
+        use NFS_PROGRAM::*;
+        if call.prog != PROGRAM {
             return 0;
         }
-        call.decode::<READ3args>()
-            .map_or(0, |a| (a.count as usize).min(crate::fs::MAX_IO))
+        match NFS_PROGRAM::try_from(call.proc_) {
+            Ok(NFSPROC3_READ) => call
+                .decode::<READ3args>()
+                .map_or(0, |a| (a.count as usize).min(crate::fs::MAX_IO)),
+            // The encoded reply, and the entries it is built from while it is made.
+            Ok(NFSPROC3_READDIR | NFSPROC3_READDIRPLUS) => 2 * DIR_REPLY_MAX,
+            _ => 0,
+        }
     }
 
     async fn call(self: Arc<Self>, peer: SocketAddr, call: Call) -> Option<Reply> {
@@ -758,7 +816,9 @@ impl Service for NfsService {
         let open = call.prog == portmap::PROGRAM || call.proc_ == 0;
         if !open && !self.fs.authorize(call.cred.as_ref()) {
             let uid = call.cred.as_ref().map(|c| c.uid);
-            tracing::warn!(%peer, ?uid, "call refused: credential not accepted");
+            if let Some(n) = AUTH_LOG.check() {
+                tracing::warn!(%peer, ?uid, held_back = n, "call refused: credential not accepted");
+            }
             return Some(Reply::auth_error(xid, auth_stat::AUTH_TOOWEAK));
         }
         if !non_idempotent(&call) {
@@ -853,8 +913,9 @@ mod tests {
             )
             .unwrap();
         let fs = KuraFs::new(Shared::new(store, 8), ExportPolicy::default());
-        let svc = NfsService::new(fs, 42, 2049);
-        let dir = svc.fh(&KuraHandle::new(&crate::handle::Node::Live(vol.root)));
+        let codec = HandleCodec::new(crate::handle::HandleKey::fixed([3; 32]), 42);
+        let svc = NfsService::new(fs, codec, 42, 2049);
+        let dir = svc.fh(&Node::Live(vol.root));
         let args = REMOVE3args {
             object: diropargs3 {
                 dir,

@@ -8,12 +8,12 @@
 //!   [`BYTES_ALL_CONNS`]; beyond that kura stops reading the socket and TCP pushes back
 //!   on the client;
 //! - replies wait in a bounded queue for the one writer of the connection, which batches
-//!   small replies into one send; a client that takes no replies for [`REPLY_STALL`]
-//!   is closed, so a stuck client cannot keep the shared budget from the others.
+//!   small replies into one send; a client that takes no replies is closed (sooner when
+//!   others wait for the budget), and so is an idle one: see [`crate::limits`].
 
 use nfs3_types::rpc::{
-    accept_stat_data, accepted_reply, auth_flavor, auth_stat, auth_unix, msg_body, opaque_auth,
-    rejected_reply, reply_body, rpc_msg, RPC_VERSION_2,
+    accept_stat_data, accepted_reply, auth_stat, auth_unix, msg_body, opaque_auth, rejected_reply,
+    reply_body, rpc_msg, RPC_VERSION_2,
 };
 use nfs3_types::xdr_codec::{Pack, Unpack};
 use std::future::Future;
@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::limits::{ConnState, Limits, LogLimiter};
+
 /// Largest record accepted: a 1 MiB WRITE (the advertised `wtmax`) with headroom.
 pub const MAX_RECORD: usize = 4 << 20;
 /// Calls in progress per connection.
@@ -33,13 +35,11 @@ pub const CALLS_PER_CONN: usize = 64;
 pub const BYTES_PER_CONN: usize = 16 << 20;
 /// Request bytes in progress over all connections of the process.
 pub const BYTES_ALL_CONNS: usize = 256 << 20;
-/// How long a client may leave replies unread (its TCP window shut) before kura closes
-/// the connection and frees what the replies held.
-pub const REPLY_STALL: Duration = Duration::from_secs(120);
 /// Read and write buffer of a connection (large records bypass them).
 const IO_BUFFER: usize = 64 << 10;
 
 /// One decoded call: its header and the record that holds its arguments.
+#[derive(Debug)]
 pub struct Call {
     pub xid: u32,
     pub prog: u32,
@@ -51,34 +51,103 @@ pub struct Call {
     args_at: usize,
 }
 
-impl Call {
-    /// Parses the call header of a record. `Err` carries the xid when there is one (a
-    /// reply can then say what was wrong) and a description.
-    pub fn parse(msg: Vec<u8>) -> Result<Call, (Option<u32>, String)> {
-        let mut cur = Cursor::new(msg.as_slice());
-        let (rpc, _) = rpc_msg::unpack(&mut cur).map_err(|e| {
-            let xid = msg
-                .get(..4)
-                .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
-            (xid, format!("malformed RPC header: {e}"))
-        })?;
-        let args_at = cur.position() as usize;
-        let msg_body::CALL(call) = rpc.body else {
-            return Err((None, "a REPLY where a CALL was expected".into()));
-        };
-        if call.rpcvers != RPC_VERSION_2 {
-            return Err((Some(rpc.xid), format!("RPC version {}", call.rpcvers)));
+/// Why a record is not a call kura serves: an answer to send, or nothing (close).
+#[derive(Debug)]
+pub struct Refused {
+    pub reply: Option<Reply>,
+    pub why: String,
+}
+
+/// Reads XDR words off a record.
+struct Words<'a>(&'a [u8]);
+
+impl<'a> Words<'a> {
+    fn u32(&mut self) -> Option<u32> {
+        let (w, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_be_bytes(*w))
+    }
+
+    /// An opaque of at most `max` bytes, with its padding.
+    fn opaque(&mut self, max: usize) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return None;
         }
-        let cred = if call.cred.flavor == auth_flavor::AUTH_UNIX {
-            let body: &[u8] = call.cred.body.as_ref();
-            match auth_unix::unpack(&mut Cursor::new(body)) {
-                Ok((a, _)) => Some(a),
-                Err(_) => None,
-            }
-        } else {
-            None
+        let padded = n.checked_add(3)? & !3;
+        let body = self.0.get(..n)?;
+        self.0 = self.0.get(padded..)?;
+        Some(body)
+    }
+}
+
+/// Largest credential or verifier body (RFC 5531).
+const MAX_AUTH_BYTES: usize = 400;
+
+impl Call {
+    /// Parses the call header of a record (RFC 5531), word by word, so that every
+    /// malformed or unsupported header gets the answer the protocol gives it: not
+    /// version 2 → RPC_MISMATCH, a credential that is too long, malformed, or of a
+    /// flavor kura does not serve (RPCSEC_GSS, …) → AUTH_ERROR (BADCRED), a record too
+    /// short to say → the connection is closed.
+    pub fn parse(msg: Vec<u8>) -> Result<Call, Refused> {
+        let mut w = Words(&msg);
+        let close = |why: &str| Refused {
+            reply: None,
+            why: why.to_string(),
         };
-        let (xid, prog, vers, proc_) = (rpc.xid, call.prog, call.vers, call.proc);
+        let Some(xid) = w.u32() else {
+            return Err(close("record shorter than an RPC header"));
+        };
+        match w.u32() {
+            Some(0) => {}
+            Some(_) => {
+                return Err(close(
+                    "a REPLY or unknown message where a CALL was expected",
+                ))
+            }
+            None => return Err(close("record shorter than an RPC header")),
+        }
+        let Some(rpcvers) = w.u32() else {
+            return Err(close("record shorter than an RPC header"));
+        };
+        if rpcvers != RPC_VERSION_2 {
+            return Err(Refused {
+                reply: Some(Reply::rpc_mismatch(xid)),
+                why: format!("RPC version {rpcvers}"),
+            });
+        }
+        let (Some(prog), Some(vers), Some(proc_)) = (w.u32(), w.u32(), w.u32()) else {
+            return Err(Refused {
+                reply: Some(Reply::error(xid, accept_stat_data::GARBAGE_ARGS)),
+                why: "call header cut short".into(),
+            });
+        };
+        let bad_cred = |why: &str| Refused {
+            reply: Some(Reply::auth_error(xid, auth_stat::AUTH_BADCRED)),
+            why: why.to_string(),
+        };
+        let Some(flavor) = w.u32() else {
+            return Err(bad_cred("credential cut short"));
+        };
+        let Some(body) = w.opaque(MAX_AUTH_BYTES) else {
+            return Err(bad_cred("credential malformed or longer than 400 bytes"));
+        };
+        let cred = match flavor {
+            0 => None,
+            1 => match auth_unix::unpack(&mut Cursor::new(body)) {
+                Ok((a, _)) => Some(a),
+                Err(_) => return Err(bad_cred("malformed AUTH_UNIX credential")),
+            },
+            f => return Err(bad_cred(&format!("credential flavor {f} is not served"))),
+        };
+        let (Some(_verf_flavor), Some(_)) = (w.u32(), w.opaque(MAX_AUTH_BYTES)) else {
+            return Err(Refused {
+                reply: Some(Reply::auth_error(xid, auth_stat::AUTH_BADVERF)),
+                why: "verifier malformed or longer than 400 bytes".into(),
+            });
+        };
+        let args_at = msg.len() - w.0.len();
         Ok(Call {
             xid,
             prog,
@@ -105,6 +174,7 @@ impl Call {
 
 /// An encoded reply. `head` starts with four bytes reserved for the record mark;
 /// `bulk` (READ data) is sent after it without being copied into it, then padding.
+#[derive(Debug)]
 pub struct Reply {
     head: Vec<u8>,
     bulk: Vec<u8>,
@@ -288,62 +358,105 @@ fn all_conns_budget() -> Arc<Semaphore> {
         .clone()
 }
 
-/// Serves one connection until the client closes it, breaks the protocol, or takes no
-/// replies for [`REPLY_STALL`].
-pub async fn serve_connection<S: Service>(sock: TcpStream, peer: SocketAddr, svc: Arc<S>) {
-    serve_connection_with(sock, peer, svc, REPLY_STALL).await
-}
-
-/// [`serve_connection`] with another stall limit.
-pub async fn serve_connection_with<S: Service>(
+/// Serves one connection until the client closes it, breaks the protocol, stays idle,
+/// or takes no replies (see [`crate::limits`] for when).
+pub async fn serve_connection<S: Service>(
     sock: TcpStream,
     peer: SocketAddr,
     svc: Arc<S>,
-    stall: Duration,
+    conn: Arc<ConnState>,
+    limits: Limits,
 ) {
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
     let (tx, mut rx) = mpsc::channel::<(Reply, Option<Permits>)>(CALLS_PER_CONN);
-    // The writer ends when the client goes away or stops taking replies for `stall`;
-    // dropping `closed` then tells the reader to stop too, and the replies it held
-    // give their budget back.
+    // The writer ends when the client goes away, stops taking replies, or the
+    // connection is closed from outside; dropping `closed` then tells the reader to
+    // stop too, and the replies it held give their budget back.
     let (closed, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
+    let wconn = conn.clone();
     let writer = tokio::spawn(async move {
         let _closed = closed;
+        let conn = wconn;
         let mut w = BufWriter::with_capacity(IO_BUFFER, wr);
-        while let Some((r, _permits)) = rx.recv().await {
-            let mut sent = tokio::time::timeout(stall, r.write_to(&mut w)).await;
+        let mut tick = tokio::time::interval(limits.tick);
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                _ = conn.closed() => return,
+            };
+            let Some((r, _permits)) = first else { return };
+            let mut batch = vec![r];
             // Batch whatever else is ready into the same send.
-            while let Ok(Ok(())) = sent {
-                match rx.try_recv() {
-                    Ok((r, _permits)) => {
-                        sent = tokio::time::timeout(stall, r.write_to(&mut w)).await
+            let mut held = vec![_permits];
+            while let Ok((r, p)) = rx.try_recv() {
+                batch.push(r);
+                held.push(p);
+                if batch.len() >= CALLS_PER_CONN {
+                    break;
+                }
+            }
+            let send = async {
+                for r in batch {
+                    r.write_to(&mut w).await?;
+                }
+                w.flush().await
+            };
+            tokio::pin!(send);
+            let started = tokio::time::Instant::now();
+            let sent = loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    _ = tick.tick() => {
+                        let stalled = started.elapsed();
+                        let limit = if crate::limits::budget_contended() {
+                            limits.stall_contended
+                        } else {
+                            limits.stall
+                        };
+                        if stalled >= limit {
+                            if let Some(n) = STALL_LOG.check() {
+                                tracing::warn!(%peer, secs = stalled.as_secs_f32(), contended = crate::limits::budget_contended(), held_back = n, "client took no replies; closing connection");
+                            }
+                            return;
+                        }
                     }
-                    Err(_) => break,
+                    _ = conn.closed() => return,
                 }
+            };
+            drop(held);
+            if sent.is_err() {
+                return;
             }
-            if let Ok(Ok(())) = sent {
-                sent = tokio::time::timeout(stall, w.flush()).await;
-            }
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::warn!(%peer, secs = stall.as_secs(), "client took no replies; closing connection");
-                    return;
-                }
-            }
+            conn.touch();
         }
     });
     let calls = Arc::new(Semaphore::new(CALLS_PER_CONN));
     let bytes = Arc::new(Semaphore::new(BYTES_PER_CONN >> 10));
     let all = all_conns_budget();
+    let mut tick = tokio::time::interval(limits.tick);
     loop {
-        let record = tokio::select! {
-            r = read_record(&mut rd) => r,
-            _ = &mut writer_gone => break,
+        let record = {
+            let read = read_record(&mut rd);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    r = &mut read => break Some(r),
+                    _ = &mut writer_gone => break None,
+                    _ = conn.closed() => break None,
+                    _ = tick.tick() => {
+                        let idle = calls.available_permits() == CALLS_PER_CONN
+                            && conn.quiet_for() >= limits.idle;
+                        if idle {
+                            tracing::debug!(%peer, "idle connection closed");
+                            break None;
+                        }
+                    }
+                }
+            }
         };
+        let Some(record) = record else { break };
         let msg = match record {
             Ok(Some(m)) => m,
             Ok(None) => break,
@@ -351,41 +464,58 @@ pub async fn serve_connection_with<S: Service>(
                 if e.kind() != io::ErrorKind::UnexpectedEof
                     && e.kind() != io::ErrorKind::ConnectionReset
                 {
-                    tracing::warn!(%peer, error = %e, "closing connection");
+                    if let Some(n) = PROTOCOL_LOG.check() {
+                        tracing::warn!(%peer, error = %e, held_back = n, "closing connection");
+                    }
                 }
                 break;
             }
         };
+        conn.touch();
         let call = match Call::parse(msg) {
             Ok(c) => c,
-            Err((Some(xid), why)) => {
-                tracing::warn!(%peer, why, "unusable call");
-                let reply = if why.starts_with("RPC version") {
-                    Reply::rpc_mismatch(xid)
-                } else {
-                    Reply::error(xid, accept_stat_data::GARBAGE_ARGS)
-                };
-                if tx.send((reply, None)).await.is_err() {
-                    break;
+            Err(Refused { reply, why }) => {
+                if let Some(n) = PROTOCOL_LOG.check() {
+                    tracing::warn!(%peer, why, held_back = n, "unusable call");
                 }
-                continue;
-            }
-            Err((None, why)) => {
-                tracing::warn!(%peer, why, "closing connection");
-                break;
+                match reply {
+                    Some(reply) => {
+                        if tx.send((reply, None)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => break,
+                }
             }
         };
         // Request and reply bytes, in KiB. Always acquired in this order (call,
         // connection bytes, shared bytes) and only ever waited for here, so no two
-        // readers wait on each other; released once the reply is written.
+        // readers wait on each other; released once the reply is written. The shared
+        // budget is granted in arrival order; a reader waiting for it makes stalled
+        // connections close sooner (see `crate::limits`).
         let size = call.msg.len().max(svc.reply_size_hint(&call));
         let units = ((size >> 10) + 1).min(BYTES_PER_CONN >> 10) as u32;
-        let (Ok(a), Ok(b), Ok(c)) = (
+        let (Ok(a), Ok(b)) = (
             calls.clone().acquire_owned().await,
             bytes.clone().acquire_many_owned(units).await,
-            all.clone().acquire_many_owned(units).await,
         ) else {
             break;
+        };
+        let c = match all.clone().try_acquire_many_owned(units) {
+            Ok(c) => c,
+            Err(_) => {
+                let _waiting = crate::limits::Waiting::start();
+                let got = tokio::select! {
+                    c = all.clone().acquire_many_owned(units) => c.ok(),
+                    _ = &mut writer_gone => None,
+                    _ = conn.closed() => None,
+                };
+                match got {
+                    Some(c) => c,
+                    None => break,
+                }
+            }
         };
         let (svc, tx) = (svc.clone(), tx.clone());
         tokio::spawn(async move {
@@ -395,8 +525,12 @@ pub async fn serve_connection_with<S: Service>(
         });
     }
     drop(tx);
+    // Replies still queued are sent (within the stall limits) before the end.
     let _ = writer.await;
 }
+
+static STALL_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+static PROTOCOL_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
 #[cfg(test)]
 mod tests {
@@ -478,7 +612,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (sock, peer) = listener.accept().await.unwrap();
-            serve_connection_with(sock, peer, Arc::new(Big), Duration::from_secs(1)).await;
+            let limits = Limits {
+                stall: Duration::from_secs(1),
+                tick: Duration::from_millis(50),
+                ..Limits::default()
+            };
+            let conn = ConnState::detached(peer.ip());
+            serve_connection(sock, peer, Arc::new(Big), conn, limits).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         for xid in 0..64 {
@@ -506,10 +646,42 @@ mod tests {
         assert!(got.len() < 64 << 20, "not every reply was sent");
     }
 
+    /// Every malformed header gets the protocol's answer with its xid, or a close when
+    /// there is not even a call to answer.
     #[test]
-    fn garbage_headers_are_refused_with_their_xid() {
-        let e = Call::parse(vec![0, 0, 0, 9, 0, 0]).err().unwrap();
-        assert_eq!(e.0, Some(9));
-        assert!(Call::parse(vec![]).is_err());
+    fn garbage_headers_get_the_protocols_answer() {
+        let words = |w: &[u32]| -> Vec<u8> { w.iter().flat_map(|x| x.to_be_bytes()).collect() };
+        let status = |r: &Reply| {
+            let b = r.to_bytes();
+            (
+                u32::from_be_bytes(b[4..8].try_into().unwrap()),
+                u32::from_be_bytes(b[12..16].try_into().unwrap()),
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            )
+        };
+        // Too short to be a call, or not a call: closed.
+        for m in [vec![], vec![0, 0, 0, 9, 0, 0], words(&[9, 1])] {
+            assert!(Call::parse(m).unwrap_err().reply.is_none());
+        }
+        // RPC version 3: MSG_DENIED, RPC_MISMATCH.
+        let r = Call::parse(words(&[9, 0, 3, 100003, 3, 0])).unwrap_err();
+        assert_eq!(status(&r.reply.unwrap()), (9, 1, 0));
+        // RPCSEC_GSS (flavor 6): MSG_DENIED, AUTH_ERROR, AUTH_BADCRED (1).
+        let gss = words(&[9, 0, 2, 100003, 3, 1, 6, 8, 1, 0, 0, 0]);
+        let r = Call::parse(gss).unwrap_err();
+        let b = r.reply.unwrap().to_bytes();
+        assert_eq!(status_words(&b), [9, 1, 1, 1, 1], "{}", r.why);
+        // A credential longer than 400 bytes: AUTH_BADCRED, nothing read past it.
+        let r = Call::parse(words(&[9, 0, 2, 100003, 3, 1, 1, 100_000])).unwrap_err();
+        assert_eq!(status_words(&r.reply.unwrap().to_bytes()), [9, 1, 1, 1, 1]);
+        // AUTH_NULL with an empty verifier parses.
+        let ok = Call::parse(words(&[9, 0, 2, 100003, 3, 0, 0, 0, 0, 0])).unwrap();
+        assert!(ok.cred.is_none() && ok.args().is_empty());
+    }
+
+    /// xid, message type, reply status, reject status, auth status of a denial.
+    fn status_words(b: &[u8]) -> [u32; 5] {
+        let w = |i: usize| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+        [w(0), w(1), w(2), w(3), w(4)]
     }
 }

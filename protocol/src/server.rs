@@ -2,21 +2,27 @@
 //!
 //! kura accepts its own connections, so the allow-list is checked on the peer address
 //! at accept, before a byte is read: a refused client's connection is closed at once
-//! (and logged). It costs nothing per call. A cap on connections per export keeps a
-//! flood of idle connections from becoming memory.
+//! (and logged, at most once per 10 s with a count). It costs nothing per call. A cap on
+//! connections per export, shared fairly between addresses, keeps a flood of idle
+//! connections from becoming memory or locking others out.
 
 use crate::fs::{ExportPolicy, KuraFs, Shared};
+use crate::handle::{HandleCodec, HandleKey};
+use crate::limits::{ConnTable, Limits, LogLimiter};
 use crate::nfs::NfsService;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-/// Connections one export serves at a time; more are closed at accept.
+/// Connections one export serves at a time by default (see [`crate::limits`] for how
+/// they are shared when all are taken).
 pub const MAX_CONNECTIONS: usize = 256;
+
+static REFUSED_LOG: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
+static FULL_LOG: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
 
 /// An address block, `10.0.0.0/8` or `::1/128` (a bare address means one host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +96,9 @@ pub struct ExportConfig {
     /// Clients allowed to connect; empty refuses everyone.
     pub allow: Vec<Cidr>,
     pub policy: ExportPolicy,
+    /// Connections served at a time (shared fairly between client addresses).
+    pub max_connections: usize,
+    pub limits: Limits,
 }
 
 /// A running export; stops when dropped.
@@ -123,19 +132,39 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Starts one export. `generation` comes from `Store::begin_service`.
-pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> io::Result<Export> {
+/// What tells exports apart for their handle keys: the configured address and the
+/// volumes shown. Changing either makes the export's old handles STALE (clients mount
+/// again), which is what a changed volume list must do.
+pub fn export_identity(cfg: &ExportConfig) -> String {
+    let mut vols = cfg.policy.volumes.clone();
+    if let Some(v) = vols.as_mut() {
+        v.sort();
+    }
+    format!("{}|{:?}", cfg.listen, vols)
+}
+
+/// Starts one export. `generation` comes from `Store::begin_service`; `secret` from
+/// `Store::handle_secret`.
+pub async fn start(
+    shared: Arc<Shared>,
+    cfg: ExportConfig,
+    generation: u64,
+    secret: &[u8; 32],
+) -> io::Result<Export> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
+    let key = HandleKey::derive(secret, &export_identity(&cfg));
     let svc = NfsService::new(
         KuraFs::new(shared, cfg.policy.clone()),
+        HandleCodec::new(key, generation),
         generation,
         addr.port(),
     );
     let allow_names: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
     tracing::info!(%addr, allow = ?allow_names, "export listening");
     let allow = cfg.allow.clone();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let table = ConnTable::new(cfg.max_connections);
+    let limits = cfg.limits;
     let task = tokio::spawn(async move {
         loop {
             let (sock, peer) = match listener.accept().await {
@@ -148,17 +177,22 @@ pub async fn start(shared: Arc<Shared>, cfg: ExportConfig, generation: u64) -> i
                 }
             };
             if !allow.iter().any(|c| c.contains(peer.ip())) {
-                tracing::warn!(%peer, "connection refused: address not in the export's allow-list");
+                if let Some(n) = REFUSED_LOG.check() {
+                    tracing::warn!(%peer, held_back = n, "connection refused: address not in the export's allow-list");
+                }
                 continue;
             }
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many connections");
+            let Some(slot) = table.admit(peer.ip()) else {
+                if let Some(n) = FULL_LOG.check() {
+                    tracing::warn!(%peer, held_back = n, "connection refused: every slot is taken and this address holds its share");
+                }
                 continue;
             };
             tracing::debug!(%peer, "connection accepted");
             let svc = svc.clone();
             tokio::spawn(async move {
-                crate::rpc::serve_connection(sock, peer, svc).await;
+                let conn = slot.state.clone();
+                crate::rpc::serve_connection(sock, peer, svc, conn, limits).await;
                 drop(slot);
             });
         }

@@ -106,12 +106,21 @@ impl Db {
                 )
                 .ctx("recording store format")?;
             }
-            Some(v) if v <= STORE_FORMAT => {}
-            Some(v) => {
+            Some(v) if v < STORE_FORMAT => {
+                // Every older layout is valid as it is; record that newer data may follow.
+                if let Err(e) = conn.execute(
+                    "UPDATE meta SET value=?1 WHERE key='format'",
+                    params![STORE_FORMAT],
+                ) {
+                    tracing::warn!(error = %e, from = v, "could not record the store format upgrade");
+                }
+            }
+            Some(v) if v > STORE_FORMAT => {
                 return Err(StoreError::Format(format!(
                     "store format {v} is newer than this kura understands ({STORE_FORMAT})"
                 )))
             }
+            Some(_) => {}
         }
         Ok(Db {
             conn: Mutex::new(conn),

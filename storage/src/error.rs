@@ -18,6 +18,10 @@ pub enum StoreError {
     NotEmpty(String),
     #[error("invalid name {name:?}: {why}")]
     InvalidName { name: String, why: &'static str },
+    #[error("name longer than {max} bytes: {name:?}…")]
+    NameTooLong { name: String, max: usize },
+    #[error("file too large: {0}")]
+    TooBig(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("read-only: {0}")]
@@ -70,6 +74,10 @@ impl StoreError {
             return StoreError::NoSpace {
                 context: format!("{context} at {}", path.display()),
             };
+        }
+        if source.raw_os_error() == Some(libc::EFBIG) {
+            let path: PathBuf = path.into();
+            return StoreError::TooBig(format!("{context} at {}", path.display()));
         }
         StoreError::Io {
             context,

@@ -28,7 +28,9 @@
 //!
 //! Content list (object kind `KIND_CONTENT`): `CONTENT_MAGIC` then `count u32 LE`, then
 //! `count` entries of `len u32 LE | id [32]`. A file's bytes are the concatenation of the
-//! listed chunks; its size may be larger (the tail reads as zeros) or smaller.
+//! listed chunks; its size may be larger (the tail reads as zeros) or smaller. An entry
+//! whose id is all zeros (`ChunkId::HOLE`, format 2) is a hole of `len` zero bytes:
+//! nothing is stored for it, and reads, GC and verify skip it.
 //!
 //! Directory object (kind `KIND_DIR`): `DIR_MAGIC`, `count u32`, entries sorted by name,
 //! each encoded by `tree::encode_entry`.
@@ -40,7 +42,9 @@
 //! "truncated to `offset`".
 
 /// Version of the whole store layout, recorded in the `meta` table.
-pub const STORE_FORMAT: u32 = 1;
+/// 2: content lists may hold hole entries. A format 1 store is format 2 as it is; the
+/// number is raised when it is opened, so that older kura refuses it afterwards.
+pub const STORE_FORMAT: u32 = 2;
 
 pub const PACK_MAGIC: &[u8; 8] = b"KURAPK01";
 pub const RECORD_MAGIC: u32 = 0x4b43_4b31; // "1KCK" little-endian

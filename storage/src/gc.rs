@@ -48,7 +48,24 @@ pub struct GcPlan {
     pub unreachable: Vec<ChunkId>,
     pub unreachable_bytes: u64,
     pub repack: Vec<PackUsage>,
+    /// Pack files nothing is indexed in (left by a crash): removed whole.
     pub remove_packs: Vec<PackId>,
+    /// Their bytes on disk.
+    pub remove_bytes: u64,
+}
+
+impl GcPlan {
+    /// Bytes of pack files the run gives back to the filesystem: orphan packs whole,
+    /// and what rewriting each sparse pack frees (all of it when nothing in it lives).
+    /// A run reports the same number as `reclaimed_bytes` when nothing changed between.
+    pub fn reclaim_bytes(&self) -> u64 {
+        self.remove_bytes
+            + self
+                .repack
+                .iter()
+                .map(|u| u.file_bytes.saturating_sub(u.live_bytes))
+                .sum::<u64>()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -183,7 +200,10 @@ impl Store {
             let path = pack::pack_path(&self.chunks.dir, id);
             let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             match live.get(&id) {
-                None => plan.remove_packs.push(id),
+                None => {
+                    plan.remove_packs.push(id);
+                    plan.remove_bytes += file_bytes;
+                }
                 Some(&(l, total)) if (l as f64) < opts.repack_below * total as f64 => {
                     plan.repack.push(PackUsage {
                         pack: id,

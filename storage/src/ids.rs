@@ -8,6 +8,14 @@ use std::fmt;
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
+    /// The id content lists use for a hole: that many zero bytes, never stored. No
+    /// BLAKE3 output is all zeros in practice.
+    pub const HOLE: ChunkId = ChunkId([0; 32]);
+
+    pub fn is_hole(&self) -> bool {
+        *self == Self::HOLE
+    }
+
     pub fn of(data: &[u8]) -> Self {
         ChunkId(*blake3::hash(data).as_bytes())
     }

@@ -44,6 +44,8 @@ pub struct IngestReport {
     pub raced: u64,
     /// Files whose writes raced the ingest: committed, with the raced ranges still staged.
     pub rebased: u64,
+    /// Files that could not be ingested (they stay staged; retried later).
+    pub failed: u64,
     pub elapsed: Duration,
     /// Time spent making new records durable (fsync of packs).
     pub sync_time: Duration,
@@ -59,6 +61,7 @@ impl IngestReport {
         self.stored_bytes += o.stored_bytes;
         self.raced += o.raced;
         self.rebased += o.rebased;
+        self.failed += o.failed;
         self.sync_time += o.sync_time;
     }
 }
@@ -204,17 +207,29 @@ impl Store {
         self.ingest_files(files)
     }
 
+    /// Ingests each file in turn. One file's failure (no room for it yet, a damaged
+    /// base) never keeps the others staged: every file is tried, each failure is
+    /// logged with its file, and the first one is returned once all were tried.
     fn ingest_files(&self, files: Vec<Arc<Staged>>) -> Result<IngestReport> {
         let t0 = Instant::now();
         let mut total = IngestReport::default();
+        let mut first_err = None;
         for st in files {
             match self.ingest_one(&st) {
                 Ok(r) => total.add(&r),
                 Err(StoreError::Raced(_)) => total.raced += 1,
-                Err(e) => return Err(e),
+                Err(StoreError::Poisoned(p)) => return Err(StoreError::Poisoned(p)),
+                Err(e) => {
+                    tracing::warn!(ino = %st.ino, error = %e, "file not ingested; it stays staged");
+                    total.failed += 1;
+                    first_err.get_or_insert(e);
+                }
             }
         }
         total.elapsed = t0.elapsed();
+        if let Some(e) = first_err {
+            return Err(e);
+        }
         if total.files > 0 {
             tracing::info!(
                 files = total.files,
@@ -240,28 +255,32 @@ impl Store {
         self.latch.check()?;
         let _one = self.ingest_lock.lock().unwrap();
         let t0 = Instant::now();
-        let (size, mtime) = {
+        let (size, mtime, segments, new_bytes) = {
             let mut g = st.lock();
             if g.dropped {
                 return Ok(IngestReport::default());
             }
+            let segments =
+                segments(&g, g.size).map_err(|e| StoreError::io("map staged data", &st.path, e))?;
+            let new_bytes = new_data_bound(&g, &st.path)?;
             g.ingesting = Some(IngestLog::default());
-            (g.size, g.mtime)
+            (g.size, g.mtime, segments, new_bytes)
         };
-        // Worst case the file is new and incompressible: refuse up front rather than
-        // fill the disk with a half-written pack that only GC could reclaim.
+        // Worst case the staged bytes are new and incompressible: refuse up front rather
+        // than fill the disk with a half-written pack that only GC could reclaim. Holes
+        // cost nothing, so what counts is what the staging file really holds.
         let free = self.free_bytes();
         let margin = 4 << 20;
-        if free < size.saturating_add(margin) {
+        if free < new_bytes.saturating_add(margin) {
             st.lock().ingesting = None;
             return Err(StoreError::NoSpace {
                 context: format!(
-                    "ingesting file {} needs up to {size} bytes, {free} free; ingest waits",
+                    "ingesting file {} needs up to {new_bytes} bytes, {free} free; ingest waits",
                     st.ino
                 ),
             });
         }
-        let r = self.ingest_and_commit(st, size, mtime, t0);
+        let r = self.ingest_and_commit(st, size, mtime, &segments, t0);
         if r.is_err() {
             st.lock().ingesting = None;
             // Parts committed by this attempt are garbage now (GC collects them).
@@ -281,9 +300,10 @@ impl Store {
         st: &Staged,
         size: u64,
         mtime: crate::namespace::Timespec,
+        segments: &[Segment],
         t0: Instant,
     ) -> Result<IngestReport> {
-        let (content, locs, mut report, pins) = self.chunk_file(st, size)?;
+        let (content, locs, mut report, pins) = self.chunk_file(st, size, segments)?;
         // Chunk records first, then the references to them.
         let t_sync = Instant::now();
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
@@ -332,6 +352,7 @@ impl Store {
         &self,
         st: &Staged,
         size: u64,
+        segments: &[Segment],
     ) -> Result<(
         Option<ChunkId>,
         Vec<Location>,
@@ -346,13 +367,7 @@ impl Store {
         let mut locs = Vec::new();
         let mut list: Vec<(u32, ChunkId)> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
-        let reader = MergedReader {
-            store: self,
-            st,
-            pos: 0,
-            size,
-        };
-        let mut chunker = Chunker::new(reader, self.opts.chunker, self.opts.ingest_buffer);
+        let (params, buffer) = (self.opts.chunker, self.opts.ingest_buffer);
         let read_err = |e: std::io::Error| match e.into_inner().map(|b| b.downcast::<StoreError>())
         {
             Some(Ok(se)) => *se,
@@ -373,8 +388,7 @@ impl Store {
         // transaction; then the part's pins and rows are released. Memory stays bounded
         // by one part whatever the file size.
         const IN_FLIGHT: usize = 16;
-        type Batch = (Vec<u8>, Vec<usize>, Vec<ChunkId>);
-        let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(2);
+        let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Cut>>(2);
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<ToAppender>(IN_FLIGHT);
         let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(IN_FLIGHT);
         for _ in 0..IN_FLIGHT {
@@ -392,21 +406,42 @@ impl Store {
         let appended: Result<u64> = std::thread::scope(|sc| {
             std::thread::Builder::new()
                 .name("kura-cut".into())
-                .spawn_scoped(sc, move || loop {
-                    let spare = spare_rx.try_recv().ok();
-                    match chunker.next_owned(spare) {
-                        Ok(Some((buf, lens))) => {
-                            // Hashing here (on rayon's global pool, in halves) keeps the
-                            // ingest pool free for compression.
-                            let ids = hash_chunks(&buf, &lens);
-                            if cut_tx.send(Ok((buf, lens, ids))).is_err() {
-                                break;
+                .spawn_scoped(sc, move || {
+                    for seg in segments {
+                        let (start, end) = match *seg {
+                            Segment::Hole(len) => {
+                                if cut_tx.send(Ok(Cut::Hole(len))).is_err() {
+                                    return;
+                                }
+                                continue;
                             }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = cut_tx.send(Err(e));
-                            break;
+                            Segment::Data(start, end) => (start, end),
+                        };
+                        // Each data segment is chunked on its own: a hole ends a chunk.
+                        let reader = MergedReader {
+                            store: self,
+                            st,
+                            pos: start,
+                            size: end,
+                        };
+                        let mut chunker = Chunker::new(reader, params, buffer);
+                        loop {
+                            let spare = spare_rx.try_recv().ok();
+                            match chunker.next_owned(spare) {
+                                Ok(Some((buf, lens))) => {
+                                    // Hashing here (on rayon's global pool, in halves)
+                                    // keeps the ingest pool free for compression.
+                                    let ids = hash_chunks(&buf, &lens);
+                                    if cut_tx.send(Ok(Cut::Data(buf, lens, ids))).is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    let _ = cut_tx.send(Err(e));
+                                    return;
+                                }
+                            }
                         }
                     }
                 })
@@ -418,7 +453,18 @@ impl Store {
                     let mut nchunks = 0u64;
                     let mut bundle_seq = 0u64;
                     for batch in cut_rx {
-                        let (buf, lens, ids) = batch.map_err(read_err)?;
+                        let (buf, lens, ids) = match batch.map_err(read_err)? {
+                            Cut::Data(buf, lens, ids) => (buf, lens, ids),
+                            Cut::Hole(len) => {
+                                let mut left = len;
+                                while left > 0 {
+                                    let n = left.min(HOLE_ENTRY_MAX);
+                                    list_ref.push((n as u32, ChunkId::HOLE));
+                                    left -= n;
+                                }
+                                (Vec::new(), Vec::new(), Vec::new())
+                            }
+                        };
                         let (chunks, bundles) =
                             self.dedup_batch(&buf, &lens, ids, reader_conn, pins_ref, seen_ref)?;
                         let _ = spare_tx.try_send(buf);
@@ -582,5 +628,155 @@ impl Store {
             Some(self.chunks.append(KIND_CONTENT, &raw, comp, id)?),
             stored,
         ))
+    }
+}
+
+/// What the cut thread sends on: a batch of cut and hashed chunks, or a hole.
+enum Cut {
+    Data(Vec<u8>, Vec<usize>, Vec<ChunkId>),
+    Hole(u64),
+}
+
+/// A stretch of a staged file: bytes to chunk, or a hole that reads as zeros and is
+/// stored as hole entries (nothing read, hashed or stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Data(u64, u64),
+    Hole(u64),
+}
+
+/// Holes shorter than this are chunked as zeros, so that small gaps do not break
+/// content-defined chunking into many pieces.
+const MIN_HOLE: u64 = 1 << 20;
+/// Largest hole one content list entry describes.
+const HOLE_ENTRY_MAX: u64 = 1 << 30;
+
+/// The data and hole stretches of a staged file's merged view, `[0, size)`.
+/// Full mode asks the filesystem (SEEK_DATA / SEEK_HOLE on the staging file); overlay
+/// mode knows its data: the base below its limit and the staged ranges.
+pub(crate) fn segments(g: &crate::staging::Inner, size: u64) -> std::io::Result<Vec<Segment>> {
+    let mut data = crate::staging::RangeSet::default();
+    match g.base {
+        Some(_) => {
+            data.insert(0, g.base_limit.min(size));
+            for (s, e) in g.ranges.iter() {
+                data.insert(s.min(size), e.min(size));
+            }
+        }
+        None => {
+            for (s, e) in crate::staging::data_extents(&g.file, size)? {
+                data.insert(s, e);
+            }
+        }
+    }
+    // Gaps shorter than MIN_HOLE join the data around them.
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let mut open: Option<u64> = None;
+    for (s, e) in data.iter() {
+        if s - pos >= MIN_HOLE {
+            if let Some(d) = open.take() {
+                out.push(Segment::Data(d, pos));
+            }
+            out.push(Segment::Hole(s - pos));
+            open = Some(s);
+        } else if open.is_none() {
+            open = Some(pos);
+        }
+        pos = e;
+    }
+    if size.saturating_sub(pos) >= MIN_HOLE {
+        if let Some(d) = open.take() {
+            out.push(Segment::Data(d, pos));
+        }
+        out.push(Segment::Hole(size - pos));
+    } else {
+        let d = open.unwrap_or(pos);
+        if size > d {
+            out.push(Segment::Data(d, size));
+        }
+    }
+    Ok(out)
+}
+
+/// An upper bound of the new bytes an ingest of this file may store: what the staging
+/// file really holds (allocated blocks), not its apparent size.
+fn new_data_bound(g: &crate::staging::Inner, path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let m = g
+        .file
+        .metadata()
+        .map_err(|e| StoreError::io("stat staging file", path, e))?;
+    let allocated = m.blocks() * 512;
+    Ok(match g.base {
+        None => allocated.min(g.size),
+        // Edits re-chunk up to one chunk on each side of every staged range.
+        Some(_) => {
+            let ranges = g.ranges.iter().count() as u64;
+            allocated + ranges * 2 * crate::format::CHUNK_MAX as u64
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hole_entries_cover_what_they_say() {
+        // 3 GiB + 5 bytes of hole: three full entries and a short one.
+        let mut list = Vec::new();
+        let mut left = 3 * HOLE_ENTRY_MAX + 5;
+        while left > 0 {
+            let n = left.min(HOLE_ENTRY_MAX);
+            list.push((n as u32, ChunkId::HOLE));
+            left -= n;
+        }
+        assert_eq!(list.len(), 4);
+        assert_eq!(ContentList::new(list).len(), 3 * HOLE_ENTRY_MAX + 5);
+    }
+
+    /// Overlay mode: base below its limit and staged ranges are data, the rest holes
+    /// (short gaps join the data).
+    #[test]
+    fn segments_of_an_overlay() {
+        let tmp = tempfile::tempfile().unwrap();
+        let mut ranges = crate::staging::RangeSet::default();
+        ranges.insert(10 << 20, (10 << 20) + 100);
+        ranges.insert((10 << 20) + 200, (10 << 20) + 300);
+        let g = crate::staging::Inner::for_test(tmp, Some(ChunkId([1; 32])), 4096, ranges);
+        let segs = segments(&g, 100 << 20).unwrap();
+        assert_eq!(
+            segs,
+            vec![
+                Segment::Data(0, 4096),
+                Segment::Hole((10 << 20) - 4096),
+                Segment::Data(10 << 20, (10 << 20) + 300),
+                Segment::Hole((90 << 20) - 300),
+            ]
+        );
+        let total: u64 = segs
+            .iter()
+            .map(|s| match s {
+                Segment::Data(a, b) => b - a,
+                Segment::Hole(n) => *n,
+            })
+            .sum();
+        assert_eq!(total, 100 << 20);
+    }
+
+    /// Full mode asks the filesystem where data is: a 4-byte write at 3 GiB of an
+    /// otherwise empty file is one hole and one short data stretch.
+    #[test]
+    fn segments_of_a_sparse_staging_file() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(b"tail", 3 << 30).unwrap();
+        let size = (3 << 30) + 4;
+        let g = crate::staging::Inner::for_test(f, None, 0, Default::default());
+        let segs = segments(&g, size).unwrap();
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert!(matches!(segs[0], Segment::Hole(n) if n >= (3 << 30) - (1 << 20)));
+        assert!(matches!(segs[1], Segment::Data(_, e) if e == size));
     }
 }

@@ -63,4 +63,4 @@ pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec};
 pub use snapshot::SnapshotInfo;
 pub use store::{DirEntry, Store, StoreOptions, StoreStats, Volume};
 pub use tree::TreeEntry;
-pub use verify::{Damage, VerifyReport};
+pub use verify::{Damage, RecordDamage, VerifyReport};

@@ -111,7 +111,10 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     } else if name.contains(&0) {
         "contains NUL"
     } else if name.len() > MAX_NAME {
-        "longer than 255 bytes"
+        return Err(StoreError::NameTooLong {
+            name: String::from_utf8_lossy(&name[..64]).into_owned(),
+            max: MAX_NAME,
+        });
     } else {
         return Ok(());
     };

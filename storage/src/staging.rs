@@ -137,6 +137,45 @@ pub(crate) struct Staged {
 pub(crate) struct Staging {
     pub dir: PathBuf,
     pub files: Mutex<HashMap<FileId, Arc<Staged>>>,
+    /// Largest file the staging filesystem holds (probed at open).
+    pub max_file_size: u64,
+}
+
+/// Finds the largest size a file on the filesystem of `dir` may have (ext4 with 4 KiB
+/// blocks: 16 TiB; tmpfs and xfs: far more), by growing a sparse probe file, to 1 MiB.
+/// Capped at 2^62 (the store's offsets). Allocates nothing.
+fn probe_max_file_size(dir: &Path) -> u64 {
+    const CAP: u64 = 1 << 62;
+    let path = dir.join(".size-probe");
+    let Ok(f) = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+    else {
+        return CAP;
+    };
+    let fits = |n: u64| f.set_len(n).is_ok();
+    let r = if fits(CAP) {
+        CAP
+    } else {
+        let (mut lo, mut hi) = (1u64 << 20, CAP);
+        if !fits(lo) {
+            lo = 0;
+        }
+        while hi - lo > 1 << 20 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    };
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    r
 }
 
 /// Bytes a staged file takes in before kura asks the kernel to start writing it back.
@@ -144,6 +183,29 @@ pub(crate) struct Staging {
 /// all reaches the disk inside the client's COMMIT (network, then disk); started early,
 /// the disk works while the data still arrives and COMMIT finds little left.
 const EARLY_WRITEBACK: u64 = 8 << 20;
+
+/// Allocates `[off, off+len)` of `file` without changing its size or contents
+/// (fallocate with KEEP_SIZE). Filesystems without fallocate are let through.
+fn allocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; KEEP_SIZE leaves size and bytes as they are.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
+    }
+}
 
 /// Starts writeback of a file's dirty pages without waiting for it. Changes nothing
 /// about durability (only fsync does); a failure here resurfaces at that fsync.
@@ -169,6 +231,32 @@ fn journal_append(j: &mut File, staging: &Path, off: u64, len: u64) -> Result<()
         .map_err(|e| StoreError::io("append staging journal", journal_path(staging), e))
 }
 
+#[cfg(test)]
+impl Inner {
+    /// A staging state over `file` for unit tests of what reads it.
+    pub(crate) fn for_test(
+        file: File,
+        base: Option<ChunkId>,
+        base_limit: u64,
+        ranges: RangeSet,
+    ) -> Inner {
+        Inner {
+            file: Arc::new(file),
+            journal: None,
+            base,
+            base_limit,
+            ranges,
+            size: 0,
+            mtime: Timespec::default(),
+            last_write: Instant::now(),
+            ingesting: None,
+            dir_synced: true,
+            unflushed: 0,
+            dropped: false,
+        }
+    }
+}
+
 impl Staged {
     fn new(ino: FileId, path: PathBuf, inner: Inner) -> Arc<Staged> {
         Arc::new(Staged {
@@ -186,17 +274,30 @@ impl Staged {
     }
 
     /// Fails with `Raced` when the staging was dropped meanwhile (look up again).
-    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+    /// `reserve`: space is short, so allocate the blocks first; then a full disk fails
+    /// the write before any byte of it lands. A write that fails midway is cut back
+    /// off the end of the file, so no part of a refused write stays.
+    pub fn write(&self, off: u64, data: &[u8], reserve: bool) -> Result<()> {
         let mut g = self.lock();
         if g.dropped {
             return Err(StoreError::Raced(self.ino));
         }
         let end = off
             .checked_add(data.len() as u64)
-            .ok_or_else(|| StoreError::Invalid("write past the largest file offset".into()))?;
-        g.file
-            .write_all_at(data, off)
-            .map_err(|e| StoreError::io("write staging file", &self.path, e))?;
+            .ok_or_else(|| StoreError::TooBig("write past the largest file offset".into()))?;
+        if reserve {
+            allocate(&g.file, off, data.len() as u64)
+                .map_err(|e| StoreError::io("allocate staging file", &self.path, e))?;
+        }
+        if let Err(e) = g.file.write_all_at(data, off) {
+            // Full mode: the staging file is the file, so what the failed write appended
+            // is cut off again. Overlay mode: bytes outside the journaled ranges are
+            // never read, so a failed write is invisible there as it is.
+            if g.base.is_none() && end > g.size {
+                let _ = g.file.set_len(g.size);
+            }
+            return Err(StoreError::io("write staging file", &self.path, e));
+        }
         if let Some(j) = g.journal.as_mut() {
             journal_append(j, &self.path, off, data.len() as u64)?;
             g.ranges.insert(off, end);
@@ -321,6 +422,41 @@ impl Staged {
     }
 }
 
+/// The stretches of `[0, size)` of a file that hold data, as the filesystem reports them
+/// (SEEK_DATA / SEEK_HOLE). A filesystem that cannot tell reports one stretch: all data.
+pub(crate) fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        // SAFETY: lseek on a valid descriptor; kura reads and writes staging files only
+        // with positional calls, so moving the file offset disturbs nothing.
+        let d = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if d < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(out),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(vec![(0, size)]),
+                _ => Err(e),
+            };
+        }
+        let d = d as u64;
+        if d >= size {
+            break;
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd, d as libc::off_t, libc::SEEK_HOLE) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let h = (h as u64).min(size);
+        out.push((d, h));
+        pos = h.max(d + 1);
+    }
+    Ok(out)
+}
+
 /// `read_exact_at` that reads zeros past the end of the file.
 fn read_exact_or_zero(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
     while !buf.is_empty() {
@@ -343,9 +479,11 @@ fn read_exact_or_zero(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Re
 impl Staging {
     pub fn open(dir: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create staging dir", &dir, e))?;
+        let max_file_size = probe_max_file_size(&dir);
         Ok(Staging {
             dir,
             files: Mutex::new(HashMap::new()),
+            max_file_size,
         })
     }
 

@@ -18,6 +18,15 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// Space kept free for metadata: a write of file data that would leave less than this
+/// on the store's filesystem is refused with `NoSpace`, so that names, deletes and
+/// the database still have room on a full disk.
+pub const MIN_FREE_BYTES: u64 = 8 << 20;
+
+/// Below this much free space (beyond the headroom) writes allocate their blocks before
+/// writing them, so that a full disk refuses a write whole instead of halfway.
+const TIGHT_SPACE: u64 = 256 << 20;
+
 /// Tunables of an open store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -139,12 +148,29 @@ impl Store {
             pool,
             _lock: lock,
         };
+        // A store must open on a full disk (read-only commands, and the daemon that
+        // lets clients delete). When the disk is full, give the reserve back first; it is
+        // taken again once space returns (`ensure_reserve`).
+        let (total, free) = store.fs_space();
+        if total > 0 && free < MIN_FREE_BYTES.min(total / 64) {
+            store.release_reserve();
+        }
         // Parts of ingests a crash interrupted: their chunks become ordinary garbage.
-        store
+        // Written only when there are any, so that opening writes nothing otherwise.
+        let interrupted: i64 = store
             .db
             .lock()
-            .execute("DELETE FROM ingest_parts", [])
-            .ctx("clearing interrupted ingests")?;
+            .query_row("SELECT count(*) FROM ingest_parts", [], |r| r.get(0))
+            .ctx("reading interrupted ingests")?;
+        if interrupted > 0 {
+            store.freeing(|| {
+                store
+                    .db
+                    .lock()
+                    .execute("DELETE FROM ingest_parts", [])
+                    .ctx("clearing interrupted ingests")
+            })?;
+        }
         let recovered = store.staging.recover(&|ino| {
             let conn = store.db.lock();
             Ok(namespace::get_opt(&conn, ino)?
@@ -162,15 +188,17 @@ impl Store {
         self.root.join("RESERVE")
     }
 
-    /// Creates the emergency reserve file if it is missing and the space is there.
-    pub(crate) fn ensure_reserve(&self) {
+    /// Creates the emergency reserve file if it is missing and the space is back (twice
+    /// the reserve free besides the headroom). Cheap when there is nothing to do: the
+    /// daemon calls it periodically.
+    pub fn ensure_reserve(&self) {
         let path = self.reserve_path();
-        if path.exists() || self.opts.reserve_bytes == 0 {
+        if self.opts.reserve_bytes == 0 || path.exists() {
             return;
         }
-        let fs_bytes = statvfs(&self.root).map_or(0, |(total, _)| total);
+        let (fs_bytes, free) = statvfs(&self.root).unwrap_or((0, 0));
         let size = self.opts.reserve_bytes.min(fs_bytes / 20);
-        if size == 0 {
+        if size == 0 || free < 2 * size + MIN_FREE_BYTES.min(fs_bytes / 64) {
             return;
         }
         let r = std::fs::File::create(&path).and_then(|f| {
@@ -182,10 +210,19 @@ impl Store {
                 Err(std::io::Error::from_raw_os_error(rc))
             }
         });
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&path);
-            tracing::warn!(error = %e, "could not create the emergency space reserve");
+        match r {
+            Ok(()) => tracing::info!(bytes = size, "emergency space reserve in place"),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(error = %e, "could not create the emergency space reserve");
+            }
         }
+    }
+
+    /// The largest file this store holds: what the staging filesystem allows (FSINFO's
+    /// maxfilesize). Writes and sizes past it are `TooBig`.
+    pub fn max_file_size(&self) -> u64 {
+        self.staging.max_file_size
     }
 
     /// Bytes available to the store's filesystem (u64::MAX when unknown).
@@ -216,6 +253,36 @@ impl Store {
         }
     }
 
+    /// The store's secret for sealing NFS handles (32 random bytes made when first
+    /// asked for, kept in the database so that handles survive restarts).
+    pub fn handle_secret(&self) -> Result<[u8; 32]> {
+        let conn = self.db.lock();
+        let have: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='handle_secret'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading the handle secret")?;
+        if let Some(k) = have.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()) {
+            return Ok(k);
+        }
+        let mut k = [0u8; 32];
+        use std::io::Read;
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut k))
+            .map_err(|e| StoreError::io("reading random bytes", "/dev/urandom", e))?;
+        self.freeing(|| {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES('handle_secret', ?1)",
+                [&k[..]],
+            )
+            .ctx("recording the handle secret")
+        })?;
+        Ok(k)
+    }
+
     /// Starts serving: returns the NFS handle generation (also the WRITE verifier).
     /// It changes exactly when staged data that was not yet committed may have been
     /// lost: the previous run did not close cleanly *and* the machine rebooted since
@@ -223,6 +290,11 @@ impl Store {
     /// loses nothing (the bytes are in the page cache), so handles stay valid.
     pub fn begin_service(&self, boot_id: &str) -> Result<u64> {
         self.latch.check()?;
+        // On a full disk the reserve makes room for these few rows.
+        self.freeing(|| self.begin_service_once(boot_id))
+    }
+
+    fn begin_service_once(&self, boot_id: &str) -> Result<u64> {
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx("begin service")?;
         let gen = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
@@ -251,11 +323,24 @@ impl Store {
         Ok(gen as u64)
     }
 
-    /// Clean stop: everything durable, then the clean mark.
+    /// Clean stop: everything durable, then the clean mark. On a full disk the mark may
+    /// not fit even after the reserve is given back: then the stop is still clean for
+    /// the data (all of it is durable) and only the mark is missing, which at worst
+    /// changes the write verifier after a reboot (clients resend what they had not
+    /// committed).
     pub fn end_service(&self) -> Result<()> {
         self.sync_all()?;
-        Db::meta_set(&self.db.lock(), "clean_shutdown", 1)?;
-        self.db.sync_wal(&self.latch)
+        let mark = self.freeing(|| {
+            Db::meta_set(&self.db.lock(), "clean_shutdown", 1)?;
+            self.db.sync_wal(&self.latch)
+        });
+        match mark {
+            Err(StoreError::NoSpace { context }) => {
+                tracing::warn!(%context, "disk full: stopped without the clean-shutdown mark");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -500,6 +585,12 @@ impl Store {
     }
 
     fn truncate(&self, ino: FileId, size: u64) -> Result<()> {
+        if size > self.max_file_size() {
+            return Err(StoreError::TooBig(format!(
+                "file id {ino}: size {size} is past the largest file this store holds ({} bytes)",
+                self.max_file_size()
+            )));
+        }
         loop {
             let st = match self.staging.get(ino) {
                 Some(st) => st,
@@ -550,6 +641,26 @@ impl Store {
     /// [`Store::sync`] for durability against power loss.
     pub fn write(&self, ino: FileId, off: u64, data: &[u8]) -> Result<()> {
         self.latch.check()?;
+        let len = data.len() as u64;
+        if off.saturating_add(len) > self.max_file_size() {
+            return Err(StoreError::TooBig(format!(
+                "file id {ino}: a write to {} would pass the largest file this store holds ({} bytes)",
+                off.saturating_add(len),
+                self.max_file_size()
+            )));
+        }
+        // Keep room for metadata: refuse data that would eat into it, and when space is
+        // short, allocate before writing so that a full disk refuses the whole write.
+        let (total, free) = self.fs_space();
+        let headroom = MIN_FREE_BYTES.min(total / 64);
+        if total > 0 && free < headroom.saturating_add(len) {
+            return Err(StoreError::NoSpace {
+                context: format!(
+                    "writing {len} bytes to file id {ino}: {free} bytes free, {headroom} kept for metadata"
+                ),
+            });
+        }
+        let reserve = total == 0 || free < headroom.saturating_add(len).saturating_add(TIGHT_SPACE);
         loop {
             let st = match self.staging.get(ino) {
                 Some(st) => st,
@@ -565,7 +676,7 @@ impl Store {
                     self.start_staging(&i)?
                 }
             };
-            match st.write(off, data) {
+            match st.write(off, data, reserve) {
                 Err(StoreError::Raced(_)) => continue,
                 r => return r,
             }
@@ -657,7 +768,9 @@ impl Store {
         for (idx, eoff, elen) in list.pieces(off, buf.len() as u64) {
             let (_, id) = list.entries[idx];
             let dst = &mut buf[pos..pos + elen as usize];
-            if list.index {
+            if id.is_hole() {
+                // Zeros already.
+            } else if list.index {
                 self.read_content(&id, eoff, dst, what)?;
             } else {
                 let data = self.chunks.get(&id, what)?;
@@ -672,6 +785,9 @@ impl Store {
     pub(crate) fn visit_content(&self, c: &ChunkId, f: &mut dyn FnMut(&ChunkId)) -> Result<()> {
         let list = self.content(c)?;
         for (_, id) in &list.entries {
+            if id.is_hole() {
+                continue;
+            }
             f(id);
             if list.index {
                 self.visit_content(id, f)?;

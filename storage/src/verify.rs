@@ -33,11 +33,30 @@ pub struct VerifyReport {
     pub affected_files: Vec<String>,
     /// Snapshot files affected, as "volume@snapshot:/path".
     pub affected_snapshots: Vec<String>,
+    /// Damaged records (a bundle holds many chunks): what each one loses.
+    pub records: Vec<RecordDamage>,
+    /// Files in the landing zone, and their bytes (not yet in packs).
+    pub staged_files: u64,
+    pub staged_bytes: u64,
+    /// Staged files whose staging file is missing or shorter than recorded.
+    pub staged_problems: Vec<String>,
+}
+
+/// One damaged pack record and what it takes with it.
+#[derive(Clone, Debug)]
+pub struct RecordDamage {
+    pub pack: PackId,
+    pub offset: u64,
+    /// Chunks indexed in the record: all of them are unreadable now.
+    pub chunks: u64,
+    /// Where the damaged bytes were copied, or why no copy could be kept.
+    pub quarantine: Result<std::path::PathBuf, String>,
+    pub detail: String,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty()
+        self.damaged.is_empty() && self.staged_problems.is_empty()
     }
 }
 
@@ -111,6 +130,7 @@ impl Store {
                 },
             };
             let mut quarantined = false;
+            let mut record: Option<RecordDamage> = None;
             for (id, _, _, _, flags, raw_len, inner) in members {
                 report.chunks += 1;
                 let problem = match &decoded {
@@ -132,18 +152,26 @@ impl Store {
                     }
                 };
                 if let Some(detail) = problem {
+                    let r = record.get_or_insert_with(|| RecordDamage {
+                        pack: p,
+                        offset: off,
+                        chunks: 0,
+                        quarantine: Err("flagged by an earlier verify".into()),
+                        detail: detail.clone(),
+                    });
+                    r.chunks += 1;
                     if flags & CHUNK_DAMAGED == 0 {
-                        self.quarantine(
-                            &id,
-                            p,
-                            off,
-                            &detail,
-                            if quarantined {
-                                None
-                            } else {
-                                stored_copy.as_deref()
-                            },
-                        )?;
+                        let copy = if quarantined {
+                            None
+                        } else {
+                            stored_copy.as_deref()
+                        };
+                        let q = self.quarantine(&id, p, off, &detail, copy)?;
+                        if !quarantined {
+                            r.quarantine = q.ok_or_else(|| {
+                                format!("no copy kept: the record could not be read ({detail})")
+                            });
+                        }
                         quarantined = true;
                     }
                     tracing::error!(chunk = %id, pack = %p, offset = off, %detail, "damaged chunk");
@@ -156,7 +184,9 @@ impl Store {
                     });
                 }
             }
+            report.records.extend(record);
         }
+        self.verify_staging(&mut report);
         if !damaged_ids.is_empty() {
             self.find_affected(&damaged_ids, &mut report)?;
         }
@@ -177,13 +207,15 @@ impl Store {
         off: u64,
         detail: &str,
         stored: Option<&[u8]>,
-    ) -> Result<()> {
+    ) -> Result<Option<std::path::PathBuf>> {
+        let mut kept = None;
         if let Some(bytes) = stored {
             let q =
                 self.root
                     .join("quarantine")
                     .join(format!("{}-{:016x}-{off}", id.to_hex(), p.0));
             self.latch.write_atomic(&q, bytes)?;
+            kept = Some(q);
         }
         let conn = self.db.lock();
         conn.execute(
@@ -198,7 +230,53 @@ impl Store {
         .ctx("recording damage")?;
         drop(conn);
         self.chunks.uncache(p, off);
-        Ok(())
+        Ok(kept)
+    }
+
+    /// Checks the landing zone: every staged file's staging file is there and holds
+    /// what is recorded (full mode: the whole size; overlay: its journal and every
+    /// journaled range).
+    fn verify_staging(&self, report: &mut VerifyReport) {
+        for st in self.staging.all() {
+            let g = st.lock();
+            if g.dropped {
+                continue;
+            }
+            report.staged_files += 1;
+            report.staged_bytes += g.size;
+            let what = || format!("staged file id {} ({})", st.ino, self.describe(st.ino));
+            let len = match std::fs::metadata(&st.path) {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    report.staged_problems.push(format!(
+                        "{}: staging file {}: {e}",
+                        what(),
+                        st.path.display()
+                    ));
+                    continue;
+                }
+            };
+            let need = match g.base {
+                None => g.size,
+                Some(_) => {
+                    let jp = st.path.with_extension("j");
+                    if !jp.exists() {
+                        report.staged_problems.push(format!(
+                            "{}: journal {} is missing",
+                            what(),
+                            jp.display()
+                        ));
+                    }
+                    g.ranges.iter().map(|(_, e)| e).max().unwrap_or(0)
+                }
+            };
+            if len < need {
+                report.staged_problems.push(format!(
+                    "{}: staging file holds {len} bytes, {need} recorded",
+                    what()
+                ));
+            }
+        }
     }
 
     fn find_affected(&self, bad: &HashSet<ChunkId>, report: &mut VerifyReport) -> Result<()> {

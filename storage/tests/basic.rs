@@ -159,7 +159,13 @@ fn bad_names_are_refused() {
     let long = vec![b'x'; 256];
     for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b", &long] {
         let e = s.create(v.root, bad, file_mode()).unwrap_err();
-        assert!(matches!(e, StoreError::InvalidName { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                StoreError::InvalidName { .. } | StoreError::NameTooLong { .. }
+            ),
+            "{e}"
+        );
     }
     assert!(s.readdir(v.root, 0, 100).unwrap().is_empty());
     assert!(s.create(v.root, &vec![b'x'; 255], file_mode()).is_ok());
