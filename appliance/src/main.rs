@@ -207,12 +207,13 @@ fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
                 ..Default::default()
             })?;
             println!(
-                "{}unreachable chunks {} ({} bytes), packs to repack {}, orphan packs {}, {} {} bytes",
+                "{}unreachable chunks {} ({} bytes), packs to repack {}, orphan packs {}, deleted {} chunks, {} {} bytes",
                 if dry_run { "[dry run] " } else { "" },
                 r.plan.unreachable.len(),
                 r.plan.unreachable_bytes,
                 r.plan.repack.len(),
                 r.plan.remove_packs.len(),
+                r.deleted_chunks,
                 if dry_run { "would reclaim" } else { "reclaimed" },
                 if dry_run {
                     r.plan.reclaim_bytes()

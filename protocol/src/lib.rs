@@ -27,5 +27,8 @@ pub mod nfs;
 pub mod rpc;
 pub mod server;
 
+#[cfg(test)]
+mod hostile;
+
 pub use fs::{ExportPolicy, KuraFs, Shared};
 pub use server::{boot_id, Cidr, Export, ExportConfig};

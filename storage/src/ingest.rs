@@ -260,8 +260,12 @@ impl Store {
             if g.dropped {
                 return Ok(IngestReport::default());
             }
-            let segments =
-                segments(&g, g.size).map_err(|e| StoreError::io("map staged data", &st.path, e))?;
+            let base_data = match g.base {
+                Some(b) => self.data_extents(&b)?,
+                None => Vec::new(),
+            };
+            let segments = segments(&g, g.size, &base_data)
+                .map_err(|e| StoreError::io("map staged data", &st.path, e))?;
             let new_bytes = new_data_bound(&g, &st.path)?;
             g.ingesting = Some(IngestLog::default());
             (g.size, g.mtime, segments, new_bytes)
@@ -654,11 +658,18 @@ const HOLE_ENTRY_MAX: u64 = 1 << 30;
 /// The data and hole stretches of a staged file's merged view, `[0, size)`.
 /// Full mode asks the filesystem (SEEK_DATA / SEEK_HOLE on the staging file); overlay
 /// mode knows its data: the base below its limit and the staged ranges.
-pub(crate) fn segments(g: &crate::staging::Inner, size: u64) -> std::io::Result<Vec<Segment>> {
+pub(crate) fn segments(
+    g: &crate::staging::Inner,
+    size: u64,
+    base_data: &[(u64, u64)],
+) -> std::io::Result<Vec<Segment>> {
     let mut data = crate::staging::RangeSet::default();
     match g.base {
         Some(_) => {
-            data.insert(0, g.base_limit.min(size));
+            let limit = g.base_limit.min(size);
+            for &(s, e) in base_data {
+                data.insert(s.min(limit), e.min(limit));
+            }
             for (s, e) in g.ranges.iter() {
                 data.insert(s.min(size), e.min(size));
             }
@@ -697,6 +708,32 @@ pub(crate) fn segments(g: &crate::staging::Inner, size: u64) -> std::io::Result<
         }
     }
     Ok(out)
+}
+
+impl Store {
+    /// Where content `c` holds data (everything but its hole entries), merged.
+    fn data_extents(&self, c: &ChunkId) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.content_extents(c, 0, &mut out)?;
+        Ok(out)
+    }
+
+    fn content_extents(&self, c: &ChunkId, at: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        let list = self.content(c)?;
+        let mut pos = at;
+        for (len, id) in &list.entries {
+            if list.index {
+                self.content_extents(id, pos, out)?;
+            } else if !id.is_hole() {
+                match out.last_mut() {
+                    Some(last) if last.1 == pos => last.1 = pos + len,
+                    _ => out.push((pos, pos + len)),
+                }
+            }
+            pos += len;
+        }
+        Ok(())
+    }
 }
 
 /// An upper bound of the new bytes an ingest of this file may store: what the staging
@@ -745,7 +782,7 @@ mod tests {
         ranges.insert(10 << 20, (10 << 20) + 100);
         ranges.insert((10 << 20) + 200, (10 << 20) + 300);
         let g = crate::staging::Inner::for_test(tmp, Some(ChunkId([1; 32])), 4096, ranges);
-        let segs = segments(&g, 100 << 20).unwrap();
+        let segs = segments(&g, 100 << 20, &[(0, 1 << 20)]).unwrap();
         assert_eq!(
             segs,
             vec![
@@ -774,7 +811,7 @@ mod tests {
         f.write_all_at(b"tail", 3 << 30).unwrap();
         let size = (3 << 30) + 4;
         let g = crate::staging::Inner::for_test(f, None, 0, Default::default());
-        let segs = segments(&g, size).unwrap();
+        let segs = segments(&g, size, &[]).unwrap();
         assert_eq!(segs.len(), 2, "{segs:?}");
         assert!(matches!(segs[0], Segment::Hole(n) if n >= (3 << 30) - (1 << 20)));
         assert!(matches!(segs[1], Segment::Data(_, e) if e == size));

@@ -1,0 +1,163 @@
+//! Regressions of the hardening review: sparse files that stopped every ingest and
+//! snapshot, sizes past what the store holds, the landing zone in verify, and a GC
+//! dry run that did not count orphan packs.
+
+mod common;
+use common::*;
+use storage::*;
+
+/// A 4-byte write at 100 GiB and a file set to 1 TiB by size alone are ingested at once
+/// (their holes cost neither space nor reading), the other staged files with them, a
+/// snapshot can be taken, and every byte reads back.
+#[test]
+fn sparse_files_ingest_and_snapshot_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let far = s.create(v.root, b"far", file_mode()).unwrap().ino;
+    s.write(far, 100 << 30, b"tail").unwrap();
+    let big = s.create(v.root, b"big", file_mode()).unwrap().ino;
+    s.setattr(
+        big,
+        SetAttr {
+            size: Some(1 << 40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let plain = s.create(v.root, b"plain", file_mode()).unwrap().ino;
+    let d = data(300_000, 1);
+    s.write(plain, 0, &d).unwrap();
+    // Data with a 64 MiB hole in the middle.
+    let mixed = s.create(v.root, b"mixed", file_mode()).unwrap().ino;
+    s.write(mixed, 0, &d).unwrap();
+    s.write(mixed, 64 << 20, &d).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let r = s.ingest_all(None).unwrap();
+    // `big` was never written: its size alone describes it, nothing is staged.
+    assert_eq!(r.files, 3, "{r:?}");
+    assert!(
+        r.new_bytes < 2 << 20,
+        "holes are not stored: {} new bytes",
+        r.new_bytes
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "holes are not read"
+    );
+    let snap = s.snapshot("vol", "one").unwrap();
+    assert_eq!(
+        snap.logical_bytes,
+        (100 << 30) + 4 + (1 << 40) + 300_000 + (64 << 20) + 300_000
+    );
+    assert_eq!(s.read(far, (100 << 30) - 2, 6).unwrap().0, b"\0\0tail");
+    assert_eq!(s.read(far, 50 << 30, 8).unwrap().0, vec![0u8; 8]);
+    let (end, eof) = s.read(big, (1 << 40) - 3, 10).unwrap();
+    assert_eq!((end, eof), (vec![0u8; 3], true));
+    assert_eq!(read_all(&s, plain), d);
+    assert_eq!(s.read(mixed, 0, 300_000).unwrap().0, d);
+    assert_eq!(s.read(mixed, 32 << 20, 4096).unwrap().0, vec![0u8; 4096]);
+    assert_eq!(s.read(mixed, 64 << 20, 300_000).unwrap().0, d);
+    // A write into the hole of an ingested sparse file stays beside the holes.
+    s.write(far, 1 << 30, b"middle").unwrap();
+    s.ingest_all(None).unwrap();
+    assert_eq!(s.read(far, 1 << 30, 6).unwrap().0, b"middle");
+    assert_eq!(s.read(far, 100 << 30, 4).unwrap().0, b"tail");
+    assert!(s.verify().unwrap().is_clean());
+    s.gc(&GcOptions::default()).unwrap();
+    assert!(s.verify().unwrap().is_clean());
+    let root = s.snapshot_root("vol", "one").unwrap();
+    let e = s.snap_lookup(&root, b"far").unwrap();
+    assert_eq!(s.snap_read(&e, 100 << 30, 4).unwrap().0, b"tail");
+}
+
+/// Sizes past the largest file the staging filesystem holds are refused up front
+/// (FBIG), never acknowledged and lost.
+#[test]
+fn sizes_past_the_maximum_are_too_big() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    let max = s.max_file_size();
+    assert!(max >= 1 << 40, "max file size {max}");
+    let e = s
+        .setattr(
+            f,
+            SetAttr {
+                size: Some(u64::MAX),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TooBig(_)), "{e}");
+    let e = s.write(f, max, b"x").unwrap_err();
+    assert!(matches!(e, StoreError::TooBig(_)), "{e}");
+    let e = s.write(f, u64::MAX - 1, b"xy").unwrap_err();
+    assert!(matches!(e, StoreError::TooBig(_)), "{e}");
+    assert_eq!(s.getattr(f).unwrap().size, 0, "nothing was acknowledged");
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.getattr(f).unwrap().size, 0);
+}
+
+/// Verify looks at the landing zone: staged files and bytes are reported, and a
+/// staging file that went missing makes verify fail naming the file.
+#[test]
+fn verify_checks_the_landing_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"staged", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(10_000, 3)).unwrap();
+    let r = s.verify().unwrap();
+    assert!(r.is_clean());
+    assert_eq!((r.staged_files, r.staged_bytes), (1, 10_000));
+    std::fs::remove_file(dir.path().join("staging").join(f.0.to_string())).unwrap();
+    let r = s.verify().unwrap();
+    assert!(!r.is_clean());
+    assert!(
+        r.staged_problems.iter().any(|p| p.contains("/vol/staged")),
+        "{:?}",
+        r.staged_problems
+    );
+}
+
+/// A pack file nothing is indexed in (left by a crash during ingest) is counted by
+/// the dry run exactly as the run then reclaims it.
+#[test]
+fn gc_dry_run_counts_orphan_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(2_000_000, 4)).unwrap();
+    s.ingest_all(None).unwrap();
+    drop(s);
+    // An orphan: a copy of the pack under an id nothing names.
+    let packs = dir.path().join("packs");
+    let first = std::fs::read_dir(&packs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let orphan = packs.join(format!("{:016x}.pack", 0xfff0u64));
+    std::fs::copy(&first, &orphan).unwrap();
+    let len = std::fs::metadata(&orphan).unwrap().len();
+    let s = open(dir.path());
+    let dry = s
+        .gc(&GcOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(dry.plan.remove_packs.len(), 1);
+    assert_eq!(dry.plan.reclaim_bytes(), len);
+    assert!(orphan.exists(), "a dry run removes nothing");
+    let run = s.gc(&GcOptions::default()).unwrap();
+    assert_eq!(run.reclaimed_bytes, dry.plan.reclaim_bytes());
+    assert!(!orphan.exists());
+    assert_eq!(read_all(&s, f), data(2_000_000, 4));
+}
