@@ -206,6 +206,236 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::ExportPolicy;
+    use nfs3_types::nfs3::{cookieverf3, nfs_fh3, READ3args, READDIRPLUS3args};
+    use nfs3_types::rpc::{auth_unix, call_body, msg_body, opaque_auth, rpc_msg};
+    use nfs3_types::xdr_codec::{Opaque, Pack};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    /// An export of a fresh store with one volume `v` holding a 1 MiB file `f` and a
+    /// directory `d` of 3,000 entries; returns the address and the handles.
+    async fn export(
+        max_connections: usize,
+        limits: Limits,
+    ) -> (Export, tempfile::TempDir, Vec<u8>, Vec<u8>) {
+        use storage::{NewAttr, Store, StoreOptions};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(tmp.path(), StoreOptions::default()).unwrap());
+        let na = |mode| NewAttr {
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        let v = store.create_volume("v", na(0o755)).unwrap();
+        let f = store.create(v.root, b"f", na(0o644)).unwrap().ino;
+        store.write(f, 0, &vec![7u8; 1 << 20]).unwrap();
+        let d = store.mkdir(v.root, b"d", na(0o755)).unwrap().ino;
+        for i in 0..3000 {
+            store
+                .create(
+                    d,
+                    format!("entry-with-a-longish-name-{i:05}").as_bytes(),
+                    na(0o644),
+                )
+                .unwrap();
+        }
+        let secret = store.handle_secret().unwrap();
+        let gen = store.begin_service("test").unwrap();
+        let cfg = ExportConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            policy: ExportPolicy::default(),
+            max_connections,
+            limits,
+        };
+        let key = HandleKey::derive(&secret, &export_identity(&cfg));
+        let codec = HandleCodec::new(key, gen);
+        let fh_f = codec.seal(&crate::handle::Node::Live(f));
+        let fh_d = codec.seal(&crate::handle::Node::Live(d));
+        let e = start(Shared::new(store, 64), cfg, gen, &secret)
+            .await
+            .unwrap();
+        (e, tmp, fh_f, fh_d)
+    }
+
+    fn record<T: Pack>(xid: u32, proc_: u32, args: &T) -> Vec<u8> {
+        let msg = rpc_msg {
+            xid,
+            body: msg_body::CALL(call_body {
+                rpcvers: 2,
+                prog: nfs3_types::nfs3::PROGRAM,
+                vers: 3,
+                proc: proc_,
+                cred: opaque_auth::auth_unix(&auth_unix::default()),
+                verf: opaque_auth::default(),
+            }),
+        };
+        let mut v = vec![0; 4];
+        msg.pack(&mut v).unwrap();
+        args.pack(&mut v).unwrap();
+        let mark = (v.len() as u32 - 4) | 0x8000_0000;
+        v[..4].copy_from_slice(&mark.to_be_bytes());
+        v
+    }
+
+    async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+        let s = TcpSocket::new_v4().unwrap();
+        s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    /// Sends a NULL call and waits for its reply: whether this client is served.
+    async fn served(src: &str, to: SocketAddr) -> bool {
+        let mut c = connect_from(src, to).await;
+        if c.write_all(&record(1, 0, &nfs3_types::xdr_codec::Void))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut mark = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut mark)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Idle connections holding every slot from one address do not lock others out,
+    /// and idle connections are closed after the idle limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_neither_lock_out_nor_stay() {
+        let limits = Limits {
+            idle: Duration::from_secs(2),
+            tick: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let (e, _tmp, _, _) = export(32, limits).await;
+        let mut hogs = Vec::new();
+        for _ in 0..32 {
+            hogs.push(connect_from("127.0.0.2", e.addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            served("127.0.0.1", e.addr).await,
+            "another address gets a slot"
+        );
+        assert!(served("127.0.0.3", e.addr).await, "and the next one too");
+        // The hogs never sent a byte: all of them are closed after the idle limit.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for mut h in hogs {
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), h.read(&mut b)).await;
+            assert!(
+                matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                "idle connection closed: {r:?}"
+            );
+        }
+    }
+
+    /// Clients that pipeline READs and never read the replies take the shared budget;
+    /// a client that waits for it makes them lose their connections within the
+    /// contended stall limit, and it is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_take_no_replies_lose_their_connections_when_others_wait() {
+        let limits = Limits {
+            stall_contended: Duration::from_secs(1),
+            tick: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let (e, _tmp, fh_f, _) = export(256, limits).await;
+        let read = |xid| {
+            record(
+                xid,
+                6,
+                &READ3args {
+                    file: nfs_fh3 {
+                        data: Opaque::owned(fh_f.clone()),
+                    },
+                    offset: 0,
+                    count: 1 << 20,
+                },
+            )
+        };
+        // 20 connections x 64 pipelined 1 MiB READs: far more than the 256 MiB budget.
+        let mut hogs = Vec::new();
+        for c in 0..20u32 {
+            let mut s = connect_from("127.0.0.2", e.addr).await;
+            let mut burst = Vec::new();
+            for i in 0..64 {
+                burst.extend(read(c * 100 + i));
+            }
+            let _ = s.write_all(&burst).await;
+            hogs.push(s);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t0 = std::time::Instant::now();
+        let mut c = connect_from("127.0.0.1", e.addr).await;
+        for i in 0..8 {
+            c.write_all(&read(9000 + i)).await.unwrap();
+            let mut mark = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(20), c.read_exact(&mut mark))
+                .await
+                .expect("the waiting client is served")
+                .unwrap();
+            let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+            let mut body = vec![0u8; len];
+            c.read_exact(&mut body).await.unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        // Stalled hogs were closed while the client waited (the rest keep their
+        // connections until someone waits again or the plain stall limit): reading what
+        // they were sent ends in EOF or a reset. Drained side by side, 3 s at most.
+        let drains: Vec<_> = hogs
+            .into_iter()
+            .map(|mut h| {
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 1 << 20];
+                    tokio::time::timeout(Duration::from_secs(3), async {
+                        loop {
+                            match h.read(&mut sink).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                    })
+                    .await
+                    .is_ok()
+                })
+            })
+            .collect();
+        let mut closed = 0;
+        for d in drains {
+            closed += u32::from(d.await.unwrap());
+        }
+        assert!(closed >= 1, "no stalled client was closed");
+    }
+
+    /// READDIRPLUS asking for 4 GiB gets one reply of at most `DIR_REPLY_MAX`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readdirplus_replies_are_capped() {
+        let (e, _tmp, _, fh_d) = export(8, Limits::default()).await;
+        let mut c = connect_from("127.0.0.1", e.addr).await;
+        let args = READDIRPLUS3args {
+            dir: nfs_fh3 {
+                data: Opaque::owned(fh_d),
+            },
+            cookie: 0,
+            cookieverf: cookieverf3::default(),
+            dircount: u32::MAX,
+            maxcount: u32::MAX,
+        };
+        c.write_all(&record(5, 17, &args)).await.unwrap();
+        let mut mark = [0u8; 4];
+        c.read_exact(&mut mark).await.unwrap();
+        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        assert!(len <= crate::nfs::DIR_REPLY_MAX, "reply of {len} bytes");
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body[20..24], &[0, 0, 0, 0], "NFS3_OK");
+        assert!(len > 64 << 10, "a full page, not a token reply: {len}");
+    }
 
     #[test]
     fn cidr_parsing_and_matching() {
