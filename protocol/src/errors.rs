@@ -3,6 +3,9 @@
 use nfs3_types::nfs3::nfsstat3;
 use storage::StoreError;
 
+static NOSPC_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(10));
+
 /// Maps a store error to the NFS status the protocol prescribes, logging it once with
 /// its context (clients only see the code).
 pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
@@ -25,7 +28,13 @@ pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
         StoreError::Raced(_) => NFS3ERR_JUKEBOX,
     };
     match code {
-        NFS3ERR_IO | NFS3ERR_NOSPC => tracing::error!(op, error = %e, "nfs call failed"),
+        // A full disk refuses every write of every client: one line per 10 s says so.
+        NFS3ERR_NOSPC => {
+            if let Some(n) = NOSPC_LOG.check() {
+                tracing::error!(op, error = %e, held_back = n, "nfs call failed");
+            }
+        }
+        NFS3ERR_IO => tracing::error!(op, error = %e, "nfs call failed"),
         _ => tracing::debug!(op, error = %e, "nfs call refused"),
     }
     code

@@ -21,6 +21,8 @@
 
 pub mod errors;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handle;
 pub mod limits;
 pub mod nfs;

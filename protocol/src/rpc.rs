@@ -322,7 +322,9 @@ type Permits = (
 );
 
 /// Reads one record (all its fragments). `Ok(None)` at a clean end of stream.
-async fn read_record<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
+pub async fn read_record<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> io::Result<Option<Vec<u8>>> {
     let mut msg = Vec::new();
     loop {
         let mut mark = [0u8; 4];
