@@ -81,7 +81,7 @@ fn fuzz_raw_bytes() {
     let mut rng = Rng::new(7);
     for _ in 0..3000 {
         let n = rng.below(300);
-        let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+        let mut b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
         if n >= 4 && rng.below(2) == 0 {
             // A plausible record mark, so the parser is reached.
             let len = (n - 4) as u32 | 0x8000_0000;
@@ -95,6 +95,9 @@ fn fuzz_raw_bytes() {
     }
 }
 
+/// What each proxied connection's client sent, by connection number.
+type Recorded = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// Records the seeds: run with `cargo test --release -p kura --test fuzz --
 /// --ignored record_fuzz_seeds` (needs libnfs-utils), then commit the files.
 #[test]
@@ -104,7 +107,7 @@ fn record_fuzz_seeds() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let secret = [0x42u8; 32];
-    let sessions: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let sessions: Recorded = Arc::default();
     let (proxy_port, identity) = rt.block_on(async {
         let store = Arc::new(
             storage::Store::open(tmp.path().join("store"), storage::StoreOptions::default())

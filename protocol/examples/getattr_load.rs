@@ -6,6 +6,9 @@
 //! NFSv3 GETATTR on it, keeping WINDOW calls outstanding. Prints calls per second.
 //! With `write FILE SERVER_PID`: 1 MiB UNSTABLE WRITEs to the existing FILE instead,
 //! WINDOW in flight, and the server's peak RSS (VmHWM) before and after.
+//! With `readdirplus DIR SERVER_PID CONNS CALLS`: the READDIRPLUS abuse of the
+//! hardening review: CONNS connections each send CALLS READDIRPLUS of DIR asking for
+//! 4 GiB replies and never read; prints the server's peak and current RSS.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -63,6 +66,19 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
 
+/// LOOKUP of `name` in the directory whose encoded handle is `dir`: the child's handle.
+fn lookup(s: &mut TcpStream, dir: &[u8], name: &str) -> Vec<u8> {
+    let mut la = dir.to_vec();
+    put_opaque(&mut la, name.as_bytes());
+    s.write_all(&call(2, 100_003, 3, 3, &la)).unwrap();
+    let r = read_reply(s);
+    let verf_len = u32_at(&r, 16) as usize;
+    let at = 20 + verf_len.div_ceil(4) * 4;
+    assert_eq!(u32_at(&r, at + 4), 0, "LOOKUP {name} failed");
+    let flen = u32_at(&r, at + 8) as usize;
+    r[at + 12..at + 12 + flen].to_vec()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let port: u16 = args.first().expect("PORT").parse().unwrap();
@@ -90,16 +106,7 @@ fn main() {
     if args.get(4).map(String::as_str) == Some("write") {
         let name = args.get(5).expect("FILE");
         pid = args.get(6).cloned();
-        // LOOKUP: status, then the object's handle.
-        let mut la = ga.clone();
-        put_opaque(&mut la, name.as_bytes());
-        s.write_all(&call(2, 100_003, 3, 3, &la)).unwrap();
-        let r = read_reply(&mut s);
-        let verf_len = u32_at(&r, 16) as usize;
-        let at = 20 + verf_len.div_ceil(4) * 4;
-        assert_eq!(u32_at(&r, at + 4), 0, "LOOKUP {name} failed");
-        let flen = u32_at(&r, at + 8) as usize;
-        let ffh = r[at + 12..at + 12 + flen].to_vec();
+        let ffh = lookup(&mut s, &ga, name);
         ga.clear();
         put_opaque(&mut ga, &ffh);
         put(&mut ga, 0); // offset high (patched per call below is unnecessary: same range)
@@ -108,6 +115,55 @@ fn main() {
         put(&mut ga, 0); // UNSTABLE
         put_opaque(&mut ga, &vec![0x5au8; 1 << 20]);
         proc_ = 7;
+    }
+    if args.get(4).map(String::as_str) == Some("readdirplus") {
+        let name = args.get(5).expect("DIR");
+        let pid = args.get(6).expect("SERVER_PID").clone();
+        let conns: usize = args.get(7).map_or(4, |v| v.parse().unwrap());
+        let calls: u32 = args.get(8).map_or(64, |v| v.parse().unwrap());
+        let dfh = lookup(&mut s, &ga, name);
+        let mut ra = Vec::new();
+        put_opaque(&mut ra, &dfh);
+        for v in [0, 0, 0, 0, u32::MAX, u32::MAX] {
+            put(&mut ra, v); // cookie, verifier, dircount, maxcount
+        }
+        let status = |key: &str| -> u64 {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with(key))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
+                .unwrap_or(0)
+                / 1024
+        };
+        println!("server RSS before: {} MiB", status("VmRSS"));
+        let mut held = Vec::new();
+        for c in 0..conns {
+            let mut t = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let burst: Vec<u8> = (0..calls)
+                .flat_map(|i| call(10_000 * (c as u32 + 1) + i, 100_003, 3, 17, &ra))
+                .collect();
+            t.write_all(&burst).unwrap();
+            held.push(t);
+        }
+        for sec in 1..=10 {
+            std::thread::sleep(Duration::from_secs(1));
+            eprintln!(
+                "{sec} s: RSS {} MiB, peak {} MiB",
+                status("VmRSS"),
+                status("VmHWM")
+            );
+        }
+        let peak = status("VmHWM");
+        drop(held);
+        std::thread::sleep(Duration::from_secs(3));
+        println!(
+            "READDIRPLUS abuse ({conns} connections x {calls} calls, replies unread): server peak RSS {peak} MiB, {} MiB 3 s after they closed",
+            status("VmRSS")
+        );
+        return;
     }
     let hwm = |pid: &Option<String>| -> String {
         pid.as_ref()

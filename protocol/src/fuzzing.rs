@@ -161,7 +161,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -172,7 +172,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 }
@@ -252,7 +252,7 @@ pub fn mutate(wire: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
                     body[to..end].copy_from_slice(&other[from..from + (end - to)]);
                 }
             }
-            5 => body.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            5 => body.extend((0..rng.below(64)).map(|_| rng.next_u64() as u8)),
             6 => fragments = true,
             _ => mark_override = Some(edge[rng.below(edge.len())]),
         }

@@ -854,14 +854,14 @@ impl Service for NfsService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fs::{ExportPolicy, Shared};
     use nfs3_types::rpc::{auth_unix, call_body, msg_body, opaque_auth, rpc_msg};
     use storage::{NewAttr, Store, StoreOptions};
 
     /// An encoded NFS call with an AUTH_UNIX credential for root.
-    fn call_bytes<T: Pack>(xid: u32, proc_: NFS_PROGRAM, args: &T) -> Vec<u8> {
+    pub(crate) fn call_bytes<T: Pack>(xid: u32, proc_: NFS_PROGRAM, args: &T) -> Vec<u8> {
         let cred = opaque_auth::auth_unix(&auth_unix::default());
         let msg = rpc_msg {
             xid,
