@@ -240,6 +240,17 @@ fn create_modes_mkdir_remove_rmdir_and_bad_names() {
             let r = mkdir(&mut c, &root, n, 0o755).await;
             assert_eq!(status(&r), want, "mkdir {:?}", String::from_utf8_lossy(n));
         }
+        // LOOKUP of a name no file can have: NAMETOOLONG, not NOENT.
+        for len in [256, 10_000] {
+            let n = vec![b'q'; len];
+            let r = c
+                .lookup(&LOOKUP3args {
+                    what: dirop(&root, &n),
+                })
+                .await
+                .unwrap();
+            assert_eq!(status(&r), nfsstat3::NFS3ERR_NAMETOOLONG, "lookup of {len} bytes");
+        }
         let r = c
             .readdir(&READDIR3args {
                 dir: root.clone(),
@@ -548,5 +559,19 @@ fn portmap_and_credentials() {
             .mount()
             .await;
         assert!(missing.is_err(), "mount of a missing volume must fail");
+
+        // An RPCSEC_GSS credential (flavor 6; GSS init is a NULL call) is refused with
+        // MSG_DENIED / AUTH_ERROR / AUTH_BADCRED, not GARBAGE_ARGS.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(("127.0.0.1", d.port)).await.unwrap();
+        let words: Vec<u32> = vec![77, 0, 2, 100_003, 3, 0, 6, 12, 1, 0, 0, 0, 0];
+        let mut rec: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let mark = (rec.len() as u32) | 0x8000_0000;
+        rec.splice(0..0, mark.to_be_bytes());
+        s.write_all(&rec).await.unwrap();
+        let mut reply = [0u8; 24];
+        s.read_exact(&mut reply).await.unwrap();
+        let w = |i: usize| u32::from_be_bytes(reply[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+        assert_eq!((w(0), w(1), w(2), w(3), w(4)), (77, 1, 1, 1, 1));
     });
 }
