@@ -38,7 +38,9 @@ PY
 
 start new "$NEW" 24049
 start base "$BASE" 24050
-fill 24049 & fill 24050 & wait
+fill 24049 & f1=$!
+fill 24050 & f2=$!
+wait $f1 $f2
 echo "filled two 20,000-entry directories"
 
 for window in 64 128; do

@@ -249,7 +249,11 @@ fn create_modes_mkdir_remove_rmdir_and_bad_names() {
                 })
                 .await
                 .unwrap();
-            assert_eq!(status(&r), nfsstat3::NFS3ERR_NAMETOOLONG, "lookup of {len} bytes");
+            assert_eq!(
+                status(&r),
+                nfsstat3::NFS3ERR_NAMETOOLONG,
+                "lookup of {len} bytes"
+            );
         }
         let r = c
             .readdir(&READDIR3args {

@@ -16,10 +16,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Time limits of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -78,11 +77,15 @@ fn now_ms() -> u64 {
     clock().elapsed().as_millis() as u64
 }
 
-/// What the table and the connection's tasks share about one connection.
+/// What the table, the connection's tasks and its watchdog share about one
+/// connection. Plain atomics: the per-call paths only store timestamps, and the
+/// watchdog (one timer per connection) decides when to close.
 pub struct ConnState {
     pub peer: IpAddr,
     last_active: AtomicU64,
-    close: watch::Sender<bool>,
+    /// When the writer started the send in progress (ms since start + 1), 0 when idle.
+    sending_since: AtomicU64,
+    closing: AtomicBool,
 }
 
 impl ConnState {
@@ -90,7 +93,8 @@ impl ConnState {
         Arc::new(ConnState {
             peer,
             last_active: AtomicU64::new(now_ms()),
-            close: watch::channel(false).0,
+            sending_since: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -109,15 +113,33 @@ impl ConnState {
         Duration::from_millis(now_ms().saturating_sub(self.last_active.load(Ordering::Relaxed)))
     }
 
-    /// Asks the connection's tasks to stop.
+    /// Asks the connection to stop (its watchdog closes it at its next tick).
     pub fn close(&self) {
-        self.close.send_replace(true);
+        self.closing.store(true, Ordering::Release);
     }
 
-    /// Resolves once [`ConnState::close`] was called.
-    pub async fn closed(&self) {
-        let mut rx = self.close.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// The writer starts sending replies.
+    pub fn sending(&self) {
+        self.sending_since.store(now_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// The writer's send completed: the client is taking replies.
+    pub fn sent(&self) {
+        let now = now_ms();
+        self.sending_since.store(0, Ordering::Relaxed);
+        self.last_active.store(now, Ordering::Relaxed);
+    }
+
+    /// How long the send in progress has been waiting for the client.
+    pub fn stalled_for(&self) -> Duration {
+        match self.sending_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            t => Duration::from_millis((now_ms() + 1).saturating_sub(t)),
+        }
     }
 }
 
@@ -256,7 +278,7 @@ mod tests {
         assert!(t.admit(ip("10.0.0.1")).is_none(), "the hog cannot grow");
         let a = t.admit(ip("10.0.0.2")).expect("a newcomer gets a slot");
         assert_eq!(
-            hog.iter().filter(|s| *s.state.close.borrow()).count(),
+            hog.iter().filter(|s| s.state.is_closing()).count(),
             1,
             "exactly one of the hog's connections is asked to close"
         );

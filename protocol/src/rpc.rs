@@ -371,95 +371,65 @@ pub async fn serve_connection<S: Service>(
 ) {
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
-    let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
-    let (tx, mut rx) = mpsc::channel::<(Reply, Option<Permits>)>(CALLS_PER_CONN);
-    // The writer ends when the client goes away, stops taking replies, or the
-    // connection is closed from outside; dropping `closed` then tells the reader to
-    // stop too, and the replies it held give their budget back.
-    let (closed, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
-    let wconn = conn.clone();
-    let writer = tokio::spawn(async move {
-        let _closed = closed;
-        let conn = wconn;
-        let mut w = BufWriter::with_capacity(IO_BUFFER, wr);
-        let mut tick = tokio::time::interval(limits.tick);
-        loop {
-            let first = tokio::select! {
-                r = rx.recv() => r,
-                _ = conn.closed() => return,
-            };
-            let Some((r, _permits)) = first else { return };
-            let mut batch = vec![r];
-            // Batch whatever else is ready into the same send.
-            let mut held = vec![_permits];
-            while let Ok((r, p)) = rx.try_recv() {
-                batch.push(r);
-                held.push(p);
-                if batch.len() >= CALLS_PER_CONN {
+    let (tx, rx) = mpsc::channel::<(Reply, Option<Permits>)>(CALLS_PER_CONN);
+    let calls = Arc::new(Semaphore::new(CALLS_PER_CONN));
+    let reader = tokio::spawn(read_calls(rd, peer, svc, tx, calls.clone(), conn.clone()));
+    let mut writer = tokio::spawn(write_replies(wr, rx, conn.clone()));
+    // The watchdog: one timer per connection, so that the per-call paths carry none.
+    // It ends the connection when the writer is done (client gone, or every reply
+    // sent after the client stopped sending), when it is closed from outside, stalls,
+    // or sits idle.
+    let mut tick = tokio::time::interval(limits.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            _ = tick.tick() => {
+                if conn.is_closing() {
+                    tracing::debug!(%peer, "connection closed to make room");
+                    break;
+                }
+                let stalled = conn.stalled_for();
+                let contended = crate::limits::budget_contended();
+                let limit = if contended { limits.stall_contended } else { limits.stall };
+                if stalled >= limit {
+                    if let Some(n) = STALL_LOG.check() {
+                        tracing::warn!(%peer, secs = stalled.as_secs_f32(), contended, held_back = n, "client took no replies; closing connection");
+                    }
+                    break;
+                }
+                if stalled.is_zero()
+                    && calls.available_permits() == CALLS_PER_CONN
+                    && conn.quiet_for() >= limits.idle
+                {
+                    tracing::debug!(%peer, "idle connection closed");
                     break;
                 }
             }
-            let send = async {
-                for r in batch {
-                    r.write_to(&mut w).await?;
-                }
-                w.flush().await
-            };
-            tokio::pin!(send);
-            let started = tokio::time::Instant::now();
-            let sent = loop {
-                tokio::select! {
-                    r = &mut send => break r,
-                    _ = tick.tick() => {
-                        let stalled = started.elapsed();
-                        let limit = if crate::limits::budget_contended() {
-                            limits.stall_contended
-                        } else {
-                            limits.stall
-                        };
-                        if stalled >= limit {
-                            if let Some(n) = STALL_LOG.check() {
-                                tracing::warn!(%peer, secs = stalled.as_secs_f32(), contended = crate::limits::budget_contended(), held_back = n, "client took no replies; closing connection");
-                            }
-                            return;
-                        }
-                    }
-                    _ = conn.closed() => return,
-                }
-            };
-            drop(held);
-            if sent.is_err() {
-                return;
-            }
-            conn.touch();
         }
-    });
-    let calls = Arc::new(Semaphore::new(CALLS_PER_CONN));
+    }
+    // Dropping the tasks drops the socket halves and every permit they hold; calls
+    // still running give theirs back when their reply finds no writer.
+    reader.abort();
+    writer.abort();
+}
+
+/// Reads records, answers what cannot be a call, and starts a task per call once its
+/// budget is granted. Ends at the end of the stream or a broken record; the writer
+/// then sends what is still coming and ends too.
+async fn read_calls<S: Service>(
+    rd: tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
+    svc: Arc<S>,
+    tx: mpsc::Sender<(Reply, Option<Permits>)>,
+    calls: Arc<Semaphore>,
+    conn: Arc<ConnState>,
+) {
+    let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
     let bytes = Arc::new(Semaphore::new(BYTES_PER_CONN >> 10));
     let all = all_conns_budget();
-    let mut tick = tokio::time::interval(limits.tick);
     loop {
-        let record = {
-            let read = read_record(&mut rd);
-            tokio::pin!(read);
-            loop {
-                tokio::select! {
-                    r = &mut read => break Some(r),
-                    _ = &mut writer_gone => break None,
-                    _ = conn.closed() => break None,
-                    _ = tick.tick() => {
-                        let idle = calls.available_permits() == CALLS_PER_CONN
-                            && conn.quiet_for() >= limits.idle;
-                        if idle {
-                            tracing::debug!(%peer, "idle connection closed");
-                            break None;
-                        }
-                    }
-                }
-            }
-        };
-        let Some(record) = record else { break };
-        let msg = match record {
+        let msg = match read_record(&mut rd).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -508,14 +478,9 @@ pub async fn serve_connection<S: Service>(
             Ok(c) => c,
             Err(_) => {
                 let _waiting = crate::limits::Waiting::start();
-                let got = tokio::select! {
-                    c = all.clone().acquire_many_owned(units) => c.ok(),
-                    _ = &mut writer_gone => None,
-                    _ = conn.closed() => None,
-                };
-                match got {
-                    Some(c) => c,
-                    None => break,
+                match all.clone().acquire_many_owned(units).await {
+                    Ok(c) => c,
+                    Err(_) => break,
                 }
             }
         };
@@ -526,9 +491,43 @@ pub async fn serve_connection<S: Service>(
             }
         });
     }
-    drop(tx);
-    // Replies still queued are sent (within the stall limits) before the end.
-    let _ = writer.await;
+}
+
+/// The one writer of a connection: batches whatever replies are ready into one send.
+/// Ends when every sender is gone or the client cannot be written to.
+async fn write_replies(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Reply, Option<Permits>)>,
+    conn: Arc<ConnState>,
+) {
+    let mut w = BufWriter::with_capacity(IO_BUFFER, wr);
+    let mut batch = Vec::with_capacity(CALLS_PER_CONN);
+    let mut held = Vec::with_capacity(CALLS_PER_CONN);
+    while let Some((r, p)) = rx.recv().await {
+        batch.push(r);
+        held.push(p);
+        while batch.len() < CALLS_PER_CONN {
+            match rx.try_recv() {
+                Ok((r, p)) => {
+                    batch.push(r);
+                    held.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        conn.sending();
+        for r in batch.drain(..) {
+            if r.write_to(&mut w).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+        conn.sent();
+        // The replies are out: their budget goes back.
+        held.clear();
+    }
 }
 
 static STALL_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
