@@ -60,6 +60,8 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
         match s.write(f, 0, &d) {
             Ok(()) => {}
             Err(e) => {
+                // A refused write leaves none of its bytes.
+                assert_eq!(s.getattr(f).unwrap().size, 0, "a refused write left bytes");
                 hit = Some(e);
                 break;
             }
