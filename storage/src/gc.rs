@@ -96,24 +96,31 @@ impl Store {
                 .ctx("gc mark")?;
             for r in rows {
                 let (c, t) = r.ctx("gc mark")?;
-                contents.extend(c.and_then(|c| ChunkId::from_slice(&c)));
-                trees.extend(t.and_then(|t| ChunkId::from_slice(&t)));
+                if let Some(c) = c {
+                    contents.push(ChunkId::from_row(&c, "inodes.content")?);
+                }
+                if let Some(t) = t {
+                    trees.push(ChunkId::from_row(&t, "inodes.tree")?);
+                }
             }
             // Leaves already committed by an ingest still in progress.
             let mut st = conn
                 .prepare("SELECT leaf FROM ingest_parts")
                 .ctx("gc mark")?;
-            contents.extend(
-                st.query_map([], |r| r.get::<_, Vec<u8>>(0))
-                    .ctx("gc mark")?
-                    .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b))),
-            );
-            let mut st = conn.prepare("SELECT root FROM snapshots").ctx("gc mark")?;
-            let roots: Vec<ChunkId> = st
+            for r in st
                 .query_map([], |r| r.get::<_, Vec<u8>>(0))
                 .ctx("gc mark")?
-                .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b)))
-                .collect();
+            {
+                contents.push(ChunkId::from_row(&r.ctx("gc mark")?, "ingest_parts.leaf")?);
+            }
+            let mut st = conn.prepare("SELECT root FROM snapshots").ctx("gc mark")?;
+            let mut roots = Vec::new();
+            for r in st
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .ctx("gc mark")?
+            {
+                roots.push(ChunkId::from_row(&r.ctx("gc mark")?, "snapshots.root")?);
+            }
             (contents, trees, roots)
         };
         for c in contents {
@@ -346,11 +353,18 @@ impl Store {
                     ))
                 })
                 .ctx("repack list")?
-                .filter_map(|r| r.ok())
-                .filter_map(|(id, o, sl, rl, k, io)| {
-                    Some((ChunkId::from_slice(&id)?, o as u64, sl, rl, k, io))
+                .map(|r| {
+                    let (id, o, sl, rl, k, io) = r.ctx("repack list")?;
+                    Ok((
+                        ChunkId::from_row(&id, "chunks.id")?,
+                        o as u64,
+                        sl,
+                        rl,
+                        k,
+                        io,
+                    ))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             r
         };
         let level = self.opts.zstd_level;

@@ -16,6 +16,17 @@ impl ChunkId {
         *self == Self::HOLE
     }
 
+    /// An id read from the database; anything but 32 bytes is a damaged row, which
+    /// GC and verify must stop at rather than skip (a skipped root is swept).
+    pub fn from_row(b: &[u8], what: &str) -> crate::error::Result<ChunkId> {
+        ChunkId::from_slice(b).ok_or_else(|| {
+            crate::error::StoreError::Format(format!(
+                "malformed object id ({} bytes) in {what}",
+                b.len()
+            ))
+        })
+    }
+
     pub fn of(data: &[u8]) -> Self {
         ChunkId(*blake3::hash(data).as_bytes())
     }

@@ -89,7 +89,16 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
         id: SnapshotId(r.get::<_, i64>(0)? as u64),
         volume: r.get(1)?,
         name: r.get(2)?,
-        root: ChunkId::from_slice(&r.get::<_, Vec<u8>>(3)?).unwrap_or(ChunkId([0; 32])),
+        root: {
+            let b: Vec<u8> = r.get(3)?;
+            ChunkId::from_slice(&b).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    3,
+                    rusqlite::types::Type::Blob,
+                    format!("snapshot root of {} bytes", b.len()).into(),
+                )
+            })?
+        },
         created: Timespec {
             sec: r.get(4)?,
             nsec: r.get::<_, i64>(5)? as u32,

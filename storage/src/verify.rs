@@ -84,10 +84,10 @@ impl Store {
                     ))
                 })
                 .ctx("verify list")?
-                .filter_map(|r| r.ok())
-                .filter_map(|(id, p, o, l, f, rl, io)| {
-                    Some((
-                        ChunkId::from_slice(&id)?,
+                .map(|r| {
+                    let (id, p, o, l, f, rl, io) = r.ctx("verify list")?;
+                    Ok((
+                        ChunkId::from_row(&id, "chunks.id")?,
                         PackId(p as u64),
                         o as u64,
                         l,
@@ -96,7 +96,7 @@ impl Store {
                         io,
                     ))
                 })
-                .collect();
+                .collect::<Result<Vec<Row>>>()?;
             r
         };
         // Group the index rows by the record they live in.
@@ -306,9 +306,15 @@ impl Store {
                     ))
                 })
                 .ctx("verify affected")?
-                .filter_map(|r| r.ok())
-                .map(|(i, v, c)| (crate::ids::FileId(i as u64), v, ChunkId::from_slice(&c)))
-                .collect();
+                .map(|r| {
+                    let (i, v, c) = r.ctx("verify affected")?;
+                    Ok((
+                        crate::ids::FileId(i as u64),
+                        v,
+                        Some(ChunkId::from_row(&c, "inodes.content")?),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
             r
         };
         for (ino, vol, c) in live {

@@ -162,3 +162,48 @@ fn gc_dry_run_counts_orphan_packs() {
     assert!(!orphan.exists());
     assert_eq!(read_all(&s, f), data(2_000_000, 4));
 }
+
+/// A damaged id in the database stops GC instead of being skipped: a skipped snapshot
+/// root would have everything only it references swept.
+#[test]
+fn gc_stops_at_a_damaged_root_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s
+        .create(v.root, b"only-in-snapshot", file_mode())
+        .unwrap()
+        .ino;
+    let d = data(200_000, 9);
+    s.write(f, 0, &d).unwrap();
+    s.snapshot("vol", "keep").unwrap();
+    s.remove(v.root, b"only-in-snapshot").unwrap();
+    drop(s);
+    let db = rusqlite::Connection::open(dir.path().join("kura.db")).unwrap();
+    let root: Vec<u8> = db
+        .query_row("SELECT root FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE snapshots SET root = x'0102'", [])
+        .unwrap();
+    drop(db);
+    let s = open(dir.path());
+    let e = s.gc(&GcOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("snapshots.root"), "{e}");
+    drop(s);
+    let db = rusqlite::Connection::open(dir.path().join("kura.db")).unwrap();
+    db.execute("UPDATE snapshots SET root = ?1", [&root])
+        .unwrap();
+    drop(db);
+    let s = open(dir.path());
+    let e = s
+        .snap_lookup(
+            &s.snapshot_root("vol", "keep").unwrap(),
+            b"only-in-snapshot",
+        )
+        .unwrap();
+    assert_eq!(
+        s.snap_read(&e, 0, 200_000).unwrap().0,
+        d,
+        "nothing was swept"
+    );
+}
