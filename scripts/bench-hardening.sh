@@ -43,7 +43,7 @@ fill 24050 & f2=$!
 wait $f1 $f2
 echo "filled two 20,000-entry directories"
 
-for window in 64 128; do
+for window in 1 64 128; do
   for turn in $(seq "$RUNS"); do
     for who in new base; do
       port=$([ $who = new ] && echo 24049 || echo 24050)
@@ -53,7 +53,7 @@ for window in 64 128; do
   done
 done | tee "$W/getattr"
 for who in new base; do
-  for window in 64 128; do
+  for window in 1 64 128; do
     med=$(awk -v w="window=$window" -v who="$who" '$2 == w && $4 == who { print $5 }' "$W/getattr" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
     echo "GETATTR median $who window $window: $med/s"
   done
