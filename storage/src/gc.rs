@@ -457,7 +457,10 @@ impl Store {
         report.removed_packs -= u64::from(report.reclaimed_bytes != before);
         let mut copied: HashMap<(PackId, u64), u64> = HashMap::new();
         for l in &locs {
-            copied.insert((l.pack, l.offset), l.stored_len as u64 + 48);
+            copied.insert(
+                (l.pack, l.offset),
+                l.stored_len as u64 + crate::format::RECORD_HEADER_LEN as u64,
+            );
         }
         report.reclaimed_bytes = before + len.saturating_sub(copied.values().sum());
         Ok(())

@@ -813,9 +813,9 @@ impl Store {
         let (chunks, raw, stored): (i64, i64, i64) = conn
             .query_row(
                 "SELECT count(*), coalesce(sum(raw_len),0),
-                   (SELECT coalesce(sum(stored_len + 48),0) FROM (SELECT DISTINCT pack, offset, stored_len FROM chunks))
+                   (SELECT coalesce(sum(stored_len + ?1),0) FROM (SELECT DISTINCT pack, offset, stored_len FROM chunks))
                  FROM chunks",
-                [],
+                [crate::format::RECORD_HEADER_LEN as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .ctx("computing stats")?;
