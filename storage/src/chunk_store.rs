@@ -326,7 +326,7 @@ impl ChunkStore {
         // A repack may move the chunk between the lookup and the read: retry once.
         let mut attempt = 0;
         loop {
-            let e = Self::lookup(&self.db.lock(), id)?
+            let e = Self::lookup(&*self.db.reader()?, id)?
                 .ok_or_else(|| corrupt("chunk missing from index".into()))?;
             if e.flags & CHUNK_DAMAGED != 0 {
                 return Err(corrupt("chunk quarantined by verify".into()));

@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS damaged(
 
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Read-only connections for the read path (WAL lets them read while the writer
+    /// connection writes), so that reads never wait on one another or on metadata
+    /// changes for the one connection's mutex.
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     /// Group commit of WAL fsyncs: (requests served up to, sync in progress).
     wal_sync: Mutex<(u64, bool)>,
@@ -124,6 +128,7 @@ impl Db {
         }
         Ok(Db {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
             wal_sync: Mutex::new((0, false)),
             wal_cv: Condvar::new(),
@@ -142,6 +147,20 @@ impl Db {
         c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA cache_size=-16384;")
             .ctx("setting reader pragmas")?;
         Ok(c)
+    }
+
+    /// A read-only connection from the pool (opened when none is free), given back when
+    /// dropped. Sees every transaction committed before the statement runs.
+    pub fn reader(&self) -> Result<Reader<'_>> {
+        let pooled = self.readers.lock().unwrap().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        Ok(Reader {
+            db: self,
+            conn: Some(conn),
+        })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -187,6 +206,9 @@ impl Db {
         }
     }
 
+    /// Readers kept open for reuse; more may be open at a busy moment.
+    const POOLED_READERS: usize = 8;
+
     pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
         conn.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
             .optional()
@@ -200,5 +222,29 @@ impl Db {
         )
         .ctx("writing meta")?;
         Ok(())
+    }
+}
+
+/// A pooled read-only connection (see [`Db::reader`]).
+pub struct Reader<'a> {
+    db: &'a Db,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.db.readers.lock().unwrap();
+            if pool.len() < Db::POOLED_READERS {
+                pool.push(c);
+            }
+        }
     }
 }

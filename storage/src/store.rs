@@ -717,7 +717,7 @@ impl Store {
                 })?;
                 return Ok((buf, off + n as u64 >= size));
             }
-            let i = namespace::get(&self.db.lock(), ino)?;
+            let i = namespace::get(&*self.db.reader()?, ino)?;
             if i.attr.kind != FileKind::File {
                 return Err(StoreError::IsDir(format!("file id {ino}")));
             }
