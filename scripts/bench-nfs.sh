@@ -5,7 +5,11 @@
 # loopback only). Needs root; installs nfs-ganesha, nfs-ganesha-vfs, rpcbind,
 # libnfs-utils when missing.
 #   scripts/bench-nfs.sh [RUNS]     env: BENCH_DIR (default $TMPDIR/kura-nfs-bench), SIZE_MIB,
-#   KURA_BASELINE (another kura binary, e.g. an earlier commit's, measured alongside)
+#   KURA_BASELINE (another kura binary, e.g. an earlier commit's, measured alongside),
+#   PAR_MIB (default 256; 0 skips the parallel case)
+# Then four readers at once: each server gets four PAR_MIB files (kura's ingested
+# before they are read), read once to warm caches, then read by four nfs-cp at once,
+# RUNS times: aggregate MB/s and, for kura, the daemon's CPU use beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -93,3 +97,44 @@ for srv in $SERVERS; do
   printf "%-10s write %5s  (%s)  read %5s  (%s)\n" "$srv" "$(echo "${W[$srv]}" | med)" "${W[$srv]}" "$(echo "${R[$srv]}" | med)" "${R[$srv]}"
 done
 echo "kura: allow-list 127.0.0.1/32 (the default export)"
+
+PAR_MIB=${PAR_MIB:-256}
+[ "$PAR_MIB" -gt 0 ] || exit 0
+for k in 1 2 3 4; do head -c $((PAR_MIB << 20)) /dev/urandom > "$IO/par$k.bin"; done
+pid_of() { case $1 in kura) echo $KPID ;; kura-base) echo $BPID ;; ganesha) echo $GPID ;; esac; }
+where() { # server, file number -> url
+  case $1 in
+    kura) url 12051 /backup/par$2 ;;
+    kura-base) url 12053 /backup/par$2 ;;
+    ganesha) url 12049 "$DIR/gexport/par$2" 12050 ;;
+  esac
+}
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+for srv in $SERVERS; do
+  for k in 1 2 3 4; do nfs-cp "$IO/par$k.bin" "$(where $srv $k)" >/dev/null; done
+done
+# kura ingests a file 5 s after its last write; wait for both kuras' landing zones.
+for _ in $(seq 120); do
+  [ -z "$(ls -A "$DIR/kstore/staging" 2>/dev/null)" ] && [ -z "$(ls -A "$DIR/kstore-base/staging" 2>/dev/null)" ] && break
+  sleep 1
+done
+declare -A P C
+for ((i = 0; i <= RUNS; i++)); do
+  for srv in $SERVERS; do
+    sync; sleep 2
+    pid=$(pid_of $srv); c0=$(cpu $pid); t0=$(now)
+    readers=()
+    for k in 1 2 3 4; do nfs-cp "$(where $srv $k)" "$IO/pout$k.bin" >/dev/null & readers+=($!); done
+    wait "${readers[@]}"
+    t1=$(now); c1=$(cpu $pid)
+    for k in 1 2 3 4; do cmp -s "$IO/par$k.bin" "$IO/pout$k.bin" || { echo "$srv: parallel read differs" >&2; exit 1; }; rm -f "$IO/pout$k.bin"; done
+    # Turn 0 warms the caches and is not counted.
+    [ "$i" -eq 0 ] && continue
+    P[$srv]+="$(echo "$((4 * PAR_MIB)) $t0 $t1" | awk '{ printf "%.0f", $1 * 1.048576 / ($3 - $2) }') "
+    C[$srv]+="$(echo "$t0 $t1 $c0 $c1" | awk '{ printf "%.0f", ($4 - $3) / ($2 - $1) }') "
+  done
+done
+echo "four readers at once, ${PAR_MIB} MiB each, $RUNS runs: aggregate MB/s (median; all runs), server CPU % of one core"
+for srv in $SERVERS; do
+  printf "%-10s read %5s  (%s)  cpu %4s%%  (%s)\n" "$srv" "$(echo "${P[$srv]}" | med)" "${P[$srv]}" "$(echo "${C[$srv]}" | med)" "${C[$srv]}"
+done
