@@ -1,10 +1,11 @@
 //! The SQLite metadata database: schema, opening, and the WAL fsync used by group commit.
 //!
-//! One connection behind a mutex. WAL mode with `synchronous=NORMAL`: a committed
-//! transaction survives a killed process at once, and survives power loss once the WAL
-//! is fsynced, which [`Db::sync_wal`] does for every durable (`sync`) request. The mutex
-//! is always taken last (after staging and pack locks) and never held across I/O on
-//! chunk data.
+//! One writer connection behind a mutex, and a pool of read-only connections
+//! ([`Db::reader`]) for the read path, which WAL lets read while the writer writes.
+//! WAL mode with `synchronous=NORMAL`: a committed transaction survives a killed
+//! process at once, and survives power loss once the WAL is fsynced, which
+//! [`Db::sync_wal`] does for every durable (`sync`) request. The mutex is always taken
+//! last (after staging and pack locks) and never held across I/O on chunk data.
 
 use crate::durable::Latch;
 use crate::error::{DbContext, Result, StoreError};
