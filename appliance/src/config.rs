@@ -199,7 +199,8 @@ mod tests {
         assert!(bad("[[export]]\nidle_timeout_secs = 0")
             .unwrap_err()
             .contains("idle_timeout_secs"));
-        let c: Config = toml::from_str("[[export]]\nmax_connections = 8\nidle_timeout_secs = 30").unwrap();
+        let c: Config =
+            toml::from_str("[[export]]\nmax_connections = 8\nidle_timeout_secs = 30").unwrap();
         let e = c.exports[0].to_config().unwrap();
         assert_eq!(e.max_connections, 8);
         assert_eq!(e.limits.idle, std::time::Duration::from_secs(30));
