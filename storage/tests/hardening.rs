@@ -207,3 +207,79 @@ fn gc_stops_at_a_damaged_root_row() {
         "nothing was swept"
     );
 }
+
+/// Damage is reported per record: how many chunks a damaged bundle takes with it, and
+/// whether a copy could be kept (a flipped byte: yes; a truncated pack: no, and why).
+#[test]
+fn verify_says_what_each_damaged_record_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(3_000_000, 5)).unwrap();
+    s.ingest_all(None).unwrap();
+    drop(s);
+    let pack = std::fs::read_dir(dir.path().join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&pack).unwrap().len();
+    // A flipped byte inside the first bundle: its chunks are lost, a copy is kept.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pack)
+            .unwrap();
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, 200).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], 200).unwrap();
+    }
+    let s = open(dir.path());
+    let r = s.verify().unwrap();
+    assert!(!r.is_clean());
+    let rec = &r.records[0];
+    assert!(
+        rec.chunks > 10,
+        "a 1 MiB bundle holds many chunks: {}",
+        rec.chunks
+    );
+    assert_eq!(
+        rec.chunks as usize,
+        r.damaged.iter().filter(|d| d.offset == rec.offset).count()
+    );
+    assert!(
+        rec.quarantine.as_ref().is_ok_and(|p| p.exists()),
+        "{:?}",
+        rec.quarantine
+    );
+    assert!(
+        r.affected_files.iter().any(|f| f == "vol:/f"),
+        "{:?}",
+        r.affected_files
+    );
+    drop(s);
+    // The pack cut short: the records past the cut cannot even be read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let s = open(dir.path());
+    let r = s.verify().unwrap();
+    let lost: Vec<_> = r
+        .records
+        .iter()
+        .filter(|rec| {
+            rec.quarantine
+                .as_ref()
+                .is_err_and(|why| why.contains("no copy kept"))
+        })
+        .collect();
+    assert!(!lost.is_empty(), "{:?}", r.records);
+    assert!(lost.iter().all(|rec| rec.chunks >= 1));
+}
