@@ -109,21 +109,7 @@ fn record_fuzz_seeds() {
     let secret = [0x42u8; 32];
     let sessions: Recorded = Arc::default();
     let (proxy_port, identity) = rt.block_on(async {
-        let store = Arc::new(
-            storage::Store::open(tmp.path().join("store"), storage::StoreOptions::default())
-                .unwrap(),
-        );
-        store
-            .create_volume(
-                protocol::fuzzing::VOLUME,
-                storage::NewAttr {
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                },
-            )
-            .unwrap();
-        let gen = store.begin_service("fuzz").unwrap();
+        let (store, gen) = protocol::fuzzing::recording_store(&tmp.path().join("store"));
         let cfg = protocol::ExportConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             allow: vec!["127.0.0.1/32".parse().unwrap()],

@@ -154,7 +154,7 @@ pub struct KuraFs {
     /// For exports limited to some volumes: which volume ids (and snapshot ids) are
     /// visible here. Ids are never reused, so answers never go stale; caching them keeps
     /// a store query off every GETATTR and READ.
-    visible: Arc<Mutex<HashMap<(bool, u64), bool>>>,
+    visible: Arc<Mutex<HashMap<VolumeId, bool>>>,
 }
 
 fn ts(t: Timespec) -> nfstime3 {
@@ -186,11 +186,11 @@ impl KuraFs {
         if self.policy.volumes.is_none() {
             return Ok(true);
         }
-        if let Some(v) = self.visible.lock().unwrap().get(&(false, vol.0)) {
+        if let Some(v) = self.visible.lock().unwrap().get(&vol) {
             return Ok(*v);
         }
         let v = self.volumes().await?.iter().any(|v| v.id == vol);
-        self.visible.lock().unwrap().insert((false, vol.0), v);
+        self.visible.lock().unwrap().insert(vol, v);
         Ok(v)
     }
 
@@ -344,14 +344,12 @@ impl KuraFs {
         match node {
             Node::SnapRoot(id) => {
                 let id = *id;
-                let (info, root) = self
+                // Its volume was checked at the gate.
+                let (_, root) = self
                     .shared
                     .run("open snapshot", move |s| s.snapshot_by_id(id))
                     .await
                     .map_err(stale)?;
-                self.volume_allowed(&info.volume)
-                    .then_some(())
-                    .ok_or(nfsstat3::NFS3ERR_STALE)?;
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
@@ -761,7 +759,6 @@ impl KuraFs {
         let count = count.min(MAX_IO as u32);
         match node {
             Node::Live(ino) => {
-                self.live_attr(ino).await?;
                 self.shared
                     .run("read", move |s| s.read(ino, offset, count))
                     .await
@@ -958,7 +955,6 @@ impl KuraFs {
     pub async fn setattr(&self, id: &Checked, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let node = id.0.clone();
         let ino = self.live_dir(&node)?;
-        self.live_attr(ino).await?;
         let s = self.set_attr(&setattr);
         self.shared.invalidate(&[ino]);
         let a = self
@@ -1013,7 +1009,7 @@ impl KuraFs {
         attr: sattr3,
         guarded: bool,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0.clone())?;
+        let dir = self.live_dir(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&attr, 0o644);
@@ -1060,7 +1056,7 @@ impl KuraFs {
         filename: &filename3<'_>,
         createverf: createverf3,
     ) -> Result<Node, nfsstat3> {
-        let dir = self.live_dir(&dirid.0.clone())?;
+        let dir = self.live_dir(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o644);
@@ -1082,7 +1078,7 @@ impl KuraFs {
         dirname: &filename3<'_>,
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0.clone())?;
+        let dir = self.live_dir(&dirid.0)?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(attr, 0o755);
@@ -1114,7 +1110,7 @@ impl KuraFs {
         filename: &filename3<'_>,
         want_dir: bool,
     ) -> Result<(), nfsstat3> {
-        let dir = self.live_dir(&dirid.0.clone())?;
+        let dir = self.live_dir(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         if name.as_slice() == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
             return Err(nfsstat3::NFS3ERR_ROFS);
@@ -1142,8 +1138,8 @@ impl KuraFs {
         to_dirid: &Checked,
         to_filename: &filename3<'a>,
     ) -> Result<(), nfsstat3> {
-        let from = self.live_dir(&from_dirid.0.clone())?;
-        let to = self.live_dir(&to_dirid.0.clone())?;
+        let from = self.live_dir(&from_dirid.0)?;
+        let to = self.live_dir(&to_dirid.0)?;
         let (fname, tname) = (
             from_filename.as_ref().to_vec(),
             to_filename.as_ref().to_vec(),
@@ -1175,7 +1171,7 @@ impl KuraFs {
         symlink: &nfspath3<'a>,
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0.clone())?;
+        let dir = self.live_dir(&dirid.0)?;
         let name = linkname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let target = symlink.0.to_vec();

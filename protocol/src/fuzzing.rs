@@ -70,26 +70,34 @@ pub struct Target {
 /// The volume recordings are made on, as `kura serve` creates it.
 pub const VOLUME: &str = "backup";
 
+/// The store a recording is made against and replayed into: a fresh store at `dir`
+/// with [`VOLUME`] and service begun; returns it and its handle generation. Made the
+/// same way both times, so that file ids and handles in a recording stay valid.
+pub fn recording_store(dir: &Path) -> (Arc<Store>, u64) {
+    let opts = StoreOptions {
+        ingest_threads: 1,
+        reserve_bytes: 0,
+        ..StoreOptions::default()
+    };
+    let store = Arc::new(Store::open(dir, opts).expect("open store"));
+    store
+        .create_volume(
+            VOLUME,
+            NewAttr {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .expect("volume");
+    let generation = store.begin_service("fuzz").expect("begin service");
+    (store, generation)
+}
+
 impl Target {
     pub fn new(secret: &[u8; 32], identity: &str) -> Target {
         let dir = tempfile::tempdir().expect("temp dir");
-        let opts = StoreOptions {
-            ingest_threads: 1,
-            reserve_bytes: 0,
-            ..StoreOptions::default()
-        };
-        let store = Arc::new(Store::open(dir.path(), opts).expect("open store"));
-        store
-            .create_volume(
-                VOLUME,
-                NewAttr {
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                },
-            )
-            .expect("volume");
-        let generation = store.begin_service("fuzz").expect("begin service");
+        let (store, generation) = recording_store(dir.path());
         let codec = HandleCodec::new(HandleKey::derive(secret, identity), generation);
         let policy = ExportPolicy {
             root_squash: false,

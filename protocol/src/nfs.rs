@@ -425,7 +425,7 @@ impl NfsService {
                     &PATHCONF3res::Ok(PATHCONF3resok {
                         obj_attributes: post_op_attr::Some(attr),
                         linkmax: 1,
-                        name_max: 255,
+                        name_max: storage::namespace::MAX_NAME as u32,
                         no_trunc: true,
                         chown_restricted: true,
                         case_insensitive: false,
@@ -540,13 +540,14 @@ impl NfsService {
         let r = match a.how {
             createhow3::UNCHECKED(attr) => self.fs.create(&dir, name, attr, false).await,
             createhow3::GUARDED(attr) => self.fs.create(&dir, name, attr, true).await,
-            createhow3::EXCLUSIVE(verf) => match self.fs.create_exclusive(&dir, name, verf).await {
-                Ok(n) => match self.fs.resolve(n.clone()).await {
-                    Ok(h) => self.fs.getattr(&h).await.map(|a| (n, a)),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
+            createhow3::EXCLUSIVE(verf) => {
+                async {
+                    let n = self.fs.create_exclusive(&dir, name, verf).await?;
+                    let a = self.fs.getattr(&self.fs.resolve(n.clone()).await?).await?;
+                    Ok((n, a))
+                }
+                .await
+            }
         };
         let dir_wcc = self.wcc(before, &dir).await;
         let (h, attr) = tryn!(xid, r, CREATE3resfail { dir_wcc });
@@ -678,17 +679,13 @@ impl NfsService {
                 let path = String::from_utf8_lossy(path.0.as_ref()).into_owned();
                 let mut h = self.fs.root_dir();
                 for part in path.split('/').filter(|p| !p.is_empty()) {
-                    match self
-                        .fs
-                        .lookup(&h, &filename3(Opaque::borrowed(part.as_bytes())))
-                        .await
-                    {
-                        Ok(next) => match self.fs.resolve(next).await {
-                            Ok(next) => h = next,
-                            Err(stat) => {
-                                return Reply::success(xid, &mountres3::Err(mount_stat(stat)))
-                            }
-                        },
+                    let name = filename3(Opaque::borrowed(part.as_bytes()));
+                    let next = match self.fs.lookup(&h, &name).await {
+                        Ok(n) => self.fs.resolve(n).await,
+                        Err(stat) => Err(stat),
+                    };
+                    match next {
+                        Ok(next) => h = next,
                         Err(stat) => {
                             let path = crate::limits::shorten(&path, 256);
                             tracing::info!(%peer, path, ?stat, "mount refused");

@@ -96,21 +96,15 @@ impl Call {
             reply: None,
             why: why.to_string(),
         };
-        let Some(xid) = w.u32() else {
+        // xid, message type (0: CALL), RPC version.
+        let (Some(xid), Some(mtype), Some(rpcvers)) = (w.u32(), w.u32(), w.u32()) else {
             return Err(close("record shorter than an RPC header"));
         };
-        match w.u32() {
-            Some(0) => {}
-            Some(_) => {
-                return Err(close(
-                    "a REPLY or unknown message where a CALL was expected",
-                ))
-            }
-            None => return Err(close("record shorter than an RPC header")),
+        if mtype != 0 {
+            return Err(close(
+                "a REPLY or unknown message where a CALL was expected",
+            ));
         }
-        let Some(rpcvers) = w.u32() else {
-            return Err(close("record shorter than an RPC header"));
-        };
         if rpcvers != RPC_VERSION_2 {
             return Err(Refused {
                 reply: Some(Reply::rpc_mismatch(xid)),

@@ -137,9 +137,8 @@ impl Db {
         })
     }
 
-    /// A second connection for read-only lookups (ingest dedup), so that ingest does
-    /// not contend with foreground metadata calls. WAL lets it read concurrently.
-    pub fn open_reader(&self) -> Result<Connection> {
+    /// A new read-only connection (the pool's, see [`Db::reader`]).
+    fn open_reader(&self) -> Result<Connection> {
         let c = Connection::open_with_flags(
             &self.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,

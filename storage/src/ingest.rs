@@ -21,7 +21,7 @@ use crate::format::{BUNDLE_TARGET, KIND_CONTENT};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use crate::namespace;
 use crate::pack::{self, Location};
-use crate::staging::{IngestLog, Staged};
+use crate::staging::{IngestLog, RangeSet, Staged};
 use crate::store::Store;
 use std::collections::HashSet;
 use std::io::Read;
@@ -138,7 +138,6 @@ impl Store {
         buf: &[u8],
         lens: &[usize],
         ids: Vec<ChunkId>,
-        conn: &std::sync::Mutex<rusqlite::Connection>,
         pins: &crate::chunk_store::Pins<'_>,
         seen: &mut HashSet<ChunkId>,
     ) -> Result<(Vec<(u32, ChunkId)>, Vec<Bundle>)> {
@@ -152,7 +151,8 @@ impl Store {
         let mut cur: Option<Bundle> = None;
         pins.pin_many(&ids);
         {
-            let conn = conn.lock().unwrap();
+            // A pooled read-only connection: dedup lookups never wait on the writer.
+            let conn = self.db.reader()?;
             // One read transaction for the whole batch instead of one per lookup.
             let tx = conn
                 .unchecked_transaction()
@@ -260,10 +260,10 @@ impl Store {
             if g.dropped {
                 return Ok(IngestReport::default());
             }
-            let base_data = match g.base {
-                Some(b) => self.data_extents(&b)?,
-                None => Vec::new(),
-            };
+            let mut base_data = RangeSet::default();
+            if let Some(b) = g.base {
+                self.content_data(&b, 0, &mut base_data)?;
+            }
             let segments = segments(&g, g.size, &base_data)
                 .map_err(|e| StoreError::io("map staged data", &st.path, e))?;
             let new_bytes = new_data_bound(&g, &st.path)?;
@@ -380,7 +380,6 @@ impl Store {
             }
             None => StoreError::Invalid(format!("reading staged file {}", st.ino)),
         };
-        let reader_conn = &self.ingest_conn;
         // Stages on their own threads, joined by bounded channels (bounded memory):
         // read+cut → hash, dedup lookup and bundling → compress (pool, one job per
         // bundle, at most `IN_FLIGHT` bundles) → append. Bundles may land in any order:
@@ -457,22 +456,16 @@ impl Store {
                     let mut nchunks = 0u64;
                     let mut bundle_seq = 0u64;
                     for batch in cut_rx {
-                        let (buf, lens, ids) = match batch.map_err(read_err)? {
-                            Cut::Data(buf, lens, ids) => (buf, lens, ids),
-                            Cut::Hole(len) => {
-                                let mut left = len;
-                                while left > 0 {
-                                    let n = left.min(HOLE_ENTRY_MAX);
-                                    list_ref.push((n as u32, ChunkId::HOLE));
-                                    left -= n;
-                                }
-                                (Vec::new(), Vec::new(), Vec::new())
+                        let (chunks, bundles) = match batch.map_err(read_err)? {
+                            Cut::Data(buf, lens, ids) => {
+                                let r = self.dedup_batch(&buf, &lens, ids, pins_ref, seen_ref)?;
+                                let _ = spare_tx.try_send(buf);
+                                nchunks += r.0.len() as u64;
+                                r
                             }
+                            // Hole entries: nothing to look up, pin or store.
+                            Cut::Hole(len) => (hole_entries(len), Vec::new()),
                         };
-                        let (chunks, bundles) =
-                            self.dedup_batch(&buf, &lens, ids, reader_conn, pins_ref, seen_ref)?;
-                        let _ = spare_tx.try_send(buf);
-                        nchunks += chunks.len() as u64;
                         list_ref.extend(chunks);
                         for mut b in bundles {
                             if token_rx.recv().is_err() {
@@ -655,19 +648,31 @@ const MIN_HOLE: u64 = 1 << 20;
 /// Largest hole one content list entry describes.
 const HOLE_ENTRY_MAX: u64 = 1 << 30;
 
+/// Content list entries for a hole of `len` bytes.
+fn hole_entries(len: u64) -> Vec<(u32, ChunkId)> {
+    let mut out = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(HOLE_ENTRY_MAX);
+        out.push((n as u32, ChunkId::HOLE));
+        left -= n;
+    }
+    out
+}
+
 /// The data and hole stretches of a staged file's merged view, `[0, size)`.
 /// Full mode asks the filesystem (SEEK_DATA / SEEK_HOLE on the staging file); overlay
 /// mode knows its data: the base below its limit and the staged ranges.
 pub(crate) fn segments(
     g: &crate::staging::Inner,
     size: u64,
-    base_data: &[(u64, u64)],
+    base_data: &RangeSet,
 ) -> std::io::Result<Vec<Segment>> {
-    let mut data = crate::staging::RangeSet::default();
+    let mut data = RangeSet::default();
     match g.base {
         Some(_) => {
             let limit = g.base_limit.min(size);
-            for &(s, e) in base_data {
+            for (s, e) in base_data.iter() {
                 data.insert(s.min(limit), e.min(limit));
             }
             for (s, e) in g.ranges.iter() {
@@ -711,24 +716,16 @@ pub(crate) fn segments(
 }
 
 impl Store {
-    /// Where content `c` holds data (everything but its hole entries), merged.
-    fn data_extents(&self, c: &ChunkId) -> Result<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        self.content_extents(c, 0, &mut out)?;
-        Ok(out)
-    }
-
-    fn content_extents(&self, c: &ChunkId, at: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+    /// Adds where content `c`, placed at `at`, holds data (everything but its hole
+    /// entries) to `out`.
+    fn content_data(&self, c: &ChunkId, at: u64, out: &mut RangeSet) -> Result<()> {
         let list = self.content(c)?;
         let mut pos = at;
         for (len, id) in &list.entries {
             if list.index {
-                self.content_extents(id, pos, out)?;
+                self.content_data(id, pos, out)?;
             } else if !id.is_hole() {
-                match out.last_mut() {
-                    Some(last) if last.1 == pos => last.1 = pos + len,
-                    _ => out.push((pos, pos + len)),
-                }
+                out.insert(pos, pos + len);
             }
             pos += len;
         }
@@ -762,13 +759,7 @@ mod tests {
     #[test]
     fn hole_entries_cover_what_they_say() {
         // 3 GiB + 5 bytes of hole: three full entries and a short one.
-        let mut list = Vec::new();
-        let mut left = 3 * HOLE_ENTRY_MAX + 5;
-        while left > 0 {
-            let n = left.min(HOLE_ENTRY_MAX);
-            list.push((n as u32, ChunkId::HOLE));
-            left -= n;
-        }
+        let list = hole_entries(3 * HOLE_ENTRY_MAX + 5);
         assert_eq!(list.len(), 4);
         assert_eq!(ContentList::new(list).len(), 3 * HOLE_ENTRY_MAX + 5);
     }
@@ -782,7 +773,9 @@ mod tests {
         ranges.insert(10 << 20, (10 << 20) + 100);
         ranges.insert((10 << 20) + 200, (10 << 20) + 300);
         let g = crate::staging::Inner::for_test(tmp, Some(ChunkId([1; 32])), 4096, ranges);
-        let segs = segments(&g, 100 << 20, &[(0, 1 << 20)]).unwrap();
+        let mut base = crate::staging::RangeSet::default();
+        base.insert(0, 1 << 20);
+        let segs = segments(&g, 100 << 20, &base).unwrap();
         assert_eq!(
             segs,
             vec![
@@ -811,7 +804,7 @@ mod tests {
         f.write_all_at(b"tail", 3 << 30).unwrap();
         let size = (3 << 30) + 4;
         let g = crate::staging::Inner::for_test(f, None, 0, Default::default());
-        let segs = segments(&g, size, &[]).unwrap();
+        let segs = segments(&g, size, &Default::default()).unwrap();
         assert_eq!(segs.len(), 2, "{segs:?}");
         assert!(matches!(segs[0], Segment::Hole(n) if n >= (3 << 30) - (1 << 20)));
         assert!(matches!(segs[1], Segment::Data(_, e) if e == size));

@@ -23,6 +23,12 @@ use std::sync::{Arc, Mutex, RwLock};
 /// the database still have room on a full disk.
 pub const MIN_FREE_BYTES: u64 = 8 << 20;
 
+/// The headroom kept on a filesystem of `total` bytes: [`MIN_FREE_BYTES`], or 1/64 of a
+/// small filesystem.
+fn headroom(total: u64) -> u64 {
+    MIN_FREE_BYTES.min(total / 64)
+}
+
 /// Below this much free space (beyond the headroom) writes allocate their blocks before
 /// writing them, so that a full disk refuses a write whole instead of halfway.
 const TIGHT_SPACE: u64 = 256 << 20;
@@ -91,8 +97,6 @@ pub struct Store {
     /// One ingest at a time (each uses all ingest threads).
     pub(crate) ingest_lock: Mutex<()>,
     pub(crate) pool: rayon::ThreadPool,
-    /// Read-only connection for ingest's dedup lookups.
-    pub(crate) ingest_conn: Mutex<rusqlite::Connection>,
     _lock: File,
 }
 
@@ -132,9 +136,7 @@ impl Store {
             .thread_name(|i| format!("kura-ingest-{i}"))
             .build()
             .map_err(|e| StoreError::Invalid(format!("ingest thread pool: {e}")))?;
-        let ingest_conn = Mutex::new(db.open_reader()?);
         let store = Store {
-            ingest_conn,
             root,
             db,
             latch,
@@ -152,7 +154,7 @@ impl Store {
         // lets clients delete). When the disk is full, give the reserve back first; it is
         // taken again once space returns (`ensure_reserve`).
         let (total, free) = store.fs_space();
-        if total > 0 && free < MIN_FREE_BYTES.min(total / 64) {
+        if total > 0 && free < headroom(total) {
             store.release_reserve();
         }
         // Parts of ingests a crash interrupted: their chunks become ordinary garbage.
@@ -198,7 +200,7 @@ impl Store {
         }
         let (fs_bytes, free) = statvfs(&self.root).unwrap_or((0, 0));
         let size = self.opts.reserve_bytes.min(fs_bytes / 20);
-        if size == 0 || free < 2 * size + MIN_FREE_BYTES.min(fs_bytes / 64) {
+        if size == 0 || free < 2 * size + headroom(fs_bytes) {
             return;
         }
         let r = std::fs::File::create(&path).and_then(|f| {
@@ -584,13 +586,19 @@ impl Store {
         self.getattr(ino)
     }
 
-    fn truncate(&self, ino: FileId, size: u64) -> Result<()> {
-        if size > self.max_file_size() {
+    /// `TooBig` when a file would end past [`Store::max_file_size`].
+    fn check_size(&self, ino: FileId, end: u64) -> Result<()> {
+        if end > self.max_file_size() {
             return Err(StoreError::TooBig(format!(
-                "file id {ino}: size {size} is past the largest file this store holds ({} bytes)",
+                "file id {ino}: {end} bytes is past the largest file this store holds ({} bytes)",
                 self.max_file_size()
             )));
         }
+        Ok(())
+    }
+
+    fn truncate(&self, ino: FileId, size: u64) -> Result<()> {
+        self.check_size(ino, size)?;
         loop {
             let st = match self.staging.get(ino) {
                 Some(st) => st,
@@ -642,17 +650,11 @@ impl Store {
     pub fn write(&self, ino: FileId, off: u64, data: &[u8]) -> Result<()> {
         self.latch.check()?;
         let len = data.len() as u64;
-        if off.saturating_add(len) > self.max_file_size() {
-            return Err(StoreError::TooBig(format!(
-                "file id {ino}: a write to {} would pass the largest file this store holds ({} bytes)",
-                off.saturating_add(len),
-                self.max_file_size()
-            )));
-        }
+        self.check_size(ino, off.saturating_add(len))?;
         // Keep room for metadata: refuse data that would eat into it, and when space is
         // short, allocate before writing so that a full disk refuses the whole write.
         let (total, free) = self.fs_space();
-        let headroom = MIN_FREE_BYTES.min(total / 64);
+        let headroom = headroom(total);
         if total > 0 && free < headroom.saturating_add(len) {
             return Err(StoreError::NoSpace {
                 context: format!(
