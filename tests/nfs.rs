@@ -418,3 +418,83 @@ fn ipv6_export_serves_allowed_clients_only() {
         "a client outside the IPv6 allow-list must be refused"
     );
 }
+
+/// Hard links through real clients, the way rsnapshot and `cp -al` make them: nfs-rs
+/// links, nfs-ls and nfs-cat read both names, a write through one name shows through
+/// the other, removing one name keeps the file; a snapshot and a clone of it keep the
+/// two names one file (one file id, link count 2 in `.snapshots`, one inode in the
+/// clone).
+#[test]
+fn hard_links_through_real_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut d = Daemon::start(&cfg, &[]);
+    let out = py(
+        d.port,
+        r#"
+c.mkdir('/daily.0'); c.mkdir('/daily.1')
+with c.open('/daily.0/db.dump', 'wb') as f: f.write(b'dump ' * 200000)
+c.link('/daily.0/db.dump', '/daily.1/db.dump')
+c.link('/daily.0/db.dump', '/daily.0/same-dir')
+a, b = c.stat('/daily.0/db.dump'), c.stat('/daily.1/db.dump')
+assert a.fileid == b.fileid and a.nlink == 3 and b.nlink == 3, (a, b)
+with c.open('/daily.1/db.dump', 'r+b') as f: f.write(b'DUMP!')
+with c.open('/daily.0/db.dump', 'rb') as f: assert f.read(5) == b'DUMP!'
+try:
+    c.link('/daily.0', '/daily.1/dir-link')
+    raise SystemExit('linking a directory must fail')
+except nfs_rs.NfsError:
+    pass
+try:
+    c.link('/daily.0/db.dump', '/daily.1/db.dump')
+    raise SystemExit('linking onto an existing name must fail')
+except nfs_rs.NfsError:
+    pass
+c.remove('/daily.0/same-dir')
+print(c.stat('/daily.1/db.dump').nlink)
+"#,
+    );
+    assert_eq!(out.trim(), "2");
+    let ls = libnfs("nfs-ls", &[&d.url("/backup/daily.1")]);
+    ok(&ls, "nfs-ls");
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(" db.dump") && l.contains(" 1000000 ")),
+        "{listing}"
+    );
+    for name in ["/backup/daily.0/db.dump", "/backup/daily.1/db.dump"] {
+        let cat = libnfs("nfs-cat", &[&d.url(name)]);
+        ok(&cat, "nfs-cat");
+        assert_eq!(cat.stdout.len(), 1_000_000);
+        assert_eq!(&cat.stdout[..10], b"DUMP!dump ");
+    }
+    d.stop();
+    for args in [
+        &["snapshot", "create", "backup", "s1"][..],
+        &["clone", "backup", "s1", "restored"],
+    ] {
+        kura(&cfg, args);
+    }
+    let d = Daemon::start(&cfg, &[]);
+    let out = py(
+        d.port,
+        r#"
+s0, s1 = c.stat('/.snapshots/s1/daily.0/db.dump'), c.stat('/.snapshots/s1/daily.1/db.dump')
+assert s0.fileid == s1.fileid and s0.nlink == 2, (s0, s1)
+with c.open('/.snapshots/s1/daily.1/db.dump', 'rb') as f: assert f.read(5) == b'DUMP!'
+c.remove('/daily.0/db.dump')
+with c.open('/daily.1/db.dump', 'rb') as f: assert f.read(5) == b'DUMP!'
+assert c.stat('/daily.1/db.dump').nlink == 1
+r = nfs_rs.Client.connect(URL.replace('/backup', '/restored'), uid=1000, gid=1000, noresvport=True)
+r0, r1 = r.stat('/daily.0/db.dump'), r.stat('/daily.1/db.dump')
+assert r0.fileid == r1.fileid and r0.nlink == 2, (r0, r1)
+with r.open('/daily.0/db.dump', 'r+b') as f: f.write(b'clone')
+with r.open('/daily.1/db.dump', 'rb') as f: assert f.read(5) == b'clone'
+with c.open('/.snapshots/s1/daily.1/db.dump', 'rb') as f: assert f.read(5) == b'DUMP!'
+print('ok')
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+}

@@ -111,7 +111,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// CREATE in its three modes, MKDIR with its mode, REMOVE vs RMDIR, LINK/MKNOD, and
+/// CREATE in its three modes, MKDIR with its mode, REMOVE vs RMDIR, LINK, MKNOD, and
 /// every kind of bad name.
 #[test]
 fn create_modes_mkdir_remove_rmdir_and_bad_names() {
@@ -215,11 +215,77 @@ fn create_modes_mkdir_remove_rmdir_and_bad_names() {
             assert_eq!(got, want, "{what} {}", String::from_utf8_lossy(n));
         }
 
-        // Hard links and device files are not stored.
+        // LINK: a second name for a file, with the file's new attributes and the
+        // directory's wcc data; a directory, a taken name, a bad name or the snapshot
+        // directory refused with the protocol's codes.
+        let Nfs3Result::Ok(f) = c
+            .lookup(&LOOKUP3args {
+                what: dirop(&d700.object, b"f"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("lookup d700/f")
+        };
         let r = c
             .link(&LINK3args {
-                file: d700.object.clone(),
-                link: dirop(&root, b"l"),
+                file: f.object.clone(),
+                link: dirop(&root, b"f-link"),
+            })
+            .await
+            .unwrap();
+        let Nfs3Result::Ok(ok) = r else {
+            panic!("link: {:?}", status(&r))
+        };
+        let fa = ok.file_attributes.unwrap();
+        assert_eq!(fa.nlink, 2);
+        assert!(matches!(ok.linkdir_wcc.after, post_op_attr::Some(_)));
+        let Nfs3Result::Ok(by_link) = c
+            .lookup(&LOOKUP3args {
+                what: dirop(&root, b"f-link"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("lookup f-link")
+        };
+        assert_eq!(by_link.object, f.object, "one file, one handle");
+        let Nfs3Result::Ok(snapdir) = c
+            .lookup(&LOOKUP3args {
+                what: dirop(&root, b".snapshots"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("lookup .snapshots")
+        };
+        for (file, dir, n, want) in [
+            (
+                &d700.object,
+                &root,
+                &b"dir-link"[..],
+                nfsstat3::NFS3ERR_ISDIR,
+            ),
+            (&f.object, &root, b"f-link", nfsstat3::NFS3ERR_EXIST),
+            (&f.object, &root, b"a/b", nfsstat3::NFS3ERR_INVAL),
+            (&f.object, &root, b".snapshots", nfsstat3::NFS3ERR_EXIST),
+            (&f.object, &snapdir.object, b"x", nfsstat3::NFS3ERR_ROFS),
+            (&f.object, &f.object, b"x", nfsstat3::NFS3ERR_NOTDIR),
+        ] {
+            let r = c
+                .link(&LINK3args {
+                    file: file.clone(),
+                    link: dirop(dir, n),
+                })
+                .await
+                .unwrap();
+            assert_eq!(status(&r), want, "link as {:?}", String::from_utf8_lossy(n));
+        }
+        // Device files are not stored.
+        let r = c
+            .mknod(&MKNOD3args {
+                where_: dirop(&root, b"dev"),
+                what: mknoddata3::NF3FIFO(sattr3::default()),
             })
             .await
             .unwrap();
@@ -275,7 +341,7 @@ fn create_modes_mkdir_remove_rmdir_and_bad_names() {
             .map(|e| String::from_utf8_lossy(e.name.0.as_ref()).into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["d1777", "d700", "x"]);
+        assert_eq!(names, ["d1777", "d700", "f-link", "x"]);
     });
 }
 

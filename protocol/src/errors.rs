@@ -18,6 +18,8 @@ pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
         StoreError::NotEmpty(_) => NFS3ERR_NOTEMPTY,
         StoreError::NameTooLong { .. } => NFS3ERR_NAMETOOLONG,
         StoreError::TooBig(_) => NFS3ERR_FBIG,
+        StoreError::TooManyLinks(_) => NFS3ERR_MLINK,
+        StoreError::CrossVolume(_) => NFS3ERR_XDEV,
         StoreError::InvalidName { .. } => NFS3ERR_INVAL,
         StoreError::Invalid(_) => NFS3ERR_INVAL,
         StoreError::ReadOnly(_) => NFS3ERR_ROFS,

@@ -202,7 +202,7 @@ impl KuraFs {
                 FileKind::Symlink => ftype3::NF3LNK,
             },
             mode: a.mode,
-            nlink: if a.kind == FileKind::Dir { 2 } else { 1 },
+            nlink: if a.kind == FileKind::Dir { 2 } else { a.nlink },
             uid: a.uid,
             gid: a.gid,
             size: a.size,
@@ -227,6 +227,7 @@ impl KuraFs {
             atime: t,
             mtime: t,
             ctime: t,
+            nlink: 2,
         };
         self.fattr(node, &a)
     }
@@ -534,7 +535,7 @@ fn stale(e: nfsstat3) -> nfsstat3 {
     }
 }
 
-/// Directory listings: live directories are paged from the store by file-id cookie;
+/// Directory listings: live directories are paged from the store by entry-id cookie;
 /// snapshot directories are walked by position in their sorted object.
 pub enum KuraIter {
     Live {
@@ -612,12 +613,12 @@ impl KuraIter {
                                 *done = true;
                             }
                             for e in page {
-                                *cookie = e.attr.ino.0;
+                                *cookie = e.cookie;
                                 let node = Node::Live(e.attr.ino);
                                 buf.push_back(DirEntryPlus {
                                     fileid: e.attr.ino.0,
                                     name: e.name,
-                                    cookie: e.attr.ino.0,
+                                    cookie: e.cookie,
                                     name_attributes: fs.fattr(&node, &e.attr),
                                     name_handle: node,
                                 });
@@ -677,8 +678,8 @@ impl KuraFs {
                     if self.volume_of_root(dir).await?.is_some() {
                         return Ok(Node::Root);
                     }
-                    let i = self.shared.run("lookup ..", move |s| s.inode(dir)).await?;
-                    Node::Live(i.parent)
+                    let p = self.shared.run("lookup ..", move |s| s.parent(dir)).await?;
+                    Node::Live(p.ok_or(nfsstat3::NFS3ERR_NOENT)?)
                 } else if name.as_slice() == SNAPDIR {
                     match self.volume_of_root(dir).await? {
                         Some(v) => Node::SnapDir(v.id),
@@ -694,9 +695,8 @@ impl KuraFs {
                     let (a, vol) = self
                         .shared
                         .run("lookup", move |s| {
-                            let a = s.lookup(dir, &name)?;
-                            let vol = s.inode(a.ino)?.vol;
-                            Ok((a, vol))
+                            let i = s.lookup_inode(dir, &name)?;
+                            Ok((i.attr, i.vol))
                         })
                         .await?;
                     self.shared.attrs.lock().unwrap().put(a.ino, (a, vol));
@@ -1162,6 +1162,30 @@ impl KuraFs {
         inv.extend(moved.1);
         self.shared.invalidate(&inv);
         Ok(())
+    }
+
+    /// Gives file `file` the name `name` in `dirid` (a hard link); returns the file's
+    /// new attributes.
+    pub async fn link(
+        &self,
+        file: &Checked,
+        dirid: &Checked,
+        name: &filename3<'_>,
+    ) -> Result<fattr3, nfsstat3> {
+        let dir = self.live_dir(&dirid.0)?;
+        let ino = match file.0 {
+            Node::Live(i) => i,
+            Node::Root => return Err(nfsstat3::NFS3ERR_ACCES),
+            _ => return Err(nfsstat3::NFS3ERR_ROFS),
+        };
+        let name = name.as_ref().to_vec();
+        self.check_new_name(dir, &name).await?;
+        let a = self
+            .shared
+            .run("link", move |s| s.link(ino, dir, &name))
+            .await?;
+        self.shared.invalidate(&[dir, ino]);
+        Ok(self.fattr(&file.0, &a))
     }
 
     pub async fn symlink<'a>(

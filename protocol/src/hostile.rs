@@ -259,6 +259,17 @@ fn hostile_calls(fh: &nfs_fh3, ok: &nfs_fh3) -> Vec<(&'static str, Vec<u8>)> {
         }),
     );
     add(
+        "LINK into b",
+        c(NFSPROC3_LINK, &|b| {
+            LINK3args {
+                file: ok.clone(),
+                link: dirop(fh, b"linked"),
+            }
+            .pack(b)
+            .unwrap();
+        }),
+    );
+    add(
         "READDIR",
         c(NFSPROC3_READDIR, &|b| {
             READDIR3args {
@@ -399,8 +410,7 @@ async fn forged_handles_never_reach_another_exports_volume() {
                 if !allowed_node {
                     assert_ne!(st, 0, "{what} with {how} handle of {node:?} succeeded at A");
                     assert!(
-                        st == nfsstat3::NFS3ERR_STALE as u32
-                            || (what == "LINK" && st == nfsstat3::NFS3ERR_NOTSUPP as u32),
+                        st == nfsstat3::NFS3ERR_STALE as u32,
                         "{what} with {how} handle of {node:?}: status {st}, want STALE"
                     );
                 }

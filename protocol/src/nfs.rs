@@ -8,7 +8,7 @@
 //! also the WRITE/COMMIT verifier; `Store::begin_service` decides when it changes (see
 //! ARCHITECTURE.md). A handle of another generation is STALE, a malformed one BADHANDLE.
 //!
-//! Non-idempotent calls (CREATE, MKDIR, SYMLINK, REMOVE, RMDIR, RENAME, SETATTR) go
+//! Non-idempotent calls (CREATE, MKDIR, SYMLINK, REMOVE, RMDIR, RENAME, LINK, SETATTR) go
 //! through a duplicate request cache keyed by client address, xid and a hash of the
 //! arguments: a retransmission while the call runs is dropped, one after it finished
 //! gets the first reply again (so a retried REMOVE does not answer NOENT).
@@ -355,20 +355,34 @@ impl NfsService {
             }
             NFSPROC3_LINK => {
                 let a = args!(call, LINK3args<'static>);
-                let file_attributes = match self.handle(&a.file).await {
-                    Ok(h) => self.post(&h).await,
-                    Err(_) => post_op_attr::None,
+                let fail = || LINK3resfail {
+                    file_attributes: post_op_attr::None,
+                    linkdir_wcc: wcc_data::default(),
                 };
-                Reply::success(
-                    xid,
-                    &LINK3res::Err((
-                        nfsstat3::NFS3ERR_NOTSUPP,
-                        LINK3resfail {
-                            file_attributes,
-                            linkdir_wcc: wcc_data::default(),
-                        },
-                    )),
-                )
+                let file = tryn!(xid, self.handle(&a.file).await, fail());
+                let dir = tryn!(xid, self.handle(&a.link.dir).await, fail());
+                let before = self.pre(&dir).await;
+                let r = self.fs.link(&file, &dir, &a.link.name).await;
+                let linkdir_wcc = self.wcc(before, &dir).await;
+                match r {
+                    Ok(attr) => Reply::success(
+                        xid,
+                        &LINK3res::Ok(LINK3resok {
+                            file_attributes: post_op_attr::Some(attr),
+                            linkdir_wcc,
+                        }),
+                    ),
+                    Err(stat) => Reply::success(
+                        xid,
+                        &LINK3res::Err((
+                            stat,
+                            LINK3resfail {
+                                file_attributes: self.post(&file).await,
+                                linkdir_wcc,
+                            },
+                        )),
+                    ),
+                }
             }
             NFSPROC3_MKNOD => Reply::success(
                 xid,
@@ -424,7 +438,7 @@ impl NfsService {
                     xid,
                     &PATHCONF3res::Ok(PATHCONF3resok {
                         obj_attributes: post_op_attr::Some(attr),
-                        linkmax: 1,
+                        linkmax: storage::namespace::MAX_LINKS,
                         name_max: storage::namespace::MAX_NAME as u32,
                         no_trunc: true,
                         chown_restricted: true,
@@ -786,7 +800,8 @@ fn non_idempotent(call: &Call) -> bool {
                 | NFSPROC3_SYMLINK
                 | NFSPROC3_REMOVE
                 | NFSPROC3_RMDIR
-                | NFSPROC3_RENAME)
+                | NFSPROC3_RENAME
+                | NFSPROC3_LINK)
         )
 }
 

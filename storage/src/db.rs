@@ -24,8 +24,6 @@ CREATE TABLE IF NOT EXISTS volumes(
 CREATE TABLE IF NOT EXISTS inodes(
   ino INTEGER PRIMARY KEY AUTOINCREMENT,
   vol INTEGER NOT NULL,
-  parent INTEGER NOT NULL,
-  name BLOB NOT NULL,
   kind INTEGER NOT NULL,
   mode INTEGER NOT NULL,
   uid INTEGER NOT NULL,
@@ -37,10 +35,18 @@ CREATE TABLE IF NOT EXISTS inodes(
   content BLOB,
   target BLOB,
   tree BLOB,
-  verf BLOB);
-CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name);
--- Listing pages by file-id cookie: without it each page scanned the whole directory.
-CREATE INDEX IF NOT EXISTS inodes_listing ON inodes(parent, ino);
+  verf BLOB,
+  nlink INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS entries(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  parent INTEGER NOT NULL,
+  name BLOB NOT NULL,
+  ino INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_name ON entries(parent, name);
+-- Listing pages by entry-id cookie (the index holds (parent, id)).
+CREATE INDEX IF NOT EXISTS entries_listing ON entries(parent);
+-- The names of one inode (link counts, cache invalidation, parents).
+CREATE INDEX IF NOT EXISTS entries_ino ON entries(ino);
 CREATE TABLE IF NOT EXISTS chunks(
   id BLOB PRIMARY KEY,
   pack INTEGER NOT NULL,
@@ -75,6 +81,81 @@ CREATE TABLE IF NOT EXISTS damaged(
   detail TEXT NOT NULL) WITHOUT ROWID;
 "#;
 
+/// Format 1 and 2 kept a file's one name in its inode row (`parent`, `name`); format 3
+/// moves names to `entries` (hard links) and counts them in `nlink`. One transaction:
+/// a store interrupted halfway is still the old format and migrates at the next open.
+/// Entry ids are the old file ids, so READDIR cookies handed out before stay valid,
+/// and both id sequences continue from the old one (ids are never reused).
+fn migrate_to_v3(conn: &mut Connection, from: u32) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let tx = conn.transaction().ctx("begin format 3 migration")?;
+    let has_parent: bool = tx
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('inodes') WHERE name='parent'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .ctx("reading the inode table layout")?
+        > 0;
+    if !has_parent {
+        return Err(StoreError::Format(format!(
+            "store says format {from} but its inode table has no names"
+        )));
+    }
+    let seq: i64 = tx
+        .query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='inodes'), \
+               (SELECT max(ino) FROM inodes), 0)",
+            [],
+            |r| r.get(0),
+        )
+        .ctx("reading the file id sequence")?;
+    tx.execute_batch(
+        "ALTER TABLE inodes RENAME TO inodes_v2;
+         DROP INDEX IF EXISTS inodes_dirent;
+         DROP INDEX IF EXISTS inodes_listing;",
+    )
+    .ctx("migrating to format 3")?;
+    tx.execute_batch(SCHEMA).ctx("migrating to format 3")?;
+    let files = tx
+        .execute(
+            "INSERT INTO inodes(ino, vol, kind, mode, uid, gid, size, atime_s, atime_ns,
+               mtime_s, mtime_ns, ctime_s, ctime_ns, content, target, tree, verf, nlink)
+             SELECT ino, vol, kind, mode, uid, gid, size, atime_s, atime_ns,
+               mtime_s, mtime_ns, ctime_s, ctime_ns, content, target, tree, verf, 1
+             FROM inodes_v2 ORDER BY ino",
+            [],
+        )
+        .ctx("migrating inodes")?;
+    tx.execute(
+        "INSERT INTO entries(id, parent, name, ino)
+         SELECT ino, parent, name, ino FROM inodes_v2 WHERE parent != 0 ORDER BY ino",
+        [],
+    )
+    .ctx("migrating names")?;
+    tx.execute_batch("DROP TABLE inodes_v2;")
+        .ctx("migrating to format 3")?;
+    for t in ["inodes", "entries"] {
+        tx.execute("DELETE FROM sqlite_sequence WHERE name=?1", [t])
+            .ctx("migrating id sequences")?;
+        tx.execute(
+            "INSERT INTO sqlite_sequence(name, seq) VALUES(?1, ?2)",
+            params![t, seq],
+        )
+        .ctx("migrating id sequences")?;
+    }
+    tx.execute("UPDATE meta SET value=3 WHERE key='format'", [])
+        .ctx("recording format 3")?;
+    tx.commit().ctx("commit format 3 migration")?;
+    tracing::info!(
+        from,
+        files,
+        ms = t0.elapsed().as_millis() as u64,
+        "store migrated to format 3 (hard links)"
+    );
+    Ok(())
+}
+
 pub struct Db {
     conn: Mutex<Connection>,
     /// Read-only connections for the read path (WAL lets them read while the writer
@@ -90,19 +171,32 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
-        let conn = Connection::open(path).ctx("opening kura.db")?;
+        let mut conn = Connection::open(path).ctx("opening kura.db")?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;
              PRAGMA cache_size=-16384; PRAGMA busy_timeout=5000;",
         )
         .ctx("setting pragmas")?;
-        conn.execute_batch(SCHEMA).ctx("creating schema")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;",
+        )
+        .ctx("creating schema")?;
         let fmt: Option<u32> = conn
             .query_row("SELECT value FROM meta WHERE key='format'", [], |r| {
                 r.get(0)
             })
             .optional()
             .ctx("reading store format")?;
+        match fmt {
+            Some(v) if v > STORE_FORMAT => {
+                return Err(StoreError::Format(format!(
+                    "store format {v} is newer than this kura understands ({STORE_FORMAT})"
+                )))
+            }
+            Some(v) if v < 3 => migrate_to_v3(&mut conn, v)?,
+            _ => {}
+        }
+        conn.execute_batch(SCHEMA).ctx("creating schema")?;
         match fmt {
             None => {
                 conn.execute(
@@ -112,18 +206,11 @@ impl Db {
                 .ctx("recording store format")?;
             }
             Some(v) if v < STORE_FORMAT => {
-                // Every older layout is valid as it is; record that newer data may follow.
-                if let Err(e) = conn.execute(
+                conn.execute(
                     "UPDATE meta SET value=?1 WHERE key='format'",
                     params![STORE_FORMAT],
-                ) {
-                    tracing::warn!(error = %e, from = v, "could not record the store format upgrade");
-                }
-            }
-            Some(v) if v > STORE_FORMAT => {
-                return Err(StoreError::Format(format!(
-                    "store format {v} is newer than this kura understands ({STORE_FORMAT})"
-                )))
+                )
+                .ctx("recording the store format upgrade")?;
             }
             Some(_) => {}
         }

@@ -22,6 +22,10 @@ pub enum StoreError {
     NameTooLong { name: String, max: usize },
     #[error("file too large: {0}")]
     TooBig(String),
+    #[error("too many links: {0}")]
+    TooManyLinks(String),
+    #[error("names cannot cross volumes: {0}")]
+    CrossVolume(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("read-only: {0}")]

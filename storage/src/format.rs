@@ -32,8 +32,10 @@
 //! whose id is all zeros (`ChunkId::HOLE`, format 2) is a hole of `len` zero bytes:
 //! nothing is stored for it, and reads, GC and verify skip it.
 //!
-//! Directory object (kind `KIND_DIR`): `DIR_MAGIC`, `count u32`, entries sorted by name,
-//! each encoded by `tree::encode_entry`.
+//! Directory object (kind `KIND_DIR`): `DIR_MAGIC_V2` (or `DIR_MAGIC` before format 3),
+//! `count u32`, entries sorted by name, each encoded by `tree::encode_entry`. Entries
+//! of one object with the same file id are names of one file (hard links). A
+//! snapshot's root entry (`snapshots.root_entry`) keeps the format 1 entry encoding.
 //!
 //! `ingest_parts` table: leaf content lists an ingest in progress has committed (GC
 //! marks them); cleared when the file commits, when the ingest fails, and at open.
@@ -44,7 +46,10 @@
 /// Version of the whole store layout, recorded in the `meta` table.
 /// 2: content lists may hold hole entries. A format 1 store is format 2 as it is; the
 /// number is raised when it is opened, so that older kura refuses it afterwards.
-pub const STORE_FORMAT: u32 = 2;
+/// 3: names live in an `entries` table apart from inodes (hard links, `nlink`), and
+/// directory objects may be `DIR_MAGIC_V2` (each entry ends with its link count). A
+/// format 1 or 2 store is migrated when opened (`db::migrate_to_v3`).
+pub const STORE_FORMAT: u32 = 3;
 
 pub const PACK_MAGIC: &[u8; 8] = b"KURAPK01";
 pub const RECORD_MAGIC: u32 = 0x4b43_4b31; // "1KCK" little-endian
@@ -66,6 +71,9 @@ pub const CONTENT_MAGIC: &[u8; 4] = b"KCL1";
 /// `count u32 LE`, then `count` entries of `len u64 LE | leaf id [32]`.
 pub const CONTENT_INDEX_MAGIC: &[u8; 4] = b"KCL2";
 pub const DIR_MAGIC: &[u8; 4] = b"KDR1";
+/// Directory object of format 3: as `DIR_MAGIC`, and each entry ends with `nlink u32 LE`
+/// (so that a snapshot shows which files are linked). Format 1 entries read as nlink 1.
+pub const DIR_MAGIC_V2: &[u8; 4] = b"KDR2";
 
 pub const JOURNAL_TRUNCATE: u64 = u64::MAX;
 

@@ -83,26 +83,7 @@ impl Store {
         let mut marked = HashSet::new();
         let (contents, trees, roots) = {
             let conn = self.db.lock();
-            let mut st = conn.prepare("SELECT content, tree FROM inodes WHERE content IS NOT NULL OR tree IS NOT NULL").ctx("gc mark")?;
-            let mut contents = Vec::new();
-            let mut trees = Vec::new();
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Option<Vec<u8>>>(0)?,
-                        r.get::<_, Option<Vec<u8>>>(1)?,
-                    ))
-                })
-                .ctx("gc mark")?;
-            for r in rows {
-                let (c, t) = r.ctx("gc mark")?;
-                if let Some(c) = c {
-                    contents.push(ChunkId::from_row(&c, "inodes.content")?);
-                }
-                if let Some(t) = t {
-                    trees.push(ChunkId::from_row(&t, "inodes.tree")?);
-                }
-            }
+            let (mut contents, trees) = crate::namespace::referenced_objects(&conn)?;
             // Leaves already committed by an ingest still in progress.
             let mut st = conn
                 .prepare("SELECT leaf FROM ingest_parts")

@@ -1,18 +1,24 @@
-//! The live namespace in SQLite: inodes with their attributes and directory entries.
+//! The live namespace in SQLite. This module owns the `volumes`, `inodes` and `entries`
+//! tables: no other module writes SQL on them.
 //!
-//! Every inode has exactly one parent (hard links are not offered), so the directory
-//! entry lives in the inode row: `(parent, name)` is unique. File ids come from SQLite's
-//! AUTOINCREMENT: persistent, never reused, never 0. A directory is listed in file-id
-//! order and the id of the last entry returned is the cookie for the next page, so a
-//! listing stays correct while entries are deleted under it.
+//! An inode row holds a file's attributes and content; an entry row `(parent, name) ->
+//! ino` names it. A file or symlink may have several entries (hard links; `nlink` counts
+//! them and the inode goes with its last name); a directory has exactly one, and a
+//! volume root none. File ids and entry ids come from SQLite's AUTOINCREMENT:
+//! persistent, never reused, never 0. A directory is listed in entry-id order and the id
+//! of the last entry returned is the cookie for the next page, so a listing stays
+//! correct while entries are deleted under it (and two names of one file in one
+//! directory have cookies of their own).
 //!
 //! `tree` caches the directory object id of a directory as of the last snapshot. Any
 //! change inside a directory clears it there and in every ancestor ("dirty chain"); a
-//! snapshot re-encodes only directories whose `tree` is NULL.
+//! change to a file's attributes or content clears it in every directory naming the
+//! file; a snapshot re-encodes only directories whose `tree` is NULL.
 
 use crate::error::{DbContext, Result, StoreError};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::HashSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -64,6 +70,8 @@ pub struct Attr {
     pub atime: Timespec,
     pub mtime: Timespec,
     pub ctime: Timespec,
+    /// Names of a file or symlink (hard links); 1 for a directory.
+    pub nlink: u32,
 }
 
 /// Changes requested by SETATTR; `size` is applied by the store (it touches data).
@@ -90,15 +98,41 @@ pub struct NewAttr {
 pub struct Inode {
     pub attr: Attr,
     pub vol: VolumeId,
-    pub parent: FileId,
-    pub name: Vec<u8>,
     pub content: Option<ChunkId>,
     pub link: Vec<u8>,
     pub tree: Option<ChunkId>,
     pub verf: Option<[u8; 8]>,
 }
 
+/// A directory entry and the inode it names.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entry's id: the READDIR cookie that continues after it.
+    pub id: u64,
+    pub name: Vec<u8>,
+    pub inode: Inode,
+}
+
+/// A named export: a tree with a root directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub name: String,
+    pub root: FileId,
+}
+
+/// What a REMOVE, RMDIR or rename-over took away.
+#[derive(Clone, Debug)]
+pub struct Removed {
+    pub inode: Inode,
+    /// The last name went: the inode row is deleted (and its staged data may go).
+    pub gone: bool,
+}
+
 pub const MAX_NAME: usize = 255;
+
+/// Most names one file may have (PATHCONF's linkmax; ext4's limit).
+pub const MAX_LINKS: u32 = 65_000;
 
 /// Rejects names NFS clients must not be able to create.
 pub fn check_name(name: &[u8]) -> Result<()> {
@@ -124,41 +158,67 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     })
 }
 
-const COLS: &str = "ino, vol, parent, name, kind, mode, uid, gid, size, atime_s, atime_ns, \
-                    mtime_s, mtime_ns, ctime_s, ctime_ns, content, target, tree, verf";
-
-fn opt_id(v: Option<Vec<u8>>) -> Option<ChunkId> {
-    v.and_then(|b| ChunkId::from_slice(&b))
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
 }
 
-fn row_to_inode(r: &Row<'_>) -> rusqlite::Result<Inode> {
+const COLS: &str = "i.ino, i.vol, i.kind, i.mode, i.uid, i.gid, i.size, i.atime_s, i.atime_ns, \
+                    i.mtime_s, i.mtime_ns, i.ctime_s, i.ctime_ns, i.content, i.target, i.tree, \
+                    i.verf, i.nlink";
+
+fn bad_column(col: usize, why: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Blob, why.into())
+}
+
+/// An object id column: NULL is None, anything but 32 bytes is an error (never a
+/// silently different id).
+fn opt_id(r: &Row<'_>, col: usize) -> rusqlite::Result<Option<ChunkId>> {
+    match r.get::<_, Option<Vec<u8>>>(col)? {
+        None => Ok(None),
+        Some(b) => ChunkId::from_slice(&b)
+            .map(Some)
+            .ok_or_else(|| bad_column(col, format!("object id of {} bytes", b.len()))),
+    }
+}
+
+/// Decodes the inode columns ([`COLS`]) starting at column `at`.
+fn row_to_inode(r: &Row<'_>, at: usize) -> rusqlite::Result<Inode> {
     let ts = |a: usize| -> rusqlite::Result<Timespec> {
         Ok(Timespec {
-            sec: r.get(a)?,
-            nsec: r.get::<_, i64>(a + 1)? as u32,
+            sec: r.get(at + a)?,
+            nsec: r.get::<_, i64>(at + a + 1)? as u32,
         })
     };
+    let kind: u8 = r.get(at + 2)?;
     Ok(Inode {
         attr: Attr {
-            ino: FileId(r.get::<_, i64>(0)? as u64),
-            kind: FileKind::from_u8(r.get(4)?).unwrap_or(FileKind::File),
-            mode: r.get(5)?,
-            uid: r.get(6)?,
-            gid: r.get(7)?,
-            size: r.get::<_, i64>(8)? as u64,
-            atime: ts(9)?,
-            mtime: ts(11)?,
-            ctime: ts(13)?,
+            ino: FileId(r.get::<_, i64>(at)? as u64),
+            kind: FileKind::from_u8(kind)
+                .ok_or_else(|| bad_column(at + 2, format!("file kind {kind}")))?,
+            mode: r.get(at + 3)?,
+            uid: r.get(at + 4)?,
+            gid: r.get(at + 5)?,
+            size: r.get::<_, i64>(at + 6)? as u64,
+            atime: ts(7)?,
+            mtime: ts(9)?,
+            ctime: ts(11)?,
+            nlink: r.get(at + 17)?,
         },
-        vol: VolumeId(r.get::<_, i64>(1)? as u64),
-        parent: FileId(r.get::<_, i64>(2)? as u64),
-        name: r.get(3)?,
-        content: opt_id(r.get(15)?),
-        link: r.get::<_, Option<Vec<u8>>>(16)?.unwrap_or_default(),
-        tree: opt_id(r.get(17)?),
+        vol: VolumeId(r.get::<_, i64>(at + 1)? as u64),
+        content: opt_id(r, at + 13)?,
+        link: r.get::<_, Option<Vec<u8>>>(at + 14)?.unwrap_or_default(),
+        tree: opt_id(r, at + 15)?,
         verf: r
-            .get::<_, Option<Vec<u8>>>(18)?
+            .get::<_, Option<Vec<u8>>>(at + 16)?
             .and_then(|v| v.try_into().ok()),
+    })
+}
+
+fn row_to_entry(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get::<_, i64>(0)? as u64,
+        name: r.get(1)?,
+        inode: row_to_inode(r, 2)?,
     })
 }
 
@@ -167,19 +227,21 @@ pub fn get(conn: &Connection, ino: FileId) -> Result<Inode> {
 }
 
 pub fn get_opt(conn: &Connection, ino: FileId) -> Result<Option<Inode>> {
-    conn.prepare_cached(&format!("SELECT {COLS} FROM inodes WHERE ino=?1"))
+    conn.prepare_cached(&format!("SELECT {COLS} FROM inodes i WHERE i.ino=?1"))
         .ctx("preparing inode read")?
-        .query_row([ino.0 as i64], row_to_inode)
+        .query_row([ino.0 as i64], |r| row_to_inode(r, 0))
         .optional()
         .ctx("reading inode")
 }
 
-pub fn lookup(conn: &Connection, parent: FileId, name: &[u8]) -> Result<Option<Inode>> {
+/// The entry `name` in directory `parent`.
+pub fn lookup(conn: &Connection, parent: FileId, name: &[u8]) -> Result<Option<Entry>> {
     conn.prepare_cached(&format!(
-        "SELECT {COLS} FROM inodes WHERE parent=?1 AND name=?2"
+        "SELECT e.id, e.name, {COLS} FROM entries e JOIN inodes i ON i.ino = e.ino
+         WHERE e.parent=?1 AND e.name=?2"
     ))
     .ctx("preparing lookup")?
-    .query_row(params![parent.0 as i64, name], row_to_inode)
+    .query_row(params![parent.0 as i64, name], row_to_entry)
     .optional()
     .ctx("looking up name")
 }
@@ -192,23 +254,56 @@ pub fn dir(conn: &Connection, ino: FileId) -> Result<Inode> {
     Ok(d)
 }
 
+/// The directory holding the first name of `ino` (a directory's only one); None for a
+/// volume root.
+pub fn parent(conn: &Connection, ino: FileId) -> Result<Option<(FileId, Vec<u8>)>> {
+    conn.prepare_cached("SELECT parent, name FROM entries WHERE ino=?1 ORDER BY id LIMIT 1")
+        .ctx("preparing parent lookup")?
+        .query_row([ino.0 as i64], |r| {
+            Ok((FileId(r.get::<_, i64>(0)? as u64), r.get(1)?))
+        })
+        .optional()
+        .ctx("reading parent")
+}
+
+/// Every directory holding a name of `ino`.
+fn holders(conn: &Connection, ino: FileId) -> Result<Vec<FileId>> {
+    let mut st = conn
+        .prepare_cached("SELECT DISTINCT parent FROM entries WHERE ino=?1")
+        .ctx("preparing holder lookup")?;
+    let rows = st
+        .query_map([ino.0 as i64], |r| Ok(FileId(r.get::<_, i64>(0)? as u64)))
+        .ctx("reading holders")?;
+    rows.collect::<rusqlite::Result<_>>().ctx("reading holders")
+}
+
 /// Clears the cached directory object of `dir` and every ancestor.
 pub fn invalidate(conn: &Connection, mut dir: FileId) -> Result<()> {
     let mut clear = conn
-        .prepare_cached(
-            "UPDATE inodes SET tree=NULL WHERE ino=?1 AND tree IS NOT NULL RETURNING parent",
-        )
+        .prepare_cached("UPDATE inodes SET tree=NULL WHERE ino=?1 AND tree IS NOT NULL")
         .ctx("preparing invalidate")?;
     while dir.0 != 0 {
-        let parent: Option<i64> = clear
-            .query_row([dir.0 as i64], |r| r.get(0))
-            .optional()
+        let cleared = clear
+            .execute([dir.0 as i64])
             .ctx("invalidating directory tree")?;
-        match parent {
-            Some(p) => dir = FileId(p as u64),
+        if cleared == 0 {
             // Already dirty: its ancestors are dirty too.
-            None => break,
+            break;
         }
+        dir = parent(conn, dir)?.map_or(FileId(0), |(p, _)| p);
+    }
+    Ok(())
+}
+
+/// Clears the cached objects that hold `ino`'s attributes: every directory naming it
+/// (the inode itself for a volume root, whose attributes its snapshot root carries).
+fn invalidate_holders(conn: &Connection, ino: FileId) -> Result<()> {
+    let hs = holders(conn, ino)?;
+    if hs.is_empty() {
+        return invalidate(conn, ino);
+    }
+    for h in hs {
+        invalidate(conn, h)?;
     }
     Ok(())
 }
@@ -223,50 +318,77 @@ fn touch_dir(conn: &Connection, dir: FileId, now: Timespec) -> Result<()> {
     invalidate(conn, dir)
 }
 
+fn touch_ctime(conn: &Connection, ino: FileId, now: Timespec) -> Result<()> {
+    conn.prepare_cached("UPDATE inodes SET ctime_s=?2, ctime_ns=?3 WHERE ino=?1")
+        .ctx("preparing ctime update")?
+        .execute(params![ino.0 as i64, now.sec, now.nsec])
+        .ctx("updating change time")?;
+    Ok(())
+}
+
+/// An inode row to insert ([`insert_inode`]).
+pub struct NewInode<'a> {
+    pub vol: VolumeId,
+    pub kind: FileKind,
+    pub attr: NewAttr,
+    pub size: u64,
+    /// atime, mtime, ctime.
+    pub times: [Timespec; 3],
+    pub content: Option<ChunkId>,
+    pub link: &'a [u8],
+    pub tree: Option<ChunkId>,
+    pub verf: Option<[u8; 8]>,
+    /// Entries that will name it ([`add_entry`] does not count).
+    pub nlink: u32,
+}
+
 /// Inserts an inode row; returns its id.
-#[allow(clippy::too_many_arguments)]
-pub fn insert(
-    conn: &Connection,
-    vol: VolumeId,
-    parent: FileId,
-    name: &[u8],
-    kind: FileKind,
-    attr: NewAttr,
-    size: u64,
-    times: [Timespec; 3],
-    content: Option<ChunkId>,
-    link: &[u8],
-    tree: Option<ChunkId>,
-    verf: Option<[u8; 8]>,
-) -> Result<FileId> {
+pub fn insert_inode(conn: &Connection, n: &NewInode<'_>) -> Result<FileId> {
     conn.prepare_cached(
-        "INSERT INTO inodes(vol, parent, name, kind, mode, uid, gid, size, atime_s, atime_ns,
-           mtime_s, mtime_ns, ctime_s, ctime_ns, content, target, tree, verf)
-         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)",
+        "INSERT INTO inodes(vol, kind, mode, uid, gid, size, atime_s, atime_ns,
+           mtime_s, mtime_ns, ctime_s, ctime_ns, content, target, tree, verf, nlink)
+         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
     )
     .ctx("preparing inode insert")?
     .execute(params![
-        vol.0 as i64,
-        parent.0 as i64,
-        name,
-        kind as u8,
-        attr.mode & 0o7777,
-        attr.uid,
-        attr.gid,
-        size as i64,
-        times[0].sec,
-        times[0].nsec,
-        times[1].sec,
-        times[1].nsec,
-        times[2].sec,
-        times[2].nsec,
-        content.map(|c| c.0.to_vec()),
-        (kind == FileKind::Symlink).then_some(link),
-        tree.map(|c| c.0.to_vec()),
-        verf.map(|v| v.to_vec()),
+        n.vol.0 as i64,
+        n.kind as u8,
+        n.attr.mode & 0o7777,
+        n.attr.uid,
+        n.attr.gid,
+        n.size as i64,
+        n.times[0].sec,
+        n.times[0].nsec,
+        n.times[1].sec,
+        n.times[1].nsec,
+        n.times[2].sec,
+        n.times[2].nsec,
+        n.content.map(|c| c.0.to_vec()),
+        (n.kind == FileKind::Symlink).then_some(n.link),
+        n.tree.map(|c| c.0.to_vec()),
+        n.verf.map(|v| v.to_vec()),
+        n.nlink,
     ])
     .ctx("inserting inode")?;
     Ok(FileId(conn.last_insert_rowid() as u64))
+}
+
+/// Names `ino` as `name` in `parent` (no checks, no counting); returns the entry id.
+pub fn add_entry(conn: &Connection, parent: FileId, name: &[u8], ino: FileId) -> Result<u64> {
+    conn.prepare_cached("INSERT INTO entries(parent, name, ino) VALUES(?1, ?2, ?3)")
+        .ctx("preparing entry insert")?
+        .execute(params![parent.0 as i64, name, ino.0 as i64])
+        .ctx("inserting directory entry")?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+fn check_free(conn: &Connection, parent: FileId, name: &[u8]) -> Result<Inode> {
+    check_name(name)?;
+    let p = dir(conn, parent)?;
+    if lookup(conn, parent, name)?.is_some() {
+        return Err(StoreError::Exists(lossy(name)));
+    }
+    Ok(p)
 }
 
 /// Creates a file, directory or symlink in `parent`.
@@ -279,132 +401,180 @@ pub fn create(
     link: &[u8],
     verf: Option<[u8; 8]>,
 ) -> Result<Inode> {
-    check_name(name)?;
-    let p = dir(conn, parent)?;
-    if lookup(conn, parent, name)?.is_some() {
-        return Err(StoreError::Exists(
-            String::from_utf8_lossy(name).into_owned(),
-        ));
-    }
+    let p = check_free(conn, parent, name)?;
     let now = Timespec::now();
-    let ino = insert(
+    let ino = insert_inode(
         conn,
-        p.vol,
-        parent,
-        name,
-        kind,
-        attr,
-        if kind == FileKind::Symlink {
-            link.len() as u64
-        } else {
-            0
+        &NewInode {
+            vol: p.vol,
+            kind,
+            attr,
+            size: if kind == FileKind::Symlink {
+                link.len() as u64
+            } else {
+                0
+            },
+            times: [now; 3],
+            content: None,
+            link,
+            tree: None,
+            verf,
+            nlink: 1,
         },
-        [now; 3],
-        None,
-        link,
-        None,
-        verf,
     )?;
+    add_entry(conn, parent, name, ino)?;
     touch_dir(conn, parent, now)?;
     get(conn, ino)
 }
 
-/// Removes `name` from `parent`. `dir` says whether the caller expects a directory
-/// (RMDIR) or not (REMOVE). Returns the removed inode.
-pub fn remove(conn: &Connection, parent: FileId, name: &[u8], want_dir: bool) -> Result<Inode> {
+/// Gives file or symlink `ino` another name, `name` in `dir` (NFS LINK).
+pub fn link(conn: &Connection, ino: FileId, dir: FileId, name: &[u8]) -> Result<Inode> {
+    let d = check_free(conn, dir, name)?;
+    let i = get(conn, ino)?;
+    if i.attr.kind == FileKind::Dir {
+        return Err(StoreError::IsDir(format!(
+            "file id {ino}: directories have one name"
+        )));
+    }
+    if i.vol != d.vol {
+        return Err(StoreError::CrossVolume(format!("link of file id {ino}")));
+    }
+    if i.attr.nlink >= MAX_LINKS {
+        return Err(StoreError::TooManyLinks(format!("file id {ino}")));
+    }
+    let now = Timespec::now();
+    add_entry(conn, dir, name, ino)?;
+    conn.prepare_cached("UPDATE inodes SET nlink=nlink+1 WHERE ino=?1")
+        .ctx("preparing link count")?
+        .execute([ino.0 as i64])
+        .ctx("counting link")?;
+    touch_ctime(conn, ino, now)?;
+    // The link count is part of the file's entry in every directory that names it.
+    invalidate_holders(conn, ino)?;
+    touch_dir(conn, dir, now)?;
+    get(conn, ino)
+}
+
+/// Deletes entry `entry` (naming `victim`): the inode goes with its last name.
+fn unlink(conn: &Connection, entry: u64, victim: Inode, now: Timespec) -> Result<Removed> {
+    conn.prepare_cached("DELETE FROM entries WHERE id=?1")
+        .ctx("preparing entry delete")?
+        .execute([entry as i64])
+        .ctx("deleting directory entry")?;
+    let ino = victim.attr.ino;
+    let gone = victim.attr.nlink <= 1;
+    if gone {
+        conn.prepare_cached("DELETE FROM inodes WHERE ino=?1")
+            .ctx("preparing inode delete")?
+            .execute([ino.0 as i64])
+            .ctx("deleting inode")?;
+    } else {
+        conn.prepare_cached("UPDATE inodes SET nlink=nlink-1 WHERE ino=?1")
+            .ctx("preparing link count")?
+            .execute([ino.0 as i64])
+            .ctx("counting unlink")?;
+        touch_ctime(conn, ino, now)?;
+        invalidate_holders(conn, ino)?;
+    }
+    Ok(Removed {
+        inode: victim,
+        gone,
+    })
+}
+
+/// Removes `name` from `parent`. `want_dir` says whether the caller expects a directory
+/// (RMDIR) or not (REMOVE).
+pub fn remove(conn: &Connection, parent: FileId, name: &[u8], want_dir: bool) -> Result<Removed> {
     check_name(name)?;
     dir(conn, parent)?;
-    let n = String::from_utf8_lossy(name).into_owned();
+    let n = lossy(name);
     let victim = lookup(conn, parent, name)?.ok_or_else(|| StoreError::NotFound(n.clone()))?;
-    let is_dir = victim.attr.kind == FileKind::Dir;
+    let is_dir = victim.inode.attr.kind == FileKind::Dir;
     if want_dir && !is_dir {
         return Err(StoreError::NotDir(n));
     }
     if !want_dir && is_dir {
         return Err(StoreError::IsDir(n));
     }
-    if is_dir && has_children(conn, victim.attr.ino)? {
+    if is_dir && has_children(conn, victim.inode.attr.ino)? {
         return Err(StoreError::NotEmpty(n));
     }
-    conn.execute(
-        "DELETE FROM inodes WHERE ino=?1",
-        [victim.attr.ino.0 as i64],
-    )
-    .ctx("deleting inode")?;
-    touch_dir(conn, parent, Timespec::now())?;
-    Ok(victim)
+    let now = Timespec::now();
+    let r = unlink(conn, victim.id, victim.inode, now)?;
+    touch_dir(conn, parent, now)?;
+    Ok(r)
 }
 
 pub fn has_children(conn: &Connection, dir: FileId) -> Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM inodes WHERE parent=?1 LIMIT 1")
+    conn.prepare_cached("SELECT 1 FROM entries WHERE parent=?1 LIMIT 1")
         .ctx("preparing child check")?
         .exists([dir.0 as i64])
         .ctx("checking for children")
 }
 
-/// Renames; an existing target is replaced when the kinds allow it. Returns the
-/// replaced inode, if any.
+/// Renames; an existing target is replaced when the kinds allow it. Returns what the
+/// replaced name took away, if anything. Two names of one file: nothing happens (POSIX).
 pub fn rename(
     conn: &Connection,
     from: FileId,
     from_name: &[u8],
     to: FileId,
     to_name: &[u8],
-) -> Result<Option<Inode>> {
+) -> Result<Option<Removed>> {
     check_name(from_name)?;
     check_name(to_name)?;
     let fp = dir(conn, from)?;
     let tp = dir(conn, to)?;
     if fp.vol != tp.vol {
-        return Err(StoreError::Invalid("rename across volumes".into()));
+        return Err(StoreError::CrossVolume(format!(
+            "rename of {}",
+            lossy(from_name)
+        )));
     }
-    let n = String::from_utf8_lossy(from_name).into_owned();
+    let n = lossy(from_name);
     let src = lookup(conn, from, from_name)?.ok_or_else(|| StoreError::NotFound(n.clone()))?;
-    if src.attr.kind == FileKind::Dir {
+    let src_ino = src.inode.attr.ino;
+    if src.inode.attr.kind == FileKind::Dir {
         // Refuse moving a directory into itself or below itself.
         let mut a = to;
         while a.0 != 0 {
-            if a == src.attr.ino {
+            if a == src_ino {
                 return Err(StoreError::Invalid(format!(
                     "cannot move directory {n} below itself"
                 )));
             }
-            a = get(conn, a)?.parent;
+            a = parent(conn, a)?.map_or(FileId(0), |(p, _)| p);
         }
     }
+    let now = Timespec::now();
     let mut replaced = None;
     if let Some(dst) = lookup(conn, to, to_name)? {
-        if dst.attr.ino == src.attr.ino {
+        if dst.inode.attr.ino == src_ino {
             return Ok(None);
         }
-        let tn = String::from_utf8_lossy(to_name).into_owned();
+        let tn = lossy(to_name);
         match (
-            src.attr.kind == FileKind::Dir,
-            dst.attr.kind == FileKind::Dir,
+            src.inode.attr.kind == FileKind::Dir,
+            dst.inode.attr.kind == FileKind::Dir,
         ) {
             (true, false) => return Err(StoreError::NotDir(tn)),
             (false, true) => return Err(StoreError::IsDir(tn)),
-            (true, true) if has_children(conn, dst.attr.ino)? => {
+            (true, true) if has_children(conn, dst.inode.attr.ino)? => {
                 return Err(StoreError::NotEmpty(tn))
             }
             _ => {}
         }
-        conn.execute("DELETE FROM inodes WHERE ino=?1", [dst.attr.ino.0 as i64])
-            .ctx("deleting rename target")?;
-        replaced = Some(dst);
+        replaced = Some(unlink(conn, dst.id, dst.inode, now)?);
     }
-    let now = Timespec::now();
-    conn.execute(
-        "UPDATE inodes SET parent=?2, name=?3, ctime_s=?4, ctime_ns=?5 WHERE ino=?1",
-        params![
-            src.attr.ino.0 as i64,
-            to.0 as i64,
-            to_name,
-            now.sec,
-            now.nsec
-        ],
-    )
-    .ctx("renaming inode")?;
+    conn.prepare_cached("UPDATE entries SET parent=?2, name=?3 WHERE id=?1")
+        .ctx("preparing rename")?
+        .execute(params![src.id as i64, to.0 as i64, to_name])
+        .ctx("renaming entry")?;
+    touch_ctime(conn, src_ino, now)?;
+    // The new ctime is in the source's entry in its other directories too.
+    if src.inode.attr.nlink > 1 {
+        invalidate_holders(conn, src_ino)?;
+    }
     touch_dir(conn, from, now)?;
     if to != from {
         touch_dir(conn, to, now)?;
@@ -436,7 +606,7 @@ pub fn set_attr(conn: &Connection, ino: FileId, s: &SetAttr) -> Result<Inode> {
         ],
     )
     .ctx("updating attributes")?;
-    invalidate(conn, if cur.parent.0 == 0 { ino } else { cur.parent })?;
+    invalidate_holders(conn, ino)?;
     get(conn, ino)
 }
 
@@ -468,33 +638,188 @@ pub fn set_content(
         c.nsec
     ])
     .ctx("updating file content")?;
-    invalidate(conn, cur.parent)
+    invalidate_holders(conn, ino)
 }
 
-/// One page of a directory: entries with file id above `cookie`, in file-id order.
+/// Records the directory object a snapshot encoded for `dir` (see the module docs).
+pub fn set_tree(conn: &Connection, dir: FileId, tree: &ChunkId) -> Result<()> {
+    conn.prepare_cached("UPDATE inodes SET tree=?2 WHERE ino=?1")
+        .ctx("preparing tree cache")?
+        .execute(params![dir.0 as i64, &tree.0[..]])
+        .ctx("caching directory tree id")?;
+    Ok(())
+}
+
+/// One page of a directory: entries with an id above `cookie`, in id order.
 pub fn readdir(
     conn: &Connection,
     dir_ino: FileId,
     cookie: u64,
     limit: usize,
-) -> Result<Vec<Inode>> {
+) -> Result<Vec<Entry>> {
     dir(conn, dir_ino)?;
     let mut st = conn
         .prepare_cached(&format!(
-            "SELECT {COLS} FROM inodes WHERE parent=?1 AND ino>?2 ORDER BY ino LIMIT ?3"
+            "SELECT e.id, e.name, {COLS} FROM entries e JOIN inodes i ON i.ino = e.ino
+             WHERE e.parent=?1 AND e.id>?2 ORDER BY e.id LIMIT ?3"
         ))
         .ctx("preparing readdir")?;
     let rows = st
         .query_map(
-            params![dir_ino.0 as i64, cookie as i64, limit as i64],
-            row_to_inode,
+            params![
+                dir_ino.0 as i64,
+                cookie.min(i64::MAX as u64) as i64,
+                limit.min(i64::MAX as usize) as i64
+            ],
+            row_to_entry,
         )
         .ctx("listing directory")?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .ctx("listing directory")
 }
 
-/// All children of a directory (for snapshots and clones).
-pub fn children(conn: &Connection, dir_ino: FileId) -> Result<Vec<Inode>> {
+/// All entries of a directory (for snapshots).
+pub fn children(conn: &Connection, dir_ino: FileId) -> Result<Vec<Entry>> {
     readdir(conn, dir_ino, 0, usize::MAX >> 1)
+}
+
+/// The path of `ino` inside its volume (by first names), for messages; None when a
+/// name on the way is gone.
+pub fn path(conn: &Connection, ino: FileId) -> Result<Option<(VolumeId, String)>> {
+    let vol = match get_opt(conn, ino)? {
+        Some(i) => i.vol,
+        None => return Ok(None),
+    };
+    let mut parts = Vec::new();
+    let mut cur = ino;
+    let mut seen = HashSet::new();
+    while let Some((p, name)) = parent(conn, cur)? {
+        if !seen.insert(cur) {
+            return Ok(None);
+        }
+        parts.push(lossy(&name));
+        cur = p;
+    }
+    parts.reverse();
+    Ok(Some((vol, format!("/{}", parts.join("/")))))
+}
+
+/// Sum of file sizes (each file once, however many names), of one volume or all.
+pub fn logical_bytes(conn: &Connection, vol: Option<VolumeId>) -> Result<u64> {
+    conn.query_row(
+        "SELECT coalesce(sum(size),0) FROM inodes WHERE kind=1 AND (?1 IS NULL OR vol=?1)",
+        [vol.map(|v| v.0 as i64)],
+        |r| r.get::<_, i64>(0),
+    )
+    .ctx("summing file sizes")
+    .map(|n| n as u64)
+}
+
+/// Objects the live namespace refers to: file contents and cached directory objects.
+pub fn referenced_objects(conn: &Connection) -> Result<(Vec<ChunkId>, Vec<ChunkId>)> {
+    let mut st = conn
+        .prepare("SELECT content, tree FROM inodes WHERE content IS NOT NULL OR tree IS NOT NULL")
+        .ctx("reading referenced objects")?;
+    let mut contents = Vec::new();
+    let mut trees = Vec::new();
+    let rows = st
+        .query_map([], |r| Ok((opt_id(r, 0)?, opt_id(r, 1)?)))
+        .ctx("reading referenced objects")?;
+    for r in rows {
+        let (c, t) = r.ctx("reading referenced objects")?;
+        contents.extend(c);
+        trees.extend(t);
+    }
+    Ok((contents, trees))
+}
+
+/// Every file with ingested content: (file, its volume, content).
+pub fn files_with_content(conn: &Connection) -> Result<Vec<(FileId, VolumeId, ChunkId)>> {
+    let mut st = conn
+        .prepare("SELECT ino, vol, content FROM inodes WHERE kind = 1 AND content IS NOT NULL")
+        .ctx("listing files")?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                FileId(r.get::<_, i64>(0)? as u64),
+                VolumeId(r.get::<_, i64>(1)? as u64),
+                opt_id(r, 2)?.unwrap_or(ChunkId::HOLE),
+            ))
+        })
+        .ctx("listing files")?;
+    rows.collect::<rusqlite::Result<_>>().ctx("listing files")
+}
+
+// ---------------------------------------------------------------------- volumes
+
+/// Creates volume `name` with an empty root directory (`root` is its owner and mode)
+/// or, for a clone, the given root inode maker. Fails with `Exists` for a taken name.
+pub fn create_volume(
+    conn: &Connection,
+    name: &str,
+    make_root: impl FnOnce(VolumeId) -> Result<FileId>,
+) -> Result<Volume> {
+    if conn
+        .query_row("SELECT 1 FROM volumes WHERE name=?1", [name], |_| Ok(()))
+        .optional()
+        .ctx("checking volume")?
+        .is_some()
+    {
+        return Err(StoreError::Exists(format!("volume {name}")));
+    }
+    let now = Timespec::now();
+    conn.execute(
+        "INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)",
+        params![name, now.sec],
+    )
+    .ctx("inserting volume")?;
+    let id = VolumeId(conn.last_insert_rowid() as u64);
+    let root = make_root(id)?;
+    conn.execute(
+        "UPDATE volumes SET root=?2 WHERE id=?1",
+        params![id.0 as i64, root.0 as i64],
+    )
+    .ctx("setting volume root")?;
+    Ok(Volume {
+        id,
+        name: name.to_owned(),
+        root,
+    })
+}
+
+/// An empty root directory for a new volume.
+pub fn new_root(conn: &Connection, vol: VolumeId, attr: NewAttr) -> Result<FileId> {
+    let now = Timespec::now();
+    insert_inode(
+        conn,
+        &NewInode {
+            vol,
+            kind: FileKind::Dir,
+            attr,
+            size: 0,
+            times: [now; 3],
+            content: None,
+            link: b"",
+            tree: None,
+            verf: None,
+            nlink: 1,
+        },
+    )
+}
+
+/// All volumes, by name.
+pub fn volumes(conn: &Connection) -> Result<Vec<Volume>> {
+    let mut st = conn
+        .prepare_cached("SELECT id, name, root FROM volumes ORDER BY name")
+        .ctx("listing volumes")?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(Volume {
+                id: VolumeId(r.get::<_, i64>(0)? as u64),
+                name: r.get(1)?,
+                root: FileId(r.get::<_, i64>(2)? as u64),
+            })
+        })
+        .ctx("listing volumes")?;
+    rows.collect::<rusqlite::Result<_>>().ctx("listing volumes")
 }

@@ -10,11 +10,12 @@ use crate::chunk_store::ChunkStore;
 use crate::error::{DbContext, Result, StoreError};
 use crate::format::KIND_DIR;
 use crate::ids::{ChunkId, FileId, SnapshotId, VolumeId};
-use crate::namespace::{self, FileKind, NewAttr, Timespec};
+use crate::namespace::{self, FileKind, NewAttr, NewInode, Timespec, Volume};
 use crate::pack::{self, Location};
-use crate::store::{check_volume_name, Store, Volume};
+use crate::store::{check_volume_name, Store};
 use crate::tree::{self, TreeEntry};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A recorded snapshot.
@@ -60,25 +61,21 @@ impl Builder<'_> {
         children.sort_by(|a, b| a.name.cmp(&b.name));
         let mut entries = Vec::with_capacity(children.len());
         for c in children {
-            let target_ref = match c.attr.kind {
-                FileKind::Dir => Some(self.build(c.attr.ino)?),
-                FileKind::File => c.content,
+            let i = c.inode;
+            let target_ref = match i.attr.kind {
+                FileKind::Dir => Some(self.build(i.attr.ino)?),
+                FileKind::File => i.content,
                 FileKind::Symlink => None,
             };
             entries.push(TreeEntry {
                 name: c.name,
-                attr: c.attr,
+                attr: i.attr,
                 target_ref,
-                link: c.link,
+                link: i.link,
             });
         }
         let id = self.put(&tree::encode_dir(&entries))?;
-        self.conn
-            .execute(
-                "UPDATE inodes SET tree=?2 WHERE ino=?1",
-                params![ino.0 as i64, &id.0[..]],
-            )
-            .ctx("caching directory tree id")?;
+        namespace::set_tree(self.conn, ino, &id)?;
         self.dirs_encoded += 1;
         Ok(id)
     }
@@ -178,13 +175,7 @@ impl Store {
         };
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
-        let logical: i64 = tx
-            .query_row(
-                "SELECT coalesce(sum(size),0) FROM inodes WHERE vol=?1 AND kind=1",
-                [v.id.0 as i64],
-                |r| r.get(0),
-            )
-            .ctx("summing snapshot size")?;
+        let logical = namespace::logical_bytes(&tx, Some(v.id))? as i64;
         let now = Timespec::now();
         tx.execute(
             "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns, logical_bytes)
@@ -349,66 +340,62 @@ impl Store {
                 }
             }
         }
+        // Names of one file (same file id in the snapshot) stay names of one file.
+        let mut names: HashMap<FileId, u32> = HashMap::new();
+        for (_, e) in &plan[1..] {
+            if e.attr.kind != FileKind::Dir {
+                *names.entry(e.attr.ino).or_default() += 1;
+            }
+        }
         let _gc = self.gc_lock.read().unwrap();
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx("begin clone")?;
-        if tx
-            .query_row("SELECT 1 FROM volumes WHERE name=?1", [new_vol], |_| Ok(()))
-            .optional()
-            .ctx("checking volume")?
-            .is_some()
-        {
-            return Err(StoreError::Exists(format!("volume {new_vol}")));
-        }
-        let now = Timespec::now();
-        tx.execute(
-            "INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)",
-            params![new_vol, now.sec],
-        )
-        .ctx("inserting volume")?;
-        let vid = VolumeId(tx.last_insert_rowid() as u64);
-        let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
-        for (parent_idx, e) in &plan {
-            let parent = if *parent_idx == usize::MAX {
-                FileId(0)
-            } else {
-                new_ids[*parent_idx]
-            };
-            let name: &[u8] = if *parent_idx == usize::MAX {
-                new_vol.as_bytes()
-            } else {
-                &e.name
-            };
+        let new_inode = |vid: VolumeId, e: &TreeEntry, nlink: u32| {
             let a = e.attr;
             let (content, tree) = match a.kind {
                 FileKind::Dir => (None, e.target_ref),
                 _ => (e.target_ref, None),
             };
-            let ino = namespace::insert(
+            namespace::insert_inode(
                 &tx,
-                vid,
-                parent,
-                name,
-                a.kind,
-                NewAttr {
-                    mode: a.mode,
-                    uid: a.uid,
-                    gid: a.gid,
+                &NewInode {
+                    vol: vid,
+                    kind: a.kind,
+                    attr: NewAttr {
+                        mode: a.mode,
+                        uid: a.uid,
+                        gid: a.gid,
+                    },
+                    size: a.size,
+                    times: [a.atime, a.mtime, a.ctime],
+                    content,
+                    link: &e.link,
+                    tree,
+                    verf: None,
+                    nlink,
                 },
-                a.size,
-                [a.atime, a.mtime, a.ctime],
-                content,
-                &e.link,
-                tree,
-                None,
-            )?;
+            )
+        };
+        let volume = namespace::create_volume(&tx, new_vol, |vid| new_inode(vid, &plan[0].1, 1))?;
+        let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
+        let mut linked: HashMap<FileId, FileId> = HashMap::new();
+        new_ids.push(volume.root);
+        for (parent_idx, e) in &plan[1..] {
+            let parent = new_ids[*parent_idx];
+            let ino = match linked.get(&e.attr.ino) {
+                Some(&ino) => ino,
+                None => {
+                    let n = names.get(&e.attr.ino).copied().unwrap_or(1);
+                    let ino = new_inode(volume.id, e, n)?;
+                    if e.attr.kind != FileKind::Dir {
+                        linked.insert(e.attr.ino, ino);
+                    }
+                    ino
+                }
+            };
+            namespace::add_entry(&tx, parent, &e.name, ino)?;
             new_ids.push(ino);
         }
-        tx.execute(
-            "UPDATE volumes SET root=?2 WHERE id=?1",
-            params![vid.0 as i64, new_ids[0].0 as i64],
-        )
-        .ctx("setting clone root")?;
         tx.commit().ctx("commit clone")?;
         drop(conn);
         self.db.sync_wal(&self.latch)?;
@@ -419,10 +406,6 @@ impl Store {
             inodes = plan.len(),
             "snapshot cloned"
         );
-        Ok(Volume {
-            id: vid,
-            name: new_vol.to_owned(),
-            root: new_ids[0],
-        })
+        Ok(volume)
     }
 }

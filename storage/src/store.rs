@@ -6,12 +6,13 @@ use crate::content::ContentList;
 use crate::db::Db;
 use crate::durable::Latch;
 use crate::error::{DbContext, Result, StoreError};
-use crate::ids::{ChunkId, FileId, VolumeId};
+use crate::ids::{ChunkId, FileId};
+pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
 use crate::staging::{Staged, Staging};
 use crate::tree::TreeEntry;
 use lru::LruCache;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::OptionalExtension;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::io::AsRawFd;
@@ -68,19 +69,13 @@ impl Default for StoreOptions {
     }
 }
 
-/// A named export.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Volume {
-    pub id: VolumeId,
-    pub name: String,
-    pub root: FileId,
-}
-
 /// One directory entry of the live tree.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub name: Vec<u8>,
     pub attr: Attr,
+    /// Where a listing continues after this entry.
+    pub cookie: u64,
 }
 
 pub struct Store {
@@ -359,68 +354,16 @@ impl Store {
     pub fn create_volume(&self, name: &str, root: NewAttr) -> Result<Volume> {
         self.latch.check()?;
         check_volume_name(name)?;
-        let mut conn = self.db.lock();
-        let tx = conn.transaction().ctx("begin create volume")?;
-        if tx
-            .query_row("SELECT 1 FROM volumes WHERE name=?1", [name], |_| Ok(()))
-            .optional()
-            .ctx("checking volume")?
-            .is_some()
-        {
-            return Err(StoreError::Exists(format!("volume {name}")));
-        }
-        let now = Timespec::now();
-        tx.execute(
-            "INSERT INTO volumes(name, root, created) VALUES(?1, 0, ?2)",
-            params![name, now.sec],
-        )
-        .ctx("inserting volume")?;
-        let vol = VolumeId(tx.last_insert_rowid() as u64);
-        let root_ino = namespace::insert(
-            &tx,
-            vol,
-            FileId(0),
-            name.as_bytes(),
-            FileKind::Dir,
-            root,
-            0,
-            [now; 3],
-            None,
-            b"",
-            None,
-            None,
-        )?;
-        tx.execute(
-            "UPDATE volumes SET root=?2 WHERE id=?1",
-            params![vol.0 as i64, root_ino.0 as i64],
-        )
-        .ctx("setting volume root")?;
-        tx.commit().ctx("commit create volume")?;
-        drop(conn);
+        let v = self.mutate("create volume", |tx| {
+            namespace::create_volume(tx, name, |vol| namespace::new_root(tx, vol, root))
+        })?;
         self.db.sync_wal(&self.latch)?;
         tracing::info!(volume = name, "volume created");
-        Ok(Volume {
-            id: vol,
-            name: name.to_owned(),
-            root: root_ino,
-        })
+        Ok(v)
     }
 
     pub fn volumes(&self) -> Result<Vec<Volume>> {
-        let conn = self.db.lock();
-        let mut st = conn
-            .prepare("SELECT id, name, root FROM volumes ORDER BY name")
-            .ctx("listing volumes")?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(Volume {
-                    id: VolumeId(r.get::<_, i64>(0)? as u64),
-                    name: r.get(1)?,
-                    root: FileId(r.get::<_, i64>(2)? as u64),
-                })
-            })
-            .ctx("listing volumes")?;
-        rows.collect::<rusqlite::Result<_>>().ctx("listing volumes")
+        namespace::volumes(&self.db.lock())
     }
 
     pub fn volume(&self, name: &str) -> Result<Volume> {
@@ -452,20 +395,32 @@ impl Store {
         a
     }
 
-    /// The volume a file belongs to, and its parent (0 for a volume root).
+    /// A file's inode row (its volume, content, link target), attributes as `getattr`.
     pub fn inode(&self, ino: FileId) -> Result<Inode> {
         let mut i = namespace::get(&self.db.lock(), ino)?;
         i.attr = self.overlay_attr(i.attr);
         Ok(i)
     }
 
+    /// The directory holding `dir` (None for a volume root).
+    pub fn parent(&self, dir: FileId) -> Result<Option<FileId>> {
+        Ok(namespace::parent(&self.db.lock(), dir)?.map(|(p, _)| p))
+    }
+
     pub fn lookup(&self, dir: FileId, name: &[u8]) -> Result<Attr> {
+        Ok(self.lookup_inode(dir, name)?.attr)
+    }
+
+    /// LOOKUP with the inode row (its volume, for the export's gate).
+    pub fn lookup_inode(&self, dir: FileId, name: &[u8]) -> Result<Inode> {
         let conn = self.db.lock();
         namespace::dir(&conn, dir)?;
-        let i = namespace::lookup(&conn, dir, name)?
+        let e = namespace::lookup(&conn, dir, name)?
             .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         drop(conn);
-        Ok(self.overlay_attr(i.attr))
+        let mut i = e.inode;
+        i.attr = self.overlay_attr(i.attr);
+        Ok(i)
     }
 
     fn mutate<T>(
@@ -496,9 +451,9 @@ impl Store {
         verf: [u8; 8],
     ) -> Result<Attr> {
         self.mutate("exclusive create", |tx| {
-            if let Some(i) = namespace::lookup(tx, dir, name)? {
-                if i.verf == Some(verf) {
-                    return Ok(i.attr);
+            if let Some(e) = namespace::lookup(tx, dir, name)? {
+                if e.inode.verf == Some(verf) {
+                    return Ok(e.inode.attr);
                 }
                 return Err(StoreError::Exists(
                     String::from_utf8_lossy(name).into_owned(),
@@ -536,9 +491,15 @@ impl Store {
     }
 
     pub fn remove(&self, dir: FileId, name: &[u8]) -> Result<()> {
-        let victim =
+        let r =
             self.freeing(|| self.mutate("remove", |tx| namespace::remove(tx, dir, name, false)))?;
-        self.forget_staging(victim.attr.ino)
+        self.forget(&r)
+    }
+
+    /// Gives file or symlink `ino` another name (a hard link); returns its attributes.
+    pub fn link(&self, ino: FileId, dir: FileId, name: &[u8]) -> Result<Attr> {
+        let i = self.mutate("link", |tx| namespace::link(tx, ino, dir, name))?;
+        Ok(self.overlay_attr(i.attr))
     }
 
     pub fn rmdir(&self, dir: FileId, name: &[u8]) -> Result<()> {
@@ -552,13 +513,18 @@ impl Store {
                 namespace::rename(tx, from, from_name, to, to_name)
             })
         })?;
-        if let Some(r) = replaced {
-            self.forget_staging(r.attr.ino)?;
+        match replaced {
+            Some(r) => self.forget(&r),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn forget_staging(&self, ino: FileId) -> Result<()> {
+    /// Drops the staged data of a file whose last name went.
+    fn forget(&self, r: &namespace::Removed) -> Result<()> {
+        let ino = r.inode.attr.ino;
+        if !r.gone {
+            return Ok(());
+        }
         if let Some(s) = self.staging.get(ino) {
             let mut g = s.lock();
             g.dropped = true;
@@ -636,9 +602,10 @@ impl Store {
         let rows = namespace::readdir(&self.db.lock(), dir, cookie, limit)?;
         Ok(rows
             .into_iter()
-            .map(|i| DirEntry {
-                name: i.name,
-                attr: self.overlay_attr(i.attr),
+            .map(|e| DirEntry {
+                name: e.name,
+                attr: self.overlay_attr(e.inode.attr),
+                cookie: e.id,
             })
             .collect())
     }
@@ -734,26 +701,24 @@ impl Store {
         }
     }
 
-    /// Human-readable path of a live file for error messages.
+    /// Human-readable path of a live file for error messages: `/volume/path`.
     pub fn describe(&self, ino: FileId) -> String {
         let conn = self.db.lock();
-        let mut parts = Vec::new();
-        let mut cur = ino;
-        for _ in 0..4096 {
-            match namespace::get_opt(&conn, cur) {
-                Ok(Some(i)) if i.parent.0 != 0 => {
-                    parts.push(String::from_utf8_lossy(&i.name).into_owned());
-                    cur = i.parent;
-                }
-                Ok(Some(i)) => {
-                    parts.push(String::from_utf8_lossy(&i.name).into_owned());
-                    break;
-                }
-                _ => return format!("file id {ino}"),
-            }
+        let found = namespace::path(&conn, ino).and_then(|p| {
+            let vols = namespace::volumes(&conn)?;
+            Ok(p.and_then(|(vol, path)| {
+                let v = vols.into_iter().find(|v| v.id == vol)?;
+                Some(format!(
+                    "/{}{}",
+                    v.name,
+                    if path == "/" { "" } else { &path }
+                ))
+            }))
+        });
+        match found {
+            Ok(Some(p)) => p,
+            _ => format!("file id {ino}"),
         }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
     }
 
     /// Fills `buf` from content `c` starting at `off`; bytes past the content are zeros.
@@ -821,13 +786,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .ctx("computing stats")?;
-        let logical: i64 = conn
-            .query_row(
-                "SELECT coalesce(sum(size),0) FROM inodes WHERE kind=1",
-                [],
-                |r| r.get(0),
-            )
-            .ctx("computing stats")?;
+        let logical = namespace::logical_bytes(&conn, None)?;
         drop(conn);
         let mut pack_bytes = 0;
         if let Ok(rd) = std::fs::read_dir(self.root.join("packs")) {
@@ -843,7 +802,7 @@ impl Store {
             chunk_raw_bytes: raw as u64,
             chunk_stored_bytes: stored as u64,
             pack_bytes,
-            live_logical_bytes: logical as u64,
+            live_logical_bytes: logical,
             staged_files: self.staging.all().len() as u64,
         })
     }

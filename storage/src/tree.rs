@@ -5,7 +5,7 @@
 //! Unchanged subtrees keep their object id, so generations share them.
 
 use crate::error::{Result, StoreError};
-use crate::format::DIR_MAGIC;
+use crate::format::{DIR_MAGIC, DIR_MAGIC_V2};
 use crate::ids::{ChunkId, FileId};
 use crate::namespace::{Attr, FileKind, Timespec};
 
@@ -56,7 +56,8 @@ impl<'a> Rd<'a> {
     }
 }
 
-/// Encodes one entry. Frozen format (see `format.rs`).
+/// Encodes one entry (format 1 layout; a `DIR_MAGIC_V2` object appends the link count).
+/// Frozen format (see `format.rs`).
 pub fn encode_entry(out: &mut Vec<u8>, e: &TreeEntry) {
     out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
     out.extend_from_slice(&e.name);
@@ -80,7 +81,8 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &TreeEntry) {
     out.extend_from_slice(&e.link);
 }
 
-fn decode_entry(r: &mut Rd<'_>) -> Result<TreeEntry> {
+/// Decodes one entry; `v2` entries carry their link count.
+fn decode_entry(r: &mut Rd<'_>, v2: bool) -> Result<TreeEntry> {
     let nl = r.u16()? as usize;
     let name = r.take(nl)?.to_vec();
     let kind = FileKind::from_u8(r.u8()?)
@@ -99,6 +101,7 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<TreeEntry> {
     };
     let ll = r.u32()? as usize;
     let link = r.take(ll)?.to_vec();
+    let nlink = if v2 { r.u32()? } else { 1 };
     Ok(TreeEntry {
         name,
         attr: Attr {
@@ -111,6 +114,7 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<TreeEntry> {
             atime,
             mtime,
             ctime,
+            nlink,
         },
         target_ref,
         link,
@@ -124,29 +128,37 @@ pub fn encode_entry_alone(e: &TreeEntry) -> Vec<u8> {
 }
 
 pub fn decode_entry_alone(b: &[u8]) -> Result<TreeEntry> {
-    decode_entry(&mut Rd(b))
+    decode_entry(&mut Rd(b), false)
 }
 
 /// Encodes a directory; `entries` must be sorted by name.
 pub fn encode_dir(entries: &[TreeEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + entries.len() * 96);
-    out.extend_from_slice(DIR_MAGIC);
+    out.extend_from_slice(DIR_MAGIC_V2);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
         encode_entry(&mut out, e);
+        out.extend_from_slice(&e.attr.nlink.to_le_bytes());
     }
     out
 }
 
 pub fn decode_dir(b: &[u8]) -> Result<Vec<TreeEntry>> {
-    if b.len() < 8 || &b[..4] != DIR_MAGIC {
-        return Err(StoreError::Format("bad directory object magic".into()));
+    let v2 = match b.get(..4) {
+        Some(m) if m == DIR_MAGIC_V2 => true,
+        Some(m) if m == DIR_MAGIC => false,
+        _ => return Err(StoreError::Format("bad directory object magic".into())),
+    };
+    if b.len() < 8 {
+        return Err(StoreError::Format("truncated directory object".into()));
     }
     let n = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
     let mut r = Rd(&b[8..]);
-    let mut out = Vec::with_capacity(n);
+    // Every entry takes more than 64 bytes: a count the object cannot hold allocates
+    // nothing.
+    let mut out = Vec::with_capacity(n.min(b.len() / 64));
     for _ in 0..n {
-        out.push(decode_entry(&mut r)?);
+        out.push(decode_entry(&mut r, v2)?);
     }
     if !r.0.is_empty() {
         return Err(StoreError::Format(

@@ -292,33 +292,19 @@ impl Store {
                 }
             }
         };
-        let live: Vec<(crate::ids::FileId, String, Option<ChunkId>)> = {
+        let (live, vols) = {
             let conn = self.db.lock();
-            let mut st = conn
-                .prepare("SELECT i.ino, v.name, i.content FROM inodes i JOIN volumes v ON v.id = i.vol WHERE i.kind = 1 AND i.content IS NOT NULL")
-                .ctx("verify affected")?;
-            let r = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })
-                .ctx("verify affected")?
-                .map(|r| {
-                    let (i, v, c) = r.ctx("verify affected")?;
-                    Ok((
-                        crate::ids::FileId(i as u64),
-                        v,
-                        Some(ChunkId::from_row(&c, "inodes.content")?),
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            r
+            (
+                crate::namespace::files_with_content(&conn)?,
+                crate::namespace::volumes(&conn)?,
+            )
         };
         for (ino, vol, c) in live {
-            if uses(c) {
+            let vol = vols
+                .iter()
+                .find(|v| v.id == vol)
+                .map_or_else(|| format!("volume {vol}"), |v| v.name.clone());
+            if uses(Some(c)) {
                 let path = self.describe(ino);
                 let rel = path.splitn(3, '/').nth(2).unwrap_or("");
                 report.affected_files.push(format!("{vol}:/{rel}"));

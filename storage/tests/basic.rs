@@ -265,7 +265,7 @@ fn readdir_paging_survives_deletes() {
             );
             s.remove(d, &e.name).unwrap();
         }
-        cookie = page.last().unwrap().attr.ino.0;
+        cookie = page.last().unwrap().cookie;
     }
     assert_eq!(seen.len(), 3000);
     assert!(s.readdir(d, 0, 10).unwrap().is_empty());

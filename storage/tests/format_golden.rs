@@ -8,7 +8,9 @@ use common::*;
 use std::path::{Path, PathBuf};
 use storage::content::ContentList;
 use storage::pack::RecordHeader;
-use storage::tree::{encode_dir, TreeEntry};
+use storage::tree::{
+    decode_dir, decode_entry_alone, encode_dir, encode_entry, encode_entry_alone, TreeEntry,
+};
 use storage::*;
 
 fn fixture() -> PathBuf {
@@ -76,8 +78,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A store written by format v1 opens and reads: live files, attributes, symlink and
-/// snapshot; verify finds it intact.
+/// A store written by format v1 opens, is migrated to format 3 (names apart from
+/// inodes) and reads the same bytes: live files, attributes, symlink and snapshot;
+/// verify finds it intact; listings, links and new files work on the migrated store,
+/// and a second open does not migrate again.
 #[test]
 fn v1_store_still_opens() {
     let tmp = tempfile::tempdir().unwrap();
@@ -99,6 +103,36 @@ fn v1_store_still_opens() {
         .unwrap();
     assert_eq!(s.snap_read(&sa, 0, 100).unwrap().0, b"hello, format v1\n");
     assert_eq!(sa.attr.mtime, t(1_700_000_000));
+    assert!(s.verify().unwrap().is_clean());
+
+    // The migrated namespace: one name each, listing in the old order (old cookies are
+    // the file ids), parents, links, and new ids above every old one.
+    assert_eq!(a.nlink, 1);
+    let names: Vec<_> = s
+        .readdir(v.root, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.cookie, e.attr.ino.0))
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(names.iter().all(|(_, cookie, ino)| cookie == ino));
+    assert!(names.windows(2).all(|w| w[0].1 < w[1].1));
+    assert_eq!(s.parent(d.ino).unwrap(), Some(v.root));
+    assert_eq!(s.describe(a.ino), "/vol/docs/a.txt");
+    let l2 = s.link(a.ino, v.root, b"a-again").unwrap();
+    assert_eq!(l2.nlink, 2);
+    assert_eq!(
+        read_all(&s, s.lookup(v.root, b"a-again").unwrap().ino),
+        b"HELLO, format v1\n"
+    );
+    let n = s.create(v.root, b"new", file_mode()).unwrap();
+    assert!(n.ino.0 > names.iter().map(|x| x.2).max().unwrap());
+    s.snapshot("vol", "s2").unwrap();
+    let r2 = s.snapshot_root("vol", "s2").unwrap();
+    assert_eq!(s.snap_lookup(&r2, b"a-again").unwrap().attr.nlink, 2);
+    drop(s);
+    let s = open(tmp.path());
+    assert_eq!(s.lookup(v.root, b"a-again").unwrap().ino, a.ino);
     assert!(s.verify().unwrap().is_clean());
 }
 
@@ -135,15 +169,35 @@ fn encodings_are_pinned() {
             atime: t(1),
             mtime: t(2),
             ctime: t(3),
+            nlink: 2,
         },
         target_ref: Some(ChunkId::of(&ce)),
         link: vec![],
     };
-    assert_eq!(ChunkId::of(&encode_dir(&[e])).to_hex(), GOLDEN_DIR);
+    let v2 = encode_dir(std::slice::from_ref(&e));
+    assert_eq!(&v2[..4], b"KDR2");
+    assert_eq!(ChunkId::of(&v2).to_hex(), GOLDEN_DIR_V2);
+    assert_eq!(decode_dir(&v2).unwrap(), vec![e.clone()]);
+    // Format 1 directory objects (still in older snapshots, and the entry layout of
+    // every snapshot's root entry) keep reading, as one name each.
+    let mut v1 = b"KDR1\x01\x00\x00\x00".to_vec();
+    encode_entry(&mut v1, &e);
+    assert_eq!(ChunkId::of(&v1).to_hex(), GOLDEN_DIR_V1);
+    let old = decode_dir(&v1).unwrap();
+    assert_eq!(old[0].attr.nlink, 1);
+    assert_eq!(old[0].name, e.name);
+    assert_eq!(
+        decode_entry_alone(&encode_entry_alone(&e))
+            .unwrap()
+            .attr
+            .ino,
+        e.attr.ino
+    );
 }
 
 const GOLDEN_CONTENT: &str = "2a6326b85cb47909eca0068b0be739bc8d7f51d7185d5f6d433a3da1ce2e7176";
-const GOLDEN_DIR: &str = "d91e911d3fc7687fed9ab7873582ce4c97d9db81833f4d6107a32c7d2b0b64c8";
+const GOLDEN_DIR_V1: &str = "d91e911d3fc7687fed9ab7873582ce4c97d9db81833f4d6107a32c7d2b0b64c8";
+const GOLDEN_DIR_V2: &str = "30924e350e4df770972191450191d06341be9df5adbdddb554ca30d7a825bf74";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
