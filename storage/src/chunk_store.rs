@@ -34,12 +34,42 @@ pub struct IndexEntry {
     pub inner_off: i64,
 }
 
-/// Decoded record payloads, keyed by where the record is (pack ids are never reused,
-/// so a key never names other bytes).
-struct Cache {
-    lru: LruCache<(PackId, u64), Arc<[u8]>>,
+/// A decoded record payload and the members of it whose hash a read has checked.
+struct Record {
+    raw: Arc<Vec<u8>>,
+    /// Chunk id -> (offset, length) of members found to hash to their id.
+    verified: Mutex<HashMap<ChunkId, (u32, u32)>>,
+}
+
+/// One shard of decoded record payloads, keyed by where the record is (pack ids are
+/// never reused, so a key never names other bytes).
+struct CacheShard {
+    lru: LruCache<(PackId, u64), Arc<Record>>,
     bytes: usize,
     limit: usize,
+}
+
+/// Shards of the record and location caches: parallel readers rarely meet on a lock,
+/// and no lock is held while a record is read, decoded or hashed.
+const SHARDS: usize = 16;
+
+/// Index rows kept in memory per shard (~80 bytes each): 256 Ki rows locate 2 GiB of
+/// 8 KiB chunks without a database lookup.
+const LOCATIONS_PER_SHARD: usize = 16 << 10;
+
+/// A chunk's bytes: a slice of a cached record, shared, not copied.
+#[derive(Clone)]
+pub struct ChunkRef {
+    raw: Arc<Vec<u8>>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for ChunkRef {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
 }
 
 pub struct ChunkStore {
@@ -48,7 +78,11 @@ pub struct ChunkStore {
     pub(crate) latch: Arc<Latch>,
     pub(crate) writer: Mutex<PackWriter>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
-    cache: Mutex<Cache>,
+    cache: Vec<Mutex<CacheShard>>,
+    /// Index rows of chunks read lately. Rows change only under GC (repack, delete)
+    /// and verify (damage); both clear it, and a read that fails at a remembered
+    /// location looks the row up again before it reports anything.
+    locations: Vec<Mutex<LruCache<ChunkId, IndexEntry>>>,
     pins: Mutex<HashMap<ChunkId, u32>>,
     pub(crate) zstd_level: i32,
 }
@@ -139,11 +173,22 @@ impl ChunkStore {
             db,
             latch,
             files: Mutex::new(HashMap::new()),
-            cache: Mutex::new(Cache {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-                limit: cache_bytes,
-            }),
+            cache: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(CacheShard {
+                        lru: LruCache::unbounded(),
+                        bytes: 0,
+                        limit: cache_bytes / SHARDS,
+                    })
+                })
+                .collect(),
+            locations: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(LruCache::new(
+                        std::num::NonZeroUsize::new(LOCATIONS_PER_SHARD).unwrap(),
+                    ))
+                })
+                .collect(),
             pins: Mutex::new(HashMap::new()),
             zstd_level,
         })
@@ -314,51 +359,106 @@ impl ChunkStore {
 
     pub(crate) fn forget_pack(&self, id: PackId) {
         self.files.lock().unwrap().remove(&id);
+        self.forget_locations();
+    }
+
+    /// Drops every remembered index row (after GC or verify changed rows).
+    pub(crate) fn forget_locations(&self) {
+        for l in &self.locations {
+            l.lock().unwrap().clear();
+        }
+    }
+
+    fn location_shard(&self, id: &ChunkId) -> &Mutex<LruCache<ChunkId, IndexEntry>> {
+        &self.locations[id.0[0] as usize % SHARDS]
+    }
+
+    fn cache_shard(&self, pack: PackId, offset: u64) -> &Mutex<CacheShard> {
+        let h = pack.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (offset >> 10);
+        &self.cache[(h as usize ^ (h >> 32) as usize) % SHARDS]
+    }
+
+    /// The index row of `id`: remembered, or from a pooled reader connection.
+    fn locate(&self, id: &ChunkId, fresh: bool) -> Result<Option<IndexEntry>> {
+        if !fresh {
+            if let Some(e) = self.location_shard(id).lock().unwrap().get(id) {
+                return Ok(Some(*e));
+            }
+        }
+        let e = Self::lookup(&*self.db.reader()?, id)?;
+        let mut l = self.location_shard(id).lock().unwrap();
+        match e {
+            Some(e) if e.flags & CHUNK_DAMAGED == 0 => {
+                l.put(*id, e);
+            }
+            _ => {
+                l.pop(id);
+            }
+        }
+        Ok(e)
     }
 
     /// Reads and verifies a chunk. `what` names the file (or object) for error messages.
-    pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<Arc<[u8]>> {
+    pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<ChunkRef> {
         let corrupt = |detail: String| StoreError::Corrupt {
             what: what(),
             chunk: *id,
             detail,
         };
-        // A repack may move the chunk between the lookup and the read: retry once.
-        let mut attempt = 0;
+        // A remembered row may be stale (GC moved the chunk since), and a repack may
+        // move it between the lookup and the read: retry once from the database.
+        let mut fresh = false;
         loop {
-            let e = Self::lookup(&*self.db.reader()?, id)?
+            let e = self
+                .locate(id, fresh)?
                 .ok_or_else(|| corrupt("chunk missing from index".into()))?;
             if e.flags & CHUNK_DAMAGED != 0 {
                 return Err(corrupt("chunk quarantined by verify".into()));
             }
-            let payload = match self.record_payload(e.pack, e.offset, e.stored_len) {
-                Ok(p) => p,
-                Err(StoreError::Corrupt { detail, .. }) => return Err(corrupt(detail)),
-                Err(err) if attempt == 0 => {
+            let r = self
+                .record(e.pack, e.offset, e.stored_len, false)
+                .and_then(|rec| {
+                    let (start, len) = if e.inner_off < 0 {
+                        (0, rec.raw.len())
+                    } else {
+                        (e.inner_off as usize, e.raw_len as usize)
+                    };
+                    if rec.raw.len() < start + len {
+                        return Err(corrupt(format!("member {start}+{len} outside its record")));
+                    }
+                    let span = (start as u32, len as u32);
+                    let known = rec.verified.lock().unwrap().get(id) == Some(&span);
+                    if !known {
+                        if ChunkId::of(&rec.raw[start..start + len]) != *id {
+                            return Err(corrupt(format!(
+                                "BLAKE3 mismatch in pack {} at {}",
+                                e.pack, e.offset
+                            )));
+                        }
+                        rec.verified.lock().unwrap().insert(*id, span);
+                    }
+                    Ok(ChunkRef {
+                        raw: rec.raw.clone(),
+                        start,
+                        len,
+                    })
+                });
+            match r {
+                Ok(c) => return Ok(c),
+                Err(err) if !fresh => {
                     tracing::debug!(%err, chunk = %id, "chunk read failed, retrying after re-lookup");
-                    self.forget_pack(e.pack);
-                    attempt += 1;
-                    continue;
+                    self.forget_pack_file(e.pack);
+                    self.uncache(e.pack, e.offset);
+                    fresh = true;
                 }
+                Err(StoreError::Corrupt { detail, .. }) => return Err(corrupt(detail)),
                 Err(err) => return Err(err),
-            };
-            let data: Arc<[u8]> = if e.inner_off < 0 {
-                payload
-            } else {
-                let (s, l) = (e.inner_off as usize, e.raw_len as usize);
-                match payload.get(s..s + l) {
-                    Some(b) => b.into(),
-                    None => return Err(corrupt(format!("member {s}+{l} outside its bundle"))),
-                }
-            };
-            if ChunkId::of(&data) != *id {
-                return Err(corrupt(format!(
-                    "BLAKE3 mismatch in pack {} at {}",
-                    e.pack, e.offset
-                )));
             }
-            return Ok(data);
         }
+    }
+
+    fn forget_pack_file(&self, id: PackId) {
+        self.files.lock().unwrap().remove(&id);
     }
 
     /// The decoded payload of the record at (pack, offset), checked against the hash in
@@ -368,57 +468,77 @@ impl ChunkStore {
         pack_id: PackId,
         offset: u64,
         stored_len: u32,
-    ) -> Result<Arc<[u8]>> {
-        if let Some(b) = self.cache.lock().unwrap().lru.get(&(pack_id, offset)) {
-            return Ok(b.clone());
+    ) -> Result<Arc<Vec<u8>>> {
+        Ok(self.record(pack_id, offset, stored_len, true)?.raw.clone())
+    }
+
+    /// A decoded record: through the cache for the read path (which checks the members
+    /// it returns), or read and checked whole against its header's hash (`check`).
+    fn record(
+        &self,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+        check: bool,
+    ) -> Result<Arc<Record>> {
+        let shard = self.cache_shard(pack_id, offset);
+        // A checked read (GC's repack) reads from the pack and leaves the cache alone:
+        // cached records have had only the members reads asked for checked.
+        if !check {
+            if let Some(b) = shard.lock().unwrap().lru.get(&(pack_id, offset)) {
+                return Ok(b.clone());
+            }
         }
         let path = pack::pack_path(&self.dir, pack_id);
         let f = self.pack_file(pack_id)?;
+        let pack_corrupt = |chunk: ChunkId, detail: String| StoreError::Corrupt {
+            what: format!("pack {}", path.display()),
+            chunk,
+            detail,
+        };
         let (hdr, stored) = match pack::read_record(&f, &path, offset, stored_len) {
             Ok(r) => r,
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::UnexpectedEof =>
             {
-                return Err(StoreError::Corrupt {
-                    what: format!("pack {}", path.display()),
-                    chunk: ChunkId([0; 32]),
-                    detail: format!("pack {} is truncated", path.display()),
-                })
+                return Err(pack_corrupt(
+                    ChunkId([0; 32]),
+                    format!("pack {} is truncated", path.display()),
+                ))
             }
-            Err(StoreError::Format(detail)) => {
-                return Err(StoreError::Corrupt {
-                    what: format!("pack {}", path.display()),
-                    chunk: ChunkId([0; 32]),
-                    detail,
-                })
-            }
+            Err(StoreError::Format(detail)) => return Err(pack_corrupt(ChunkId([0; 32]), detail)),
             Err(e) => return Err(e),
         };
-        let raw: Arc<[u8]> = pack::decode_payload(&hdr, &stored)
-            .map_err(|detail| StoreError::Corrupt {
-                what: format!("pack {}", path.display()),
-                chunk: hdr.id,
-                detail: format!("{detail} at {}:{offset}", path.display()),
-            })?
-            .into();
-        let mut c = self.cache.lock().unwrap();
-        c.bytes += raw.len();
-        if let Some(old) = c.lru.put((pack_id, offset), raw.clone()) {
-            c.bytes -= old.len();
+        let raw = pack::decode_owned(&hdr, stored, check).map_err(|detail| {
+            pack_corrupt(hdr.id, format!("{detail} at {}:{offset}", path.display()))
+        })?;
+        let rec = Arc::new(Record {
+            raw: Arc::new(raw),
+            verified: Mutex::new(HashMap::new()),
+        });
+        if check {
+            return Ok(rec);
+        }
+        let mut c = shard.lock().unwrap();
+        c.bytes += rec.raw.len();
+        if let Some(old) = c.lru.put((pack_id, offset), rec.clone()) {
+            c.bytes -= old.raw.len();
         }
         while c.bytes > c.limit {
             match c.lru.pop_lru() {
-                Some((_, v)) => c.bytes -= v.len(),
+                Some((_, v)) => c.bytes -= v.raw.len(),
                 None => break,
             }
         }
-        Ok(raw)
+        Ok(rec)
     }
 
     pub(crate) fn uncache(&self, pack_id: PackId, offset: u64) {
-        let mut c = self.cache.lock().unwrap();
+        let mut c = self.cache_shard(pack_id, offset).lock().unwrap();
         if let Some(v) = c.lru.pop(&(pack_id, offset)) {
-            c.bytes -= v.len();
+            c.bytes -= v.raw.len();
         }
+        drop(c);
+        self.forget_locations();
     }
 }

@@ -236,18 +236,34 @@ pub fn read_record(
     offset: u64,
     stored_len: u32,
 ) -> Result<(RecordHeader, Vec<u8>)> {
-    let mut buf = vec![0u8; RECORD_HEADER_LEN + stored_len as usize];
-    file.read_exact_at(&mut buf, offset)
+    // Header and payload in two reads, so that the payload lands where it stays (no
+    // move of up to a megabyte to drop the header).
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    file.read_exact_at(&mut h, offset)
         .map_err(|e| StoreError::io("read pack record", path, e))?;
-    let hdr = RecordHeader::decode(&buf[..RECORD_HEADER_LEN]).ok_or_else(|| {
+    let hdr = RecordHeader::decode(&h).ok_or_else(|| {
         StoreError::Format(format!("bad record header at {}:{offset}", path.display()))
     })?;
-    buf.drain(..RECORD_HEADER_LEN);
+    let mut buf = vec![0u8; stored_len as usize];
+    file.read_exact_at(&mut buf, offset + RECORD_HEADER_LEN as u64)
+        .map_err(|e| StoreError::io("read pack record", path, e))?;
     Ok((hdr, buf))
 }
 
 /// Decodes a record's payload to plain bytes and checks its hash.
 pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    decode_owned(hdr, stored.to_vec(), true)
+}
+
+/// Decodes a record's payload, taking the stored bytes (a raw record is returned
+/// as it is, not copied). `check` compares the plain bytes with the header's hash;
+/// the read path skips it because it checks every chunk it returns instead (hashing
+/// a bundle and then its members would hash every byte twice).
+pub fn decode_owned(
+    hdr: &RecordHeader,
+    stored: Vec<u8>,
+    check: bool,
+) -> std::result::Result<Vec<u8>, String> {
     if stored.len() != hdr.stored_len as usize {
         return Err(format!(
             "stored length {} != header {}",
@@ -256,8 +272,8 @@ pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<
         ));
     }
     let raw = match hdr.codec {
-        CODEC_RAW => stored.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(stored, hdr.raw_len as usize)
+        CODEC_RAW => stored,
+        CODEC_ZSTD => zstd::bulk::decompress(&stored, hdr.raw_len as usize)
             .map_err(|e| format!("zstd: {e}"))?,
         c => return Err(format!("unknown codec {c}")),
     };
@@ -268,7 +284,7 @@ pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<
             hdr.raw_len
         ));
     }
-    if ChunkId::of(&raw) != hdr.id {
+    if check && ChunkId::of(&raw) != hdr.id {
         return Err("BLAKE3 mismatch".into());
     }
     Ok(raw)

@@ -722,6 +722,7 @@ impl Store {
     }
 
     /// Fills `buf` from content `c` starting at `off`; bytes past the content are zeros.
+    /// Every byte of `buf` is written once (no zeroing first).
     pub(crate) fn read_content(
         &self,
         c: &ChunkId,
@@ -730,21 +731,34 @@ impl Store {
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         let list = self.content(c)?;
-        buf.fill(0);
         let mut pos = 0usize;
         for (idx, eoff, elen) in list.pieces(off, buf.len() as u64) {
             let (_, id) = list.entries[idx];
             let dst = &mut buf[pos..pos + elen as usize];
             if id.is_hole() {
-                // Zeros already.
+                dst.fill(0);
             } else if list.index {
                 self.read_content(&id, eoff, dst, what)?;
             } else {
                 let data = self.chunks.get(&id, what)?;
-                dst.copy_from_slice(&data[eoff as usize..(eoff + elen) as usize]);
+                match data.get(eoff as usize..(eoff + elen) as usize) {
+                    Some(b) => dst.copy_from_slice(b),
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            what: what(),
+                            chunk: id,
+                            detail: format!(
+                                "chunk of {} bytes listed as longer ({})",
+                                data.len(),
+                                eoff + elen
+                            ),
+                        })
+                    }
+                }
             }
             pos += elen as usize;
         }
+        buf[pos..].fill(0);
         Ok(())
     }
 
