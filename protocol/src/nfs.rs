@@ -164,311 +164,360 @@ impl NfsService {
         };
         match proc_ {
             NFSPROC3_NULL => Reply::success(xid, &Void),
-            NFSPROC3_GETATTR => {
-                let a = args!(call, GETATTR3args);
-                let h = tryn!(xid, self.handle(&a.object).await, Void);
-                let attr = tryn!(xid, self.fs.getattr(&h).await, Void);
-                Reply::success(
-                    xid,
-                    &GETATTR3res::Ok(GETATTR3resok {
-                        obj_attributes: attr,
-                    }),
-                )
-            }
+            NFSPROC3_GETATTR => self.getattr(call).await,
             NFSPROC3_SETATTR => self.setattr(call).await,
-            NFSPROC3_LOOKUP => {
-                let a = args!(call, LOOKUP3args<'static>);
-                let dir = tryn!(
-                    xid,
-                    self.handle(&a.what.dir).await,
-                    LOOKUP3resfail::default()
-                );
-                match self.fs.lookup(&dir, &a.what.name).await {
-                    Ok(h) => {
-                        let obj_attributes = self.post_node(&h).await;
-                        Reply::success(
-                            xid,
-                            &LOOKUP3res::Ok(LOOKUP3resok {
-                                object: self.fh(&h),
-                                obj_attributes,
-                                dir_attributes: self.post(&dir).await,
-                            }),
-                        )
-                    }
-                    Err(stat) => Reply::success(
-                        xid,
-                        &LOOKUP3res::Err((
-                            stat,
-                            LOOKUP3resfail {
-                                dir_attributes: self.post(&dir).await,
-                            },
-                        )),
-                    ),
-                }
-            }
-            NFSPROC3_ACCESS => {
-                let a = args!(call, ACCESS3args);
-                let h = tryn!(xid, self.handle(&a.object).await, ACCESS3resfail::default());
-                let (attr, access) = tryn!(
-                    xid,
-                    self.fs.access(&h, a.access, call.cred.as_ref()).await,
-                    ACCESS3resfail::default()
-                );
-                Reply::success(
-                    xid,
-                    &ACCESS3res::Ok(ACCESS3resok {
-                        obj_attributes: post_op_attr::Some(attr),
-                        access,
-                    }),
-                )
-            }
-            NFSPROC3_READLINK => {
-                let a = args!(call, READLINK3args);
-                let h = tryn!(
-                    xid,
-                    self.handle(&a.symlink).await,
-                    READLINK3resfail::default()
-                );
-                let target = tryn!(
-                    xid,
-                    self.fs.readlink(&h).await,
-                    READLINK3resfail {
-                        symlink_attributes: self.post(&h).await
-                    }
-                );
-                Reply::success(
-                    xid,
-                    &READLINK3res::Ok(READLINK3resok {
-                        symlink_attributes: self.post(&h).await,
-                        data: target,
-                    }),
-                )
-            }
-            NFSPROC3_READ => {
-                let a = args!(call, READ3args);
-                let h = tryn!(xid, self.handle(&a.file).await, READ3resfail::default());
-                let (data, eof) = tryn!(
-                    xid,
-                    self.fs.read(&h, a.offset, a.count).await,
-                    READ3resfail {
-                        file_attributes: self.post(&h).await
-                    }
-                );
-                // status, attributes, count, eof; then the data without a copy.
-                let prefix = (
-                    nfsstat3::NFS3_OK,
-                    self.post(&h).await,
-                    data.len() as u32,
-                    eof,
-                );
-                Reply::success_bulk(xid, &Tuple4(prefix), data)
-            }
+            NFSPROC3_LOOKUP => self.lookup(call).await,
+            NFSPROC3_ACCESS => self.access(call).await,
+            NFSPROC3_READLINK => self.readlink(call).await,
+            NFSPROC3_READ => self.read(call).await,
             NFSPROC3_WRITE => self.write(call).await,
             NFSPROC3_CREATE => self.create(call).await,
-            NFSPROC3_MKDIR => {
-                let a = args!(call, MKDIR3args<'static>);
-                let dir = tryn!(
-                    xid,
-                    self.handle(&a.where_.dir).await,
-                    MKDIR3resfail::default()
-                );
-                let before = self.pre(&dir).await;
-                let r = self.fs.mkdir(&dir, &a.where_.name, &a.attributes).await;
-                let dir_wcc = self.wcc(before, &dir).await;
-                let (h, attr) = tryn!(xid, r, MKDIR3resfail { dir_wcc });
+            NFSPROC3_MKDIR => self.mkdir(call).await,
+            NFSPROC3_SYMLINK => self.symlink(call).await,
+            NFSPROC3_REMOVE => self.remove(call, false).await,
+            NFSPROC3_RMDIR => self.remove(call, true).await,
+            NFSPROC3_RENAME => self.rename(call).await,
+            NFSPROC3_LINK => self.link(call).await,
+            NFSPROC3_MKNOD => self.mknod(call).await,
+            NFSPROC3_READDIR => self.readdir(call, false).await,
+            NFSPROC3_READDIRPLUS => self.readdir(call, true).await,
+            NFSPROC3_FSSTAT => self.fsstat(call).await,
+            NFSPROC3_FSINFO => self.fsinfo(call).await,
+            NFSPROC3_PATHCONF => self.pathconf(call).await,
+            NFSPROC3_COMMIT => self.commit(call).await,
+        }
+    }
+
+    async fn getattr(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, GETATTR3args);
+        let h = tryn!(xid, self.handle(&a.object).await, Void);
+        let attr = tryn!(xid, self.fs.getattr(&h).await, Void);
+        Reply::success(
+            xid,
+            &GETATTR3res::Ok(GETATTR3resok {
+                obj_attributes: attr,
+            }),
+        )
+    }
+
+    async fn lookup(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, LOOKUP3args<'static>);
+        let dir = tryn!(
+            xid,
+            self.handle(&a.what.dir).await,
+            LOOKUP3resfail::default()
+        );
+        match self.fs.lookup(&dir, &a.what.name).await {
+            Ok(h) => {
+                let obj_attributes = self.post_node(&h).await;
                 Reply::success(
                     xid,
-                    &MKDIR3res::Ok(MKDIR3resok {
-                        obj: post_op_fh3::Some(self.fh(&h)),
-                        obj_attributes: post_op_attr::Some(attr),
-                        dir_wcc,
+                    &LOOKUP3res::Ok(LOOKUP3resok {
+                        object: self.fh(&h),
+                        obj_attributes,
+                        dir_attributes: self.post(&dir).await,
                     }),
                 )
             }
-            NFSPROC3_SYMLINK => {
-                let a = args!(call, SYMLINK3args<'static>);
-                let dir = tryn!(
-                    xid,
-                    self.handle(&a.where_.dir).await,
-                    SYMLINK3resfail::default()
-                );
-                let before = self.pre(&dir).await;
-                let r = self
-                    .fs
-                    .symlink(
-                        &dir,
-                        &a.where_.name,
-                        &a.symlink.symlink_data,
-                        &a.symlink.symlink_attributes,
-                    )
-                    .await;
-                let dir_wcc = self.wcc(before, &dir).await;
-                let (h, attr) = tryn!(xid, r, SYMLINK3resfail { dir_wcc });
-                Reply::success(
-                    xid,
-                    &SYMLINK3res::Ok(SYMLINK3resok {
-                        obj: post_op_fh3::Some(self.fh(&h)),
-                        obj_attributes: post_op_attr::Some(attr),
-                        dir_wcc,
-                    }),
-                )
-            }
-            NFSPROC3_REMOVE | NFSPROC3_RMDIR => {
-                // REMOVE3args and RMDIR3args are the same on the wire.
-                let a = args!(call, REMOVE3args<'static>);
-                let rmdir = proc_ == NFSPROC3_RMDIR;
-                let dir = tryn!(
-                    xid,
-                    self.handle(&a.object.dir).await,
-                    REMOVE3resfail::default()
-                );
-                let before = self.pre(&dir).await;
-                let r = self.fs.remove(&dir, &a.object.name, rmdir).await;
-                let dir_wcc = self.wcc(before, &dir).await;
-                tryn!(xid, r, REMOVE3resfail { dir_wcc });
-                Reply::success(xid, &REMOVE3res::Ok(REMOVE3resok { dir_wcc }))
-            }
-            NFSPROC3_RENAME => {
-                let a = args!(call, RENAME3args<'static, 'static>);
-                let fail = RENAME3resfail::default;
-                let from = tryn!(xid, self.handle(&a.from.dir).await, fail());
-                let to = tryn!(xid, self.handle(&a.to.dir).await, fail());
-                let (fb, tb) = (self.pre(&from).await, self.pre(&to).await);
-                let r = self.fs.rename(&from, &a.from.name, &to, &a.to.name).await;
-                let fromdir_wcc = self.wcc(fb, &from).await;
-                let todir_wcc = self.wcc(tb, &to).await;
-                tryn!(
-                    xid,
-                    r,
-                    RENAME3resfail {
-                        fromdir_wcc,
-                        todir_wcc
-                    }
-                );
-                Reply::success(
-                    xid,
-                    &RENAME3res::Ok(RENAME3resok {
-                        fromdir_wcc,
-                        todir_wcc,
-                    }),
-                )
-            }
-            NFSPROC3_LINK => {
-                let a = args!(call, LINK3args<'static>);
-                let fail = || LINK3resfail {
-                    file_attributes: post_op_attr::None,
-                    linkdir_wcc: wcc_data::default(),
-                };
-                let file = tryn!(xid, self.handle(&a.file).await, fail());
-                let dir = tryn!(xid, self.handle(&a.link.dir).await, fail());
-                let before = self.pre(&dir).await;
-                let r = self.fs.link(&file, &dir, &a.link.name).await;
-                let linkdir_wcc = self.wcc(before, &dir).await;
-                match r {
-                    Ok(attr) => Reply::success(
-                        xid,
-                        &LINK3res::Ok(LINK3resok {
-                            file_attributes: post_op_attr::Some(attr),
-                            linkdir_wcc,
-                        }),
-                    ),
-                    Err(stat) => Reply::success(
-                        xid,
-                        &LINK3res::Err((
-                            stat,
-                            LINK3resfail {
-                                file_attributes: self.post(&file).await,
-                                linkdir_wcc,
-                            },
-                        )),
-                    ),
-                }
-            }
-            NFSPROC3_MKNOD => Reply::success(
+            Err(stat) => Reply::success(
                 xid,
-                &MKNOD3res::Err((
-                    nfsstat3::NFS3ERR_NOTSUPP,
-                    MKNOD3resfail {
-                        dir_wcc: wcc_data::default(),
+                &LOOKUP3res::Err((
+                    stat,
+                    LOOKUP3resfail {
+                        dir_attributes: self.post(&dir).await,
                     },
                 )),
             ),
-            NFSPROC3_READDIR => self.readdir(call, false).await,
-            NFSPROC3_READDIRPLUS => self.readdir(call, true).await,
-            NFSPROC3_FSSTAT => {
-                let a = args!(call, FSSTAT3args);
-                let h = tryn!(xid, self.handle(&a.fsroot).await, FSSTAT3resfail::default());
-                let attr = self.post(&h).await;
-                let (total, avail) = tryn!(
-                    xid,
-                    self.fs.fsstat().await,
-                    FSSTAT3resfail {
-                        obj_attributes: attr
-                    }
-                );
-                Reply::success(
-                    xid,
-                    &FSSTAT3res::Ok(FSSTAT3resok {
-                        obj_attributes: attr,
-                        tbytes: total,
-                        fbytes: avail,
-                        abytes: avail,
-                        tfiles: FILES,
-                        ffiles: FILES,
-                        afiles: FILES,
-                        invarsec: 0,
-                    }),
-                )
-            }
-            NFSPROC3_FSINFO => {
-                let a = args!(call, FSINFO3args);
-                let h = tryn!(xid, self.handle(&a.fsroot).await, FSINFO3resfail::default());
-                let info = tryn!(xid, self.fs.fsinfo(&h).await, FSINFO3resfail::default());
-                Reply::success(xid, &FSINFO3res::Ok(info))
-            }
-            NFSPROC3_PATHCONF => {
-                let a = args!(call, PATHCONF3args);
-                let h = tryn!(
-                    xid,
-                    self.handle(&a.object).await,
-                    PATHCONF3resfail::default()
-                );
-                let attr = tryn!(xid, self.fs.getattr(&h).await, PATHCONF3resfail::default());
-                Reply::success(
-                    xid,
-                    &PATHCONF3res::Ok(PATHCONF3resok {
-                        obj_attributes: post_op_attr::Some(attr),
-                        linkmax: storage::namespace::MAX_LINKS,
-                        name_max: storage::namespace::MAX_NAME as u32,
-                        no_trunc: true,
-                        chown_restricted: true,
-                        case_insensitive: false,
-                        case_preserving: true,
-                    }),
-                )
-            }
-            NFSPROC3_COMMIT => {
-                let a = args!(call, COMMIT3args);
-                let h = tryn!(
-                    xid,
-                    self.handle(&a.file).await,
-                    COMMIT3resfail {
-                        file_wcc: wcc_data::default()
-                    }
-                );
-                let before = self.pre(&h).await;
-                let r = self.fs.commit(&h, a.offset, a.count).await;
-                let file_wcc = self.wcc(before, &h).await;
-                tryn!(xid, r, COMMIT3resfail { file_wcc });
-                Reply::success(
-                    xid,
-                    &COMMIT3res::Ok(COMMIT3resok {
-                        file_wcc,
-                        verf: self.verf(),
-                    }),
-                )
-            }
         }
+    }
+
+    async fn access(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, ACCESS3args);
+        let h = tryn!(xid, self.handle(&a.object).await, ACCESS3resfail::default());
+        let (attr, access) = tryn!(
+            xid,
+            self.fs.access(&h, a.access, call.cred.as_ref()).await,
+            ACCESS3resfail::default()
+        );
+        Reply::success(
+            xid,
+            &ACCESS3res::Ok(ACCESS3resok {
+                obj_attributes: post_op_attr::Some(attr),
+                access,
+            }),
+        )
+    }
+
+    async fn readlink(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, READLINK3args);
+        let h = tryn!(
+            xid,
+            self.handle(&a.symlink).await,
+            READLINK3resfail::default()
+        );
+        let target = tryn!(
+            xid,
+            self.fs.readlink(&h).await,
+            READLINK3resfail {
+                symlink_attributes: self.post(&h).await
+            }
+        );
+        Reply::success(
+            xid,
+            &READLINK3res::Ok(READLINK3resok {
+                symlink_attributes: self.post(&h).await,
+                data: target,
+            }),
+        )
+    }
+
+    async fn read(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, READ3args);
+        let h = tryn!(xid, self.handle(&a.file).await, READ3resfail::default());
+        let (data, eof) = tryn!(
+            xid,
+            self.fs.read(&h, a.offset, a.count).await,
+            READ3resfail {
+                file_attributes: self.post(&h).await
+            }
+        );
+        // status, attributes, count, eof; then the data without a copy.
+        let prefix = (
+            nfsstat3::NFS3_OK,
+            self.post(&h).await,
+            data.len() as u32,
+            eof,
+        );
+        Reply::success_bulk(xid, &Tuple4(prefix), data)
+    }
+
+    async fn mkdir(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, MKDIR3args<'static>);
+        let dir = tryn!(
+            xid,
+            self.handle(&a.where_.dir).await,
+            MKDIR3resfail::default()
+        );
+        let before = self.pre(&dir).await;
+        let r = self.fs.mkdir(&dir, &a.where_.name, &a.attributes).await;
+        let dir_wcc = self.wcc(before, &dir).await;
+        let (h, attr) = tryn!(xid, r, MKDIR3resfail { dir_wcc });
+        Reply::success(
+            xid,
+            &MKDIR3res::Ok(MKDIR3resok {
+                obj: post_op_fh3::Some(self.fh(&h)),
+                obj_attributes: post_op_attr::Some(attr),
+                dir_wcc,
+            }),
+        )
+    }
+
+    async fn symlink(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, SYMLINK3args<'static>);
+        let dir = tryn!(
+            xid,
+            self.handle(&a.where_.dir).await,
+            SYMLINK3resfail::default()
+        );
+        let before = self.pre(&dir).await;
+        let r = self
+            .fs
+            .symlink(
+                &dir,
+                &a.where_.name,
+                &a.symlink.symlink_data,
+                &a.symlink.symlink_attributes,
+            )
+            .await;
+        let dir_wcc = self.wcc(before, &dir).await;
+        let (h, attr) = tryn!(xid, r, SYMLINK3resfail { dir_wcc });
+        Reply::success(
+            xid,
+            &SYMLINK3res::Ok(SYMLINK3resok {
+                obj: post_op_fh3::Some(self.fh(&h)),
+                obj_attributes: post_op_attr::Some(attr),
+                dir_wcc,
+            }),
+        )
+    }
+
+    /// REMOVE and RMDIR (the same arguments on the wire).
+    async fn remove(&self, call: &Call, rmdir: bool) -> Reply {
+        let xid = call.xid;
+        // REMOVE3args and RMDIR3args are the same on the wire.
+        let a = args!(call, REMOVE3args<'static>);
+        let dir = tryn!(
+            xid,
+            self.handle(&a.object.dir).await,
+            REMOVE3resfail::default()
+        );
+        let before = self.pre(&dir).await;
+        let r = self.fs.remove(&dir, &a.object.name, rmdir).await;
+        let dir_wcc = self.wcc(before, &dir).await;
+        tryn!(xid, r, REMOVE3resfail { dir_wcc });
+        Reply::success(xid, &REMOVE3res::Ok(REMOVE3resok { dir_wcc }))
+    }
+
+    async fn rename(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, RENAME3args<'static, 'static>);
+        let fail = RENAME3resfail::default;
+        let from = tryn!(xid, self.handle(&a.from.dir).await, fail());
+        let to = tryn!(xid, self.handle(&a.to.dir).await, fail());
+        let (fb, tb) = (self.pre(&from).await, self.pre(&to).await);
+        let r = self.fs.rename(&from, &a.from.name, &to, &a.to.name).await;
+        let fromdir_wcc = self.wcc(fb, &from).await;
+        let todir_wcc = self.wcc(tb, &to).await;
+        tryn!(
+            xid,
+            r,
+            RENAME3resfail {
+                fromdir_wcc,
+                todir_wcc
+            }
+        );
+        Reply::success(
+            xid,
+            &RENAME3res::Ok(RENAME3resok {
+                fromdir_wcc,
+                todir_wcc,
+            }),
+        )
+    }
+
+    async fn link(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, LINK3args<'static>);
+        let fail = || LINK3resfail {
+            file_attributes: post_op_attr::None,
+            linkdir_wcc: wcc_data::default(),
+        };
+        let file = tryn!(xid, self.handle(&a.file).await, fail());
+        let dir = tryn!(xid, self.handle(&a.link.dir).await, fail());
+        let before = self.pre(&dir).await;
+        let r = self.fs.link(&file, &dir, &a.link.name).await;
+        let linkdir_wcc = self.wcc(before, &dir).await;
+        match r {
+            Ok(attr) => Reply::success(
+                xid,
+                &LINK3res::Ok(LINK3resok {
+                    file_attributes: post_op_attr::Some(attr),
+                    linkdir_wcc,
+                }),
+            ),
+            Err(stat) => Reply::success(
+                xid,
+                &LINK3res::Err((
+                    stat,
+                    LINK3resfail {
+                        file_attributes: self.post(&file).await,
+                        linkdir_wcc,
+                    },
+                )),
+            ),
+        }
+    }
+
+    /// Device files, FIFOs and sockets are not stored.
+    async fn mknod(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        Reply::success(
+            xid,
+            &MKNOD3res::Err((
+                nfsstat3::NFS3ERR_NOTSUPP,
+                MKNOD3resfail {
+                    dir_wcc: wcc_data::default(),
+                },
+            )),
+        )
+    }
+
+    async fn fsstat(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, FSSTAT3args);
+        let h = tryn!(xid, self.handle(&a.fsroot).await, FSSTAT3resfail::default());
+        let attr = self.post(&h).await;
+        let (total, avail) = tryn!(
+            xid,
+            self.fs.fsstat().await,
+            FSSTAT3resfail {
+                obj_attributes: attr
+            }
+        );
+        Reply::success(
+            xid,
+            &FSSTAT3res::Ok(FSSTAT3resok {
+                obj_attributes: attr,
+                tbytes: total,
+                fbytes: avail,
+                abytes: avail,
+                tfiles: FILES,
+                ffiles: FILES,
+                afiles: FILES,
+                invarsec: 0,
+            }),
+        )
+    }
+
+    async fn fsinfo(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, FSINFO3args);
+        let h = tryn!(xid, self.handle(&a.fsroot).await, FSINFO3resfail::default());
+        let info = tryn!(xid, self.fs.fsinfo(&h).await, FSINFO3resfail::default());
+        Reply::success(xid, &FSINFO3res::Ok(info))
+    }
+
+    async fn pathconf(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, PATHCONF3args);
+        let h = tryn!(
+            xid,
+            self.handle(&a.object).await,
+            PATHCONF3resfail::default()
+        );
+        let attr = tryn!(xid, self.fs.getattr(&h).await, PATHCONF3resfail::default());
+        Reply::success(
+            xid,
+            &PATHCONF3res::Ok(PATHCONF3resok {
+                obj_attributes: post_op_attr::Some(attr),
+                linkmax: storage::namespace::MAX_LINKS,
+                name_max: storage::namespace::MAX_NAME as u32,
+                no_trunc: true,
+                chown_restricted: true,
+                case_insensitive: false,
+                case_preserving: true,
+            }),
+        )
+    }
+
+    async fn commit(&self, call: &Call) -> Reply {
+        let xid = call.xid;
+        let a = args!(call, COMMIT3args);
+        let h = tryn!(
+            xid,
+            self.handle(&a.file).await,
+            COMMIT3resfail {
+                file_wcc: wcc_data::default()
+            }
+        );
+        let before = self.pre(&h).await;
+        let r = self.fs.commit(&h, a.offset, a.count).await;
+        let file_wcc = self.wcc(before, &h).await;
+        tryn!(xid, r, COMMIT3resfail { file_wcc });
+        Reply::success(
+            xid,
+            &COMMIT3res::Ok(COMMIT3resok {
+                file_wcc,
+                verf: self.verf(),
+            }),
+        )
     }
 
     async fn setattr(&self, call: &Call) -> Reply {
