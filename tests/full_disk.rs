@@ -32,7 +32,7 @@ fn full_disk_through_nfs_keeps_the_store_usable() {
     assert!(st.success(), "mount a tmpfs (needs root)");
     let _m = Mount(fs.clone());
     let cfg = config_fixed_port(&fs, "");
-    let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "b")]);
+    let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "b")]);
     // Incompressible 3 MiB files until the disk refuses; print what was acknowledged.
     let out = py(
         d.port,
@@ -96,7 +96,7 @@ for i, h in done:
     }
     // Killed on the full disk: it starts again.
     d.kill9();
-    d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "b")]);
+    d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "b")]);
     // Stopped cleanly on the full disk: it stops with 0 and starts again.
     d.stop();
     // Every read-only command works on the full disk.
@@ -109,7 +109,7 @@ for i, h in done:
     ] {
         kura(&cfg, args);
     }
-    let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "b")]);
+    let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "b")]);
     let check: String = acked
         .iter()
         .map(|(p, h)| {

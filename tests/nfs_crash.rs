@@ -11,7 +11,7 @@ use common::*;
 fn committed_data_and_handles_survive_kill9() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config_fixed_port(tmp.path(), "");
-    let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
+    let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
     let mut p = PyProc::start(
         d.port,
         r#"
@@ -27,7 +27,7 @@ print('SAME' if back == data else f'DIFFERENT {len(back)}', flush=True)
     );
     assert_eq!(p.expect_line(), "WRITTEN");
     d.kill9();
-    let _d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
+    let _d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
     p.send("go");
     assert_eq!(p.expect_line(), "SAME");
     p.finish();
@@ -40,7 +40,7 @@ print('SAME' if back == data else f'DIFFERENT {len(back)}', flush=True)
 fn verifier_changes_only_after_unclean_reboot() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config_fixed_port(tmp.path(), "");
-    let mut d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
+    let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
     let mut p = PyProc::start(
         d.port,
         r#"
@@ -59,19 +59,19 @@ for step in ['clean', 'kill', 'reboot']:
     // Clean stop, same boot: handle valid.
     assert_eq!(p.expect_line(), "READY");
     d.stop();
-    d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
+    d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
     p.send("go");
     assert_eq!(p.expect_line(), "OK");
     // kill -9, same boot (page cache intact): handle valid.
     assert_eq!(p.expect_line(), "READY");
     d.kill9();
-    d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
+    d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-1")]);
     p.send("go");
     assert_eq!(p.expect_line(), "OK");
     // kill -9 and a reboot: the generation moves on, the old handle is stale.
     assert_eq!(p.expect_line(), "READY");
     d.kill9();
-    let _d = Daemon::start(&cfg, &[("KURA_BOOT_ID", "boot-2")]);
+    let _d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-2")]);
     p.send("go");
     let l = p.expect_line();
     assert!(

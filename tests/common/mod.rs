@@ -1,5 +1,10 @@
 //! Harness for end-to-end tests: the real `kura` daemon on an ephemeral loopback port,
 //! driven by real NFS clients (Debian's libnfs-utils, PyPI's nfs-rs).
+//!
+//! [`Daemon::start`] runs the daemon in this process: `kura::run`, the function the
+//! binary's `serve` runs, on a runtime of its own, stopped through its shutdown future
+//! (as mini-redis tests its server). [`Daemon::process`] starts the binary instead,
+//! for what needs a process of its own: SIGKILL, and environment such as the boot id.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -9,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub struct Daemon {
     child: Option<Child>,
+    in_process: Option<InProcess>,
     pub port: u16,
     pub data: PathBuf,
     pub config: PathBuf,
@@ -38,9 +44,64 @@ pub fn config_fixed_port(dir: &Path, extra: &str) -> PathBuf {
     )
 }
 
+/// A daemon running in this process: its thread, and the sender that stops it.
+struct InProcess {
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
 impl Daemon {
-    /// Starts `kura serve` with this config and waits until it listens.
+    /// Starts the daemon of this config in this process and waits until it listens.
+    /// `env` must be empty (the environment is the whole process's): a daemon that
+    /// needs its own uses [`Daemon::process`].
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        assert!(
+            env.is_empty(),
+            "a daemon with its own environment: Daemon::process"
+        );
+        let cfg = kura::config::Config::load(config).expect("config");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kura-daemon".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                let r = rt.block_on(kura::run(
+                    cfg,
+                    |addrs| {
+                        let _ = tx.send(addrs[0].port());
+                    },
+                    async {
+                        let _ = stopped.await;
+                    },
+                ));
+                // Dropping the runtime waits for store calls still running, so that the
+                // store is closed (and its lock released) when the thread ends.
+                drop(rt);
+                r
+            })
+            .unwrap();
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => panic!("kura did not start: {e:#}"),
+                _ => panic!("kura did not start listening in 30 s"),
+            },
+        };
+        Daemon {
+            child: None,
+            in_process: Some(InProcess { thread, stop }),
+            port,
+            data: config.parent().unwrap().join("store"),
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// Starts the `kura serve` binary with this config and waits until it listens.
+    pub fn process(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kura"));
         cmd.arg("--config")
             .arg(config)
@@ -71,6 +132,7 @@ impl Daemon {
         let data = config.parent().unwrap().join("store");
         Daemon {
             child: Some(child),
+            in_process: None,
             port,
             data,
             config: config.to_path_buf(),
@@ -87,14 +149,22 @@ impl Daemon {
 
     /// SIGKILL: no clean shutdown, nothing flushed by kura.
     pub fn kill9(&mut self) {
+        assert!(self.in_process.is_none(), "kill9 needs Daemon::process");
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
     }
 
-    /// SIGTERM and wait for the clean shutdown.
+    /// SIGTERM (or the shutdown future, in process) and wait for the clean shutdown.
     pub fn stop(&mut self) {
+        if let Some(d) = self.in_process.take() {
+            let _ = d.stop.send(());
+            match d.thread.join() {
+                Ok(r) => r.expect("kura stopped with an error"),
+                Err(_) => panic!("kura panicked"),
+            }
+        }
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our child's pid.
             unsafe { libc_kill(c.id() as i32, 15) };
@@ -121,6 +191,10 @@ extern "C" {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(d) = self.in_process.take() {
+            let _ = d.stop.send(());
+            let _ = d.thread.join();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
