@@ -68,13 +68,22 @@ pub fn budget_contended() -> bool {
     BUDGET_WAITERS.load(Ordering::Acquire) > 0
 }
 
-fn clock() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
+/// The limits' clock: tokio's, so that tests run the real limits (120 s of stall, 360 s
+/// of idle) on a paused clock that the runtime advances when it has nothing else to
+/// do, instead of waiting in real time. Outside a paused runtime it is the system's
+/// monotonic clock.
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
 }
 
+/// Milliseconds since the first use of the clock.
 fn now_ms() -> u64 {
-    clock().elapsed().as_millis() as u64
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(|| now().into_std());
+    now()
+        .into_std()
+        .saturating_duration_since(start)
+        .as_millis() as u64
 }
 
 /// What the table, the connection's tasks and its watchdog share about one

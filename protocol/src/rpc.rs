@@ -600,30 +600,37 @@ mod tests {
 
     /// A client that sends calls but never reads the replies holds the budget only
     /// until the stall limit: then its connection is closed and everything is freed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// The real limits (120 s) on tokio's paused clock, which the runtime advances
+    /// while everything waits: the test takes no real time for them.
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_takes_no_replies_is_closed_and_frees_its_budget() {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (sock, peer) = listener.accept().await.unwrap();
-            let limits = Limits {
-                stall: Duration::from_secs(1),
-                tick: Duration::from_millis(50),
-                ..Limits::default()
-            };
             let conn = ConnState::detached(peer.ip());
-            serve_connection(sock, peer, Arc::new(Big), conn, limits).await;
+            serve_connection(sock, peer, Arc::new(Big), conn, Limits::default()).await;
+            tokio::time::Instant::now()
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
+        let t0 = tokio::time::Instant::now();
         for xid in 0..64 {
             client.write_all(&record(xid)).await.unwrap();
         }
-        // The replies fill the socket buffers; the server must give up on its own.
-        tokio::time::timeout(Duration::from_secs(30), server)
+        // The replies fill the socket buffers; the server must give up on its own, at
+        // the stall limit and not before.
+        let closed = tokio::time::timeout(Duration::from_secs(600), server)
             .await
-            .expect("the connection must be closed within the stall limit")
+            .expect("the connection must be closed at the stall limit")
             .unwrap();
+        let took = closed - t0;
+        let limits = Limits::default();
+        assert!(
+            took >= limits.stall && took <= limits.stall + Duration::from_secs(5),
+            "closed after {took:?}, the limit is {:?}",
+            limits.stall
+        );
         // Calls still running when it closed give theirs back as they finish.
         let full = BYTES_ALL_CONNS >> 10;
         let t0 = std::time::Instant::now();
