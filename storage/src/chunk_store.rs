@@ -7,6 +7,9 @@
 //! - chunks that an ingest or snapshot has looked up or written but not yet committed a
 //!   reference to are *pinned*; GC never deletes a pinned or referenced chunk.
 //!
+//! This module owns the `chunks`, `packs` and `damaged` tables: GC, verify and the
+//! facade's statistics go through the functions below, never SQL of their own.
+//!
 //! Lock order: `writer` → `db`; `pins` is a leaf; `cache` and `files` are leaves.
 
 use crate::db::Db;
@@ -209,22 +212,171 @@ impl ChunkStore {
         f(&self.pins.lock().unwrap())
     }
 
+    /// Every index row, in record order (pack, offset, member offset).
+    pub fn all_rows(conn: &Connection) -> Result<Vec<(ChunkId, IndexEntry)>> {
+        Self::rows(conn, "1", [])
+    }
+
+    /// The healthy index rows of one pack, in record order (what a repack copies).
+    pub fn healthy_rows_of(conn: &Connection, pack: PackId) -> Result<Vec<(ChunkId, IndexEntry)>> {
+        Self::rows(conn, "pack=?1 AND flags=0", [pack.0 as i64])
+    }
+
+    fn rows<P: rusqlite::Params>(
+        conn: &Connection,
+        filter: &str,
+        p: P,
+    ) -> Result<Vec<(ChunkId, IndexEntry)>> {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT id, pack, offset, stored_len, raw_len, kind, flags, inner_off FROM chunks
+                 WHERE {filter} ORDER BY pack, offset, inner_off"
+            ))
+            .ctx("listing chunk index rows")?;
+        let rows = st
+            .query_map(p, |r| Ok((r.get::<_, Vec<u8>>(0)?, Self::row_entry(r, 1)?)))
+            .ctx("listing chunk index rows")?;
+        rows.map(|r| {
+            let (id, e) = r.ctx("listing chunk index rows")?;
+            Ok((ChunkId::from_row(&id, "chunks.id")?, e))
+        })
+        .collect()
+    }
+
+    fn row_entry(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<IndexEntry> {
+        Ok(IndexEntry {
+            pack: PackId(r.get::<_, i64>(at)? as u64),
+            offset: r.get::<_, i64>(at + 1)? as u64,
+            stored_len: r.get(at + 2)?,
+            raw_len: r.get(at + 3)?,
+            kind: r.get(at + 4)?,
+            flags: r.get(at + 5)?,
+            inner_off: r.get(at + 6)?,
+        })
+    }
+
+    /// Index rows per pack.
+    pub fn rows_per_pack(conn: &Connection) -> Result<HashMap<PackId, u64>> {
+        let mut st = conn
+            .prepare("SELECT pack, count(*) FROM chunks GROUP BY pack")
+            .ctx("counting chunks per pack")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    PackId(r.get::<_, i64>(0)? as u64),
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            })
+            .ctx("counting chunks per pack")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("counting chunks per pack")
+    }
+
+    /// Index rows naming pack `pack`.
+    pub fn rows_in_pack(conn: &Connection, pack: PackId) -> Result<u64> {
+        conn.query_row(
+            "SELECT count(*) FROM chunks WHERE pack=?1",
+            [pack.0 as i64],
+            |r| r.get::<_, i64>(0),
+        )
+        .ctx("counting chunks of a pack")
+        .map(|n| n as u64)
+    }
+
+    /// Deletes the index rows of `ids` (GC's sweep); returns how many there were.
+    pub fn delete_rows<'a>(
+        conn: &Connection,
+        ids: impl IntoIterator<Item = &'a ChunkId>,
+    ) -> Result<u64> {
+        let mut del = conn
+            .prepare_cached("DELETE FROM chunks WHERE id=?1")
+            .ctx("preparing chunk delete")?;
+        let mut n = 0;
+        for id in ids {
+            n += del.execute([&id.0[..]]).ctx("deleting chunk index row")? as u64;
+        }
+        Ok(n)
+    }
+
+    /// Forgets a pack file that is gone.
+    pub fn delete_pack_row(conn: &Connection, pack: PackId) -> Result<()> {
+        conn.execute("DELETE FROM packs WHERE id=?1", [pack.0 as i64])
+            .ctx("deleting pack row")?;
+        Ok(())
+    }
+
+    /// Points the rows of chunks copied out of pack `from` at their copies (`locs`,
+    /// already durable), and records the packs the copies are in as sealed.
+    pub fn relocate(
+        conn: &Connection,
+        locs: &[Location],
+        from: PackId,
+        sealed: &[PackId],
+    ) -> Result<()> {
+        let mut up = conn
+            .prepare_cached("UPDATE chunks SET pack=?2, offset=?3, stored_len=?4, inner_off=?5 WHERE id=?1 AND pack=?6")
+            .ctx("preparing relocation")?;
+        for l in locs {
+            up.execute(params![
+                &l.id.0[..],
+                l.pack.0 as i64,
+                l.offset as i64,
+                l.stored_len,
+                l.inner_off,
+                from.0 as i64
+            ])
+            .ctx("relocating chunk")?;
+        }
+        Self::index_rows(conn, &[], sealed)?;
+        let mut p = conn
+            .prepare_cached("INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 1)")
+            .ctx("preparing pack insert")?;
+        for l in locs {
+            p.execute([l.pack.0 as i64]).ctx("recording pack")?;
+        }
+        Ok(())
+    }
+
+    /// Flags a chunk damaged (reads fail until a healthy copy is indexed) and records
+    /// what verify found.
+    pub fn mark_damaged(
+        conn: &Connection,
+        id: &ChunkId,
+        pack: PackId,
+        offset: u64,
+        detail: &str,
+    ) -> Result<()> {
+        conn.execute(
+            "UPDATE chunks SET flags = flags | ?2 WHERE id=?1",
+            params![&id.0[..], CHUNK_DAMAGED],
+        )
+        .ctx("flagging damaged chunk")?;
+        conn.execute(
+            "INSERT OR REPLACE INTO damaged(id, pack, offset, found, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
+            params![&id.0[..], pack.0 as i64, offset as i64, crate::namespace::Timespec::now().sec, detail],
+        )
+        .ctx("recording damage")?;
+        Ok(())
+    }
+
+    /// (chunks, their plain bytes, the bytes their records take in packs).
+    pub fn totals(conn: &Connection) -> Result<(u64, u64, u64)> {
+        conn.query_row(
+            "SELECT count(*), coalesce(sum(raw_len),0),
+               (SELECT coalesce(sum(stored_len + ?1),0) FROM (SELECT DISTINCT pack, offset, stored_len FROM chunks))
+             FROM chunks",
+            [RECORD_HEADER_LEN as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+        )
+        .ctx("computing chunk totals")
+    }
+
     pub fn lookup(conn: &Connection, id: &ChunkId) -> Result<Option<IndexEntry>> {
         conn.prepare_cached(
             "SELECT pack, offset, stored_len, raw_len, kind, flags, inner_off FROM chunks WHERE id=?1",
         )
         .ctx("preparing chunk lookup")?
-        .query_row([&id.0[..]], |r| {
-            Ok(IndexEntry {
-                pack: PackId(r.get::<_, i64>(0)? as u64),
-                offset: r.get::<_, i64>(1)? as u64,
-                stored_len: r.get(2)?,
-                raw_len: r.get(3)?,
-                kind: r.get(4)?,
-                flags: r.get(5)?,
-                inner_off: r.get(6)?,
-            })
-        })
+        .query_row([&id.0[..]], |r| Self::row_entry(r, 0))
         .optional()
         .ctx("looking up chunk")
     }

@@ -296,13 +296,17 @@ impl Db {
     /// Readers kept open for reuse; more may be open at a busy moment.
     const POOLED_READERS: usize = 8;
 
-    pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    /// A value of the `meta` table (this module owns it).
+    pub fn meta_get<T: rusqlite::types::FromSql>(
+        conn: &Connection,
+        key: &str,
+    ) -> Result<Option<T>> {
         conn.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
             .optional()
             .ctx("reading meta")
     }
 
-    pub fn meta_set(conn: &Connection, key: &str, v: i64) -> Result<()> {
+    pub fn meta_set<T: rusqlite::ToSql>(conn: &Connection, key: &str, v: T) -> Result<()> {
         conn.execute(
             "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value=?2",
             params![key, v],

@@ -10,12 +10,12 @@
 //!    pack file removed. Pack files with no indexed record (left by a crash) are removed.
 //!    The pack currently being appended to is never touched.
 
+use crate::chunk_store::ChunkStore;
 use crate::error::{DbContext, Result};
 use crate::ids::{ChunkId, PackId};
 use crate::pack::{self, Location};
 use crate::store::Store;
 use crate::tree::TreeEntry;
-use rusqlite::params;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Clone, Debug)]
@@ -85,23 +85,8 @@ impl Store {
             let conn = self.db.lock();
             let (mut contents, trees) = crate::namespace::referenced_objects(&conn)?;
             // Leaves already committed by an ingest still in progress.
-            let mut st = conn
-                .prepare("SELECT leaf FROM ingest_parts")
-                .ctx("gc mark")?;
-            for r in st
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .ctx("gc mark")?
-            {
-                contents.push(ChunkId::from_row(&r.ctx("gc mark")?, "ingest_parts.leaf")?);
-            }
-            let mut st = conn.prepare("SELECT root FROM snapshots").ctx("gc mark")?;
-            let mut roots = Vec::new();
-            for r in st
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .ctx("gc mark")?
-            {
-                roots.push(ChunkId::from_row(&r.ctx("gc mark")?, "snapshots.root")?);
-            }
+            contents.extend(crate::ingest::committed_leaves(&conn)?);
+            let roots = crate::snapshot::roots(&conn)?;
             (contents, trees, roots)
         };
         for c in contents {
@@ -150,30 +135,14 @@ impl Store {
         // Per pack: (plain bytes still reachable, plain bytes indexed).
         let mut live: BTreeMap<PackId, (u64, u64)> = BTreeMap::new();
         {
-            let conn = self.db.lock();
-            let mut st = conn
-                .prepare("SELECT id, pack, raw_len FROM chunks")
-                .ctx("gc plan")?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .ctx("gc plan")?;
-            for r in rows {
-                let (id, p, len) = r.ctx("gc plan")?;
-                let Some(id) = ChunkId::from_slice(&id) else {
-                    continue;
-                };
-                let bytes = len as u64;
-                let e = live.entry(PackId(p as u64)).or_default();
-                e.1 += bytes;
+            let rows = ChunkStore::all_rows(&self.db.lock())?;
+            for (id, e) in rows {
+                let bytes = e.raw_len as u64;
+                let l = live.entry(e.pack).or_default();
+                l.1 += bytes;
                 if marked.contains(&id) || pinned.contains(&id) {
                     plan.reachable += 1;
-                    e.0 += bytes;
+                    l.0 += bytes;
                 } else {
                     plan.unreachable.push(id);
                     plan.unreachable_bytes += bytes;
@@ -229,17 +198,15 @@ impl Store {
             }
             let mut conn = self.db.lock();
             let tx = conn.transaction().ctx("begin gc sweep")?;
-            self.chunks.with_pins_locked(|pins| -> Result<()> {
-                let mut del = tx
-                    .prepare_cached("DELETE FROM chunks WHERE id=?1")
-                    .ctx("gc sweep")?;
-                for id in &report.plan.unreachable {
-                    if !pins.contains_key(id) {
-                        del.execute([&id.0[..]]).ctx("gc sweep")?;
-                        report.deleted_chunks += 1;
-                    }
-                }
-                Ok(())
+            report.deleted_chunks = self.chunks.with_pins_locked(|pins| {
+                ChunkStore::delete_rows(
+                    &tx,
+                    report
+                        .plan
+                        .unreachable
+                        .iter()
+                        .filter(|id| !pins.contains_key(id)),
+                )
             })?;
             tx.commit().ctx("commit gc sweep")?;
         }
@@ -288,13 +255,7 @@ impl Store {
         let path = pack::pack_path(&self.chunks.dir, p);
         // Re-check under the db lock that nothing got indexed into it meanwhile.
         let conn = self.db.lock();
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM chunks WHERE pack=?1",
-                [p.0 as i64],
-                |r| r.get(0),
-            )
-            .ctx("gc pack check")?;
+        let n = ChunkStore::rows_in_pack(&conn, p)?;
         if n > 0 || Some(p) == self.chunks.writer.lock().unwrap().current() {
             return Ok(());
         }
@@ -305,8 +266,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(crate::error::StoreError::io("remove pack", &path, e)),
         }
-        conn.execute("DELETE FROM packs WHERE id=?1", [p.0 as i64])
-            .ctx("gc pack row")?;
+        ChunkStore::delete_pack_row(&conn, p)?;
         drop(conn);
         self.chunks.forget_pack(p);
         report.removed_packs += 1;
@@ -317,37 +277,7 @@ impl Store {
     /// Copies the live objects of pack `p` into new records (bundle members are
     /// re-bundled), fsyncs them, re-points the index, then removes the pack.
     fn repack(&self, p: PackId, report: &mut GcReport) -> Result<()> {
-        let rows: Vec<(ChunkId, u64, u32, u32, u8, i64)> = {
-            let conn = self.db.lock();
-            let mut st = conn
-                .prepare("SELECT id, offset, stored_len, raw_len, kind, inner_off FROM chunks WHERE pack=?1 AND flags=0 ORDER BY offset, inner_off")
-                .ctx("repack list")?;
-            let r = st
-                .query_map([p.0 as i64], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, u32>(2)?,
-                        r.get::<_, u32>(3)?,
-                        r.get::<_, u8>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ))
-                })
-                .ctx("repack list")?
-                .map(|r| {
-                    let (id, o, sl, rl, k, io) = r.ctx("repack list")?;
-                    Ok((
-                        ChunkId::from_row(&id, "chunks.id")?,
-                        o as u64,
-                        sl,
-                        rl,
-                        k,
-                        io,
-                    ))
-                })
-                .collect::<Result<_>>()?;
-            r
-        };
+        let rows = ChunkStore::healthy_rows_of(&self.db.lock(), p)?;
         let level = self.opts.zstd_level;
         let mut locs: Vec<Location> = Vec::new();
         let mut bundle: Vec<u8> = Vec::new();
@@ -367,7 +297,9 @@ impl Store {
             }
             Ok(())
         };
-        for (id, off, stored_len, raw_len, kind, inner) in rows {
+        for (id, e) in rows {
+            let (off, stored_len, raw_len, kind, inner) =
+                (e.offset, e.stored_len, e.raw_len, e.kind, e.inner_off);
             let payload = match self.chunks.record_payload(p, off, stored_len) {
                 Ok(b) => b,
                 Err(e) => {
@@ -407,29 +339,7 @@ impl Store {
         {
             let mut conn = self.db.lock();
             let tx = conn.transaction().ctx("begin repack")?;
-            let mut up = tx
-                .prepare_cached("UPDATE chunks SET pack=?2, offset=?3, stored_len=?4, inner_off=?5 WHERE id=?1 AND pack=?6")
-                .ctx("repack index")?;
-            for l in &locs {
-                up.execute(params![
-                    &l.id.0[..],
-                    l.pack.0 as i64,
-                    l.offset as i64,
-                    l.stored_len,
-                    l.inner_off,
-                    p.0 as i64
-                ])
-                .ctx("repack index")?;
-            }
-            drop(up);
-            crate::chunk_store::ChunkStore::index_rows(&tx, &[], &sealed)?;
-            for l in &locs {
-                tx.execute(
-                    "INSERT OR IGNORE INTO packs(id, sealed) VALUES(?1, 1)",
-                    [l.pack.0 as i64],
-                )
-                .ctx("repack pack row")?;
-            }
+            ChunkStore::relocate(&tx, &locs, p, &sealed)?;
             tx.commit().ctx("commit repack")?;
         }
         report.repacked_packs += 1;
@@ -450,17 +360,5 @@ impl Store {
 
 /// Counts of index rows per pack, for tests and status.
 pub fn pack_counts(store: &Store) -> Result<HashMap<PackId, u64>> {
-    let conn = store.db.lock();
-    let mut st = conn
-        .prepare("SELECT pack, count(*) FROM chunks GROUP BY pack")
-        .ctx("pack counts")?;
-    let rows = st
-        .query_map([], |r| {
-            Ok((
-                PackId(r.get::<_, i64>(0)? as u64),
-                r.get::<_, i64>(1)? as u64,
-            ))
-        })
-        .ctx("pack counts")?;
-    rows.collect::<rusqlite::Result<_>>().ctx("pack counts")
+    ChunkStore::rows_per_pack(&store.db.lock())
 }

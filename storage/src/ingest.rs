@@ -12,6 +12,8 @@
 //! Files of more than one part commit each finished leaf list on the way (see
 //! `chunk_file`), so memory is bounded: a few read buffers (`ingest_buffer`), at most 16
 //! bundles in flight, and one part's chunk list, pins and index rows.
+//!
+//! This module owns the `ingest_parts` table (leaves an ingest in progress committed).
 
 use crate::chunk_store::ChunkStore;
 use crate::chunker::Chunker;
@@ -23,6 +25,7 @@ use crate::namespace;
 use crate::pack::{self, Location};
 use crate::staging::{IngestLog, RangeSet, Staged};
 use crate::store::Store;
+use rusqlite::Connection;
 use std::collections::HashSet;
 use std::io::Read;
 use std::sync::Arc;
@@ -182,12 +185,17 @@ impl Store {
 
     /// Ingests staged files that have had no write for `idle`.
     pub fn ingest_idle(&self, idle: Duration) -> Result<IngestReport> {
-        let now = Instant::now();
+        self.ingest_idle_at(idle, Instant::now())
+    }
+
+    /// [`Store::ingest_idle`] as of `now` (the clock is the caller's: tests move it
+    /// instead of waiting).
+    pub fn ingest_idle_at(&self, idle: Duration, now: Instant) -> Result<IngestReport> {
         let quiet: Vec<_> = self
             .staging
             .all()
             .into_iter()
-            .filter(|s| now.duration_since(s.lock().last_write) >= idle)
+            .filter(|s| now.saturating_duration_since(s.lock().last_write) >= idle)
             .collect();
         self.ingest_files(quiet)
     }
@@ -288,11 +296,7 @@ impl Store {
         if r.is_err() {
             st.lock().ingesting = None;
             // Parts committed by this attempt are garbage now (GC collects them).
-            if let Err(e) = self
-                .db
-                .lock()
-                .execute("DELETE FROM ingest_parts WHERE ino=?1", [st.ino.0 as i64])
-            {
+            if let Err(e) = forget_parts(&self.db.lock(), st.ino) {
                 tracing::warn!(ino = %st.ino, error = %e, "could not clear ingest parts");
             }
         }
@@ -323,8 +327,7 @@ impl Store {
             .transaction()
             .map_err(|e| StoreError::db("begin ingest commit", e))?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
-        tx.execute("DELETE FROM ingest_parts WHERE ino=?1", [st.ino.0 as i64])
-            .map_err(|e| StoreError::db("clearing ingest parts", e))?;
+        forget_parts(&tx, st.ino)?;
         let exists = namespace::get_opt(&tx, st.ino)?.is_some();
         if exists {
             namespace::set_content(&tx, st.ino, content, size, Some(mtime))?;
@@ -588,11 +591,7 @@ impl Store {
                 .transaction()
                 .map_err(|e| StoreError::db("begin ingest part", e))?;
             ChunkStore::index_rows(&tx, locs, &sealed)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO ingest_parts(ino, seq, leaf) VALUES(?1, ?2, ?3)",
-                rusqlite::params![ino.0 as i64, seq as i64, &id.0[..]],
-            )
-            .map_err(|e| StoreError::db("recording ingest part", e))?;
+            record_part(&tx, ino, seq as u64, &id)?;
             tx.commit()
                 .map_err(|e| StoreError::db("commit ingest part", e))?;
         }
@@ -750,6 +749,52 @@ fn new_data_bound(g: &crate::staging::Inner, path: &std::path::Path) -> Result<u
             allocated + ranges * 2 * crate::format::CHUNK_MAX as u64
         }
     })
+}
+
+/// Records leaf `seq` of the ingest of `ino` as committed (GC marks it).
+fn record_part(conn: &Connection, ino: FileId, seq: u64, leaf: &ChunkId) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO ingest_parts(ino, seq, leaf) VALUES(?1, ?2, ?3)",
+        rusqlite::params![ino.0 as i64, seq as i64, &leaf.0[..]],
+    )
+    .map_err(|e| StoreError::db("recording ingest part", e))?;
+    Ok(())
+}
+
+/// Forgets the parts of the ingest of `ino` (it committed, or failed).
+fn forget_parts(conn: &Connection, ino: FileId) -> Result<()> {
+    conn.execute("DELETE FROM ingest_parts WHERE ino=?1", [ino.0 as i64])
+        .map_err(|e| StoreError::db("clearing ingest parts", e))?;
+    Ok(())
+}
+
+/// Leaves committed by ingests in progress (GC marks them).
+pub(crate) fn committed_leaves(conn: &Connection) -> Result<Vec<ChunkId>> {
+    let mut st = conn
+        .prepare("SELECT leaf FROM ingest_parts")
+        .map_err(|e| StoreError::db("listing ingest parts", e))?;
+    let rows = st
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(|e| StoreError::db("listing ingest parts", e))?;
+    rows.map(|r| {
+        let b = r.map_err(|e| StoreError::db("listing ingest parts", e))?;
+        ChunkId::from_row(&b, "ingest_parts.leaf")
+    })
+    .collect()
+}
+
+/// Whether a crash interrupted ingests (their parts are still recorded).
+pub(crate) fn has_interrupted(conn: &Connection) -> Result<bool> {
+    conn.prepare("SELECT 1 FROM ingest_parts LIMIT 1")
+        .and_then(|mut st| st.exists([]))
+        .map_err(|e| StoreError::db("reading interrupted ingests", e))
+}
+
+/// Forgets every recorded part (at open: their chunks become ordinary garbage).
+pub(crate) fn clear_interrupted(conn: &Connection) -> Result<()> {
+    conn.execute("DELETE FROM ingest_parts", [])
+        .map_err(|e| StoreError::db("clearing interrupted ingests", e))?;
+    Ok(())
 }
 
 #[cfg(test)]

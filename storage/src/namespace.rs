@@ -743,7 +743,7 @@ pub fn files_with_content(conn: &Connection) -> Result<Vec<(FileId, VolumeId, Ch
             Ok((
                 FileId(r.get::<_, i64>(0)? as u64),
                 VolumeId(r.get::<_, i64>(1)? as u64),
-                opt_id(r, 2)?.unwrap_or(ChunkId::HOLE),
+                opt_id(r, 2)?.ok_or_else(|| bad_column(2, "no content".into()))?,
             ))
         })
         .ctx("listing files")?;
@@ -822,4 +822,135 @@ pub fn volumes(conn: &Connection) -> Result<Vec<Volume>> {
         })
         .ctx("listing volumes")?;
     rows.collect::<rusqlite::Result<_>>().ctx("listing volumes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("kura.db")).unwrap();
+        (dir, db)
+    }
+
+    fn attr() -> NewAttr {
+        NewAttr {
+            mode: 0o755,
+            uid: 1,
+            gid: 1,
+        }
+    }
+
+    fn vol(conn: &Connection) -> Volume {
+        create_volume(conn, "v", |id| new_root(conn, id, attr())).unwrap()
+    }
+
+    fn mkdir(conn: &Connection, parent: FileId, name: &[u8]) -> FileId {
+        create(conn, parent, name, FileKind::Dir, attr(), b"", None)
+            .unwrap()
+            .attr
+            .ino
+    }
+
+    fn cached(conn: &Connection, ino: FileId) -> bool {
+        get(conn, ino).unwrap().tree.is_some()
+    }
+
+    /// The dirty chain: a change clears the cached object of its directory and every
+    /// ancestor, stops at the first one already clear, and leaves siblings alone.
+    #[test]
+    fn invalidation_clears_the_chain_up_to_the_root_only() {
+        let (_d, db) = db();
+        let conn = db.lock();
+        let v = vol(&conn);
+        let a = mkdir(&conn, v.root, b"a");
+        let b = mkdir(&conn, a, b"b");
+        let s = mkdir(&conn, v.root, b"sibling");
+        for d in [v.root, a, b, s] {
+            set_tree(&conn, d, &ChunkId([9; 32])).unwrap();
+        }
+        create(&conn, b, b"f", FileKind::File, attr(), b"", None).unwrap();
+        assert!(!cached(&conn, b) && !cached(&conn, a) && !cached(&conn, v.root));
+        assert!(cached(&conn, s), "a sibling keeps its object");
+    }
+
+    /// A file's change reaches every directory naming it (hard links), and its last
+    /// name takes the inode with it; earlier names only count down.
+    #[test]
+    fn links_count_and_clear_every_holder() {
+        let (_d, db) = db();
+        let conn = db.lock();
+        let v = vol(&conn);
+        let a = mkdir(&conn, v.root, b"a");
+        let b = mkdir(&conn, v.root, b"b");
+        let f = create(&conn, a, b"f", FileKind::File, attr(), b"", None)
+            .unwrap()
+            .attr
+            .ino;
+        assert_eq!(link(&conn, f, b, b"g").unwrap().attr.nlink, 2);
+        for d in [v.root, a, b] {
+            set_tree(&conn, d, &ChunkId([9; 32])).unwrap();
+        }
+        set_content(&conn, f, None, 10, None).unwrap();
+        assert!(!cached(&conn, a) && !cached(&conn, b));
+        let r = remove(&conn, a, b"f", false).unwrap();
+        assert!(!r.gone);
+        assert_eq!(get(&conn, f).unwrap().attr.nlink, 1);
+        assert_eq!(parent(&conn, f).unwrap().unwrap().0, b);
+        let r = remove(&conn, b, b"g", false).unwrap();
+        assert!(r.gone);
+        assert!(get_opt(&conn, f).unwrap().is_none());
+    }
+
+    /// READDIR pages continue after the cookie of the last entry returned, in entry
+    /// order, however many names one file has, and a renamed entry keeps its cookie.
+    #[test]
+    fn cookies_are_entry_ids() {
+        let (_d, db) = db();
+        let conn = db.lock();
+        let v = vol(&conn);
+        let f = create(&conn, v.root, b"f", FileKind::File, attr(), b"", None)
+            .unwrap()
+            .attr
+            .ino;
+        link(&conn, f, v.root, b"g").unwrap();
+        link(&conn, f, v.root, b"h").unwrap();
+        let page = readdir(&conn, v.root, 0, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(page[0].id < page[1].id);
+        let rest = readdir(&conn, v.root, page[1].id, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].name, b"h");
+        rename(&conn, v.root, b"h", v.root, b"z").unwrap();
+        assert_eq!(lookup(&conn, v.root, b"z").unwrap().unwrap().id, rest[0].id);
+        assert_eq!(path(&conn, f).unwrap().unwrap().1, "/f");
+    }
+
+    /// A row the store did not write (a kind it does not know, an object id of the
+    /// wrong length) is an error, never a silently different value.
+    #[test]
+    fn malformed_rows_are_errors() {
+        let (_d, db) = db();
+        let conn = db.lock();
+        let v = vol(&conn);
+        let f = create(&conn, v.root, b"f", FileKind::File, attr(), b"", None)
+            .unwrap()
+            .attr
+            .ino;
+        conn.execute(
+            "UPDATE inodes SET content=x'0102' WHERE ino=?1",
+            [f.0 as i64],
+        )
+        .unwrap();
+        assert!(get(&conn, f).is_err());
+        assert!(referenced_objects(&conn).is_err());
+        conn.execute(
+            "UPDATE inodes SET content=NULL, kind=7 WHERE ino=?1",
+            [f.0 as i64],
+        )
+        .unwrap();
+        assert!(get(&conn, f).is_err());
+    }
 }

@@ -5,6 +5,8 @@
 //! cleared since the last snapshot, bottom-up, and records the root. Its cost grows with
 //! the changed directories, not with the volume. Readers walk directory objects; they
 //! never touch the live namespace.
+//!
+//! This module owns the `snapshots` table.
 
 use crate::chunk_store::ChunkStore;
 use crate::error::{DbContext, Result, StoreError};
@@ -81,10 +83,12 @@ impl Builder<'_> {
     }
 }
 
-fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
-    Ok(SnapshotInfo {
+/// A snapshot row (with its volume id in place of the name, filled in by [`query`])
+/// and its encoded root entry.
+fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SnapshotInfo, VolumeId, Vec<u8>)> {
+    let info = SnapshotInfo {
         id: SnapshotId(r.get::<_, i64>(0)? as u64),
-        volume: r.get(1)?,
+        volume: String::new(),
         name: r.get(2)?,
         root: {
             let b: Vec<u8> = r.get(3)?;
@@ -102,12 +106,47 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
         },
         logical_bytes: r.get::<_, i64>(6)? as u64,
         dirs_encoded: 0,
-    })
+    };
+    Ok((info, VolumeId(r.get::<_, i64>(1)? as u64), r.get(7)?))
 }
 
-const INFO_SQL: &str =
-    "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes
-                        FROM snapshots s JOIN volumes v ON v.id = s.vol";
+/// Snapshots matching `filter` (on the `snapshots` columns), oldest first, with their
+/// root entries; volume names come from the namespace.
+fn query<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    p: P,
+) -> Result<Vec<(SnapshotInfo, Vec<u8>)>> {
+    let vols = namespace::volumes(conn)?;
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT id, vol, name, root, created_s, created_ns, logical_bytes, root_entry
+             FROM snapshots WHERE {filter} ORDER BY created_s, created_ns, id"
+        ))
+        .ctx("listing snapshots")?;
+    let rows = st.query_map(p, row_to_info).ctx("listing snapshots")?;
+    rows.map(|r| {
+        let (mut info, vol, entry) = r.ctx("listing snapshots")?;
+        info.volume = vols
+            .iter()
+            .find(|v| v.id == vol)
+            .map_or_else(|| format!("volume {vol}"), |v| v.name.clone());
+        Ok((info, entry))
+    })
+    .collect()
+}
+
+/// The root directory objects of every snapshot (GC marks from them).
+pub(crate) fn roots(conn: &Connection) -> Result<Vec<ChunkId>> {
+    let mut st = conn
+        .prepare("SELECT root FROM snapshots")
+        .ctx("listing snapshot roots")?;
+    let rows = st
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .ctx("listing snapshot roots")?;
+    rows.map(|r| ChunkId::from_row(&r.ctx("listing snapshot roots")?, "snapshots.root"))
+        .collect()
+}
 
 impl Store {
     /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
@@ -208,44 +247,38 @@ impl Store {
     /// Snapshots of one volume (or all), oldest first.
     pub fn snapshots(&self, vol: Option<&str>) -> Result<Vec<SnapshotInfo>> {
         let conn = self.db.lock();
-        let mut st = conn
-            .prepare(&format!("{INFO_SQL} WHERE ?1 IS NULL OR v.name = ?1 ORDER BY s.created_s, s.created_ns, s.id"))
-            .ctx("listing snapshots")?;
-        let rows = st.query_map([vol], row_to_info).ctx("listing snapshots")?;
-        rows.collect::<rusqlite::Result<_>>()
-            .ctx("listing snapshots")
+        let rows = match vol {
+            None => query(&conn, "1", [])?,
+            Some(name) => match namespace::volumes(&conn)?
+                .into_iter()
+                .find(|v| v.name == name)
+            {
+                Some(v) => query(&conn, "vol=?1", [v.id.0 as i64])?,
+                None => Vec::new(),
+            },
+        };
+        Ok(rows.into_iter().map(|(i, _)| i).collect())
     }
 
     fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
         let conn = self.db.lock();
-        let r = conn
-            .query_row(
-                "SELECT s.id, v.name, s.name, s.root, s.created_s, s.created_ns, s.logical_bytes, s.root_entry
-                 FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE v.name=?1 AND s.name=?2",
-                params![vol, name],
-                |r| Ok((row_to_info(r)?, r.get::<_, Vec<u8>>(7)?)),
-            )
-            .optional()
-            .ctx("reading snapshot")?;
-        let (info, entry) =
-            r.ok_or_else(|| StoreError::NotFound(format!("snapshot {vol}@{name}")))?;
+        let missing = || StoreError::NotFound(format!("snapshot {vol}@{name}"));
+        let v = namespace::volumes(&conn)?
+            .into_iter()
+            .find(|v| v.name == vol)
+            .ok_or_else(missing)?;
+        let (info, entry) = query(&conn, "vol=?1 AND name=?2", params![v.id.0 as i64, name])?
+            .pop()
+            .ok_or_else(missing)?;
         Ok((info, tree::decode_entry_alone(&entry)?))
     }
 
     /// A snapshot and its root entry by id (for stateless NFS handles).
     pub fn snapshot_by_id(&self, id: SnapshotId) -> Result<(SnapshotInfo, TreeEntry)> {
-        let (vol, name): (String, String) = self
-            .db
-            .lock()
-            .query_row(
-                "SELECT v.name, s.name FROM snapshots s JOIN volumes v ON v.id = s.vol WHERE s.id=?1",
-                [id.0 as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .ctx("reading snapshot")?
+        let (info, entry) = query(&self.db.lock(), "id=?1", [id.0 as i64])?
+            .pop()
             .ok_or_else(|| StoreError::NotFound(format!("snapshot id {id}")))?;
-        self.snapshot_row(&vol, &name)
+        Ok((info, tree::decode_entry_alone(&entry)?))
     }
 
     /// Entries of a directory object by id, sorted by name.

@@ -12,7 +12,6 @@ use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
 use crate::staging::{Staged, Staging};
 use crate::tree::TreeEntry;
 use lru::LruCache;
-use rusqlite::OptionalExtension;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::io::AsRawFd;
@@ -154,19 +153,8 @@ impl Store {
         }
         // Parts of ingests a crash interrupted: their chunks become ordinary garbage.
         // Written only when there are any, so that opening writes nothing otherwise.
-        let interrupted: i64 = store
-            .db
-            .lock()
-            .query_row("SELECT count(*) FROM ingest_parts", [], |r| r.get(0))
-            .ctx("reading interrupted ingests")?;
-        if interrupted > 0 {
-            store.freeing(|| {
-                store
-                    .db
-                    .lock()
-                    .execute("DELETE FROM ingest_parts", [])
-                    .ctx("clearing interrupted ingests")
-            })?;
+        if crate::ingest::has_interrupted(&store.db.lock())? {
+            store.freeing(|| crate::ingest::clear_interrupted(&store.db.lock()))?;
         }
         let recovered = store.staging.recover(&|ino| {
             let conn = store.db.lock();
@@ -254,14 +242,7 @@ impl Store {
     /// asked for, kept in the database so that handles survive restarts).
     pub fn handle_secret(&self) -> Result<[u8; 32]> {
         let conn = self.db.lock();
-        let have: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key='handle_secret'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx("reading the handle secret")?;
+        let have: Option<Vec<u8>> = Db::meta_get(&conn, "handle_secret")?;
         if let Some(k) = have.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()) {
             return Ok(k);
         }
@@ -270,13 +251,7 @@ impl Store {
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut k))
             .map_err(|e| StoreError::io("reading random bytes", "/dev/urandom", e))?;
-        self.freeing(|| {
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES('handle_secret', ?1)",
-                [&k[..]],
-            )
-            .ctx("recording the handle secret")
-        })?;
+        self.freeing(|| Db::meta_set(&conn, "handle_secret", &k[..]))?;
         Ok(k)
     }
 
@@ -294,14 +269,9 @@ impl Store {
     fn begin_service_once(&self, boot_id: &str) -> Result<u64> {
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx("begin service")?;
-        let gen = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
-        let clean = Db::meta_get(&tx, "clean_shutdown")?.unwrap_or(1) == 1;
-        let last_boot: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key='boot_id'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .ctx("reading boot id")?;
+        let gen: i64 = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
+        let clean = Db::meta_get::<i64>(&tx, "clean_shutdown")?.unwrap_or(1) == 1;
+        let last_boot: Option<String> = Db::meta_get(&tx, "boot_id")?;
         let same_boot = last_boot.as_deref() == Some(boot_id);
         let gen = if clean || same_boot { gen } else { gen + 1 };
         if !(clean || same_boot) {
@@ -309,11 +279,7 @@ impl Store {
         }
         Db::meta_set(&tx, "nfs_generation", gen)?;
         Db::meta_set(&tx, "clean_shutdown", 0)?;
-        tx.execute(
-            "INSERT INTO meta(key, value) VALUES('boot_id', ?1) ON CONFLICT(key) DO UPDATE SET value=?1",
-            [boot_id],
-        )
-        .ctx("recording boot id")?;
+        Db::meta_set(&tx, "boot_id", boot_id)?;
         tx.commit().ctx("begin service")?;
         drop(conn);
         self.db.sync_wal(&self.latch)?;
@@ -791,15 +757,7 @@ impl Store {
     /// Store-wide numbers for status pages and benchmarks.
     pub fn stats(&self) -> Result<StoreStats> {
         let conn = self.db.lock();
-        let (chunks, raw, stored): (i64, i64, i64) = conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(raw_len),0),
-                   (SELECT coalesce(sum(stored_len + ?1),0) FROM (SELECT DISTINCT pack, offset, stored_len FROM chunks))
-                 FROM chunks",
-                [crate::format::RECORD_HEADER_LEN as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .ctx("computing stats")?;
+        let (chunks, raw, stored) = ChunkStore::totals(&conn)?;
         let logical = namespace::logical_bytes(&conn, None)?;
         drop(conn);
         let mut pack_bytes = 0;
@@ -812,9 +770,9 @@ impl Store {
         Ok(StoreStats {
             fs_total_bytes: fs_total,
             fs_free_bytes: fs_free,
-            chunks: chunks as u64,
-            chunk_raw_bytes: raw as u64,
-            chunk_stored_bytes: stored as u64,
+            chunks,
+            chunk_raw_bytes: raw,
+            chunk_stored_bytes: stored,
             pack_bytes,
             live_logical_bytes: logical,
             staged_files: self.staging.all().len() as u64,
@@ -882,5 +840,31 @@ pub fn check_volume_name(name: &str) -> Result<()> {
             name: name.chars().take(64).collect(),
             why: "must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with '.'",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metadata headroom is 8 MiB, or 1/64 of a small filesystem, so that a small
+    /// filesystem is not all headroom and a large one keeps room for names and deletes.
+    #[test]
+    fn headroom_is_bounded_by_the_filesystem() {
+        assert_eq!(headroom(1 << 40), MIN_FREE_BYTES);
+        assert_eq!(headroom(64 << 20), 1 << 20);
+        assert_eq!(headroom(0), 0);
+    }
+
+    /// Volume and snapshot names become NFS paths and CLI arguments: nothing that
+    /// could be a path, hidden, empty or long.
+    #[test]
+    fn volume_names_are_plain() {
+        for ok in ["backup", "db-01", "a.b_c", &"x".repeat(64)] {
+            assert!(check_volume_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", "ü", &"x".repeat(65)] {
+            assert!(check_volume_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -6,13 +6,13 @@
 //! `damaged` records what was found. If the same content is ingested again, the new copy
 //! replaces the flagged row and the damage heals.
 
-use crate::error::{DbContext, Result, StoreError};
+use crate::chunk_store::ChunkStore;
+use crate::error::{Result, StoreError};
 use crate::format::CHUNK_DAMAGED;
 use crate::ids::{ChunkId, PackId};
 use crate::namespace::FileKind;
 use crate::pack;
 use crate::store::Store;
-use rusqlite::params;
 use std::collections::{BTreeMap, HashSet};
 
 #[derive(Clone, Debug)]
@@ -66,39 +66,20 @@ impl Store {
         let t0 = std::time::Instant::now();
         let mut report = VerifyReport::default();
         type Row = (ChunkId, PackId, u64, u32, i64, u32, i64);
-        let rows: Vec<Row> = {
-            let conn = self.db.lock();
-            let mut st = conn
-                .prepare("SELECT id, pack, offset, stored_len, flags, raw_len, inner_off FROM chunks ORDER BY pack, offset, inner_off")
-                .ctx("verify list")?;
-            let r = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, u32>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, u32>(5)?,
-                        r.get::<_, i64>(6)?,
-                    ))
-                })
-                .ctx("verify list")?
-                .map(|r| {
-                    let (id, p, o, l, f, rl, io) = r.ctx("verify list")?;
-                    Ok((
-                        ChunkId::from_row(&id, "chunks.id")?,
-                        PackId(p as u64),
-                        o as u64,
-                        l,
-                        f,
-                        rl,
-                        io,
-                    ))
-                })
-                .collect::<Result<Vec<Row>>>()?;
-            r
-        };
+        let rows: Vec<Row> = ChunkStore::all_rows(&self.db.lock())?
+            .into_iter()
+            .map(|(id, e)| {
+                (
+                    id,
+                    e.pack,
+                    e.offset,
+                    e.stored_len,
+                    e.flags,
+                    e.raw_len,
+                    e.inner_off,
+                )
+            })
+            .collect();
         // Group the index rows by the record they live in.
         let mut by_record: BTreeMap<(PackId, u64), Vec<Row>> = BTreeMap::new();
         for r in rows {
@@ -217,18 +198,7 @@ impl Store {
             self.latch.write_atomic(&q, bytes)?;
             kept = Some(q);
         }
-        let conn = self.db.lock();
-        conn.execute(
-            "UPDATE chunks SET flags = flags | ?2 WHERE id=?1",
-            params![&id.0[..], CHUNK_DAMAGED],
-        )
-        .ctx("flagging damaged chunk")?;
-        conn.execute(
-            "INSERT OR REPLACE INTO damaged(id, pack, offset, found, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
-            params![&id.0[..], p.0 as i64, off as i64, crate::namespace::Timespec::now().sec, detail],
-        )
-        .ctx("recording damage")?;
-        drop(conn);
+        ChunkStore::mark_damaged(&self.db.lock(), id, p, off, detail)?;
         self.chunks.uncache(p, off);
         Ok(kept)
     }

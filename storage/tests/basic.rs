@@ -450,3 +450,43 @@ fn ingest_keeps_attributes() {
     s.ingest_all(None).unwrap();
     assert_eq!(s.getattr(f).unwrap().mtime, old);
 }
+
+/// The background ingest takes a file only once it has been quiet for the idle time,
+/// and a write makes it wait again (on the caller's clock: no waiting in the test).
+#[test]
+fn idle_ingest_waits_for_quiet_files() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    let idle = Duration::from_secs(60);
+    s.write(f, 0, &data(100_000, 1)).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(s.ingest_idle_at(idle, t0).unwrap().files, 0);
+    assert_eq!(
+        s.ingest_idle_at(idle, t0 + Duration::from_secs(59))
+            .unwrap()
+            .files,
+        0
+    );
+    s.write(f, 100_000, b"more").unwrap();
+    let t1 = Instant::now();
+    assert_eq!(
+        s.ingest_idle_at(idle, t1 + Duration::from_secs(30))
+            .unwrap()
+            .files,
+        0
+    );
+    assert_eq!(s.stats().unwrap().staged_files, 1);
+    assert_eq!(
+        s.ingest_idle_at(idle, t1 + Duration::from_secs(61))
+            .unwrap()
+            .files,
+        1
+    );
+    assert_eq!(s.stats().unwrap().staged_files, 0);
+    let mut want = data(100_000, 1);
+    want.extend_from_slice(b"more");
+    assert_eq!(read_all(&s, f), want);
+}
