@@ -109,7 +109,7 @@ impl HandleCodec {
 pub enum Node {
     Root,
     Live(FileId),
-    SnapDir(VolumeId),
+    SnapshotsDir(VolumeId),
     SnapRoot(SnapshotId),
     SnapEntry {
         snap: SnapshotId,
@@ -132,7 +132,7 @@ impl KuraHandle {
                 b.push(2);
                 b.extend_from_slice(&i.0.to_le_bytes());
             }
-            Node::SnapDir(v) => {
+            Node::SnapshotsDir(v) => {
                 b.push(3);
                 b.extend_from_slice(&v.0.to_le_bytes());
             }
@@ -158,7 +158,7 @@ impl KuraHandle {
         Some(match (b.first()?, b.len()) {
             (1, 1) => Node::Root,
             (2, 9) => Node::Live(FileId(u(1..9)?)),
-            (3, 9) => Node::SnapDir(VolumeId(u(1..9)?)),
+            (3, 9) => Node::SnapshotsDir(VolumeId(u(1..9)?)),
             (4, 9) => Node::SnapRoot(SnapshotId(u(1..9)?)),
             (5, 49) => Node::SnapEntry {
                 snap: SnapshotId(u(1..9)?),
@@ -190,7 +190,7 @@ pub fn fileid(node: &Node) -> u64 {
     match node {
         Node::Root => u64::MAX,
         Node::Live(i) => i.0,
-        Node::SnapDir(v) => (0b10 << 62) | (v.0 & ((1 << 40) - 1)),
+        Node::SnapshotsDir(v) => (0b10 << 62) | (v.0 & ((1 << 40) - 1)),
         Node::SnapRoot(s) => (0b10 << 62) | (1 << 61) | (s.0 & ((1 << 40) - 1)),
         Node::SnapEntry { snap, ino, .. } => {
             (0b11 << 62) | ((snap.0 & ((1 << 22) - 1)) << 40) | (ino.0 & ((1 << 40) - 1))
@@ -207,7 +207,7 @@ mod tests {
         for n in [
             Node::Root,
             Node::Live(FileId(42)),
-            Node::SnapDir(VolumeId(3)),
+            Node::SnapshotsDir(VolumeId(3)),
             Node::SnapRoot(SnapshotId(9)),
             Node::SnapEntry {
                 snap: SnapshotId(9),

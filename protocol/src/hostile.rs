@@ -346,7 +346,7 @@ async fn forged_handles_never_reach_another_exports_volume() {
         Node::Live(bdir.ino),
         Node::Live(bfile.ino),
         Node::Live(blink.ino),
-        Node::SnapDir(b.id),
+        Node::SnapshotsDir(b.id),
         Node::SnapRoot(snap.id),
         Node::SnapEntry {
             snap: snap.id,

@@ -10,7 +10,8 @@
 //! This module owns the `chunks`, `packs` and `damaged` tables: GC, verify and the
 //! facade's statistics go through the functions below, never SQL of their own.
 //!
-//! Lock order: `writer` → `db`; `pins` is a leaf; `cache` and `files` are leaves.
+//! Lock order: `db` → `writer` (a snapshot syncs the pack inside its transaction); `pins`,
+//! `cache`, `locations` and `files` are leaves.
 
 use crate::db::Db;
 use crate::durable::Latch;

@@ -118,13 +118,6 @@ impl Store {
         })
     }
 
-    /// Computes what GC would do, without changing anything.
-    pub fn gc_plan(&self, opts: &GcOptions) -> Result<GcPlan> {
-        let marked = self.mark()?;
-        let pinned = self.chunks.pinned_snapshot();
-        self.plan_from(&marked, &pinned, opts)
-    }
-
     fn plan_from(
         &self,
         marked: &HashSet<ChunkId>,
@@ -172,16 +165,6 @@ impl Store {
             }
         }
         Ok(plan)
-    }
-
-    /// Runs garbage collection. On a full disk the emergency reserve is given up so
-    /// that GC can run; it is taken again once GC has freed space.
-    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        let r = self.freeing(|| self.gc_once(opts));
-        if r.is_ok() {
-            self.ensure_reserve();
-        }
-        r
     }
 
     fn gc_once(&self, opts: &GcOptions) -> Result<GcReport> {
@@ -361,4 +344,21 @@ impl Store {
 /// Counts of index rows per pack, for tests and status.
 pub fn pack_counts(store: &Store) -> Result<HashMap<PackId, u64>> {
     ChunkStore::rows_per_pack(&store.db.lock())
+}
+
+/// Computes what GC would do, without changing anything.
+pub(crate) fn gc_plan(store: &Store, opts: &GcOptions) -> Result<GcPlan> {
+    let marked = store.mark()?;
+    let pinned = store.chunks.pinned_snapshot();
+    store.plan_from(&marked, &pinned, opts)
+}
+
+/// Runs garbage collection. On a full disk the emergency reserve is given up so
+/// that GC can run; it is taken again once GC has freed space.
+pub(crate) fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let r = store.freeing(|| store.gc_once(opts));
+    if r.is_ok() {
+        store.ensure_reserve();
+    }
+    r
 }

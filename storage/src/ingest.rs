@@ -23,7 +23,7 @@ use crate::format::{BUNDLE_TARGET, KIND_CONTENT};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use crate::namespace;
 use crate::pack::{self, Location};
-use crate::staging::{IngestLog, RangeSet, Staged};
+use crate::staging::{IngestLog, RangeSet, StagedFile};
 use crate::store::Store;
 use rusqlite::Connection;
 use std::collections::HashSet;
@@ -72,7 +72,7 @@ impl IngestReport {
 /// Reads the merged view of a staged file in pieces, taking the file lock per piece.
 struct MergedReader<'a> {
     store: &'a Store,
-    st: &'a Staged,
+    st: &'a StagedFile,
     pos: u64,
     size: u64,
 }
@@ -83,11 +83,11 @@ impl Read for MergedReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let g = self.st.lock();
+        let view = self.st.lock().view(self.pos, self.pos + n as u64);
         let ino = self.st.ino;
         let what = || format!("file id {ino}");
         self.st
-            .read_into(&g, self.pos, &mut buf[..n], &|c, o, b| {
+            .read_view(&view, self.pos, &mut buf[..n], &|c, o, b| {
                 self.store.read_content(&c, o, b, &what)
             })
             .map_err(std::io::Error::other)?;
@@ -183,42 +183,10 @@ impl Store {
         Ok((lens.iter().map(|l| *l as u32).zip(ids).collect(), bundles))
     }
 
-    /// Ingests staged files that have had no write for `idle`.
-    pub fn ingest_idle(&self, idle: Duration) -> Result<IngestReport> {
-        self.ingest_idle_at(idle, Instant::now())
-    }
-
-    /// [`Store::ingest_idle`] as of `now` (the clock is the caller's: tests move it
-    /// instead of waiting).
-    pub fn ingest_idle_at(&self, idle: Duration, now: Instant) -> Result<IngestReport> {
-        let quiet: Vec<_> = self
-            .staging
-            .all()
-            .into_iter()
-            .filter(|s| now.saturating_duration_since(s.lock().last_write) >= idle)
-            .collect();
-        self.ingest_files(quiet)
-    }
-
-    /// Ingests every staged file (of one volume, or all).
-    pub fn ingest_all(&self, vol: Option<VolumeId>) -> Result<IngestReport> {
-        let mut files = self.staging.all();
-        if let Some(v) = vol {
-            let conn = self.db.lock();
-            files.retain(|s| {
-                namespace::get_opt(&conn, s.ino)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|i| i.vol == v)
-            });
-        }
-        self.ingest_files(files)
-    }
-
     /// Ingests each file in turn. One file's failure (no room for it yet, a damaged
     /// base) never keeps the others staged: every file is tried, each failure is
     /// logged with its file, and the first one is returned once all were tried.
-    fn ingest_files(&self, files: Vec<Arc<Staged>>) -> Result<IngestReport> {
+    fn ingest_files(&self, files: Vec<Arc<StagedFile>>) -> Result<IngestReport> {
         let t0 = Instant::now();
         let mut total = IngestReport::default();
         let mut first_err = None;
@@ -251,15 +219,7 @@ impl Store {
         Ok(total)
     }
 
-    /// Ingests one file now, if it is staged.
-    pub fn ingest_file(&self, ino: FileId) -> Result<IngestReport> {
-        match self.staging.get(ino) {
-            Some(st) => self.ingest_one(&st),
-            None => Ok(IngestReport::default()),
-        }
-    }
-
-    fn ingest_one(&self, st: &Staged) -> Result<IngestReport> {
+    fn ingest_one(&self, st: &StagedFile) -> Result<IngestReport> {
         self.latch.check()?;
         let _one = self.ingest_lock.lock().unwrap();
         let t0 = Instant::now();
@@ -305,7 +265,7 @@ impl Store {
 
     fn ingest_and_commit(
         &self,
-        st: &Staged,
+        st: &StagedFile,
         size: u64,
         mtime: crate::namespace::Timespec,
         segments: &[Segment],
@@ -357,7 +317,7 @@ impl Store {
     #[allow(clippy::type_complexity)]
     fn chunk_file(
         &self,
-        st: &Staged,
+        st: &StagedFile,
         size: u64,
         segments: &[Segment],
     ) -> Result<(
@@ -663,7 +623,7 @@ fn hole_entries(len: u64) -> Vec<(u32, ChunkId)> {
 /// Full mode asks the filesystem (SEEK_DATA / SEEK_HOLE on the staging file); overlay
 /// mode knows its data: the base below its limit and the staged ranges.
 pub(crate) fn segments(
-    g: &crate::staging::Inner,
+    g: &crate::staging::StagedState,
     size: u64,
     base_data: &RangeSet,
 ) -> std::io::Result<Vec<Segment>> {
@@ -734,7 +694,7 @@ impl Store {
 
 /// An upper bound of the new bytes an ingest of this file may store: what the staging
 /// file really holds (allocated blocks), not its apparent size.
-fn new_data_bound(g: &crate::staging::Inner, path: &std::path::Path) -> Result<u64> {
+fn new_data_bound(g: &crate::staging::StagedState, path: &std::path::Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let m = g
         .file
@@ -797,6 +757,46 @@ pub(crate) fn clear_interrupted(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Ingests staged files that have had no write for `idle`.
+pub(crate) fn ingest_idle(store: &Store, idle: Duration) -> Result<IngestReport> {
+    store.ingest_idle_at(idle, Instant::now())
+}
+
+/// [`Store::ingest_idle`] as of `now` (the clock is the caller's: tests move it
+/// instead of waiting).
+pub(crate) fn ingest_idle_at(store: &Store, idle: Duration, now: Instant) -> Result<IngestReport> {
+    let quiet: Vec<_> = store
+        .staging
+        .all()
+        .into_iter()
+        .filter(|s| now.saturating_duration_since(s.lock().last_write) >= idle)
+        .collect();
+    store.ingest_files(quiet)
+}
+
+/// Ingests every staged file (of one volume, or all).
+pub(crate) fn ingest_all(store: &Store, vol: Option<VolumeId>) -> Result<IngestReport> {
+    let mut files = store.staging.all();
+    if let Some(v) = vol {
+        let conn = store.db.lock();
+        files.retain(|s| {
+            namespace::get_opt(&conn, s.ino)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.vol == v)
+        });
+    }
+    store.ingest_files(files)
+}
+
+/// Ingests one file now, if it is staged.
+pub(crate) fn ingest_file(store: &Store, ino: FileId) -> Result<IngestReport> {
+    match store.staging.get(ino) {
+        Some(st) => store.ingest_one(&st),
+        None => Ok(IngestReport::default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,7 +817,7 @@ mod tests {
         let mut ranges = crate::staging::RangeSet::default();
         ranges.insert(10 << 20, (10 << 20) + 100);
         ranges.insert((10 << 20) + 200, (10 << 20) + 300);
-        let g = crate::staging::Inner::for_test(tmp, Some(ChunkId([1; 32])), 4096, ranges);
+        let g = crate::staging::StagedState::for_test(tmp, Some(ChunkId([1; 32])), 4096, ranges);
         let mut base = crate::staging::RangeSet::default();
         base.insert(0, 1 << 20);
         let segs = segments(&g, 100 << 20, &base).unwrap();
@@ -848,7 +848,7 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         f.write_all_at(b"tail", 3 << 30).unwrap();
         let size = (3 << 30) + 4;
-        let g = crate::staging::Inner::for_test(f, None, 0, Default::default());
+        let g = crate::staging::StagedState::for_test(f, None, 0, Default::default());
         let segs = segments(&g, size, &Default::default()).unwrap();
         assert_eq!(segs.len(), 2, "{segs:?}");
         assert!(matches!(segs[0], Segment::Hole(n) if n >= (3 << 30) - (1 << 20)));

@@ -32,7 +32,7 @@
 //!   restart rebuilds staging state from the staging files and their journals.
 //!
 //! ## Lock order
-//! `gc_lock` → `Staged::inner` → `Staging::files` → `db` → pack `writer`; `pins`, caches
+//! `gc_lock` → `StagedFile::inner` → `Staging::files` → `db` → pack `writer`; `pins`, caches
 //! and the open-pack table are leaves. No lock is held across an fsync except the pack
 //! writer's own and, during a snapshot, the db lock.
 

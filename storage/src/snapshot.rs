@@ -149,117 +149,6 @@ pub(crate) fn roots(conn: &Connection) -> Result<Vec<ChunkId>> {
 }
 
 impl Store {
-    /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
-    /// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
-    pub fn snapshot(&self, vol: &str, name: &str) -> Result<SnapshotInfo> {
-        self.latch.check()?;
-        check_volume_name(name)?;
-        let v = self.volume(vol)?;
-        let t0 = std::time::Instant::now();
-        let mut tries = 0;
-        loop {
-            self.ingest_all(Some(v.id))?;
-            let still = {
-                let conn = self.db.lock();
-                self.staging
-                    .all()
-                    .iter()
-                    .filter(|s| {
-                        namespace::get_opt(&conn, s.ino)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|i| i.vol == v.id)
-                    })
-                    .count()
-            };
-            if still == 0 {
-                break;
-            }
-            tries += 1;
-            if tries >= 5 {
-                return Err(StoreError::Invalid(format!(
-                    "volume {vol}: {still} files kept changing during the snapshot; freeze writers first"
-                )));
-            }
-        }
-        let _gc = self.gc_lock.read().unwrap();
-        let mut conn = self.db.lock();
-        let tx = conn.transaction().ctx("begin snapshot")?;
-        if tx
-            .query_row(
-                "SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2",
-                params![v.id.0 as i64, name],
-                |_| Ok(()),
-            )
-            .optional()
-            .ctx("checking snapshot name")?
-            .is_some()
-        {
-            return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
-        }
-        let mut b = Builder {
-            store: self,
-            conn: &tx,
-            locs: Vec::new(),
-            dirs_encoded: 0,
-        };
-        let root_tree = b.build(v.root)?;
-        let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
-        let root = namespace::get(&tx, v.root)?;
-        let root_entry = TreeEntry {
-            name: Vec::new(),
-            attr: root.attr,
-            target_ref: Some(root_tree),
-            link: Vec::new(),
-        };
-        let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
-        ChunkStore::index_rows(&tx, &locs, &sealed)?;
-        let logical = namespace::logical_bytes(&tx, Some(v.id))? as i64;
-        let now = Timespec::now();
-        tx.execute(
-            "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns, logical_bytes)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![v.id.0 as i64, name, &root_tree.0[..], tree::encode_entry_alone(&root_entry), now.sec, now.nsec, logical],
-        )
-        .ctx("recording snapshot")?;
-        let id = SnapshotId(tx.last_insert_rowid() as u64);
-        tx.commit().ctx("commit snapshot")?;
-        drop(conn);
-        self.db.sync_wal(&self.latch)?;
-        tracing::info!(
-            volume = vol,
-            snapshot = name,
-            dirs_encoded,
-            ms = t0.elapsed().as_millis() as u64,
-            "snapshot created"
-        );
-        Ok(SnapshotInfo {
-            id,
-            volume: vol.to_owned(),
-            name: name.to_owned(),
-            created: now,
-            root: root_tree,
-            logical_bytes: logical as u64,
-            dirs_encoded,
-        })
-    }
-
-    /// Snapshots of one volume (or all), oldest first.
-    pub fn snapshots(&self, vol: Option<&str>) -> Result<Vec<SnapshotInfo>> {
-        let conn = self.db.lock();
-        let rows = match vol {
-            None => query(&conn, "1", [])?,
-            Some(name) => match namespace::volumes(&conn)?
-                .into_iter()
-                .find(|v| v.name == name)
-            {
-                Some(v) => query(&conn, "vol=?1", [v.id.0 as i64])?,
-                None => Vec::new(),
-            },
-        };
-        Ok(rows.into_iter().map(|(i, _)| i).collect())
-    }
-
     fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
         let conn = self.db.lock();
         let missing = || StoreError::NotFound(format!("snapshot {vol}@{name}"));
@@ -273,53 +162,6 @@ impl Store {
         Ok((info, tree::decode_entry_alone(&entry)?))
     }
 
-    /// A snapshot and its root entry by id (for stateless NFS handles).
-    pub fn snapshot_by_id(&self, id: SnapshotId) -> Result<(SnapshotInfo, TreeEntry)> {
-        let (info, entry) = query(&self.db.lock(), "id=?1", [id.0 as i64])?
-            .pop()
-            .ok_or_else(|| StoreError::NotFound(format!("snapshot id {id}")))?;
-        Ok((info, tree::decode_entry_alone(&entry)?))
-    }
-
-    /// Entries of a directory object by id, sorted by name.
-    pub fn dir_entries(&self, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
-        self.dir_object(id)
-    }
-
-    /// Deletes a snapshot record; its data goes at the next GC.
-    pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {
-        self.latch.check()?;
-        let (info, _) = self.snapshot_row(vol, name)?;
-        let _gc = self.gc_lock.read().unwrap();
-        self.freeing(|| {
-            self.db
-                .lock()
-                .execute("DELETE FROM snapshots WHERE id=?1", [info.id.0 as i64])
-                .ctx("deleting snapshot")
-        })?;
-        self.db.sync_wal(&self.latch)?;
-        tracing::info!(volume = vol, snapshot = name, "snapshot deleted");
-        Ok(())
-    }
-
-    /// The root directory entry of a snapshot.
-    pub fn snapshot_root(&self, vol: &str, name: &str) -> Result<TreeEntry> {
-        Ok(self.snapshot_row(vol, name)?.1)
-    }
-
-    /// Entries of a snapshot directory, sorted by name.
-    pub fn snap_dir(&self, dir: &TreeEntry) -> Result<Arc<Vec<TreeEntry>>> {
-        if dir.attr.kind != FileKind::Dir {
-            return Err(StoreError::NotDir(
-                String::from_utf8_lossy(&dir.name).into_owned(),
-            ));
-        }
-        let id = dir
-            .target_ref
-            .ok_or_else(|| StoreError::Format("directory entry without tree".into()))?;
-        self.dir_object(&id)
-    }
-
     pub(crate) fn dir_object(&self, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
         if let Some(d) = self.dir_cache.lock().unwrap().get(id) {
             return Ok(d.clone());
@@ -329,116 +171,294 @@ impl Store {
         self.dir_cache.lock().unwrap().put(*id, d.clone());
         Ok(d)
     }
+}
 
-    pub fn snap_lookup(&self, dir: &TreeEntry, name: &[u8]) -> Result<TreeEntry> {
-        let entries = self.snap_dir(dir)?;
-        entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .map(|i| entries[i].clone())
-            .map_err(|_| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))
-    }
-
-    /// Reads a file of a snapshot.
-    pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
-        if f.attr.kind != FileKind::File {
-            return Err(StoreError::IsDir(
-                String::from_utf8_lossy(&f.name).into_owned(),
-            ));
-        }
-        let size = f.attr.size;
-        let n = size.saturating_sub(off).min(len as u64) as usize;
-        let mut buf = vec![0u8; n];
-        if let Some(c) = f.target_ref {
-            let name = String::from_utf8_lossy(&f.name).into_owned();
-            self.read_content(&c, off, &mut buf, &|| format!("snapshot file {name}"))?;
-        }
-        Ok((buf, off + n as u64 >= size))
-    }
-
-    /// Makes a new writable volume from a snapshot. Data is shared, not copied; only
-    /// inode rows are written.
-    pub fn clone_snapshot(&self, vol: &str, snap: &str, new_vol: &str) -> Result<Volume> {
-        self.latch.check()?;
-        check_volume_name(new_vol)?;
-        let (_, root) = self.snapshot_row(vol, snap)?;
-        // Read the whole tree first (chunk reads take the db lock).
-        let mut plan: Vec<(usize, TreeEntry)> = Vec::new();
-        let mut stack = vec![(usize::MAX, root.clone())];
-        while let Some((parent_idx, e)) = stack.pop() {
-            let idx = plan.len();
-            plan.push((parent_idx, e.clone()));
-            if e.attr.kind == FileKind::Dir {
-                for c in self.snap_dir(&e)?.iter() {
-                    stack.push((idx, c.clone()));
-                }
-            }
-        }
-        // Names of one file (same file id in the snapshot) stay names of one file.
-        let mut names: HashMap<FileId, u32> = HashMap::new();
-        for (_, e) in &plan[1..] {
-            if e.attr.kind != FileKind::Dir {
-                *names.entry(e.attr.ino).or_default() += 1;
-            }
-        }
-        let _gc = self.gc_lock.read().unwrap();
-        let mut conn = self.db.lock();
-        let tx = conn.transaction().ctx("begin clone")?;
-        let new_inode = |vid: VolumeId, e: &TreeEntry, nlink: u32| {
-            let a = e.attr;
-            let (content, tree) = match a.kind {
-                FileKind::Dir => (None, e.target_ref),
-                _ => (e.target_ref, None),
-            };
-            namespace::insert_inode(
-                &tx,
-                &NewInode {
-                    vol: vid,
-                    kind: a.kind,
-                    attr: NewAttr {
-                        mode: a.mode,
-                        uid: a.uid,
-                        gid: a.gid,
-                    },
-                    size: a.size,
-                    times: [a.atime, a.mtime, a.ctime],
-                    content,
-                    link: &e.link,
-                    tree,
-                    verf: None,
-                    nlink,
-                },
-            )
+/// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
+/// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
+pub(crate) fn snapshot(store: &Store, vol: &str, name: &str) -> Result<SnapshotInfo> {
+    store.latch.check()?;
+    check_volume_name(name)?;
+    let v = store.volume(vol)?;
+    let t0 = std::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        store.ingest_all(Some(v.id))?;
+        let still = {
+            let conn = store.db.lock();
+            store
+                .staging
+                .all()
+                .iter()
+                .filter(|s| {
+                    namespace::get_opt(&conn, s.ino)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|i| i.vol == v.id)
+                })
+                .count()
         };
-        let volume = namespace::create_volume(&tx, new_vol, |vid| new_inode(vid, &plan[0].1, 1))?;
-        let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
-        let mut linked: HashMap<FileId, FileId> = HashMap::new();
-        new_ids.push(volume.root);
-        for (parent_idx, e) in &plan[1..] {
-            let parent = new_ids[*parent_idx];
-            let ino = match linked.get(&e.attr.ino) {
-                Some(&ino) => ino,
-                None => {
-                    let n = names.get(&e.attr.ino).copied().unwrap_or(1);
-                    let ino = new_inode(volume.id, e, n)?;
-                    if e.attr.kind != FileKind::Dir {
-                        linked.insert(e.attr.ino, ino);
-                    }
-                    ino
-                }
-            };
-            namespace::add_entry(&tx, parent, &e.name, ino)?;
-            new_ids.push(ino);
+        if still == 0 {
+            break;
         }
-        tx.commit().ctx("commit clone")?;
-        drop(conn);
-        self.db.sync_wal(&self.latch)?;
-        tracing::info!(
-            volume = vol,
-            snapshot = snap,
-            clone = new_vol,
-            inodes = plan.len(),
-            "snapshot cloned"
-        );
-        Ok(volume)
+        tries += 1;
+        if tries >= 5 {
+            return Err(StoreError::Invalid(format!(
+                "volume {vol}: {still} files kept changing during the snapshot; freeze writers first"
+            )));
+        }
     }
+    let _gc = store.gc_lock.read().unwrap();
+    let mut conn = store.db.lock();
+    let tx = conn.transaction().ctx("begin snapshot")?;
+    if tx
+        .query_row(
+            "SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2",
+            params![v.id.0 as i64, name],
+            |_| Ok(()),
+        )
+        .optional()
+        .ctx("checking snapshot name")?
+        .is_some()
+    {
+        return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
+    }
+    let mut b = Builder {
+        store,
+        conn: &tx,
+        locs: Vec::new(),
+        dirs_encoded: 0,
+    };
+    let root_tree = b.build(v.root)?;
+    let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
+    let root = namespace::get(&tx, v.root)?;
+    let root_entry = TreeEntry {
+        name: Vec::new(),
+        attr: root.attr,
+        target_ref: Some(root_tree),
+        link: Vec::new(),
+    };
+    let sealed = store.chunks.writer.lock().unwrap().sync(&store.latch)?;
+    ChunkStore::index_rows(&tx, &locs, &sealed)?;
+    let logical = namespace::logical_bytes(&tx, Some(v.id))? as i64;
+    let now = Timespec::now();
+    tx.execute(
+        "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns, logical_bytes)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            v.id.0 as i64,
+            name,
+            &root_tree.0[..],
+            tree::encode_entry_alone(&root_entry),
+            now.sec,
+            now.nsec,
+            logical
+        ],
+    )
+    .ctx("recording snapshot")?;
+    let id = SnapshotId(tx.last_insert_rowid() as u64);
+    tx.commit().ctx("commit snapshot")?;
+    drop(conn);
+    store.db.sync_wal(&store.latch)?;
+    tracing::info!(
+        volume = vol,
+        snapshot = name,
+        dirs_encoded,
+        ms = t0.elapsed().as_millis() as u64,
+        "snapshot created"
+    );
+    Ok(SnapshotInfo {
+        id,
+        volume: vol.to_owned(),
+        name: name.to_owned(),
+        created: now,
+        root: root_tree,
+        logical_bytes: logical as u64,
+        dirs_encoded,
+    })
+}
+
+/// Snapshots of one volume (or all), oldest first.
+pub(crate) fn snapshots(store: &Store, vol: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+    let conn = store.db.lock();
+    let rows = match vol {
+        None => query(&conn, "1", [])?,
+        Some(name) => match namespace::volumes(&conn)?
+            .into_iter()
+            .find(|v| v.name == name)
+        {
+            Some(v) => query(&conn, "vol=?1", [v.id.0 as i64])?,
+            None => Vec::new(),
+        },
+    };
+    Ok(rows.into_iter().map(|(i, _)| i).collect())
+}
+
+/// A snapshot and its root entry by id (for stateless NFS handles).
+pub(crate) fn snapshot_by_id(store: &Store, id: SnapshotId) -> Result<(SnapshotInfo, TreeEntry)> {
+    let (info, entry) = query(&store.db.lock(), "id=?1", [id.0 as i64])?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound(format!("snapshot id {id}")))?;
+    Ok((info, tree::decode_entry_alone(&entry)?))
+}
+
+/// Entries of a directory object by id, sorted by name.
+pub(crate) fn dir_entries(store: &Store, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
+    store.dir_object(id)
+}
+
+/// Deletes a snapshot record; its data goes at the next GC.
+pub(crate) fn delete_snapshot(store: &Store, vol: &str, name: &str) -> Result<()> {
+    store.latch.check()?;
+    let (info, _) = store.snapshot_row(vol, name)?;
+    let _gc = store.gc_lock.read().unwrap();
+    store.freeing(|| {
+        store
+            .db
+            .lock()
+            .execute("DELETE FROM snapshots WHERE id=?1", [info.id.0 as i64])
+            .ctx("deleting snapshot")
+    })?;
+    store.db.sync_wal(&store.latch)?;
+    tracing::info!(volume = vol, snapshot = name, "snapshot deleted");
+    Ok(())
+}
+
+/// The root directory entry of a snapshot.
+pub(crate) fn snapshot_root(store: &Store, vol: &str, name: &str) -> Result<TreeEntry> {
+    Ok(store.snapshot_row(vol, name)?.1)
+}
+
+/// Entries of a snapshot directory, sorted by name.
+pub(crate) fn snapshot_children(store: &Store, dir: &TreeEntry) -> Result<Arc<Vec<TreeEntry>>> {
+    if dir.attr.kind != FileKind::Dir {
+        return Err(StoreError::NotDir(
+            String::from_utf8_lossy(&dir.name).into_owned(),
+        ));
+    }
+    let id = dir
+        .target_ref
+        .ok_or_else(|| StoreError::Format("directory entry without tree".into()))?;
+    store.dir_object(&id)
+}
+
+pub(crate) fn snap_lookup(store: &Store, dir: &TreeEntry, name: &[u8]) -> Result<TreeEntry> {
+    let entries = store.snapshot_children(dir)?;
+    entries
+        .binary_search_by(|e| e.name.as_slice().cmp(name))
+        .map(|i| entries[i].clone())
+        .map_err(|_| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))
+}
+
+/// Reads a file of a snapshot.
+pub(crate) fn snap_read(
+    store: &Store,
+    f: &TreeEntry,
+    off: u64,
+    len: u32,
+) -> Result<(Vec<u8>, bool)> {
+    if f.attr.kind != FileKind::File {
+        return Err(StoreError::IsDir(
+            String::from_utf8_lossy(&f.name).into_owned(),
+        ));
+    }
+    let size = f.attr.size;
+    let n = size.saturating_sub(off).min(len as u64) as usize;
+    let mut buf = vec![0u8; n];
+    if let Some(c) = f.target_ref {
+        let name = String::from_utf8_lossy(&f.name).into_owned();
+        store.read_content(&c, off, &mut buf, &|| format!("snapshot file {name}"))?;
+    }
+    Ok((buf, off + n as u64 >= size))
+}
+
+/// Makes a new writable volume from a snapshot. Data is shared, not copied; only
+/// inode rows are written.
+pub(crate) fn clone_snapshot(
+    store: &Store,
+    vol: &str,
+    snap: &str,
+    new_vol: &str,
+) -> Result<Volume> {
+    store.latch.check()?;
+    check_volume_name(new_vol)?;
+    let (_, root) = store.snapshot_row(vol, snap)?;
+    // Read the whole tree first (chunk reads take the db lock).
+    let mut plan: Vec<(usize, TreeEntry)> = Vec::new();
+    let mut stack = vec![(usize::MAX, root.clone())];
+    while let Some((parent_idx, e)) = stack.pop() {
+        let idx = plan.len();
+        plan.push((parent_idx, e.clone()));
+        if e.attr.kind == FileKind::Dir {
+            for c in store.snapshot_children(&e)?.iter() {
+                stack.push((idx, c.clone()));
+            }
+        }
+    }
+    // Names of one file (same file id in the snapshot) stay names of one file.
+    let mut names: HashMap<FileId, u32> = HashMap::new();
+    for (_, e) in &plan[1..] {
+        if e.attr.kind != FileKind::Dir {
+            *names.entry(e.attr.ino).or_default() += 1;
+        }
+    }
+    let _gc = store.gc_lock.read().unwrap();
+    let mut conn = store.db.lock();
+    let tx = conn.transaction().ctx("begin clone")?;
+    let new_inode = |vid: VolumeId, e: &TreeEntry, nlink: u32| {
+        let a = e.attr;
+        let (content, tree) = match a.kind {
+            FileKind::Dir => (None, e.target_ref),
+            _ => (e.target_ref, None),
+        };
+        namespace::insert_inode(
+            &tx,
+            &NewInode {
+                vol: vid,
+                kind: a.kind,
+                attr: NewAttr {
+                    mode: a.mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                },
+                size: a.size,
+                times: [a.atime, a.mtime, a.ctime],
+                content,
+                link: &e.link,
+                tree,
+                verf: None,
+                nlink,
+            },
+        )
+    };
+    let volume = namespace::create_volume(&tx, new_vol, |vid| new_inode(vid, &plan[0].1, 1))?;
+    let mut new_ids: Vec<FileId> = Vec::with_capacity(plan.len());
+    let mut linked: HashMap<FileId, FileId> = HashMap::new();
+    new_ids.push(volume.root);
+    for (parent_idx, e) in &plan[1..] {
+        let parent = new_ids[*parent_idx];
+        let ino = match linked.get(&e.attr.ino) {
+            Some(&ino) => ino,
+            None => {
+                let n = names.get(&e.attr.ino).copied().unwrap_or(1);
+                let ino = new_inode(volume.id, e, n)?;
+                if e.attr.kind != FileKind::Dir {
+                    linked.insert(e.attr.ino, ino);
+                }
+                ino
+            }
+        };
+        namespace::add_entry(&tx, parent, &e.name, ino)?;
+        new_ids.push(ino);
+    }
+    tx.commit().ctx("commit clone")?;
+    drop(conn);
+    store.db.sync_wal(&store.latch)?;
+    tracing::info!(
+        volume = vol,
+        snapshot = snap,
+        clone = new_vol,
+        inodes = plan.len(),
+        "snapshot cloned"
+    );
+    Ok(volume)
 }

@@ -13,7 +13,8 @@
 //! `sync` calls on one file share fsyncs: a caller returns as soon as an fsync that
 //! started after its write has completed.
 //!
-//! Lock order: `Staging::files` → `Staged::inner` → (chunk store, db).
+//! Lock order (as in the crate docs): `StagedFile::inner` → `Staging::files` → (db, chunk
+//! store); see `lib.rs` for the whole order.
 
 use crate::durable::Latch;
 use crate::error::{Result, StoreError};
@@ -105,7 +106,7 @@ pub(crate) struct IngestLog {
     pub truncated: bool,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct StagedState {
     pub file: Arc<File>,
     pub journal: Option<File>,
     /// Overlay mode: ingested content under the staged ranges, and its length limit.
@@ -124,10 +125,10 @@ pub(crate) struct Inner {
     pub dropped: bool,
 }
 
-pub(crate) struct Staged {
+pub(crate) struct StagedFile {
     pub ino: FileId,
     pub path: PathBuf,
-    pub inner: Mutex<Inner>,
+    pub inner: Mutex<StagedState>,
     /// Group commit: (writes covered by the last completed fsync, fsync in progress).
     sync_state: Mutex<(u64, bool)>,
     sync_cv: Condvar,
@@ -136,7 +137,7 @@ pub(crate) struct Staged {
 
 pub(crate) struct Staging {
     pub dir: PathBuf,
-    pub files: Mutex<HashMap<FileId, Arc<Staged>>>,
+    pub files: Mutex<HashMap<FileId, Arc<StagedFile>>>,
     /// Largest file the staging filesystem holds (probed at open).
     pub max_file_size: u64,
 }
@@ -231,16 +232,41 @@ fn journal_append(j: &mut File, staging: &Path, off: u64, len: u64) -> Result<()
         .map_err(|e| StoreError::io("append staging journal", journal_path(staging), e))
 }
 
-#[cfg(test)]
-impl Inner {
+/// What a read of `[off, end)` of a staged file needs, taken under its lock so that
+/// the reads themselves run without it: a write that comes later is not seen, as if it
+/// had come after the read.
+pub struct ReadView {
+    file: Arc<File>,
+    base: Option<ChunkId>,
+    base_limit: u64,
+    /// Staged ranges overlapping the read.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl StagedState {
+    /// The state a read of `[off, end)` needs (see [`ReadView`]).
+    pub fn view(&self, off: u64, end: u64) -> ReadView {
+        ReadView {
+            file: self.file.clone(),
+            base: self.base,
+            base_limit: self.base_limit,
+            ranges: if self.base.is_some() {
+                self.ranges.overlaps(off, end)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
     /// A staging state over `file` for unit tests of what reads it.
+    #[cfg(test)]
     pub(crate) fn for_test(
         file: File,
         base: Option<ChunkId>,
         base_limit: u64,
         ranges: RangeSet,
-    ) -> Inner {
-        Inner {
+    ) -> StagedState {
+        StagedState {
             file: Arc::new(file),
             journal: None,
             base,
@@ -257,9 +283,9 @@ impl Inner {
     }
 }
 
-impl Staged {
-    fn new(ino: FileId, path: PathBuf, inner: Inner) -> Arc<Staged> {
-        Arc::new(Staged {
+impl StagedFile {
+    fn new(ino: FileId, path: PathBuf, inner: StagedState) -> Arc<StagedFile> {
+        Arc::new(StagedFile {
             ino,
             path,
             inner: Mutex::new(inner),
@@ -269,7 +295,7 @@ impl Staged {
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub fn lock(&self) -> MutexGuard<'_, StagedState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -341,10 +367,11 @@ impl Staged {
     }
 
     /// Reads `[off, off+buf.len())` of the merged view into `buf` (already clipped to
-    /// the size by the caller). `base_read` fills a range from the base content.
-    pub fn read_into(
+    /// the size by the caller), as of `view` (taken under the file's lock, which is not
+    /// held for the I/O). `base_read` fills a range from the base content.
+    pub fn read_view(
         &self,
-        g: &Inner,
+        view: &ReadView,
         off: u64,
         buf: &mut [u8],
         base_read: BaseRead<'_>,
@@ -352,19 +379,17 @@ impl Staged {
         let end = off + buf.len() as u64;
         let pread = |s: u64, e: u64, buf: &mut [u8]| -> Result<()> {
             let dst = &mut buf[(s - off) as usize..(e - off) as usize];
-            read_exact_or_zero(&g.file, dst, s)
+            read_exact_or_zero(&view.file, dst, s)
                 .map_err(|e| StoreError::io("read staging file", &self.path, e))
         };
-        match g.base {
+        match view.base {
             None => pread(off, end, buf),
             Some(base) => {
-                buf.fill(0);
-                let bend = end.min(g.base_limit);
-                if off < bend {
-                    base_read(base, off, &mut buf[..(bend - off) as usize])?;
-                }
-                for (s, e) in g.ranges.overlaps(off, end) {
-                    pread(s, e, buf)?;
+                let bend = end.min(view.base_limit).max(off);
+                base_read(base, off, &mut buf[..(bend - off) as usize])?;
+                buf[(bend - off) as usize..].fill(0);
+                for &(s, e) in &view.ranges {
+                    pread(s.max(off), e.min(end), buf)?;
                 }
                 Ok(())
             }
@@ -487,11 +512,11 @@ impl Staging {
         })
     }
 
-    pub fn get(&self, ino: FileId) -> Option<Arc<Staged>> {
+    pub fn get(&self, ino: FileId) -> Option<Arc<StagedFile>> {
         self.files.lock().unwrap().get(&ino).cloned()
     }
 
-    pub fn all(&self) -> Vec<Arc<Staged>> {
+    pub fn all(&self) -> Vec<Arc<StagedFile>> {
         self.files.lock().unwrap().values().cloned().collect()
     }
 
@@ -506,7 +531,7 @@ impl Staging {
         base: Option<(ChunkId, u64)>,
         size: u64,
         mtime: Timespec,
-    ) -> Result<Arc<Staged>> {
+    ) -> Result<Arc<StagedFile>> {
         let mut files = self.files.lock().unwrap();
         if let Some(s) = files.get(&ino) {
             return Ok(s.clone());
@@ -541,10 +566,10 @@ impl Staging {
             // Record the starting size so a restart replays from it.
             journal_append(j, &path, size, JOURNAL_TRUNCATE)?;
         }
-        let s = Staged::new(
+        let s = StagedFile::new(
             ino,
             path,
-            Inner {
+            StagedState {
                 file: Arc::new(file),
                 journal,
                 base: base.map(|b| b.0),
@@ -582,8 +607,8 @@ impl Staging {
     pub fn rebase(
         &self,
         latch: &Latch,
-        st: &Staged,
-        g: &mut Inner,
+        st: &StagedFile,
+        g: &mut StagedState,
         new_base: ChunkId,
         base_len: u64,
         raced: &RangeSet,
@@ -694,10 +719,10 @@ impl Staging {
                 }
                 Err(e) => return Err(StoreError::io("read staging journal", &jp, e)),
             };
-            let s = Staged::new(
+            let s = StagedFile::new(
                 ino,
                 path,
-                Inner {
+                StagedState {
                     file: Arc::new(file),
                     journal,
                     base,

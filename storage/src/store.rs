@@ -1,4 +1,7 @@
-//! The `Store` facade: the one type the NFS layer and the appliance use.
+//! The `Store` facade: the one type the NFS layer and the appliance use. Every
+//! operation the store offers is a method here; the work of ingest, snapshots, GC and
+//! verify is done by functions of those modules, which this facade calls (each table
+//! has one module that queries it, see ARCHITECTURE.md).
 
 use crate::chunk_store::ChunkStore;
 use crate::chunker::ChunkerParams;
@@ -6,17 +9,23 @@ use crate::content::ContentList;
 use crate::db::Db;
 use crate::durable::Latch;
 use crate::error::{DbContext, Result, StoreError};
+use crate::gc::{GcOptions, GcPlan, GcReport};
 use crate::ids::{ChunkId, FileId};
+use crate::ids::{SnapshotId, VolumeId};
+use crate::ingest::IngestReport;
 pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
-use crate::staging::{Staged, Staging};
+use crate::snapshot::SnapshotInfo;
+use crate::staging::{StagedFile, Staging};
 use crate::tree::TreeEntry;
+use crate::verify::VerifyReport;
 use lru::LruCache;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Space kept free for metadata: a write of file data that would leave less than this
 /// on the store's filesystem is refused with `NoSpace`, so that names, deletes and
@@ -555,7 +564,7 @@ impl Store {
         }
     }
 
-    fn start_staging(&self, i: &Inode) -> Result<Arc<Staged>> {
+    fn start_staging(&self, i: &Inode) -> Result<Arc<StagedFile>> {
         let base = match i.content {
             Some(c) => Some((c, self.content(&c)?.len())),
             None => None,
@@ -639,15 +648,18 @@ impl Store {
     pub fn read(&self, ino: FileId, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
         loop {
             if let Some(st) = self.staging.get(ino) {
-                let g = st.lock();
-                if g.dropped {
-                    continue;
-                }
-                let size = g.size;
+                let (size, view) = {
+                    let g = st.lock();
+                    if g.dropped {
+                        continue;
+                    }
+                    let n = g.size.saturating_sub(off).min(len as u64);
+                    (g.size, g.view(off, off + n))
+                };
                 let n = size.saturating_sub(off).min(len as u64) as usize;
                 let mut buf = vec![0u8; n];
                 let what = || format!("file id {ino}");
-                st.read_into(&g, off, &mut buf, &|c, o, b| {
+                st.read_view(&view, off, &mut buf, &|c, o, b| {
                     self.read_content(&c, o, b, &what)
                 })?;
                 return Ok((buf, off + n as u64 >= size));
@@ -752,6 +764,102 @@ impl Store {
         let l = Arc::new(ContentList::decode(&raw)?);
         self.content_cache.lock().unwrap().put(*c, l.clone());
         Ok(l)
+    }
+
+    // ------------------------------------------------------------------ ingest (`ingest.rs`)
+
+    /// Ingests staged files that have had no write for `idle`.
+    pub fn ingest_idle(&self, idle: Duration) -> Result<IngestReport> {
+        crate::ingest::ingest_idle(self, idle)
+    }
+
+    /// [`Store::ingest_idle`] as of `now` (the clock is the caller's: tests move it
+    /// instead of waiting).
+    pub fn ingest_idle_at(&self, idle: Duration, now: Instant) -> Result<IngestReport> {
+        crate::ingest::ingest_idle_at(self, idle, now)
+    }
+
+    /// Ingests every staged file (of one volume, or all).
+    pub fn ingest_all(&self, vol: Option<VolumeId>) -> Result<IngestReport> {
+        crate::ingest::ingest_all(self, vol)
+    }
+
+    /// Ingests one file now, if it is staged.
+    pub fn ingest_file(&self, ino: FileId) -> Result<IngestReport> {
+        crate::ingest::ingest_file(self, ino)
+    }
+
+    // ------------------------------------------------------------------ snapshots (`snapshot.rs`)
+
+    /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
+    /// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
+    pub fn snapshot(&self, vol: &str, name: &str) -> Result<SnapshotInfo> {
+        crate::snapshot::snapshot(self, vol, name)
+    }
+
+    /// Snapshots of one volume (or all), oldest first.
+    pub fn snapshots(&self, vol: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        crate::snapshot::snapshots(self, vol)
+    }
+
+    /// A snapshot and its root entry by id (for stateless NFS handles).
+    pub fn snapshot_by_id(&self, id: SnapshotId) -> Result<(SnapshotInfo, TreeEntry)> {
+        crate::snapshot::snapshot_by_id(self, id)
+    }
+
+    /// Entries of a directory object by id, sorted by name.
+    pub fn dir_entries(&self, id: &ChunkId) -> Result<Arc<Vec<TreeEntry>>> {
+        crate::snapshot::dir_entries(self, id)
+    }
+
+    /// Deletes a snapshot record; its data goes at the next GC.
+    pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {
+        crate::snapshot::delete_snapshot(self, vol, name)
+    }
+
+    /// The root directory entry of a snapshot.
+    pub fn snapshot_root(&self, vol: &str, name: &str) -> Result<TreeEntry> {
+        crate::snapshot::snapshot_root(self, vol, name)
+    }
+
+    /// Entries of a snapshot directory, sorted by name.
+    pub fn snapshot_children(&self, dir: &TreeEntry) -> Result<Arc<Vec<TreeEntry>>> {
+        crate::snapshot::snapshot_children(self, dir)
+    }
+
+    pub fn snap_lookup(&self, dir: &TreeEntry, name: &[u8]) -> Result<TreeEntry> {
+        crate::snapshot::snap_lookup(self, dir, name)
+    }
+
+    /// Reads a file of a snapshot.
+    pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        crate::snapshot::snap_read(self, f, off, len)
+    }
+
+    /// Makes a new writable volume from a snapshot. Data is shared, not copied; only
+    /// inode rows are written.
+    pub fn clone_snapshot(&self, vol: &str, snap: &str, new_vol: &str) -> Result<Volume> {
+        crate::snapshot::clone_snapshot(self, vol, snap, new_vol)
+    }
+
+    // ------------------------------------------------------------------ gc (`gc.rs`)
+
+    /// Computes what GC would do, without changing anything.
+    pub fn gc_plan(&self, opts: &GcOptions) -> Result<GcPlan> {
+        crate::gc::gc_plan(self, opts)
+    }
+
+    /// Runs garbage collection. On a full disk the emergency reserve is given up so
+    /// that GC can run; it is taken again once GC has freed space.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        crate::gc::gc(self, opts)
+    }
+
+    // ------------------------------------------------------------------ verify (`verify.rs`)
+
+    /// Verifies every chunk. Damaged chunks are quarantined (flagged, copied aside).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        crate::verify::verify(self)
     }
 
     /// Store-wide numbers for status pages and benchmarks.

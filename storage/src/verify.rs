@@ -61,126 +61,6 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Verifies every chunk. Damaged chunks are quarantined (flagged, copied aside).
-    pub fn verify(&self) -> Result<VerifyReport> {
-        let t0 = std::time::Instant::now();
-        let mut report = VerifyReport::default();
-        type Row = (ChunkId, PackId, u64, u32, i64, u32, i64);
-        let rows: Vec<Row> = ChunkStore::all_rows(&self.db.lock())?
-            .into_iter()
-            .map(|(id, e)| {
-                (
-                    id,
-                    e.pack,
-                    e.offset,
-                    e.stored_len,
-                    e.flags,
-                    e.raw_len,
-                    e.inner_off,
-                )
-            })
-            .collect();
-        // Group the index rows by the record they live in.
-        let mut by_record: BTreeMap<(PackId, u64), Vec<Row>> = BTreeMap::new();
-        for r in rows {
-            by_record.entry((r.1, r.2)).or_default().push(r);
-        }
-        let mut damaged_ids = HashSet::new();
-        let mut last_pack = None;
-        let mut file: Option<std::io::Result<std::fs::File>> = None;
-        for ((p, off), members) in by_record {
-            let path = pack::pack_path(&self.chunks.dir, p);
-            if last_pack != Some(p) {
-                report.packs += 1;
-                file = Some(std::fs::File::open(&path));
-                last_pack = Some(p);
-            }
-            let stored_len = members[0].3;
-            report.bytes += stored_len as u64;
-            // Read from disk, never from the cache: the point is to see what is stored.
-            let mut stored_copy = None;
-            let decoded: std::result::Result<Vec<u8>, String> = match file.as_ref().unwrap() {
-                Err(e) => Err(format!("pack {} unreadable: {e}", path.display())),
-                Ok(f) => match pack::read_record(f, &path, off, stored_len) {
-                    Err(e) => Err(e.to_string()),
-                    Ok((hdr, stored)) => {
-                        let r = pack::decode_payload(&hdr, &stored);
-                        stored_copy = Some(stored);
-                        r
-                    }
-                },
-            };
-            let mut quarantined = false;
-            let mut record: Option<RecordDamage> = None;
-            for (id, _, _, _, flags, raw_len, inner) in members {
-                report.chunks += 1;
-                let problem = match &decoded {
-                    Err(d) => Some(d.clone()),
-                    Ok(raw) => {
-                        let data = if inner < 0 {
-                            Some(&raw[..])
-                        } else {
-                            raw.get(inner as usize..inner as usize + raw_len as usize)
-                        };
-                        match data {
-                            None => Some("member outside its bundle".to_string()),
-                            Some(d) if ChunkId::of(d) != id => Some("BLAKE3 mismatch".to_string()),
-                            Some(_) if flags & CHUNK_DAMAGED != 0 => {
-                                Some("flagged by an earlier verify".to_string())
-                            }
-                            Some(_) => None,
-                        }
-                    }
-                };
-                if let Some(detail) = problem {
-                    let r = record.get_or_insert_with(|| RecordDamage {
-                        pack: p,
-                        offset: off,
-                        chunks: 0,
-                        quarantine: Err("flagged by an earlier verify".into()),
-                        detail: detail.clone(),
-                    });
-                    r.chunks += 1;
-                    if flags & CHUNK_DAMAGED == 0 {
-                        let copy = if quarantined {
-                            None
-                        } else {
-                            stored_copy.as_deref()
-                        };
-                        let q = self.quarantine(&id, p, off, &detail, copy)?;
-                        if !quarantined {
-                            r.quarantine = q.ok_or_else(|| {
-                                format!("no copy kept: the record could not be read ({detail})")
-                            });
-                        }
-                        quarantined = true;
-                    }
-                    tracing::error!(chunk = %id, pack = %p, offset = off, %detail, "damaged chunk");
-                    damaged_ids.insert(id);
-                    report.damaged.push(Damage {
-                        chunk: id,
-                        pack: p,
-                        offset: off,
-                        detail,
-                    });
-                }
-            }
-            report.records.extend(record);
-        }
-        self.verify_staging(&mut report);
-        if !damaged_ids.is_empty() {
-            self.find_affected(&damaged_ids, &mut report)?;
-        }
-        tracing::info!(
-            packs = report.packs,
-            chunks = report.chunks,
-            damaged = report.damaged.len(),
-            ms = t0.elapsed().as_millis() as u64,
-            "verify done"
-        );
-        Ok(report)
-    }
-
     fn quarantine(
         &self,
         id: &ChunkId,
@@ -292,7 +172,7 @@ impl Store {
                                 .push(format!("{}@{}:{path}/", s.volume, s.name));
                             continue;
                         }
-                        match self.snap_dir(&e) {
+                        match self.snapshot_children(&e) {
                             Ok(entries) => {
                                 for c in entries.iter() {
                                     stack.push((
@@ -320,4 +200,124 @@ impl Store {
         report.affected_snapshots.sort();
         Ok(())
     }
+}
+
+/// Verifies every chunk. Damaged chunks are quarantined (flagged, copied aside).
+pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
+    let t0 = std::time::Instant::now();
+    let mut report = VerifyReport::default();
+    type Row = (ChunkId, PackId, u64, u32, i64, u32, i64);
+    let rows: Vec<Row> = ChunkStore::all_rows(&store.db.lock())?
+        .into_iter()
+        .map(|(id, e)| {
+            (
+                id,
+                e.pack,
+                e.offset,
+                e.stored_len,
+                e.flags,
+                e.raw_len,
+                e.inner_off,
+            )
+        })
+        .collect();
+    // Group the index rows by the record they live in.
+    let mut by_record: BTreeMap<(PackId, u64), Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        by_record.entry((r.1, r.2)).or_default().push(r);
+    }
+    let mut damaged_ids = HashSet::new();
+    let mut last_pack = None;
+    let mut file: Option<std::io::Result<std::fs::File>> = None;
+    for ((p, off), members) in by_record {
+        let path = pack::pack_path(&store.chunks.dir, p);
+        if last_pack != Some(p) {
+            report.packs += 1;
+            file = Some(std::fs::File::open(&path));
+            last_pack = Some(p);
+        }
+        let stored_len = members[0].3;
+        report.bytes += stored_len as u64;
+        // Read from disk, never from the cache: the point is to see what is stored.
+        let mut stored_copy = None;
+        let decoded: std::result::Result<Vec<u8>, String> = match file.as_ref().unwrap() {
+            Err(e) => Err(format!("pack {} unreadable: {e}", path.display())),
+            Ok(f) => match pack::read_record(f, &path, off, stored_len) {
+                Err(e) => Err(e.to_string()),
+                Ok((hdr, stored)) => {
+                    let r = pack::decode_payload(&hdr, &stored);
+                    stored_copy = Some(stored);
+                    r
+                }
+            },
+        };
+        let mut quarantined = false;
+        let mut record: Option<RecordDamage> = None;
+        for (id, _, _, _, flags, raw_len, inner) in members {
+            report.chunks += 1;
+            let problem = match &decoded {
+                Err(d) => Some(d.clone()),
+                Ok(raw) => {
+                    let data = if inner < 0 {
+                        Some(&raw[..])
+                    } else {
+                        raw.get(inner as usize..inner as usize + raw_len as usize)
+                    };
+                    match data {
+                        None => Some("member outside its bundle".to_string()),
+                        Some(d) if ChunkId::of(d) != id => Some("BLAKE3 mismatch".to_string()),
+                        Some(_) if flags & CHUNK_DAMAGED != 0 => {
+                            Some("flagged by an earlier verify".to_string())
+                        }
+                        Some(_) => None,
+                    }
+                }
+            };
+            if let Some(detail) = problem {
+                let r = record.get_or_insert_with(|| RecordDamage {
+                    pack: p,
+                    offset: off,
+                    chunks: 0,
+                    quarantine: Err("flagged by an earlier verify".into()),
+                    detail: detail.clone(),
+                });
+                r.chunks += 1;
+                if flags & CHUNK_DAMAGED == 0 {
+                    let copy = if quarantined {
+                        None
+                    } else {
+                        stored_copy.as_deref()
+                    };
+                    let q = store.quarantine(&id, p, off, &detail, copy)?;
+                    if !quarantined {
+                        r.quarantine = q.ok_or_else(|| {
+                            format!("no copy kept: the record could not be read ({detail})")
+                        });
+                    }
+                    quarantined = true;
+                }
+                tracing::error!(chunk = %id, pack = %p, offset = off, %detail, "damaged chunk");
+                damaged_ids.insert(id);
+                report.damaged.push(Damage {
+                    chunk: id,
+                    pack: p,
+                    offset: off,
+                    detail,
+                });
+            }
+        }
+        report.records.extend(record);
+    }
+    store.verify_staging(&mut report);
+    if !damaged_ids.is_empty() {
+        store.find_affected(&damaged_ids, &mut report)?;
+    }
+    tracing::info!(
+        packs = report.packs,
+        chunks = report.chunks,
+        damaged = report.damaged.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "verify done"
+    );
+    Ok(report)
 }

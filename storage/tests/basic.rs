@@ -103,7 +103,7 @@ fn snapshot_clone_delete_gc() {
 
     let root = s.snapshot_root("vol", "s1").unwrap();
     let names: Vec<_> = s
-        .snap_dir(&root)
+        .snapshot_children(&root)
         .unwrap()
         .iter()
         .map(|e| e.name.clone())

@@ -175,7 +175,7 @@ fn check(dir: &std::path::Path, acked: &[u64], deleted: &[u64], snaps: &[String]
     }
     for n in &existing {
         let root = s.snapshot_root("vol", n).unwrap();
-        for e in s.snap_dir(&root).unwrap().iter() {
+        for e in s.snapshot_children(&root).unwrap().iter() {
             let i: u64 = std::str::from_utf8(&e.name[1..]).unwrap().parse().unwrap();
             let (d, _) = s.snap_read(e, 0, u32::MAX).unwrap();
             assert!(d == content(i), "snapshot {n} file f{i} differs");

@@ -213,7 +213,7 @@ fn snapshot_tree(s: &Store, vol: &str, name: &str) -> (Tree, Links) {
     let root = s.snapshot_root(vol, name).unwrap();
     let mut stack = vec![(Vec::new(), root)];
     while let Some((path, e)) = stack.pop() {
-        for c in s.snap_dir(&e).unwrap().iter() {
+        for c in s.snapshot_children(&e).unwrap().iter() {
             let mut p = path.clone();
             if !p.is_empty() {
                 p.push(b'/');

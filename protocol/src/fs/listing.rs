@@ -138,7 +138,7 @@ impl KuraFs {
                     done: false,
                 })
             }
-            Node::SnapDir(v) => {
+            Node::SnapshotsDir(v) => {
                 let vol = self.volume_by_id(v).await?;
                 let snaps = self
                     .shared
@@ -164,7 +164,7 @@ impl KuraFs {
                     return Err(nfsstat3::NFS3ERR_NOTDIR);
                 }
                 let dir = e.target_ref.ok_or(nfsstat3::NFS3ERR_IO)?;
-                let (entries, _) = self.snap_dir(dir).await?;
+                let (entries, _) = self.snap_dir_index(dir).await?;
                 Ok(KuraIter::Snap {
                     fs: self.clone(),
                     snap,

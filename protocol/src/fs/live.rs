@@ -7,7 +7,7 @@ use super::*;
 impl KuraFs {
     pub async fn setattr(&self, id: &Checked, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let node = id.0.clone();
-        let ino = self.live_dir(&node)?;
+        let ino = self.writable_node(&node)?;
         let s = self.set_attr(&setattr);
         self.shared.invalidate(&[ino]);
         let a = self
@@ -26,7 +26,7 @@ impl KuraFs {
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         let node = id.0.clone();
-        let ino = self.live_dir(&node)?;
+        let ino = self.writable_node(&node)?;
         let a = self.live_attr(ino).await?;
         if a.kind != FileKind::File {
             return Err(nfsstat3::NFS3ERR_INVAL);
@@ -62,7 +62,7 @@ impl KuraFs {
         attr: sattr3,
         guarded: bool,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&attr, 0o644);
@@ -109,7 +109,7 @@ impl KuraFs {
         filename: &filename3<'_>,
         createverf: createverf3,
     ) -> Result<Node, nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o644);
@@ -131,7 +131,7 @@ impl KuraFs {
         dirname: &filename3<'_>,
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(attr, 0o755);
@@ -163,7 +163,7 @@ impl KuraFs {
         filename: &filename3<'_>,
         want_dir: bool,
     ) -> Result<(), nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let name = filename.as_ref().to_vec();
         if name.as_slice() == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
             return Err(nfsstat3::NFS3ERR_ROFS);
@@ -191,8 +191,8 @@ impl KuraFs {
         to_dirid: &Checked,
         to_filename: &filename3<'a>,
     ) -> Result<(), nfsstat3> {
-        let from = self.live_dir(&from_dirid.0)?;
-        let to = self.live_dir(&to_dirid.0)?;
+        let from = self.writable_node(&from_dirid.0)?;
+        let to = self.writable_node(&to_dirid.0)?;
         let (fname, tname) = (
             from_filename.as_ref().to_vec(),
             to_filename.as_ref().to_vec(),
@@ -225,7 +225,7 @@ impl KuraFs {
         dirid: &Checked,
         name: &filename3<'_>,
     ) -> Result<fattr3, nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let ino = match file.0 {
             Node::Live(i) => i,
             Node::Root => return Err(nfsstat3::NFS3ERR_ACCES),
@@ -248,7 +248,7 @@ impl KuraFs {
         symlink: &nfspath3<'a>,
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
-        let dir = self.live_dir(&dirid.0)?;
+        let dir = self.writable_node(&dirid.0)?;
         let name = linkname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let target = symlink.0.to_vec();

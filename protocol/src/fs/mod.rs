@@ -138,7 +138,7 @@ impl KuraFs {
                 let a = self.live_attr(*ino).await?;
                 Ok(self.fattr(node, &a))
             }
-            Node::SnapDir(v) => {
+            Node::SnapshotsDir(v) => {
                 let vol = self.volume_by_id(*v).await?;
                 let root = self.live_attr(vol.root).await?;
                 Ok(self.synthetic_dir(node, 0o555, root.ctime))
@@ -158,7 +158,7 @@ impl KuraFs {
             Node::Live(ino) => {
                 self.live_attr(*ino).await?;
             }
-            Node::SnapDir(v) => {
+            Node::SnapshotsDir(v) => {
                 self.volume_by_id(*v).await?;
             }
             Node::SnapRoot(snap) | Node::SnapEntry { snap, .. } => {

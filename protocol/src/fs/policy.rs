@@ -123,8 +123,11 @@ impl KuraFs {
             },
         }
     }
-    /// The live directory a mutation targets; snapshot nodes are read-only.
-    pub(super) fn live_dir(&self, node: &Node) -> Result<FileId, nfsstat3> {
+
+    /// The live node (file or directory) a mutation targets: snapshot nodes are
+    /// read-only (ROFS), the export root takes no files (ACCES), a read-only export
+    /// nothing (ROFS).
+    pub(super) fn writable_node(&self, node: &Node) -> Result<FileId, nfsstat3> {
         self.writable()?;
         match node {
             Node::Live(i) => Ok(*i),

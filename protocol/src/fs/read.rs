@@ -39,7 +39,7 @@ impl KuraFs {
                     Node::Live(p.ok_or(nfsstat3::NFS3ERR_NOENT)?)
                 } else if name.as_slice() == SNAPDIR {
                     match self.volume_of_root(dir).await? {
-                        Some(v) => Node::SnapDir(v.id),
+                        Some(v) => Node::SnapshotsDir(v.id),
                         None => {
                             let a = self
                                 .shared
@@ -60,7 +60,7 @@ impl KuraFs {
                     Node::Live(a.ino)
                 }
             }
-            Node::SnapDir(v) => {
+            Node::SnapshotsDir(v) => {
                 if name.as_slice() == b".." {
                     let vol = self.volume_by_id(v).await?;
                     Node::Live(vol.root)
@@ -87,7 +87,7 @@ impl KuraFs {
                 if name.as_slice() == b".." {
                     return self.snap_parent(snap, &node).await;
                 }
-                let (entries, _) = self.snap_dir(dir).await?;
+                let (entries, _) = self.snap_dir_index(dir).await?;
                 let k = entries
                     .binary_search_by(|x| x.name.as_slice().cmp(&name))
                     .map_err(|_| nfsstat3::NFS3ERR_NOENT)?;

@@ -5,7 +5,7 @@ use super::*;
 
 impl KuraFs {
     /// The index of a snapshot directory object by file id.
-    pub(super) async fn snap_dir(
+    pub(super) async fn snap_dir_index(
         &self,
         dir: ChunkId,
     ) -> Result<(Arc<Vec<TreeEntry>>, Arc<HashMap<FileId, usize>>), nfsstat3> {
@@ -47,7 +47,7 @@ impl KuraFs {
                 Ok((id, root))
             }
             Node::SnapEntry { snap, dir, ino } => {
-                let (entries, index) = self.snap_dir(*dir).await.map_err(stale)?;
+                let (entries, index) = self.snap_dir_index(*dir).await.map_err(stale)?;
                 let k = index.get(ino).ok_or(nfsstat3::NFS3ERR_STALE)?;
                 Ok((*snap, entries[*k].clone()))
             }
@@ -74,7 +74,7 @@ impl KuraFs {
                 .into_iter()
                 .find(|v| v.name == info.volume)
                 .ok_or(nfsstat3::NFS3ERR_STALE)?;
-            return Ok(Node::SnapDir(vol.id));
+            return Ok(Node::SnapshotsDir(vol.id));
         };
         let holder = *holder;
         let found = self
