@@ -244,10 +244,45 @@ pub fn read_record(
     let hdr = RecordHeader::decode(&h).ok_or_else(|| {
         StoreError::Format(format!("bad record header at {}:{offset}", path.display()))
     })?;
-    let mut buf = vec![0u8; stored_len as usize];
-    file.read_exact_at(&mut buf, offset + RECORD_HEADER_LEN as u64)
+    let buf = pread_vec(file, stored_len as usize, offset + RECORD_HEADER_LEN as u64)
         .map_err(|e| StoreError::io("read pack record", path, e))?;
     Ok((hdr, buf))
+}
+
+/// Reads exactly `len` bytes at `offset` into a new vector, without zeroing it first
+/// (a megabyte of memset per record read was a tenth of a READ's time).
+fn pread_vec(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::io::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut got = 0usize;
+    while got < len {
+        // SAFETY: the kernel writes at most `len - got` bytes into the vector's spare
+        // capacity at `got`; no Rust reference to uninitialized bytes is made, and the
+        // length is raised only over bytes the kernel wrote.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(got).cast(),
+                len - got,
+                (offset + got as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => {
+                got += n as usize;
+                // SAFETY: bytes 0..got were written by pread.
+                unsafe { buf.set_len(got) };
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 /// Decodes a record's payload to plain bytes and checks its hash.

@@ -670,10 +670,14 @@ impl Store {
             }
             let size = i.attr.size;
             let n = size.saturating_sub(off).min(len as u64) as usize;
-            let mut buf = vec![0u8; n];
-            if let Some(c) = i.content {
-                let what = || self.describe(ino);
-                self.read_content(&c, off, &mut buf, &what)?;
+            // Filled in order, each byte written once: no zeroed buffer first.
+            let mut buf = Vec::with_capacity(n);
+            match i.content {
+                Some(c) => {
+                    let what = || self.describe(ino);
+                    self.content_to(&c, off, n, &mut buf, &what)?;
+                }
+                None => buf.resize(n, 0),
             }
             return Ok((buf, off + n as u64 >= size));
         }
@@ -708,19 +712,32 @@ impl Store {
         buf: &mut [u8],
         what: &dyn Fn() -> String,
     ) -> Result<()> {
+        let len = buf.len();
+        self.content_to(c, off, len, &mut SliceSink { buf, pos: 0 }, what)
+    }
+
+    /// Sends `len` bytes of content `c` from `off` to `sink`, in order: chunk bytes
+    /// straight from the cached records, zeros for holes and past the content.
+    fn content_to(
+        &self,
+        c: &ChunkId,
+        off: u64,
+        len: usize,
+        sink: &mut dyn Sink,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         let list = self.content(c)?;
-        let mut pos = 0usize;
-        for (idx, eoff, elen) in list.pieces(off, buf.len() as u64) {
+        let mut done = 0usize;
+        for (idx, eoff, elen) in list.pieces(off, len as u64) {
             let (_, id) = list.entries[idx];
-            let dst = &mut buf[pos..pos + elen as usize];
             if id.is_hole() {
-                dst.fill(0);
+                sink.zeros(elen as usize);
             } else if list.index {
-                self.read_content(&id, eoff, dst, what)?;
+                self.content_to(&id, eoff, elen as usize, sink, what)?;
             } else {
                 let data = self.chunks.get(&id, what)?;
                 match data.get(eoff as usize..(eoff + elen) as usize) {
-                    Some(b) => dst.copy_from_slice(b),
+                    Some(b) => sink.data(b),
                     None => {
                         return Err(StoreError::Corrupt {
                             what: what(),
@@ -734,9 +751,9 @@ impl Store {
                     }
                 }
             }
-            pos += elen as usize;
+            done += elen as usize;
         }
-        buf[pos..].fill(0);
+        sink.zeros(len - done);
         Ok(())
     }
 
@@ -900,6 +917,38 @@ impl Drop for Store {
                 .lock()
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
         }
+    }
+}
+
+/// Where content bytes go, in order ([`Store::content_to`]).
+trait Sink {
+    fn data(&mut self, b: &[u8]);
+    fn zeros(&mut self, n: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn data(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn zeros(&mut self, n: usize) {
+        self.resize(self.len() + n, 0);
+    }
+}
+
+/// A sink that fills a slice from its start.
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Sink for SliceSink<'_> {
+    fn data(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+    fn zeros(&mut self, n: usize) {
+        self.buf[self.pos..self.pos + n].fill(0);
+        self.pos += n;
     }
 }
 
