@@ -170,6 +170,7 @@ fn bad_config_is_refused_clearly() {
         ),
         ("volumes = ['a b']", "volume"),
         ("ingest_idle_secs = 'soon'", "invalid type"),
+        ("read_cache_mib = 1", "read_cache_mib = 1 is outside"),
     ];
     for (text, expect) in cases {
         let p = tmp.path().join("kura.toml");

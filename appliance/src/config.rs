@@ -22,6 +22,11 @@ pub struct Config {
     /// Store calls in flight at once (bounds memory under deep client queues).
     #[serde(default = "default_inflight")]
     pub max_inflight: usize,
+    /// Memory for decoded, checked chunk records (MiB). Reads of what it holds cost
+    /// no disk read and no hash; a working set larger than it is read and checked
+    /// again. Counts fully toward the daemon's memory. Default: an eighth of the
+    /// machine's memory, at least 64 MiB and at most 8 GiB (see [`Config::read_cache`]).
+    pub read_cache_mib: Option<u64>,
     #[serde(default = "default_exports", rename = "export")]
     pub exports: Vec<ExportToml>,
 }
@@ -98,6 +103,24 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Bytes of the read cache: `read_cache_mib`, or an eighth of physical memory
+    /// clamped to 64 MiB..8 GiB (as a file server's page cache would use free memory,
+    /// bounded so that the daemon's size stays predictable).
+    pub fn read_cache(&self) -> u64 {
+        if let Some(m) = self.read_cache_mib {
+            return m << 20;
+        }
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let ram = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+        (ram / 8).clamp(64 << 20, 8 << 30)
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
@@ -114,6 +137,11 @@ impl Config {
         }
         if self.exports.is_empty() {
             bail!("no [[export]]: nothing would be served");
+        }
+        if let Some(m) = self.read_cache_mib {
+            if !(32..=1 << 20).contains(&m) {
+                bail!("read_cache_mib = {m} is outside 32..=1048576");
+            }
         }
         for (i, e) in self.exports.iter().enumerate() {
             e.to_config()

@@ -16,7 +16,11 @@ use storage::{NewAttr, Store, StoreOptions};
 
 /// Opens (creating if needed) the store of `cfg` and its configured volumes.
 pub fn open_store(cfg: &Config) -> Result<Store> {
-    let store = Store::open(&cfg.data_dir, StoreOptions::default())
+    let opts = StoreOptions {
+        cache_bytes: cfg.read_cache() as usize,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&cfg.data_dir, opts)
         .with_context(|| format!("opening store {}", cfg.data_dir.display()))?;
     for v in &cfg.volumes {
         if store.volume(v).is_err() {

@@ -338,7 +338,7 @@ impl Store {
     }
 
     pub fn volumes(&self) -> Result<Vec<Volume>> {
-        namespace::volumes(&self.db.lock())
+        namespace::volumes(&*self.db.reader()?)
     }
 
     pub fn volume(&self, name: &str) -> Result<Volume> {
@@ -352,7 +352,7 @@ impl Store {
 
     /// Attributes; a staged file reports its staged size and mtime.
     pub fn getattr(&self, ino: FileId) -> Result<Attr> {
-        let i = namespace::get(&self.db.lock(), ino)?;
+        let i = namespace::get(&*self.db.reader()?, ino)?;
         Ok(self.overlay_attr(i.attr))
     }
 
@@ -372,14 +372,14 @@ impl Store {
 
     /// A file's inode row (its volume, content, link target), attributes as `getattr`.
     pub fn inode(&self, ino: FileId) -> Result<Inode> {
-        let mut i = namespace::get(&self.db.lock(), ino)?;
+        let mut i = namespace::get(&*self.db.reader()?, ino)?;
         i.attr = self.overlay_attr(i.attr);
         Ok(i)
     }
 
     /// The directory holding `dir` (None for a volume root).
     pub fn parent(&self, dir: FileId) -> Result<Option<FileId>> {
-        Ok(namespace::parent(&self.db.lock(), dir)?.map(|(p, _)| p))
+        Ok(namespace::parent(&*self.db.reader()?, dir)?.map(|(p, _)| p))
     }
 
     pub fn lookup(&self, dir: FileId, name: &[u8]) -> Result<Attr> {
@@ -388,7 +388,7 @@ impl Store {
 
     /// LOOKUP with the inode row (its volume, for the export's gate).
     pub fn lookup_inode(&self, dir: FileId, name: &[u8]) -> Result<Inode> {
-        let conn = self.db.lock();
+        let conn = self.db.reader()?;
         namespace::dir(&conn, dir)?;
         let e = namespace::lookup(&conn, dir, name)?
             .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
@@ -456,7 +456,7 @@ impl Store {
     }
 
     pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>> {
-        let i = namespace::get(&self.db.lock(), ino)?;
+        let i = namespace::get(&*self.db.reader()?, ino)?;
         if i.attr.kind != FileKind::Symlink {
             return Err(StoreError::Invalid(format!(
                 "file id {ino} is not a symlink"
@@ -544,7 +544,7 @@ impl Store {
             let st = match self.staging.get(ino) {
                 Some(st) => st,
                 None => {
-                    let i = namespace::get(&self.db.lock(), ino)?;
+                    let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
                         return Err(StoreError::IsDir(format!("file id {ino}")));
                     }
@@ -574,7 +574,7 @@ impl Store {
     }
 
     pub fn readdir(&self, dir: FileId, cookie: u64, limit: usize) -> Result<Vec<DirEntry>> {
-        let rows = namespace::readdir(&self.db.lock(), dir, cookie, limit)?;
+        let rows = namespace::readdir(&*self.db.reader()?, dir, cookie, limit)?;
         Ok(rows
             .into_iter()
             .map(|e| DirEntry {
@@ -609,7 +609,7 @@ impl Store {
             let st = match self.staging.get(ino) {
                 Some(st) => st,
                 None => {
-                    let i = namespace::get(&self.db.lock(), ino)?;
+                    let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
                         return Err(if i.attr.kind == FileKind::Dir {
                             StoreError::IsDir(format!("file id {ino}"))

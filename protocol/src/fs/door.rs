@@ -86,6 +86,7 @@ impl KuraFs {
     pub async fn volume_names(&self) -> Result<Vec<String>, nfsstat3> {
         Ok(self.volumes().await?.into_iter().map(|v| v.name).collect())
     }
+
     /// Volumes visible here: (id, name, root).
     pub(super) async fn volumes(&self) -> Result<Vec<storage::Volume>, nfsstat3> {
         let all = self.shared.run("list volumes", |s| s.volumes()).await?;
@@ -94,6 +95,7 @@ impl KuraFs {
             .filter(|v| self.volume_allowed(&v.name))
             .collect())
     }
+
     pub(super) async fn volume_by_id(&self, id: VolumeId) -> Result<storage::Volume, nfsstat3> {
         self.volumes()
             .await?
@@ -101,6 +103,7 @@ impl KuraFs {
             .find(|v| v.id == id)
             .ok_or(nfsstat3::NFS3ERR_STALE)
     }
+
     /// Is `ino` the root of a volume exported here?
     pub(super) async fn volume_of_root(
         &self,
@@ -108,6 +111,7 @@ impl KuraFs {
     ) -> Result<Option<storage::Volume>, nfsstat3> {
         Ok(self.volumes().await?.into_iter().find(|v| v.root == ino))
     }
+
     /// Attributes of a live inode, from the cache when possible; checks the inode's
     /// volume is exported here.
     pub(super) async fn live_attr(&self, ino: FileId) -> Result<Attr, nfsstat3> {

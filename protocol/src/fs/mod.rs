@@ -95,6 +95,7 @@ impl KuraFs {
             visible: Arc::default(),
         }
     }
+
     fn fattr(&self, node: &Node, a: &Attr) -> fattr3 {
         fattr3 {
             type_: match a.kind {
@@ -116,6 +117,7 @@ impl KuraFs {
             ctime: ts(a.ctime),
         }
     }
+
     fn synthetic_dir(&self, node: &Node, mode: u32, t: Timespec) -> fattr3 {
         let a = Attr {
             ino: FileId(0),
@@ -131,6 +133,7 @@ impl KuraFs {
         };
         self.fattr(node, &a)
     }
+
     async fn node_attr(&self, node: &Node) -> Result<fattr3, nfsstat3> {
         match node {
             Node::Root => Ok(self.synthetic_dir(node, 0o755, self.shared.started)),
@@ -149,6 +152,7 @@ impl KuraFs {
             }
         }
     }
+
     /// The gate every handle passes once, before any procedure sees its node: the node
     /// must exist (else STALE) and belong to a volume this export shows (else STALE, as
     /// if it did not exist: a handle must not reveal what other exports hold).
@@ -175,6 +179,7 @@ impl KuraFs {
         }
         Ok(Checked(node))
     }
+
     /// The export root (what MNT of `/` answers).
     pub fn root_dir(&self) -> Checked {
         Checked(Node::Root)

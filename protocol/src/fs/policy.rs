@@ -49,12 +49,14 @@ impl KuraFs {
         self.visible.lock().unwrap().insert(vol, v);
         Ok(v)
     }
+
     pub(super) fn volume_allowed(&self, name: &str) -> bool {
         self.policy
             .volumes
             .as_ref()
             .is_none_or(|v| v.iter().any(|n| n == name))
     }
+
     pub(super) fn writable(&self) -> Result<(), nfsstat3> {
         if self.policy.read_only {
             Err(nfsstat3::NFS3ERR_ROFS)
@@ -62,6 +64,7 @@ impl KuraFs {
             Ok(())
         }
     }
+
     pub(super) fn squash_uid(&self, u: u32) -> u32 {
         if self.policy.root_squash && u == 0 {
             self.policy.anon_uid
@@ -69,6 +72,7 @@ impl KuraFs {
             u
         }
     }
+
     pub(super) fn squash_gid(&self, g: u32) -> u32 {
         if self.policy.root_squash && g == 0 {
             self.policy.anon_gid
@@ -76,6 +80,7 @@ impl KuraFs {
             g
         }
     }
+
     pub(super) fn new_attr(&self, s: &sattr3, default_mode: u32) -> NewAttr {
         NewAttr {
             mode: match s.mode {
@@ -92,6 +97,7 @@ impl KuraFs {
             }),
         }
     }
+
     pub(super) fn set_attr(&self, s: &sattr3) -> SetAttr {
         let now = Timespec::now();
         SetAttr {
@@ -135,6 +141,7 @@ impl KuraFs {
             _ => Err(nfsstat3::NFS3ERR_ROFS),
         }
     }
+
     /// Refuses names that would shadow the snapshot directory in a volume root.
     pub(super) async fn check_new_name(&self, dir: FileId, name: &[u8]) -> Result<(), nfsstat3> {
         if name == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
@@ -142,6 +149,7 @@ impl KuraFs {
         }
         Ok(())
     }
+
     /// Whether to serve a call with this credential (`None`: not AUTH_UNIX).
     pub fn authorize(&self, auth: Option<&auth_unix>) -> bool {
         match auth {
@@ -149,6 +157,7 @@ impl KuraFs {
             Some(a) => !self.policy.refuse_uids.contains(&a.uid),
         }
     }
+
     /// ACCESS: the rights the caller has on a node, from its mode bits, owner and group
     /// against the caller's AUTH_UNIX ids (uid 0 has every right but executing a file
     /// without any x bit). Nothing is writable in snapshots or on a read-only export.
@@ -194,5 +203,116 @@ impl KuraFs {
             granted &= !(ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE);
         }
         Ok((a, granted & want))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nfs3_types::nfs3::{ACCESS3_EXECUTE, ACCESS3_MODIFY, ACCESS3_READ};
+    use nfs3_types::xdr_codec::Opaque;
+
+    fn cred(uid: u32, gid: u32) -> auth_unix {
+        auth_unix {
+            stamp: 0,
+            machinename: Opaque::borrowed(b"t"),
+            uid,
+            gid,
+            gids: vec![],
+        }
+    }
+
+    /// A store with volume `v` and file `f` (owner 1000:100, mode 0640), and the
+    /// export over it with `policy`.
+    fn export(policy: ExportPolicy) -> (tempfile::TempDir, KuraFs, FileId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), storage::StoreOptions::default()).unwrap();
+        let owner = NewAttr {
+            mode: 0o755,
+            uid: 1000,
+            gid: 100,
+        };
+        let v = store.create_volume("v", owner).unwrap();
+        let f = store
+            .create(
+                v.root,
+                b"f",
+                NewAttr {
+                    mode: 0o640,
+                    ..owner
+                },
+            )
+            .unwrap()
+            .ino;
+        let fs = KuraFs::new(Shared::new(Arc::new(store), 4), policy);
+        (dir, fs, f)
+    }
+
+    /// ACCESS answers from the mode bits for owner, group and others; root gets every
+    /// right but executing a file without an x bit; a read-only export grants no
+    /// changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn access_follows_the_mode_bits_and_the_export() {
+        let all = ACCESS3_READ | ACCESS3_MODIFY | ACCESS3_EXECUTE;
+        let (_d, fs, f) = export(ExportPolicy::default());
+        let h = fs.resolve(Node::Live(f)).await.unwrap();
+        for (c, want) in [
+            (cred(1000, 1), ACCESS3_READ | ACCESS3_MODIFY),
+            (cred(2000, 100), ACCESS3_READ),
+            (cred(2000, 2000), 0),
+            (cred(0, 0), ACCESS3_READ | ACCESS3_MODIFY),
+        ] {
+            let (_, got) = fs.access(&h, all, Some(&c)).await.unwrap();
+            assert_eq!(got & all, want, "uid {} gid {}", c.uid, c.gid);
+        }
+        let (_d, ro, f) = export(ExportPolicy {
+            read_only: true,
+            ..ExportPolicy::default()
+        });
+        let h = ro.resolve(Node::Live(f)).await.unwrap();
+        let (_, got) = ro.access(&h, all, Some(&cred(1000, 1))).await.unwrap();
+        assert_eq!(got & all, ACCESS3_READ);
+        assert_eq!(ro.writable_node(h.node()), Err(nfsstat3::NFS3ERR_ROFS));
+    }
+
+    /// Root squashing maps owner 0 of new files to the anonymous ids, and only when
+    /// asked; a client that sends no owner gets the export's; refused uids are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn squashing_owners_and_refused_uids() {
+        let set = |uid, gid| sattr3 {
+            uid: set_uid3::Some(uid),
+            gid: set_gid3::Some(gid),
+            ..Default::default()
+        };
+        let (_d, fs, _) = export(ExportPolicy {
+            owner_uid: 7,
+            owner_gid: 8,
+            refuse_uids: vec![666],
+            ..ExportPolicy::default()
+        });
+        let a = fs.new_attr(&set(0, 0), 0o644);
+        assert_eq!((a.uid, a.gid), (65534, 65534));
+        let a = fs.new_attr(&set(1000, 100), 0o644);
+        assert_eq!((a.uid, a.gid, a.mode), (1000, 100, 0o644));
+        let a = fs.new_attr(&sattr3::default(), 0o600);
+        assert_eq!((a.uid, a.gid, a.mode), (7, 8, 0o600));
+        assert!(fs.authorize(Some(&cred(1000, 1))));
+        assert!(!fs.authorize(Some(&cred(666, 1))));
+        assert!(!fs.authorize(None));
+        let (_d, plain, _) = export(ExportPolicy {
+            root_squash: false,
+            ..ExportPolicy::default()
+        });
+        let a = plain.new_attr(&set(0, 0), 0o644);
+        assert_eq!((a.uid, a.gid), (0, 0));
+        // The export root takes no files, snapshot nodes are read-only.
+        assert_eq!(
+            plain.writable_node(&Node::Root),
+            Err(nfsstat3::NFS3ERR_ACCES)
+        );
+        assert_eq!(
+            plain.writable_node(&Node::SnapshotsDir(VolumeId(1))),
+            Err(nfsstat3::NFS3ERR_ROFS)
+        );
     }
 }

@@ -100,10 +100,12 @@ impl KuraFs {
         };
         Ok(found)
     }
+
     pub async fn getattr(&self, id: &Checked) -> Result<fattr3, nfsstat3> {
         let node = id.0.clone();
         self.node_attr(&node).await
     }
+
     pub async fn read(
         &self,
         id: &Checked,
@@ -130,6 +132,7 @@ impl KuraFs {
             _ => Err(nfsstat3::NFS3ERR_ISDIR),
         }
     }
+
     pub async fn readlink(&self, id: &Checked) -> Result<nfspath3<'_>, nfsstat3> {
         let node = id.0.clone();
         let target = match node {
@@ -149,12 +152,14 @@ impl KuraFs {
         };
         Ok(target.into())
     }
+
     /// FSSTAT: the capacity of the filesystem holding the store. Deduplication means a
     /// client can store more than `fbytes`; this is the honest lower bound. The store
     /// has no inode table, so file counts are unbounded (reported as 2^40).
     pub async fn fsstat(&self) -> Result<(u64, u64), nfsstat3> {
         self.shared.run("fsstat", |s| Ok(s.fs_space())).await
     }
+
     pub async fn fsinfo(&self, root: &Checked) -> Result<FSINFO3resok, nfsstat3> {
         use nfs3_types::nfs3::{post_op_attr, FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK};
         let attr = self

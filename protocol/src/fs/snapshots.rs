@@ -30,6 +30,7 @@ impl KuraFs {
         };
         Ok((entries, index))
     }
+
     /// The tree entry of a snapshot node (root or entry).
     pub(super) async fn snap_entry(
         &self,
@@ -54,6 +55,7 @@ impl KuraFs {
             _ => Err(nfsstat3::NFS3ERR_BADHANDLE),
         }
     }
+
     /// The parent of a snapshot directory. Handles name the directory object holding an
     /// entry but not that object's own place, so it is found by walking the snapshot
     /// from its root (only `..` lookups pay this).
