@@ -854,6 +854,13 @@ mod tests {
             .ino
     }
 
+    fn mkfile(conn: &Connection, parent: FileId, name: &[u8]) -> FileId {
+        create(conn, parent, name, FileKind::File, attr(), b"", None)
+            .unwrap()
+            .attr
+            .ino
+    }
+
     fn cached(conn: &Connection, ino: FileId) -> bool {
         get(conn, ino).unwrap().tree.is_some()
     }
@@ -871,7 +878,7 @@ mod tests {
         for d in [v.root, a, b, s] {
             set_tree(&conn, d, &ChunkId([9; 32])).unwrap();
         }
-        create(&conn, b, b"f", FileKind::File, attr(), b"", None).unwrap();
+        mkfile(&conn, b, b"f");
         assert!(!cached(&conn, b) && !cached(&conn, a) && !cached(&conn, v.root));
         assert!(cached(&conn, s), "a sibling keeps its object");
     }
@@ -885,10 +892,7 @@ mod tests {
         let v = vol(&conn);
         let a = mkdir(&conn, v.root, b"a");
         let b = mkdir(&conn, v.root, b"b");
-        let f = create(&conn, a, b"f", FileKind::File, attr(), b"", None)
-            .unwrap()
-            .attr
-            .ino;
+        let f = mkfile(&conn, a, b"f");
         assert_eq!(link(&conn, f, b, b"g").unwrap().attr.nlink, 2);
         for d in [v.root, a, b] {
             set_tree(&conn, d, &ChunkId([9; 32])).unwrap();
@@ -911,10 +915,7 @@ mod tests {
         let (_d, db) = db();
         let conn = db.lock();
         let v = vol(&conn);
-        let f = create(&conn, v.root, b"f", FileKind::File, attr(), b"", None)
-            .unwrap()
-            .attr
-            .ino;
+        let f = mkfile(&conn, v.root, b"f");
         link(&conn, f, v.root, b"g").unwrap();
         link(&conn, f, v.root, b"h").unwrap();
         let page = readdir(&conn, v.root, 0, 2).unwrap();
@@ -935,10 +936,7 @@ mod tests {
         let (_d, db) = db();
         let conn = db.lock();
         let v = vol(&conn);
-        let f = create(&conn, v.root, b"f", FileKind::File, attr(), b"", None)
-            .unwrap()
-            .attr
-            .ino;
+        let f = mkfile(&conn, v.root, b"f");
         conn.execute(
             "UPDATE inodes SET content=x'0102' WHERE ino=?1",
             [f.0 as i64],
