@@ -194,3 +194,16 @@ fn bad_config_is_refused_clearly() {
         .unwrap();
     assert!(!o.status.success() && stderr(&o).contains("reading config /nonexistent/kura.toml"));
 }
+
+/// A SIGTERM that comes right after the daemon says it listens (a service manager
+/// stopping what it just started) is a clean stop, never the default kill: the
+/// handlers are installed before the listening line. Ten starts and stops.
+#[test]
+fn sigterm_right_after_start_is_a_clean_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "127.0.0.1:0", &["127.0.0.1/32"], "");
+    for _ in 0..10 {
+        let mut d = Daemon::process(&cfg, &[]);
+        d.stop();
+    }
+}

@@ -111,16 +111,22 @@ fn real_main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(kura::run(
-                cfg,
-                |addrs| {
-                    for a in addrs {
-                        // Tests and scripts read the bound port from this line.
-                        println!("listening {a}");
-                    }
-                },
-                shutdown_signal(),
-            ))
+            rt.block_on(async {
+                // The handlers are in place before the daemon says it listens: a SIGTERM
+                // that comes right after is a clean stop, not the default kill.
+                let shutdown = shutdown_signal()?;
+                kura::run(
+                    cfg,
+                    |addrs| {
+                        for a in addrs {
+                            // Tests and scripts read the bound port from this line.
+                            println!("listening {a}");
+                        }
+                    },
+                    shutdown,
+                )
+                .await
+            })
         }
         cmd => {
             let store = kura::open_store(&cfg)?;
@@ -129,13 +135,17 @@ fn real_main() -> Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
