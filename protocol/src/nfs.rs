@@ -279,21 +279,21 @@ impl NfsService {
         let xid = call.xid;
         let a = args!(call, READ3args);
         let h = tryn!(xid, self.handle(&a.file).await, READ3resfail::default());
-        let (data, eof) = tryn!(
+        let (pieces, len, eof) = tryn!(
             xid,
             self.fs.read(&h, a.offset, a.count).await,
             READ3resfail {
                 file_attributes: self.post(&h).await
             }
         );
-        // status, attributes, count, eof; then the data without a copy.
-        let prefix = (
-            nfsstat3::NFS3_OK,
-            self.post(&h).await,
-            data.len() as u32,
-            eof,
-        );
-        Reply::success_bulk(xid, &Tuple4(prefix), data)
+        // status, attributes, count, eof; then the data without a copy: the pieces
+        // are slices of the store's cached chunks.
+        let prefix = (nfsstat3::NFS3_OK, self.post(&h).await, len as u32, eof);
+        let pieces = pieces
+            .into_iter()
+            .map(|p| Box::new(p) as crate::rpc::Shared)
+            .collect();
+        Reply::success_pieces(xid, &Tuple4(prefix), pieces)
     }
 
     async fn mkdir(&self, call: &Call) -> Reply {

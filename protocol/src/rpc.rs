@@ -166,12 +166,25 @@ impl Call {
     }
 }
 
+/// Bytes of a bulk reply that are shared, not owned (READ data in cached records).
+pub type Shared = Box<dyn AsRef<[u8]> + Send + Sync>;
+
 /// An encoded reply. `head` starts with four bytes reserved for the record mark;
-/// `bulk` (READ data) is sent after it without being copied into it, then padding.
-#[derive(Debug)]
+/// `bulk` (READ data) is sent after it without being copied into it, then padding:
+/// one buffer, or pieces written with one vectored write.
 pub struct Reply {
     head: Vec<u8>,
-    bulk: Vec<u8>,
+    bulk: Vec<Shared>,
+    bulk_len: usize,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("head", &self.head.len())
+            .field("bulk", &self.bulk_len)
+            .finish()
+    }
 }
 
 impl Reply {
@@ -201,88 +214,141 @@ impl Reply {
     pub fn success<T: Pack>(xid: u32, res: &T) -> Reply {
         let mut head = Self::accepted(xid, accept_stat_data::SUCCESS, res.packed_size());
         res.pack(&mut head).expect("packing into a Vec cannot fail");
+        Reply::bare(head)
+    }
+
+    fn bare(head: Vec<u8>) -> Reply {
         Reply {
             head,
             bulk: Vec::new(),
+            bulk_len: 0,
         }
     }
 
     /// SUCCESS with a result whose last field is variable-length opaque `bulk`:
     /// `prefix` is everything before that field's length.
     pub fn success_bulk<T: Pack>(xid: u32, prefix: &T, bulk: Vec<u8>) -> Reply {
+        Self::success_pieces(xid, prefix, vec![Box::new(bulk)])
+    }
+
+    /// [`Reply::success_bulk`] with the opaque field in pieces, sent as they are.
+    pub fn success_pieces<T: Pack>(xid: u32, prefix: &T, bulk: Vec<Shared>) -> Reply {
+        let bulk_len = bulk.iter().map(|b| (**b).as_ref().len()).sum::<usize>();
         let mut head = Self::accepted(xid, accept_stat_data::SUCCESS, prefix.packed_size() + 4);
         prefix
             .pack(&mut head)
             .expect("packing into a Vec cannot fail");
-        (bulk.len() as u32)
+        (bulk_len as u32)
             .pack(&mut head)
             .expect("packing into a Vec cannot fail");
-        Reply { head, bulk }
+        Reply {
+            head,
+            bulk,
+            bulk_len,
+        }
     }
 
     /// The call was accepted but could not be served (`GARBAGE_ARGS`, `PROC_UNAVAIL`…).
     pub fn error(xid: u32, stat: accept_stat_data) -> Reply {
-        Reply {
-            head: Self::accepted(xid, stat, 0),
-            bulk: Vec::new(),
-        }
+        Reply::bare(Self::accepted(xid, stat, 0))
     }
 
     /// The credential was refused.
     pub fn auth_error(xid: u32, stat: auth_stat) -> Reply {
-        Reply {
-            head: Self::start(
-                xid,
-                reply_body::MSG_DENIED(rejected_reply::auth_error(stat)),
-                0,
-            ),
-            bulk: Vec::new(),
-        }
+        Reply::bare(Self::start(
+            xid,
+            reply_body::MSG_DENIED(rejected_reply::auth_error(stat)),
+            0,
+        ))
     }
 
     /// Not RPC version 2.
     pub fn rpc_mismatch(xid: u32) -> Reply {
-        Reply {
-            head: Self::start(
-                xid,
-                reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(RPC_VERSION_2, RPC_VERSION_2)),
-                0,
-            ),
-            bulk: Vec::new(),
-        }
+        Reply::bare(Self::start(
+            xid,
+            reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(RPC_VERSION_2, RPC_VERSION_2)),
+            0,
+        ))
     }
 
     /// The whole reply as one buffer (for the duplicate request cache).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = self.head.clone();
-        v.extend_from_slice(&self.bulk);
-        v.resize(v.len() + pad(self.bulk.len()), 0);
+        for b in &self.bulk {
+            v.extend_from_slice((**b).as_ref());
+        }
+        v.resize(v.len() + pad(self.bulk_len), 0);
         v
     }
 
     /// A reply from [`Reply::to_bytes`].
     pub fn from_bytes(head: Vec<u8>) -> Reply {
-        Reply {
-            head,
-            bulk: Vec::new(),
-        }
+        Reply::bare(head)
     }
 
-    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(mut self, w: &mut W) -> io::Result<()> {
-        let pad = pad(self.bulk.len());
-        let len = self.head.len() - 4 + self.bulk.len() + pad;
+    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+        mut self,
+        w: &mut BufWriter<W>,
+    ) -> io::Result<()> {
+        let pad = pad(self.bulk_len);
+        let len = self.head.len() - 4 + self.bulk_len + pad;
         if len >= 1 << 31 {
             return Err(io::Error::other("reply larger than one record"));
         }
         let mark = (len as u32) | 0x8000_0000;
         self.head[..4].copy_from_slice(&mark.to_be_bytes());
         w.write_all(&self.head).await?;
-        if !self.bulk.is_empty() {
-            w.write_all(&self.bulk).await?;
+        match self.bulk.len() {
+            0 => {}
+            1 => w.write_all((*self.bulk[0]).as_ref()).await?,
+            _ => {
+                // Many pieces (chunk slices): past the buffer, in vectored writes.
+                w.flush().await?;
+                write_all_vectored(w.get_mut(), &self.bulk).await?;
+            }
+        }
+        if self.bulk_len > 0 {
             w.write_all(&[0u8; 4][..pad]).await?;
         }
         Ok(())
     }
+}
+
+/// Writes every piece, in order, with as few `writev` calls as the socket allows.
+async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    pieces: &[Shared],
+) -> io::Result<()> {
+    // (piece, offset inside it) of the first byte not yet written.
+    let (mut i, mut at) = (0usize, 0usize);
+    while i < pieces.len() {
+        let slices: Vec<io::IoSlice<'_>> = std::iter::once(&(*pieces[i]).as_ref()[at..])
+            .chain(pieces[i + 1..].iter().map(|p| (**p).as_ref()))
+            .take(256)
+            .map(io::IoSlice::new)
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while i < pieces.len() && n > 0 {
+            let left = (*pieces[i]).as_ref().len() - at;
+            if n >= left {
+                n -= left;
+                i += 1;
+                at = 0;
+            } else {
+                at += n;
+                n = 0;
+            }
+        }
+        // Skip empty pieces so that an empty first slice never ends the loop early.
+        while i < pieces.len() && (*pieces[i]).as_ref().len() == at {
+            i += 1;
+            at = 0;
+        }
+    }
+    Ok(())
 }
 
 fn pad(n: usize) -> usize {
@@ -556,14 +622,70 @@ mod tests {
     #[tokio::test]
     async fn replies_carry_record_mark_and_padding() {
         let r = Reply::success_bulk(7, &0u32, vec![1, 2, 3, 4, 5]);
-        let mut out = Vec::new();
-        r.write_to(&mut out).await.unwrap();
+        let mut w = BufWriter::new(Vec::new());
+        r.write_to(&mut w).await.unwrap();
+        w.flush().await.unwrap();
+        let out = w.into_inner();
         let mark = u32::from_be_bytes(out[..4].try_into().unwrap());
         assert_eq!(mark & 0x8000_0000, 0x8000_0000, "last fragment");
         assert_eq!((mark & 0x7fff_ffff) as usize, out.len() - 4);
         assert_eq!(out.len() % 4, 0);
         assert_eq!(&out[4..8], &7u32.to_be_bytes(), "xid first");
         assert_eq!(&out[out.len() - 3..], &[0, 0, 0], "bulk padded with zeros");
+    }
+
+    /// A writer that takes at most 7 bytes a call (a socket with a full buffer).
+    struct Trickle(Vec<u8>);
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            b: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = b.len().min(7);
+            self.0.extend_from_slice(&b[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A reply in pieces (READ data as slices of cached chunks, empty ones among them)
+    /// is sent whole and in order however little the socket takes at a time, and
+    /// equals its one-buffer form.
+    #[tokio::test]
+    async fn reply_pieces_survive_short_writes() {
+        let parts: Vec<Vec<u8>> = vec![
+            (0..10).collect(),
+            vec![],
+            (10..13).collect(),
+            (13..300).map(|x| x as u8).collect(),
+            vec![],
+            vec![255],
+        ];
+        let flat: Vec<u8> = parts.concat();
+        let pieces: Vec<Shared> = parts.into_iter().map(|p| Box::new(p) as Shared).collect();
+        let r = Reply::success_pieces(9, &0u32, pieces);
+        let one = Reply::success_bulk(9, &0u32, flat.clone());
+        assert_eq!(r.to_bytes(), one.to_bytes());
+        let mut w = BufWriter::with_capacity(16, Trickle(Vec::new()));
+        r.write_to(&mut w).await.unwrap();
+        w.flush().await.unwrap();
+        let mut want = one.to_bytes();
+        let len = (want.len() - 4) as u32 | 0x8000_0000;
+        want[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(w.into_inner().0, want);
     }
 
     /// Answers every call with 1 MiB.

@@ -76,6 +76,24 @@ impl std::ops::Deref for ChunkRef {
     }
 }
 
+impl AsRef<[u8]> for ChunkRef {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl ChunkRef {
+    /// Bytes `at..at + len` of this chunk, sharing the record (no copy).
+    pub fn slice(&self, at: usize, len: usize) -> ChunkRef {
+        assert!(at + len <= self.len, "slice inside the chunk");
+        ChunkRef {
+            raw: self.raw.clone(),
+            start: self.start + at,
+            len,
+        }
+    }
+}
+
 pub struct ChunkStore {
     pub(crate) dir: PathBuf,
     pub(crate) db: Arc<Db>,

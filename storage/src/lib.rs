@@ -61,6 +61,6 @@ pub use ids::{ChunkId, FileId, PackId, SnapshotId, VolumeId};
 pub use ingest::IngestReport;
 pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec, Volume};
 pub use snapshot::SnapshotInfo;
-pub use store::{DirEntry, Store, StoreOptions, StoreStats};
+pub use store::{DirEntry, Piece, Store, StoreOptions, StoreStats};
 pub use tree::TreeEntry;
 pub use verify::{Damage, RecordDamage, VerifyReport};

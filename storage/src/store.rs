@@ -3,7 +3,7 @@
 //! verify is done by functions of those modules, which this facade calls (each table
 //! has one module that queries it, see ARCHITECTURE.md).
 
-use crate::chunk_store::ChunkStore;
+use crate::chunk_store::{ChunkRef, ChunkStore};
 use crate::chunker::ChunkerParams;
 use crate::content::ContentList;
 use crate::db::Db;
@@ -683,6 +683,40 @@ impl Store {
         }
     }
 
+    /// [`Store::read`] as pieces that share the cached chunks (READ replies send them
+    /// without copying them into one buffer). Returns the pieces, their total length
+    /// and whether EOF was reached.
+    pub fn read_pieces(
+        &self,
+        ino: FileId,
+        off: u64,
+        len: u32,
+    ) -> Result<(Vec<Piece>, usize, bool)> {
+        if self.staging.get(ino).is_none() {
+            let i = namespace::get(&*self.db.reader()?, ino)?;
+            if i.attr.kind != FileKind::File {
+                return Err(StoreError::IsDir(format!("file id {ino}")));
+            }
+            // Staged since the check above: read it as staged.
+            if self.staging.get(ino).is_none() {
+                let size = i.attr.size;
+                let n = size.saturating_sub(off).min(len as u64) as usize;
+                let mut pieces = Pieces(Vec::new());
+                match i.content {
+                    Some(c) => {
+                        let what = || self.describe(ino);
+                        self.content_to(&c, off, n, &mut pieces, &what)?;
+                    }
+                    None => pieces.zeros(n),
+                }
+                return Ok((pieces.0, n, off + n as u64 >= size));
+            }
+        }
+        let (v, eof) = self.read(ino, off, len)?;
+        let n = v.len();
+        Ok((vec![Piece::Owned(v)], n, eof))
+    }
+
     /// Human-readable path of a live file for error messages: `/volume/path`.
     pub fn describe(&self, ino: FileId) -> String {
         let conn = self.db.lock();
@@ -737,7 +771,7 @@ impl Store {
             } else {
                 let data = self.chunks.get(&id, what)?;
                 match data.get(eoff as usize..(eoff + elen) as usize) {
-                    Some(b) => sink.data(b),
+                    Some(_) => sink.chunk(&data, eoff as usize, elen as usize),
                     None => {
                         return Err(StoreError::Corrupt {
                             what: what(),
@@ -924,6 +958,43 @@ impl Drop for Store {
 trait Sink {
     fn data(&mut self, b: &[u8]);
     fn zeros(&mut self, n: usize);
+    /// Bytes `at..at + len` of a cached chunk (copied, unless the sink keeps slices).
+    fn chunk(&mut self, c: &ChunkRef, at: usize, len: usize) {
+        self.data(&c[at..at + len]);
+    }
+}
+
+/// Bytes of a READ: slices of cached chunks, or bytes of their own (staged data,
+/// zeros). Sent to the client as they are, without being copied into one buffer.
+pub enum Piece {
+    Shared(ChunkRef),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Piece::Shared(c) => c,
+            Piece::Owned(v) => v,
+        }
+    }
+}
+
+/// A sink that keeps chunk slices instead of copying them.
+struct Pieces(Vec<Piece>);
+
+impl Sink for Pieces {
+    fn data(&mut self, b: &[u8]) {
+        self.0.push(Piece::Owned(b.to_vec()));
+    }
+    fn zeros(&mut self, n: usize) {
+        if n > 0 {
+            self.0.push(Piece::Owned(vec![0; n]));
+        }
+    }
+    fn chunk(&mut self, c: &ChunkRef, at: usize, len: usize) {
+        self.0.push(Piece::Shared(c.slice(at, len)));
+    }
 }
 
 impl Sink for Vec<u8> {

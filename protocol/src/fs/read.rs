@@ -106,18 +106,20 @@ impl KuraFs {
         self.node_attr(&node).await
     }
 
+    /// READ: the bytes as pieces that share the store's cached chunks (the reply
+    /// sends them without copying them together), their length, and EOF.
     pub async fn read(
         &self,
         id: &Checked,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, bool), nfsstat3> {
+    ) -> Result<(Vec<storage::Piece>, usize, bool), nfsstat3> {
         let node = id.0.clone();
         let count = count.min(MAX_IO as u32);
         match node {
             Node::Live(ino) => {
                 self.shared
-                    .run("read", move |s| s.read(ino, offset, count))
+                    .run("read", move |s| s.read_pieces(ino, offset, count))
                     .await
             }
             Node::SnapRoot(_) | Node::SnapEntry { .. } => {
@@ -125,9 +127,12 @@ impl KuraFs {
                 if e.attr.kind != FileKind::File {
                     return Err(nfsstat3::NFS3ERR_ISDIR);
                 }
-                self.shared
+                let (v, eof) = self
+                    .shared
                     .run("read snapshot", move |s| s.snap_read(&e, offset, count))
-                    .await
+                    .await?;
+                let n = v.len();
+                Ok((vec![storage::Piece::Owned(v)], n, eof))
             }
             _ => Err(nfsstat3::NFS3ERR_ISDIR),
         }
