@@ -646,6 +646,35 @@ impl Store {
 
     /// Reads up to `len` bytes at `off`. Returns the bytes and whether EOF was reached.
     pub fn read(&self, ino: FileId, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        let mut buf = Vec::new();
+        let (_, eof) = self.read_to(ino, off, len, &mut buf)?;
+        Ok((buf, eof))
+    }
+
+    /// [`Store::read`] as pieces that share the cached chunks (READ replies send them
+    /// without copying them into one buffer). Returns the pieces, their total length
+    /// and whether EOF was reached.
+    pub fn read_pieces(
+        &self,
+        ino: FileId,
+        off: u64,
+        len: u32,
+    ) -> Result<(Vec<Piece>, usize, bool)> {
+        let mut pieces = Pieces(Vec::new());
+        let (n, eof) = self.read_to(ino, off, len, &mut pieces)?;
+        Ok((pieces.0, n, eof))
+    }
+
+    /// Sends up to `len` bytes at `off` to `sink`; returns how many and whether EOF
+    /// was reached. A staged file is read through its merged view, an ingested one
+    /// from its content, each byte written once.
+    fn read_to(
+        &self,
+        ino: FileId,
+        off: u64,
+        len: u32,
+        sink: &mut dyn Sink,
+    ) -> Result<(usize, bool)> {
         loop {
             if let Some(st) = self.staging.get(ino) {
                 let (size, view) = {
@@ -662,7 +691,8 @@ impl Store {
                 st.read_view(&view, off, &mut buf, &|c, o, b| {
                     self.read_content(&c, o, b, &what)
                 })?;
-                return Ok((buf, off + n as u64 >= size));
+                sink.owned(buf);
+                return Ok((n, off + n as u64 >= size));
             }
             let i = namespace::get(&*self.db.reader()?, ino)?;
             if i.attr.kind != FileKind::File {
@@ -670,51 +700,16 @@ impl Store {
             }
             let size = i.attr.size;
             let n = size.saturating_sub(off).min(len as u64) as usize;
-            // Filled in order, each byte written once: no zeroed buffer first.
-            let mut buf = Vec::with_capacity(n);
+            sink.reserve(n);
             match i.content {
                 Some(c) => {
                     let what = || self.describe(ino);
-                    self.content_to(&c, off, n, &mut buf, &what)?;
+                    self.content_to(&c, off, n, sink, &what)?;
                 }
-                None => buf.resize(n, 0),
+                None => sink.zeros(n),
             }
-            return Ok((buf, off + n as u64 >= size));
+            return Ok((n, off + n as u64 >= size));
         }
-    }
-
-    /// [`Store::read`] as pieces that share the cached chunks (READ replies send them
-    /// without copying them into one buffer). Returns the pieces, their total length
-    /// and whether EOF was reached.
-    pub fn read_pieces(
-        &self,
-        ino: FileId,
-        off: u64,
-        len: u32,
-    ) -> Result<(Vec<Piece>, usize, bool)> {
-        if self.staging.get(ino).is_none() {
-            let i = namespace::get(&*self.db.reader()?, ino)?;
-            if i.attr.kind != FileKind::File {
-                return Err(StoreError::IsDir(format!("file id {ino}")));
-            }
-            // Staged since the check above: read it as staged.
-            if self.staging.get(ino).is_none() {
-                let size = i.attr.size;
-                let n = size.saturating_sub(off).min(len as u64) as usize;
-                let mut pieces = Pieces(Vec::new());
-                match i.content {
-                    Some(c) => {
-                        let what = || self.describe(ino);
-                        self.content_to(&c, off, n, &mut pieces, &what)?;
-                    }
-                    None => pieces.zeros(n),
-                }
-                return Ok((pieces.0, n, off + n as u64 >= size));
-            }
-        }
-        let (v, eof) = self.read(ino, off, len)?;
-        let n = v.len();
-        Ok((vec![Piece::Owned(v)], n, eof))
     }
 
     /// Human-readable path of a live file for error messages: `/volume/path`.
@@ -962,6 +957,12 @@ trait Sink {
     fn chunk(&mut self, c: &ChunkRef, at: usize, len: usize) {
         self.data(&c[at..at + len]);
     }
+    /// Bytes of their own (a staged read), handed over whole.
+    fn owned(&mut self, v: Vec<u8>) {
+        self.data(&v);
+    }
+    /// `n` more bytes will follow.
+    fn reserve(&mut self, _n: usize) {}
 }
 
 /// Bytes of a READ: slices of cached chunks, or bytes of their own (staged data,
@@ -995,11 +996,24 @@ impl Sink for Pieces {
     fn chunk(&mut self, c: &ChunkRef, at: usize, len: usize) {
         self.0.push(Piece::Shared(c.slice(at, len)));
     }
+    fn owned(&mut self, v: Vec<u8>) {
+        self.0.push(Piece::Owned(v));
+    }
 }
 
 impl Sink for Vec<u8> {
     fn data(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
+    }
+    fn owned(&mut self, v: Vec<u8>) {
+        if self.is_empty() {
+            *self = v;
+        } else {
+            self.extend_from_slice(&v);
+        }
+    }
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
     }
     fn zeros(&mut self, n: usize) {
         self.resize(self.len() + n, 0);

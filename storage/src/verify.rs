@@ -6,7 +6,7 @@
 //! `damaged` records what was found. If the same content is ingested again, the new copy
 //! replaces the flagged row and the damage heals.
 
-use crate::chunk_store::ChunkStore;
+use crate::chunk_store::{ChunkStore, IndexEntry};
 use crate::error::{Result, StoreError};
 use crate::format::CHUNK_DAMAGED;
 use crate::ids::{ChunkId, PackId};
@@ -155,9 +155,10 @@ impl Store {
                 .find(|v| v.id == vol)
                 .map_or_else(|| format!("volume {vol}"), |v| v.name.clone());
             if uses(Some(c)) {
-                let path = self.describe(ino);
-                let rel = path.splitn(3, '/').nth(2).unwrap_or("");
-                report.affected_files.push(format!("{vol}:/{rel}"));
+                let path = crate::namespace::path(&self.db.lock(), ino)?.map(|(_, p)| p);
+                report
+                    .affected_files
+                    .push(format!("{vol}:{}", path.as_deref().unwrap_or("/")));
             }
         }
         for s in self.snapshots(None)? {
@@ -206,25 +207,13 @@ impl Store {
 pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
     let t0 = std::time::Instant::now();
     let mut report = VerifyReport::default();
-    type Row = (ChunkId, PackId, u64, u32, i64, u32, i64);
-    let rows: Vec<Row> = ChunkStore::all_rows(&store.db.lock())?
-        .into_iter()
-        .map(|(id, e)| {
-            (
-                id,
-                e.pack,
-                e.offset,
-                e.stored_len,
-                e.flags,
-                e.raw_len,
-                e.inner_off,
-            )
-        })
-        .collect();
     // Group the index rows by the record they live in.
-    let mut by_record: BTreeMap<(PackId, u64), Vec<Row>> = BTreeMap::new();
-    for r in rows {
-        by_record.entry((r.1, r.2)).or_default().push(r);
+    let mut by_record: BTreeMap<(PackId, u64), Vec<(ChunkId, IndexEntry)>> = BTreeMap::new();
+    for (id, e) in ChunkStore::all_rows(&store.db.lock())? {
+        by_record
+            .entry((e.pack, e.offset))
+            .or_default()
+            .push((id, e));
     }
     let mut damaged_ids = HashSet::new();
     let mut last_pack = None;
@@ -236,7 +225,7 @@ pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
             file = Some(std::fs::File::open(&path));
             last_pack = Some(p);
         }
-        let stored_len = members[0].3;
+        let stored_len = members[0].1.stored_len;
         report.bytes += stored_len as u64;
         // Read from disk, never from the cache: the point is to see what is stored.
         let mut stored_copy = None;
@@ -253,7 +242,8 @@ pub(crate) fn verify(store: &Store) -> Result<VerifyReport> {
         };
         let mut quarantined = false;
         let mut record: Option<RecordDamage> = None;
-        for (id, _, _, _, flags, raw_len, inner) in members {
+        for (id, e) in members {
+            let (flags, raw_len, inner) = (e.flags, e.raw_len, e.inner_off);
             report.chunks += 1;
             let problem = match &decoded {
                 Err(d) => Some(d.clone()),
