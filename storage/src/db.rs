@@ -1,7 +1,9 @@
-//! The SQLite metadata database: schema, opening, and the WAL fsync used by group commit.
+//! The SQLite metadata database: schema, its migrations, opening, and the WAL fsync
+//! used by group commit.
 //!
 //! One writer connection behind a mutex, and a pool of read-only connections
-//! ([`Db::reader`]) for the read path, which WAL lets read while the writer writes.
+//! ([`Db::reader`]) for reads outside a transaction (file data, attributes, lookups,
+//! listings), which WAL lets read while the writer writes.
 //! WAL mode with `synchronous=NORMAL`: a committed transaction survives a killed
 //! process at once, and survives power loss once the WAL is fsynced, which
 //! [`Db::sync_wal`] does for every durable (`sync`) request. The mutex is always taken
