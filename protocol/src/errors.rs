@@ -23,6 +23,7 @@ pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
         StoreError::InvalidName { .. } => NFS3ERR_INVAL,
         StoreError::Invalid(_) => NFS3ERR_INVAL,
         StoreError::ReadOnly(_) => NFS3ERR_ROFS,
+        StoreError::Refused(_) => NFS3ERR_ACCES,
         StoreError::NoSpace { .. } => NFS3ERR_NOSPC,
         StoreError::Corrupt { .. } => NFS3ERR_IO,
         StoreError::Poisoned(_) => NFS3ERR_IO,

@@ -32,5 +32,5 @@ pub mod server;
 #[cfg(test)]
 mod hostile;
 
-pub use fs::{ExportPolicy, KuraFs, Shared};
+pub use fs::{ExportPolicy, FreezeError, FreezeGate, FreezeStats, Frozen, KuraFs, Shared};
 pub use server::{boot_id, Cidr, Export, ExportConfig};

@@ -69,7 +69,25 @@ CREATE TABLE IF NOT EXISTS snapshots(
   created_s INTEGER NOT NULL,
   created_ns INTEGER NOT NULL,
   logical_bytes INTEGER NOT NULL DEFAULT 0,
+  label TEXT,
+  held INTEGER NOT NULL DEFAULT 0,
+  lock_until INTEGER NOT NULL DEFAULT 0,
+  busy INTEGER NOT NULL DEFAULT 0,
   UNIQUE(vol, name));
+CREATE TABLE IF NOT EXISTS jobs(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  volume TEXT,
+  started_ms INTEGER NOT NULL,
+  ended_ms INTEGER NOT NULL,
+  result TEXT NOT NULL,
+  error TEXT,
+  snapshot TEXT,
+  bytes INTEGER NOT NULL DEFAULT 0,
+  freeze_ms INTEGER,
+  window_ms INTEGER,
+  output TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS jobs_volume ON jobs(volume, id);
 CREATE TABLE IF NOT EXISTS ingest_parts(
   ino INTEGER NOT NULL,
   seq INTEGER NOT NULL,
@@ -158,6 +176,36 @@ fn migrate_to_v3(conn: &mut Connection, from: u32) -> Result<()> {
     Ok(())
 }
 
+/// Format 4 gives snapshots a label, a hold, a lock date and a busy mark, and adds
+/// the job history (`jobs`, created by the schema). Adding columns is cheap whatever
+/// the store's size; an older kura refuses the store afterwards.
+fn migrate_to_v4(conn: &Connection) -> Result<()> {
+    let mut cols = Vec::new();
+    {
+        let mut st = conn
+            .prepare("PRAGMA table_info(snapshots)")
+            .ctx("reading the snapshots table")?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(1))
+            .ctx("reading the snapshots table")?;
+        for r in rows {
+            cols.push(r.ctx("reading the snapshots table")?);
+        }
+    }
+    for (col, def) in [
+        ("label", "label TEXT"),
+        ("held", "held INTEGER NOT NULL DEFAULT 0"),
+        ("lock_until", "lock_until INTEGER NOT NULL DEFAULT 0"),
+        ("busy", "busy INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        if !cols.iter().any(|c| c == col) {
+            conn.execute_batch(&format!("ALTER TABLE snapshots ADD COLUMN {def}"))
+                .ctx("migrating to format 4")?;
+        }
+    }
+    Ok(())
+}
+
 pub struct Db {
     conn: Mutex<Connection>,
     /// Read-only connections for the read path (WAL lets them read while the writer
@@ -197,6 +245,9 @@ impl Db {
             }
             Some(v) if v < 3 => migrate_to_v3(&mut conn, v)?,
             _ => {}
+        }
+        if fmt.is_some_and(|v| v < 4) {
+            migrate_to_v4(&conn)?;
         }
         conn.execute_batch(SCHEMA).ctx("creating schema")?;
         match fmt {

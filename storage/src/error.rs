@@ -28,6 +28,8 @@ pub enum StoreError {
     CrossVolume(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("read-only: {0}")]
     ReadOnly(String),
     #[error("no space left on device while {context}")]

@@ -49,7 +49,9 @@
 /// 3: names live in an `entries` table apart from inodes (hard links, `nlink`), and
 /// directory objects may be `DIR_MAGIC_V2` (each entry ends with its link count). A
 /// format 1 or 2 store is migrated when opened (`db::migrate_to_v3`).
-pub const STORE_FORMAT: u32 = 3;
+/// 4: snapshots carry a label, a hold, a lock date and a busy mark; the store keeps a
+/// job history (`jobs`). Columns added in place when a format 3 store is opened.
+pub const STORE_FORMAT: u32 = 4;
 
 pub const PACK_MAGIC: &[u8; 8] = b"KURAPK01";
 pub const RECORD_MAGIC: u32 = 0x4b43_4b31; // "1KCK" little-endian

@@ -33,6 +33,23 @@ pub struct SnapshotInfo {
     /// Directory objects written by this snapshot (the changed directories); 0 when read
     /// back from the table.
     pub dirs_encoded: u64,
+    /// The operator's or the schedule's words about it.
+    pub label: Option<String>,
+    /// A held snapshot is never pruned or deleted until released.
+    pub held: bool,
+    /// Unix seconds before which nobody can delete it (0: not locked).
+    pub lock_until: i64,
+    /// Taken past a quiet wait's limit while clients were still writing.
+    pub busy: bool,
+}
+
+/// What a new snapshot records besides its tree.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotMeta {
+    pub label: Option<String>,
+    /// Unix seconds before which the snapshot cannot be deleted (0: no lock).
+    pub lock_until: i64,
+    pub busy: bool,
 }
 
 struct Builder<'a> {
@@ -106,6 +123,10 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SnapshotInfo, VolumeI
         },
         logical_bytes: r.get::<_, i64>(6)? as u64,
         dirs_encoded: 0,
+        label: r.get(8)?,
+        held: r.get::<_, i64>(9)? != 0,
+        lock_until: r.get(10)?,
+        busy: r.get::<_, i64>(11)? != 0,
     };
     Ok((info, VolumeId(r.get::<_, i64>(1)? as u64), r.get(7)?))
 }
@@ -120,7 +141,8 @@ fn query<P: rusqlite::Params>(
     let vols = namespace::volumes(conn)?;
     let mut st = conn
         .prepare_cached(&format!(
-            "SELECT id, vol, name, root, created_s, created_ns, logical_bytes, root_entry
+            "SELECT id, vol, name, root, created_s, created_ns, logical_bytes, root_entry,
+                    label, held, lock_until, busy
              FROM snapshots WHERE {filter} ORDER BY created_s, created_ns, id"
         ))
         .ctx("listing snapshots")?;
@@ -149,7 +171,7 @@ pub(crate) fn roots(conn: &Connection) -> Result<Vec<ChunkId>> {
 }
 
 impl Store {
-    fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
+    pub(crate) fn snapshot_row(&self, vol: &str, name: &str) -> Result<(SnapshotInfo, TreeEntry)> {
         let conn = self.db.lock();
         let missing = || StoreError::NotFound(format!("snapshot {vol}@{name}"));
         let v = namespace::volumes(&conn)?
@@ -175,9 +197,17 @@ impl Store {
 
 /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
 /// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
-pub(crate) fn snapshot(store: &Store, vol: &str, name: &str) -> Result<SnapshotInfo> {
+pub(crate) fn snapshot(
+    store: &Store,
+    vol: &str,
+    name: &str,
+    meta: &SnapshotMeta,
+) -> Result<SnapshotInfo> {
     store.latch.check()?;
     check_volume_name(name)?;
+    if let Some(l) = &meta.label {
+        check_label(l)?;
+    }
     let v = store.volume(vol)?;
     let t0 = std::time::Instant::now();
     let mut tries = 0;
@@ -242,8 +272,9 @@ pub(crate) fn snapshot(store: &Store, vol: &str, name: &str) -> Result<SnapshotI
     let logical = namespace::logical_bytes(&tx, Some(v.id))? as i64;
     let now = Timespec::now();
     tx.execute(
-        "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns, logical_bytes)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns,
+                               logical_bytes, label, lock_until, busy)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             v.id.0 as i64,
             name,
@@ -251,7 +282,10 @@ pub(crate) fn snapshot(store: &Store, vol: &str, name: &str) -> Result<SnapshotI
             tree::encode_entry_alone(&root_entry),
             now.sec,
             now.nsec,
-            logical
+            logical,
+            meta.label,
+            meta.lock_until,
+            meta.busy as i64,
         ],
     )
     .ctx("recording snapshot")?;
@@ -274,7 +308,39 @@ pub(crate) fn snapshot(store: &Store, vol: &str, name: &str) -> Result<SnapshotI
         root: root_tree,
         logical_bytes: logical as u64,
         dirs_encoded,
+        label: meta.label.clone(),
+        held: false,
+        lock_until: meta.lock_until,
+        busy: meta.busy,
     })
+}
+
+/// A label is free text for people: printable, one line, at most 200 bytes.
+fn check_label(l: &str) -> Result<()> {
+    if l.len() > 200 || l.chars().any(|c| c.is_control()) {
+        return Err(StoreError::Invalid(format!(
+            "label {l:?}: at most 200 bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
+/// Holds (`true`) or releases a snapshot: a held snapshot is never pruned or deleted.
+pub(crate) fn set_hold(store: &Store, vol: &str, name: &str, held: bool) -> Result<SnapshotInfo> {
+    store.latch.check()?;
+    let (mut info, _) = store.snapshot_row(vol, name)?;
+    store
+        .db
+        .lock()
+        .execute(
+            "UPDATE snapshots SET held=?1 WHERE id=?2",
+            params![held as i64, info.id.0 as i64],
+        )
+        .ctx("holding snapshot")?;
+    store.db.sync_wal(&store.latch)?;
+    info.held = held;
+    tracing::info!(volume = vol, snapshot = name, held, "snapshot hold changed");
+    Ok(info)
 }
 
 /// Snapshots of one volume (or all), oldest first.
@@ -306,10 +372,23 @@ pub(crate) fn dir_entries(store: &Store, id: &ChunkId) -> Result<Arc<Vec<TreeEnt
     store.dir_object(id)
 }
 
-/// Deletes a snapshot record; its data goes at the next GC.
-pub(crate) fn delete_snapshot(store: &Store, vol: &str, name: &str) -> Result<()> {
+/// Deletes a snapshot record; its data goes at the next GC. A held snapshot, or one
+/// locked until a later time (`now`, unix seconds), is refused with the reason.
+pub(crate) fn delete_snapshot(store: &Store, vol: &str, name: &str, now: i64) -> Result<()> {
     store.latch.check()?;
     let (info, _) = store.snapshot_row(vol, name)?;
+    if info.held {
+        return Err(StoreError::Refused(format!(
+            "snapshot {vol}@{name} is held; release it first"
+        )));
+    }
+    if info.lock_until > now {
+        return Err(StoreError::Refused(format!(
+            "snapshot {vol}@{name} is locked for {} more seconds (until unix time {})",
+            info.lock_until - now,
+            info.lock_until
+        )));
+    }
     let _gc = store.gc_lock.read().unwrap();
     store.freeing(|| {
         store

@@ -13,9 +13,10 @@ use crate::gc::{GcOptions, GcPlan, GcReport};
 use crate::ids::{ChunkId, FileId};
 use crate::ids::{SnapshotId, VolumeId};
 use crate::ingest::IngestReport;
+use crate::jobs::JobRecord;
 pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
-use crate::snapshot::SnapshotInfo;
+use crate::snapshot::{SnapshotInfo, SnapshotMeta};
 use crate::staging::{StagedFile, Staging};
 use crate::tree::TreeEntry;
 use crate::verify::VerifyReport;
@@ -840,7 +841,27 @@ impl Store {
     /// Takes a snapshot of volume `vol` named `name`. For a consistent snapshot the
     /// caller holds mutating calls (the appliance's freeze); this ingests what is staged.
     pub fn snapshot(&self, vol: &str, name: &str) -> Result<SnapshotInfo> {
-        crate::snapshot::snapshot(self, vol, name)
+        crate::snapshot::snapshot(self, vol, name, &SnapshotMeta::default())
+    }
+
+    /// [`Store::snapshot`] with a label, a lock date or the busy mark.
+    pub fn snapshot_with(
+        &self,
+        vol: &str,
+        name: &str,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotInfo> {
+        crate::snapshot::snapshot(self, vol, name, meta)
+    }
+
+    /// Holds (`true`) or releases a snapshot; a held snapshot is never deleted.
+    pub fn hold_snapshot(&self, vol: &str, name: &str, held: bool) -> Result<SnapshotInfo> {
+        crate::snapshot::set_hold(self, vol, name, held)
+    }
+
+    /// One snapshot's record.
+    pub fn snapshot_info(&self, vol: &str, name: &str) -> Result<SnapshotInfo> {
+        Ok(self.snapshot_row(vol, name)?.0)
     }
 
     /// Snapshots of one volume (or all), oldest first.
@@ -858,9 +879,22 @@ impl Store {
         crate::snapshot::dir_entries(self, id)
     }
 
-    /// Deletes a snapshot record; its data goes at the next GC.
+    /// Deletes a snapshot record; its data goes at the next GC. Held snapshots, and
+    /// locked ones until their lock date, are refused ([`StoreError::Refused`]).
     pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {
-        crate::snapshot::delete_snapshot(self, vol, name)
+        crate::snapshot::delete_snapshot(self, vol, name, Timespec::now().sec)
+    }
+
+    // Job history (`jobs.rs`)
+
+    /// Records a finished job durably; returns its id.
+    pub fn record_job(&self, job: &JobRecord) -> Result<u64> {
+        crate::jobs::record(self, job)
+    }
+
+    /// The newest `limit` jobs of one volume (or all), newest first.
+    pub fn jobs(&self, volume: Option<&str>, limit: usize) -> Result<Vec<JobRecord>> {
+        crate::jobs::list(self, volume, limit)
     }
 
     /// The root directory entry of a snapshot.

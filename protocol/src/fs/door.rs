@@ -12,6 +12,8 @@ pub struct Shared {
     pub(super) attrs: Mutex<LruCache<FileId, (Attr, VolumeId)>>,
     pub(super) dir_index: Mutex<LruCache<ChunkId, Arc<HashMap<FileId, usize>>>>,
     pub(super) started: Timespec,
+    /// Mutating calls pass it; snapshot jobs close it per volume.
+    pub gate: Arc<FreezeGate>,
 }
 
 impl Shared {
@@ -23,6 +25,7 @@ impl Shared {
             attrs: Mutex::new(LruCache::new(NonZeroUsize::new(65_536).unwrap())),
             dir_index: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             started: Timespec::now(),
+            gate: FreezeGate::new(),
         })
     }
 
@@ -115,6 +118,17 @@ impl KuraFs {
     /// Attributes of a live inode, from the cache when possible; checks the inode's
     /// volume is exported here.
     pub(super) async fn live_attr(&self, ino: FileId) -> Result<Attr, nfsstat3> {
+        Ok(self.live_attr_vol(ino).await?.0)
+    }
+
+    /// Lets a mutating call on live inode `ino` through its volume's freeze gate
+    /// (waiting while the volume is frozen); the drain of a freeze waits for the pass.
+    pub(super) async fn pass(&self, ino: FileId) -> Result<Pass, nfsstat3> {
+        let (_, vol) = self.live_attr_vol(ino).await?;
+        Ok(self.shared.gate.enter(vol).await)
+    }
+
+    async fn live_attr_vol(&self, ino: FileId) -> Result<(Attr, VolumeId), nfsstat3> {
         let cached = self.shared.attrs.lock().unwrap().get(&ino).copied();
         let (a, vol) = match cached {
             Some(v) => v,
@@ -137,6 +151,6 @@ impl KuraFs {
         if !self.volume_visible(vol).await? {
             return Err(nfsstat3::NFS3ERR_STALE);
         }
-        Ok(a)
+        Ok((a, vol))
     }
 }

@@ -8,6 +8,7 @@ impl KuraFs {
     pub async fn setattr(&self, id: &Checked, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let node = id.0.clone();
         let ino = self.writable_node(&node)?;
+        let _pass = self.pass(ino).await?;
         let s = self.set_attr(&setattr);
         self.shared.invalidate(&[ino]);
         let a = self
@@ -27,6 +28,7 @@ impl KuraFs {
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         let node = id.0.clone();
         let ino = self.writable_node(&node)?;
+        let _pass = self.pass(ino).await?;
         let a = self.live_attr(ino).await?;
         if a.kind != FileKind::File {
             return Err(nfsstat3::NFS3ERR_INVAL);
@@ -63,6 +65,7 @@ impl KuraFs {
         guarded: bool,
     ) -> Result<(Node, fattr3), nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&attr, 0o644);
@@ -110,6 +113,7 @@ impl KuraFs {
         createverf: createverf3,
     ) -> Result<Node, nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&sattr3::default(), 0o644);
@@ -132,6 +136,7 @@ impl KuraFs {
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let name = dirname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(attr, 0o755);
@@ -164,6 +169,7 @@ impl KuraFs {
         want_dir: bool,
     ) -> Result<(), nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let name = filename.as_ref().to_vec();
         if name.as_slice() == SNAPDIR && self.volume_of_root(dir).await?.is_some() {
             return Err(nfsstat3::NFS3ERR_ROFS);
@@ -192,6 +198,7 @@ impl KuraFs {
         to_filename: &filename3<'a>,
     ) -> Result<(), nfsstat3> {
         let from = self.writable_node(&from_dirid.0)?;
+        let _pass = self.pass(from).await?;
         let to = self.writable_node(&to_dirid.0)?;
         let (fname, tname) = (
             from_filename.as_ref().to_vec(),
@@ -226,6 +233,7 @@ impl KuraFs {
         name: &filename3<'_>,
     ) -> Result<fattr3, nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let ino = match file.0 {
             Node::Live(i) => i,
             Node::Root => return Err(nfsstat3::NFS3ERR_ACCES),
@@ -249,6 +257,7 @@ impl KuraFs {
         attr: &sattr3,
     ) -> Result<(Node, fattr3), nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
+        let _pass = self.pass(dir).await?;
         let name = linkname.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let target = symlink.0.to_vec();

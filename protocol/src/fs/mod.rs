@@ -14,6 +14,7 @@
 //! the one gate, [`KuraFs::resolve`], before a procedure sees it.
 
 mod door;
+mod freeze;
 mod listing;
 mod live;
 mod policy;
@@ -21,6 +22,7 @@ mod read;
 mod snapshots;
 
 pub use door::Shared;
+pub use freeze::{FreezeError, FreezeGate, FreezeStats, Frozen, Pass};
 pub use listing::{DirEntryPlus, KuraIter};
 pub use policy::ExportPolicy;
 
