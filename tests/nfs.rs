@@ -298,7 +298,8 @@ fn allow_list_refuses_other_addresses() {
     );
 }
 
-/// A read-only export refuses writes; root squashing maps owner 0 to the anonymous ids.
+/// A read-only export refuses writes; by default root keeps its ownership (tar -p and
+/// rsync -a as root restore owners); with root_squash owner 0 maps to the anonymous ids.
 #[test]
 fn read_only_export_and_root_squash() {
     let tmp = tempfile::tempdir().unwrap();
@@ -307,7 +308,20 @@ fn read_only_export_and_root_squash() {
         tmp.path(),
         &format!("127.0.0.1:{port}"),
         &["127.0.0.1/32"],
-        "anon_uid = 4242\nanon_gid = 4343\n",
+        "",
+    );
+    let mut d = Daemon::start(&cfg, &[]);
+    let out = py(
+        d.port,
+        "c.touch('/r')\nc.chown('/r', 0, 0)\ns = c.stat('/r')\nprint(s.uid, s.gid)\n",
+    );
+    assert_eq!(out.trim(), "0 0", "no squashing by default");
+    d.stop();
+    let cfg = config(
+        tmp.path(),
+        &format!("127.0.0.1:{port}"),
+        &["127.0.0.1/32"],
+        "root_squash = true\nanon_uid = 4242\nanon_gid = 4343\n",
     );
     let mut d = Daemon::start(&cfg, &[]);
     let out = py(

@@ -3,11 +3,12 @@
 
 use anyhow::{bail, Context, Result};
 use protocol::{Cidr, ExportConfig, ExportPolicy};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the store lives.
@@ -27,11 +28,75 @@ pub struct Config {
     /// again. Counts fully toward the daemon's memory. Default: an eighth of the
     /// machine's memory, at least 64 MiB and at most 8 GiB (see [`Config::read_cache`]).
     pub read_cache_mib: Option<u64>,
+    /// The control API (what the CLI and the console talk to).
+    #[serde(default)]
+    pub api: ApiToml,
+    /// Store-wide hooks, run for every volume's snapshot job (before the volume's own
+    /// pre-freeze hook, after its own post-thaw hook).
+    #[serde(default)]
+    pub hooks: HooksToml,
+    /// Per-volume settings, `[volume.NAME]`; a volume named here is created at start.
+    #[serde(default, rename = "volume")]
+    pub volume_settings: BTreeMap<String, VolumeToml>,
     #[serde(default = "default_exports", rename = "export")]
     pub exports: Vec<ExportToml>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToml {
+    /// `ADDRESS:PORT`. A non-loopback address requires the bearer token kept in
+    /// `<data_dir>/api-token` (made at first start, mode 0600).
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+}
+
+impl Default for ApiToml {
+    fn default() -> Self {
+        ApiToml {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksToml {
+    /// Run with `sh -c` before the freeze; a failure aborts the job.
+    pub pre_freeze: Option<String>,
+    /// Run with `sh -c` after the thaw, whatever happened (KURA_RESULT says what).
+    pub post_thaw: Option<String>,
+    /// A hook still running after this long is killed (and counts as failed).
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeToml {
+    /// Longest freeze: a snapshot that would hold writers longer is aborted and the
+    /// volume thawed (VSS's limit is 10 s).
+    #[serde(default = "default_freeze_limit")]
+    pub freeze_limit_secs: f64,
+    pub pre_freeze: Option<String>,
+    pub post_thaw: Option<String>,
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_secs: u64,
+    /// New snapshots cannot be deleted (by anyone, through any command) for this many
+    /// days.
+    #[serde(default)]
+    pub lock_days: u32,
+    /// Recovery point objective: `status` flags the volume when its newest good
+    /// snapshot is older (e.g. "1h", "30m", "1d").
+    pub rpo: Option<String>,
+}
+
+impl Default for VolumeToml {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportToml {
     #[serde(default = "default_listen")]
@@ -42,7 +107,9 @@ pub struct ExportToml {
     pub volumes: Option<Vec<String>>,
     #[serde(default)]
     pub read_only: bool,
-    #[serde(default = "yes")]
+    /// Off by default: backup clients (tar -p, rsync -a as root) must keep the
+    /// ownership they write, as on a Data Domain export.
+    #[serde(default)]
     pub root_squash: bool,
     #[serde(default = "nobody")]
     pub anon_uid: u32,
@@ -74,14 +141,20 @@ fn default_idle() -> u64 {
 fn default_inflight() -> usize {
     64
 }
+fn default_api_listen() -> String {
+    "127.0.0.1:7411".into()
+}
+fn default_freeze_limit() -> f64 {
+    10.0
+}
+fn default_hook_timeout() -> u64 {
+    60
+}
 fn default_listen() -> String {
     "127.0.0.1:2049".into()
 }
 fn default_allow() -> Vec<String> {
     vec!["127.0.0.1/32".into(), "::1/128".into()]
-}
-fn yes() -> bool {
-    true
 }
 fn nobody() -> u32 {
     65534
@@ -131,9 +204,60 @@ impl Config {
         Ok(c)
     }
 
+    /// Every volume the config names (`volumes` and `[volume.NAME]`), once each.
+    pub fn all_volumes(&self) -> Vec<String> {
+        let mut all = self.volumes.clone();
+        for v in self.volume_settings.keys() {
+            if !all.contains(v) {
+                all.push(v.clone());
+            }
+        }
+        all
+    }
+
+    /// The settings of volume `name` (defaults when it has no table).
+    pub fn volume(&self, name: &str) -> VolumeToml {
+        self.volume_settings.get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn api_addr(&self) -> Result<SocketAddr> {
+        self.api
+            .listen
+            .parse()
+            .with_context(|| format!("api.listen = {:?} is not ADDRESS:PORT", self.api.listen))
+    }
+
     pub fn validate(&self) -> Result<()> {
         for v in &self.volumes {
-            storage::store::check_volume_name(v).with_context(|| format!("volume {v:?}"))?;
+            storage::store::check_volume_name(v).with_context(|| format!("volumes: {v:?}"))?;
+        }
+        self.api_addr()?;
+        check_hook("hooks.pre_freeze", &self.hooks.pre_freeze)?;
+        check_hook("hooks.post_thaw", &self.hooks.post_thaw)?;
+        if self.hooks.timeout_secs == Some(0) {
+            bail!("hooks.timeout_secs = 0: every hook would time out");
+        }
+        for (name, v) in &self.volume_settings {
+            let key = |k: &str| format!("volume.{name}.{k}");
+            storage::store::check_volume_name(name).with_context(|| format!("[volume.{name}]"))?;
+            if !(v.freeze_limit_secs > 0.0 && v.freeze_limit_secs <= 600.0) {
+                bail!(
+                    "{} = {} is outside (0, 600]",
+                    key("freeze_limit_secs"),
+                    v.freeze_limit_secs
+                );
+            }
+            if v.hook_timeout_secs == 0 {
+                bail!(
+                    "{} = 0: every hook would time out",
+                    key("hook_timeout_secs")
+                );
+            }
+            check_hook(&key("pre_freeze"), &v.pre_freeze)?;
+            check_hook(&key("post_thaw"), &v.post_thaw)?;
+            if let Some(r) = &v.rpo {
+                parse_duration(r).with_context(|| format!("{} = {r:?}", key("rpo")))?;
+            }
         }
         if self.exports.is_empty() {
             bail!("no [[export]]: nothing would be served");
@@ -149,6 +273,38 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_hook(key: &str, h: &Option<String>) -> Result<()> {
+    if let Some(cmd) = h {
+        if cmd.trim().is_empty() {
+            bail!("{key} is empty: leave it out to run no hook");
+        }
+    }
+    Ok(())
+}
+
+/// Parses a duration such as `90s`, `30m`, `2h`, `35d`, `1w` (one number, one unit).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .context("a number and a unit (s, m, h, d, w), e.g. \"1h\"")?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .context("a number and a unit (s, m, h, d, w), e.g. \"1h\"")?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("unit {unit:?}: use s, m, h, d or w"),
+    };
+    Ok(std::time::Duration::from_secs(
+        n.checked_mul(mult).context("too long")?,
+    ))
 }
 
 impl ExportToml {

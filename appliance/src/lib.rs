@@ -3,12 +3,17 @@
 //! The `kura` binary's library: configuration ([`config`]) and the daemon ([`run`]).
 //! The server is a library function so that tests start exactly what the binary runs.
 
+pub mod api;
+pub mod client;
 pub mod config;
+pub mod hooks;
+pub mod jobs;
+pub mod status;
 
 use anyhow::{Context, Result};
 use config::Config;
 use protocol::Shared;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +27,7 @@ pub fn open_store(cfg: &Config) -> Result<Store> {
     };
     let store = Store::open(&cfg.data_dir, opts)
         .with_context(|| format!("opening store {}", cfg.data_dir.display()))?;
-    for v in &cfg.volumes {
+    for v in &cfg.all_volumes() {
         if store.volume(v).is_err() {
             let owner = cfg
                 .exports
@@ -44,14 +49,26 @@ pub fn open_store(cfg: &Config) -> Result<Store> {
     Ok(store)
 }
 
-/// Runs the daemon until `shutdown` resolves: the exports, and the background ingester.
-/// `ready` receives the bound address of every export once they listen.
+/// Where the daemon listens, once it does.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    /// Every export, in config order.
+    pub exports: Vec<SocketAddr>,
+    /// The control API.
+    pub api: SocketAddr,
+}
+
+/// Runs the daemon until `shutdown` resolves: the exports, the control API, the jobs
+/// and the background ingester. `ready` learns the bound addresses once all listen.
+/// At `shutdown`: the exports and the API stop accepting, running jobs finish (a
+/// freeze past its limit aborts and thaws as always), everything is flushed.
 pub async fn run(
     cfg: Config,
-    ready: impl FnOnce(&[SocketAddr]),
+    ready: impl FnOnce(&Listening),
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     cfg.validate()?;
+    let api_addr = cfg.api_addr()?;
     let store = Arc::new(tokio::task::block_in_place(|| open_store(&cfg))?);
     let generation = store
         .begin_service(&protocol::boot_id())
@@ -69,8 +86,32 @@ pub async fn run(
         );
     }
     let addrs: Vec<SocketAddr> = exports.iter().map(|e| e.addr).collect();
-    tracing::info!(exports = ?addrs, generation, data = %cfg.data_dir.display(), "kura serving");
-    ready(&addrs);
+    let token = tokio::task::block_in_place(|| api::load_or_make_token(&cfg.data_dir))?;
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("api.listen: binding {api_addr}"))?;
+    let api_bound = api_listener.local_addr()?;
+    let need_token = !api_bound.ip().is_loopback();
+    let app = jobs::Appliance::new(cfg.clone(), store.clone(), shared.clone());
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(
+        axum::serve(
+            api_listener,
+            api::router(app.clone(), need_token.then(|| Arc::new(token))),
+        )
+        .with_graceful_shutdown(async {
+            let _ = api_stopped.await;
+        })
+        .into_future(),
+    );
+    let url_file = cfg.data_dir.join(api::ADDR_FILE);
+    std::fs::write(&url_file, format!("http://{api_bound}\n"))
+        .with_context(|| format!("writing {}", url_file.display()))?;
+    tracing::info!(exports = ?addrs, api = %api_bound, generation, data = %cfg.data_dir.display(), "kura serving");
+    ready(&Listening {
+        exports: addrs,
+        api: api_bound,
+    });
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ingester = {
@@ -92,6 +133,14 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     drop(exports);
+    let _ = api_stop.send(());
+    app.drain_jobs().await;
+    match tokio::time::timeout(Duration::from_secs(30), api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control API ended with an error"),
+        Err(_) => tracing::warn!("control API requests still open after 30 s; closing"),
+        _ => {}
+    }
+    let _ = std::fs::remove_file(&url_file);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ingester.join();
     tokio::task::block_in_place(|| store.end_service()).context("clean shutdown")?;

@@ -1,10 +1,12 @@
 //! `kura`: the backup appliance's command line.
 
-use anyhow::{bail, Context, Result};
+mod commands;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kura::client::Target;
 use kura::config::Config;
 use std::path::PathBuf;
-use storage::{GcOptions, NewAttr};
 
 #[derive(Parser)]
 #[command(name = "kura", version, about = "kura backup appliance")]
@@ -21,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the NFSv3 exports until SIGINT/SIGTERM.
+    /// Serve the NFSv3 exports, the control API and the jobs until SIGINT/SIGTERM.
     Serve {
         /// Listen address of the first export (overrides the config), e.g. 127.0.0.1:0.
         #[arg(long)]
@@ -29,6 +31,9 @@ enum Cmd {
         /// Allowed clients of the first export (CIDR, repeatable; overrides the config).
         #[arg(long)]
         allow: Vec<String>,
+        /// Listen address of the control API (overrides api.listen).
+        #[arg(long)]
+        api: Option<String>,
     },
     /// Volumes (exports' top-level directories).
     Volume {
@@ -40,7 +45,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapCmd,
     },
-    /// Make a new writable volume from a snapshot (shares data, copies nothing).
+    /// Make a new writable volume from a snapshot (shares data, copies nothing); served
+    /// at once.
     Clone {
         volume: String,
         snapshot: String,
@@ -52,11 +58,42 @@ enum Cmd {
     Gc {
         #[arg(long)]
         dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read and check every chunk; quarantine damage.
-    Verify,
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job history, newest first.
+    Jobs {
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// State of the store and its volumes; exits 1 when a volume misses its RPO or its
+    /// last snapshot failed.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Store statistics.
     Stats,
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Prints the resolved configuration, or the first error naming the file and key.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -66,14 +103,51 @@ enum VolumeCmd {
         #[arg(long, default_value = "0:0")]
         owner: String,
     },
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum SnapCmd {
-    Create { volume: String, name: String },
-    List { volume: Option<String> },
-    Delete { volume: String, name: String },
+    /// Take a snapshot now (the whole job: pre-flush, hooks, freeze, snapshot, thaw).
+    Create {
+        volume: String,
+        /// Name (default: the time, e.g. 2026-11-30_16-05-12Z).
+        name: Option<String>,
+        #[arg(long = "name", conflicts_with = "name")]
+        name_flag: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        volume: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete (refused for held or locked snapshots); the data goes at the next GC.
+    Delete {
+        volume: String,
+        name: String,
+    },
+    /// Keep a snapshot until released: never pruned, never deleted.
+    Hold {
+        volume: String,
+        name: String,
+    },
+    Release {
+        volume: String,
+        name: String,
+    },
 }
 
 fn main() {
@@ -100,12 +174,15 @@ fn real_main() -> Result<()> {
         cfg.data_dir = d;
     }
     match cli.cmd {
-        Cmd::Serve { listen, allow } => {
+        Cmd::Serve { listen, allow, api } => {
             if let Some(l) = listen {
                 cfg.exports[0].listen = l;
             }
             if !allow.is_empty() {
                 cfg.exports[0].allow = allow;
+            }
+            if let Some(a) = api {
+                cfg.api.listen = a;
             }
             cfg.validate()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -117,21 +194,57 @@ fn real_main() -> Result<()> {
                 let shutdown = shutdown_signal()?;
                 kura::run(
                     cfg,
-                    |addrs| {
-                        for a in addrs {
-                            // Tests and scripts read the bound port from this line.
+                    |l| {
+                        // Tests and scripts read the bound ports from these lines.
+                        for a in &l.exports {
                             println!("listening {a}");
                         }
+                        println!("api http://{}", l.api);
+                        notify_ready();
                     },
                     shutdown,
                 )
                 .await
             })
         }
-        cmd => {
-            let store = kura::open_store(&cfg)?;
-            offline(&store, cmd)
+        Cmd::Config {
+            cmd: ConfigCmd::Check,
+        } => {
+            cfg.validate()?;
+            print!("{}", toml::to_string(&cfg).context("printing the config")?);
+            Ok(())
         }
+        cmd => {
+            let target = Target::open(&cfg)?;
+            let code = commands::run(&target, cmd)?;
+            drop(target);
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`) that the daemon is ready, when it runs under it.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", std::path::Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not notify systemd");
     }
 }
 
@@ -146,146 +259,4 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
-}
-
-fn offline(store: &storage::Store, cmd: Cmd) -> Result<()> {
-    match cmd {
-        Cmd::Volume {
-            cmd: VolumeCmd::Create { name, owner },
-        } => {
-            let (u, g) = owner.split_once(':').context("--owner is UID:GID")?;
-            store.create_volume(
-                &name,
-                NewAttr {
-                    mode: 0o755,
-                    uid: u.parse()?,
-                    gid: g.parse()?,
-                },
-            )?;
-            println!("created volume {name}");
-        }
-        Cmd::Volume {
-            cmd: VolumeCmd::List,
-        } => {
-            for v in store.volumes()? {
-                println!("{}", v.name);
-            }
-        }
-        Cmd::Snapshot {
-            cmd: SnapCmd::Create { volume, name },
-        } => {
-            let s = store.snapshot(&volume, &name)?;
-            println!(
-                "snapshot {}@{} ({} bytes)",
-                s.volume, s.name, s.logical_bytes
-            );
-        }
-        Cmd::Snapshot {
-            cmd: SnapCmd::List { volume },
-        } => {
-            for s in store.snapshots(volume.as_deref())? {
-                println!(
-                    "{}@{}\t{}\t{}",
-                    s.volume, s.name, s.created.sec, s.logical_bytes
-                );
-            }
-        }
-        Cmd::Snapshot {
-            cmd: SnapCmd::Delete { volume, name },
-        } => {
-            store.delete_snapshot(&volume, &name)?;
-            println!("deleted {volume}@{name}");
-        }
-        Cmd::Clone {
-            volume,
-            snapshot,
-            new_volume,
-        } => {
-            store.clone_snapshot(&volume, &snapshot, &new_volume)?;
-            println!("cloned {volume}@{snapshot} to volume {new_volume}");
-        }
-        Cmd::Ingest => {
-            let r = store.ingest_all(None)?;
-            println!(
-                "ingested {} files, {} bytes, {} new bytes stored as {}",
-                r.files, r.bytes, r.new_bytes, r.stored_bytes
-            );
-        }
-        Cmd::Gc { dry_run } => {
-            let r = store.gc(&GcOptions {
-                dry_run,
-                ..Default::default()
-            })?;
-            println!(
-                "{}unreachable chunks {} ({} bytes), packs to repack {}, orphan packs {}, deleted {} chunks, {} {} bytes",
-                if dry_run { "[dry run] " } else { "" },
-                r.plan.unreachable.len(),
-                r.plan.unreachable_bytes,
-                r.plan.repack.len(),
-                r.plan.remove_packs.len(),
-                r.deleted_chunks,
-                if dry_run { "would reclaim" } else { "reclaimed" },
-                if dry_run {
-                    r.plan.reclaim_bytes()
-                } else {
-                    r.reclaimed_bytes
-                }
-            );
-        }
-        Cmd::Verify => {
-            let r = store.verify()?;
-            println!(
-                "checked {} chunks in {} packs; {} staged files ({} bytes) in the landing zone",
-                r.chunks, r.packs, r.staged_files, r.staged_bytes
-            );
-            for d in &r.damaged {
-                println!(
-                    "DAMAGED chunk {} in pack {} at {}: {}",
-                    d.chunk, d.pack, d.offset, d.detail
-                );
-            }
-            for rec in &r.records {
-                let kept = match &rec.quarantine {
-                    Ok(p) => format!("copy kept at {}", p.display()),
-                    Err(why) => why.clone(),
-                };
-                println!(
-                    "DAMAGED record in pack {} at {}: {} chunks unreadable; {kept}",
-                    rec.pack, rec.offset, rec.chunks
-                );
-            }
-            for p in &r.staged_problems {
-                println!("STAGED {p}");
-            }
-            for f in &r.affected_files {
-                println!("affected file {f}");
-            }
-            for f in &r.affected_snapshots {
-                println!("affected snapshot file {f}");
-            }
-            if !r.is_clean() {
-                bail!(
-                    "{} damaged chunks, {} staged files with problems",
-                    r.damaged.len(),
-                    r.staged_problems.len()
-                );
-            }
-        }
-        Cmd::Stats => {
-            let s = store.stats()?;
-            println!(
-                "chunks {}\nplain bytes {}\nstored bytes {}\npack bytes {}\nlive logical bytes {}\nstaged files {}\nfilesystem bytes {}\nfilesystem free bytes {}",
-                s.chunks,
-                s.chunk_raw_bytes,
-                s.chunk_stored_bytes,
-                s.pack_bytes,
-                s.live_logical_bytes,
-                s.staged_files,
-                s.fs_total_bytes,
-                s.fs_free_bytes
-            );
-        }
-        Cmd::Serve { .. } => unreachable!(),
-    }
-    Ok(())
 }

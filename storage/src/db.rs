@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS jobs(
   error TEXT,
   snapshot TEXT,
   bytes INTEGER NOT NULL DEFAULT 0,
+  frozen_at_ms INTEGER,
   freeze_ms INTEGER,
   window_ms INTEGER,
   output TEXT NOT NULL DEFAULT '');

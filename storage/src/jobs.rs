@@ -25,8 +25,9 @@ pub struct JobRecord {
     pub snapshot: Option<String>,
     /// Bytes the job moved or checked (what that means depends on the kind).
     pub bytes: u64,
-    /// Snapshot jobs: how long the volume was frozen, and the window a client saw
-    /// (from the first held call to the thaw).
+    /// Snapshot jobs: when the gate closed (unix milliseconds), how long the volume was
+    /// frozen, and the window a client saw (from the first held call to the thaw).
+    pub frozen_at_ms: Option<i64>,
     pub freeze_ms: Option<u64>,
     pub window_ms: Option<u64>,
     /// The tail of the hooks' output and the job's own notes.
@@ -50,8 +51,8 @@ fn tail(s: &str) -> &str {
 fn insert(conn: &Connection, j: &JobRecord) -> Result<u64> {
     conn.execute(
         "INSERT INTO jobs(kind, volume, started_ms, ended_ms, result, error, snapshot, bytes,
-                          freeze_ms, window_ms, output)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          frozen_at_ms, freeze_ms, window_ms, output)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             j.kind,
             j.volume,
@@ -61,6 +62,7 @@ fn insert(conn: &Connection, j: &JobRecord) -> Result<u64> {
             j.error,
             j.snapshot,
             j.bytes as i64,
+            j.frozen_at_ms,
             j.freeze_ms.map(|v| v as i64),
             j.window_ms.map(|v| v as i64),
             tail(&j.output),
@@ -81,9 +83,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         error: r.get(6)?,
         snapshot: r.get(7)?,
         bytes: r.get::<_, i64>(8)? as u64,
-        freeze_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-        window_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
-        output: r.get(11)?,
+        frozen_at_ms: r.get(9)?,
+        freeze_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        window_ms: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        output: r.get(12)?,
     })
 }
 
@@ -101,7 +104,7 @@ pub(crate) fn list(store: &Store, volume: Option<&str>, limit: usize) -> Result<
     let mut st = conn
         .prepare_cached(
             "SELECT id, kind, volume, started_ms, ended_ms, result, error, snapshot, bytes,
-                    freeze_ms, window_ms, output
+                    frozen_at_ms, freeze_ms, window_ms, output
              FROM jobs WHERE ?1 IS NULL OR volume = ?1 ORDER BY id DESC LIMIT ?2",
         )
         .ctx("listing jobs")?;

@@ -43,13 +43,52 @@ pub struct SnapshotInfo {
     pub busy: bool,
 }
 
-/// What a new snapshot records besides its tree.
+/// What a new snapshot records besides its tree, and how its caller may cancel it.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotMeta {
     pub label: Option<String>,
     /// Unix seconds before which the snapshot cannot be deleted (0: no lock).
     pub lock_until: i64,
     pub busy: bool,
+    pub cancel: Option<SnapshotCancel>,
+}
+
+/// Lets a caller that gives up on a snapshot (a freeze past its limit) know for sure
+/// whether it will be recorded: either [`SnapshotCancel::cancel`] wins and the snapshot
+/// is rolled back, or the snapshot has started its commit and the caller must wait
+/// for it (it holds what was frozen, nothing after).
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotCancel(Arc<std::sync::atomic::AtomicU8>);
+
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const COMMITTING: u8 = 2;
+
+impl SnapshotCancel {
+    /// `true`: the snapshot will not be recorded. `false`: it is committing already.
+    pub fn cancel(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self.0.compare_exchange(RUNNING, CANCELLED, SeqCst, SeqCst) {
+            Ok(_) => true,
+            Err(state) => state == CANCELLED,
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) == CANCELLED
+    }
+
+    /// `false` when cancelled: the caller rolls back.
+    fn begin_commit(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0
+            .compare_exchange(RUNNING, COMMITTING, SeqCst, SeqCst)
+            .is_ok()
+    }
+}
+
+fn cancelled(vol: &str, name: &str) -> StoreError {
+    StoreError::Refused(format!("snapshot {vol}@{name} cancelled"))
 }
 
 struct Builder<'a> {
@@ -211,7 +250,11 @@ pub(crate) fn snapshot(
     let v = store.volume(vol)?;
     let t0 = std::time::Instant::now();
     let mut tries = 0;
+    let is_cancelled = || meta.cancel.as_ref().is_some_and(|c| c.is_cancelled());
     loop {
+        if is_cancelled() {
+            return Err(cancelled(vol, name));
+        }
         store.ingest_all(Some(v.id))?;
         let still = {
             let conn = store.db.lock();
@@ -290,6 +333,10 @@ pub(crate) fn snapshot(
     )
     .ctx("recording snapshot")?;
     let id = SnapshotId(tx.last_insert_rowid() as u64);
+    if meta.cancel.as_ref().is_some_and(|c| !c.begin_commit()) {
+        // The directory objects written stay unreferenced: garbage for GC.
+        return Err(cancelled(vol, name));
+    }
     tx.commit().ctx("commit snapshot")?;
     drop(conn);
     store.db.sync_wal(&store.latch)?;

@@ -342,6 +342,12 @@ impl Store {
         namespace::volumes(&*self.db.reader()?)
     }
 
+    /// Sum of the file sizes of volume `name` (as last ingested).
+    pub fn volume_logical_bytes(&self, name: &str) -> Result<u64> {
+        let v = self.volume(name)?;
+        namespace::logical_bytes(&self.db.lock(), Some(v.id))
+    }
+
     pub fn volume(&self, name: &str) -> Result<Volume> {
         self.volumes()?
             .into_iter()

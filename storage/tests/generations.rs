@@ -21,6 +21,7 @@ fn holds_and_locks_refuse_deletes() {
                 label: Some("nightly".into()),
                 lock_until: now + 3600,
                 busy: true,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -16,6 +16,8 @@ pub struct Daemon {
     child: Option<Child>,
     in_process: Option<InProcess>,
     pub port: u16,
+    /// The control API's base URL (`http://127.0.0.1:PORT`).
+    pub api: String,
     pub data: PathBuf,
     pub config: PathBuf,
 }
@@ -24,7 +26,7 @@ pub struct Daemon {
 pub fn config(dir: &Path, listen: &str, allow: &[&str], extra: &str) -> PathBuf {
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
     let text = format!(
-        "data_dir = {:?}\nvolumes = [\"backup\"]\ningest_idle_secs = 1\n\n[[export]]\nlisten = {listen:?}\nallow = [{}]\n{extra}\n",
+        "data_dir = {:?}\nvolumes = [\"backup\"]\ningest_idle_secs = 1\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[[export]]\nlisten = {listen:?}\nallow = [{}]\n{extra}\n",
         dir.join("store"),
         allow.join(", ")
     );
@@ -71,8 +73,8 @@ impl Daemon {
                     .build()?;
                 let r = rt.block_on(kura::run(
                     cfg,
-                    |addrs| {
-                        let _ = tx.send(addrs[0].port());
+                    |l| {
+                        let _ = tx.send((l.exports[0].port(), l.api));
                     },
                     async {
                         let _ = stopped.await;
@@ -84,7 +86,7 @@ impl Daemon {
                 r
             })
             .unwrap();
-        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (port, api) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(p) => p,
             Err(_) => match thread.join() {
                 Ok(Err(e)) => panic!("kura did not start: {e:#}"),
@@ -95,6 +97,7 @@ impl Daemon {
             child: None,
             in_process: Some(InProcess { thread, stop }),
             port,
+            api: format!("http://{api}"),
             data: config.parent().unwrap().join("store"),
             config: config.to_path_buf(),
         }
@@ -129,11 +132,18 @@ impl Daemon {
             .unwrap()
             .parse()
             .expect("listening line");
+        let api = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kura did not print its API address")
+            .strip_prefix("api ")
+            .expect("api line")
+            .to_owned();
         let data = config.parent().unwrap().join("store");
         Daemon {
             child: Some(child),
             in_process: None,
             port,
+            api,
             data,
             config: config.to_path_buf(),
         }

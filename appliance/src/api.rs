@@ -1,0 +1,558 @@
+//! The control API: JSON over HTTP (axum), what the CLI and the console use while the
+//! daemon serves. Documented endpoint by endpoint in `docs/api.md`.
+//!
+//! On a loopback address every local process may call it (as it may open the store's
+//! files); on any other address each request must carry the bearer token kept in
+//! `<data_dir>/api-token` (made at first start, mode 0600).
+
+use crate::jobs::{Appliance, Refusal, SnapshotRequest};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use storage::{JobRecord, SnapshotInfo, StoreError};
+
+/// The token file's name in the data directory.
+pub const TOKEN_FILE: &str = "api-token";
+/// Where the daemon writes its API's URL for the CLI (removed at a clean stop).
+pub const ADDR_FILE: &str = "api.url";
+
+/// An error as the API returns it: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        let status = if e.downcast_ref::<Refusal>().is_some() {
+            StatusCode::CONFLICT
+        } else if let Some(se) = e.downcast_ref::<StoreError>() {
+            store_status(se)
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError(status, format!("{e:#}"))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError(store_status(&e), e.to_string())
+    }
+}
+
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Exists(_) | StoreError::Refused(_) => StatusCode::CONFLICT,
+        StoreError::Invalid(_)
+        | StoreError::InvalidName { .. }
+        | StoreError::NameTooLong { .. } => StatusCode::BAD_REQUEST,
+        StoreError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+type App = State<Arc<Appliance>>;
+
+/// A snapshot as the API shows it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SnapshotView {
+    pub volume: String,
+    pub name: String,
+    /// Unix seconds, and the same as ISO 8601 (UTC).
+    pub created: i64,
+    pub created_iso: String,
+    pub logical_bytes: u64,
+    pub label: Option<String>,
+    pub held: bool,
+    /// Unix seconds; 0 when not locked.
+    pub lock_until: i64,
+    pub busy: bool,
+}
+
+impl From<&SnapshotInfo> for SnapshotView {
+    fn from(s: &SnapshotInfo) -> Self {
+        SnapshotView {
+            volume: s.volume.clone(),
+            name: s.name.clone(),
+            created: s.created.sec,
+            created_iso: iso(s.created.sec * 1000),
+            logical_bytes: s.logical_bytes,
+            label: s.label.clone(),
+            held: s.held,
+            lock_until: s.lock_until,
+            busy: s.busy,
+        }
+    }
+}
+
+/// A job record as the API shows it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct JobView {
+    pub id: u64,
+    pub kind: String,
+    pub volume: Option<String>,
+    pub started_ms: i64,
+    pub started_iso: String,
+    pub ended_ms: i64,
+    pub result: String,
+    pub error: Option<String>,
+    pub snapshot: Option<String>,
+    pub bytes: u64,
+    pub frozen_at_ms: Option<i64>,
+    pub freeze_ms: Option<u64>,
+    pub window_ms: Option<u64>,
+    pub output: String,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(j: &JobRecord) -> Self {
+        JobView {
+            id: j.id,
+            kind: j.kind.clone(),
+            volume: j.volume.clone(),
+            started_ms: j.started_ms,
+            started_iso: iso(j.started_ms),
+            ended_ms: j.ended_ms,
+            result: j.result.clone(),
+            error: j.error.clone(),
+            snapshot: j.snapshot.clone(),
+            bytes: j.bytes,
+            frozen_at_ms: j.frozen_at_ms,
+            freeze_ms: j.freeze_ms,
+            window_ms: j.window_ms,
+            output: j.output.clone(),
+        }
+    }
+}
+
+/// ISO 8601 in UTC with the zone, to the second.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Runs a store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<Appliance>,
+    f: impl FnOnce(&storage::Store) -> storage::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store call panicked: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Deserialize)]
+struct VolumeQuery {
+    volume: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_snapshots(
+    State(app): App,
+    Query(q): Query<VolumeQuery>,
+) -> ApiResult<Vec<SnapshotView>> {
+    if let Some(v) = q.volume.clone() {
+        blocking(&app, move |s| s.volume(&v)).await?;
+    }
+    let list = blocking(&app, move |s| s.snapshots(q.volume.as_deref())).await?;
+    Ok(Json(list.iter().map(SnapshotView::from).collect()))
+}
+
+async fn volume_snapshots(
+    State(app): App,
+    Path(volume): Path<String>,
+) -> ApiResult<Vec<SnapshotView>> {
+    let v = volume.clone();
+    blocking(&app, move |s| s.volume(&v)).await?;
+    let list = blocking(&app, move |s| s.snapshots(Some(&volume))).await?;
+    Ok(Json(list.iter().map(SnapshotView::from).collect()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateSnapshot {
+    name: Option<String>,
+    label: Option<String>,
+}
+
+/// What a job returns: its record, and what it made.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct JobReply<T> {
+    pub job: JobView,
+    pub result: Option<T>,
+}
+
+async fn create_snapshot(
+    State(app): App,
+    Path(volume): Path<String>,
+    body: Option<Json<CreateSnapshot>>,
+) -> Result<Response, ApiError> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    // A job runs in a task of its own: a client that goes away does not cancel it
+    // halfway, and a clean shutdown waits for it.
+    let job_app = app.clone();
+    let (job, info) = tokio::spawn(async move {
+        job_app
+            .snapshot_job(
+                &volume,
+                SnapshotRequest {
+                    name: req.name,
+                    label: req.label,
+                    busy: false,
+                },
+            )
+            .await
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("snapshot job panicked: {e}"))??;
+    let status = if job.result == "ok" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let reply = JobReply {
+        job: JobView::from(&job),
+        result: info.as_ref().map(SnapshotView::from),
+    };
+    Ok((status, Json(reply)).into_response())
+}
+
+async fn show_snapshot(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+) -> ApiResult<SnapshotView> {
+    let s = blocking(&app, move |s| s.snapshot_info(&volume, &name)).await?;
+    Ok(Json(SnapshotView::from(&s)))
+}
+
+async fn delete_snapshot(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+) -> ApiResult<Value> {
+    let (v, n) = (volume.clone(), name.clone());
+    blocking(&app, move |s| s.delete_snapshot(&v, &n)).await?;
+    Ok(Json(json!({ "deleted": format!("{volume}@{name}") })))
+}
+
+async fn hold(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+) -> ApiResult<SnapshotView> {
+    let s = blocking(&app, move |s| s.hold_snapshot(&volume, &name, true)).await?;
+    Ok(Json(SnapshotView::from(&s)))
+}
+
+async fn release(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+) -> ApiResult<SnapshotView> {
+    let s = blocking(&app, move |s| s.hold_snapshot(&volume, &name, false)).await?;
+    Ok(Json(SnapshotView::from(&s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloneReq {
+    new_volume: String,
+}
+
+async fn clone_snapshot(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+    Json(req): Json<CloneReq>,
+) -> Result<Response, ApiError> {
+    let nv = req.new_volume.clone();
+    blocking(&app, move |s| s.clone_snapshot(&volume, &name, &nv)).await?;
+    // The exports list volumes from the store on every call: the clone is served now.
+    app.shared.invalidate_all();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "volume": req.new_volume })),
+    )
+        .into_response())
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct VolumeView {
+    pub name: String,
+    pub logical_bytes: u64,
+    pub snapshots: usize,
+    pub frozen: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVolume {
+    name: String,
+    #[serde(default)]
+    owner_uid: u32,
+    #[serde(default)]
+    owner_gid: u32,
+}
+
+async fn create_volume(
+    State(app): App,
+    Json(req): Json<CreateVolume>,
+) -> Result<Response, ApiError> {
+    let name = req.name.clone();
+    blocking(&app, move |s| {
+        s.create_volume(
+            &req.name,
+            storage::NewAttr {
+                mode: 0o755,
+                uid: req.owner_uid,
+                gid: req.owner_gid,
+            },
+        )
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "volume": name }))).into_response())
+}
+
+async fn list_volumes(State(app): App) -> ApiResult<Vec<VolumeView>> {
+    let gate = app.shared.gate.clone();
+    let out = blocking(&app, move |s| {
+        let snaps = s.snapshots(None)?;
+        s.volumes()?
+            .into_iter()
+            .map(|v| {
+                Ok(VolumeView {
+                    logical_bytes: s.volume_logical_bytes(&v.name)?,
+                    snapshots: snaps.iter().filter(|x| x.volume == v.name).count(),
+                    frozen: gate.is_frozen(v.id),
+                    name: v.name,
+                })
+            })
+            .collect::<storage::Result<Vec<_>>>()
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GcReq {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// GC's numbers as the API shows them.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GcView {
+    pub dry_run: bool,
+    pub unreachable_chunks: usize,
+    pub unreachable_bytes: u64,
+    pub packs_to_repack: usize,
+    pub orphan_packs: usize,
+    pub deleted_chunks: u64,
+    /// Reclaimed, or what would be on a dry run.
+    pub reclaim_bytes: u64,
+}
+
+async fn gc(State(app): App, body: Option<Json<GcReq>>) -> ApiResult<JobReply<GcView>> {
+    let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
+    let job_app = app.clone();
+    let (job, r) = tokio::spawn(async move { job_app.gc_job(dry_run).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("gc job panicked: {e}"))??;
+    Ok(Json(JobReply {
+        job: JobView::from(&job),
+        result: Some(GcView {
+            dry_run,
+            unreachable_chunks: r.plan.unreachable.len(),
+            unreachable_bytes: r.plan.unreachable_bytes,
+            packs_to_repack: r.plan.repack.len(),
+            orphan_packs: r.plan.remove_packs.len(),
+            deleted_chunks: r.deleted_chunks,
+            reclaim_bytes: if dry_run {
+                r.plan.reclaim_bytes()
+            } else {
+                r.reclaimed_bytes
+            },
+        }),
+    }))
+}
+
+/// Verify's findings as the API shows them.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct VerifyView {
+    pub clean: bool,
+    pub chunks: u64,
+    pub packs: u64,
+    pub damaged: Vec<String>,
+    pub affected_files: Vec<String>,
+    pub affected_snapshots: Vec<String>,
+    pub staged_problems: Vec<String>,
+}
+
+async fn verify(State(app): App) -> ApiResult<JobReply<VerifyView>> {
+    let job_app = app.clone();
+    let (job, r) = tokio::spawn(async move { job_app.verify_job().await })
+        .await
+        .map_err(|e| anyhow::anyhow!("verify job panicked: {e}"))??;
+    let mut damaged: Vec<String> = r
+        .damaged
+        .iter()
+        .map(|d| {
+            format!(
+                "chunk {} in pack {} at {}: {}",
+                d.chunk, d.pack, d.offset, d.detail
+            )
+        })
+        .collect();
+    damaged.extend(r.records.iter().map(|rec| {
+        format!(
+            "record in pack {} at {}: {} chunks unreadable",
+            rec.pack, rec.offset, rec.chunks
+        )
+    }));
+    Ok(Json(JobReply {
+        job: JobView::from(&job),
+        result: Some(VerifyView {
+            clean: r.is_clean(),
+            chunks: r.chunks,
+            packs: r.packs,
+            damaged,
+            affected_files: r.affected_files.clone(),
+            affected_snapshots: r.affected_snapshots.clone(),
+            staged_problems: r.staged_problems.iter().map(|p| p.to_string()).collect(),
+        }),
+    }))
+}
+
+async fn jobs(State(app): App, Query(q): Query<VolumeQuery>) -> ApiResult<Vec<JobView>> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    let list = blocking(&app, move |s| s.jobs(q.volume.as_deref(), limit)).await?;
+    Ok(Json(list.iter().map(JobView::from).collect()))
+}
+
+async fn ingest(State(app): App) -> ApiResult<Value> {
+    let r = blocking(&app, |s| s.ingest_all(None)).await?;
+    Ok(Json(json!({
+        "files": r.files, "bytes": r.bytes, "new_bytes": r.new_bytes, "stored_bytes": r.stored_bytes
+    })))
+}
+
+async fn status(State(app): App) -> ApiResult<crate::status::Status> {
+    Ok(Json(crate::status::gather(&app).await?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see docs/api.md)".into(),
+    )
+}
+
+/// Refuses a request without the token, when one is required.
+async fn check_token(
+    State(token): State<Option<Arc<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+        if !ok && req.uri().path() != "/healthz" {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (see <data_dir>/api-token)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The API's routes. `token`: required on every call but `/healthz` when `Some`.
+pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/volumes", get(list_volumes).post(create_volume))
+        .route("/snapshots", get(list_snapshots))
+        .route(
+            "/volumes/{volume}/snapshots",
+            get(volume_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/volumes/{volume}/snapshots/{name}",
+            get(show_snapshot).delete(delete_snapshot),
+        )
+        .route("/volumes/{volume}/snapshots/{name}/hold", post(hold))
+        .route("/volumes/{volume}/snapshots/{name}/release", post(release))
+        .route(
+            "/volumes/{volume}/snapshots/{name}/clone",
+            post(clone_snapshot),
+        )
+        .route("/gc", post(gc))
+        .route("/verify", post(verify))
+        .route("/ingest", post(ingest))
+        .route("/jobs", get(jobs))
+        .fallback(not_found)
+        .with_state(app)
+        .layer(middleware::from_fn_with_state(token, check_token))
+}
+
+/// Reads the API token of a data directory, making one (mode 0600) if there is none.
+pub fn load_or_make_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+        .context("reading /dev/urandom")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .with_context(|| format!("creating {}", p.display()))?;
+    writeln!(f, "{token}")
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(token)
+}

@@ -1,0 +1,164 @@
+//! How the CLI reaches the API: the running daemon's over HTTP when a daemon holds the
+//! store, or the same router in this process on the store opened directly when none
+//! does. Either way a command is one API call, so the CLI and the API cannot drift.
+
+use crate::api::{self, ADDR_FILE, TOKEN_FILE};
+use crate::config::Config;
+use anyhow::{anyhow, bail, Context, Result};
+use axum::body::Body;
+use axum::http::{Method, Request};
+use serde_json::Value;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub enum Target {
+    Daemon {
+        url: String,
+        token: Option<String>,
+        agent: ureq::Agent,
+    },
+    Local {
+        rt: tokio::runtime::Runtime,
+        router: axum::Router,
+    },
+}
+
+/// A reply: the HTTP status and the JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body of a success, or the API's error message.
+    pub fn into_result(self) -> Result<Value> {
+        if self.ok() {
+            return Ok(self.body);
+        }
+        match self.body.get("error").and_then(|e| e.as_str()) {
+            Some(e) => bail!("{e}"),
+            None => bail!("HTTP {}: {}", self.status, self.body),
+        }
+    }
+}
+
+/// Does a running process hold the store's lock? (The store's own open takes it.)
+pub fn daemon_holds(data_dir: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_dir.join("LOCK"))
+    else {
+        return false;
+    };
+    // SAFETY: flock on a valid fd owned by `f`; released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+impl Target {
+    /// The daemon's API when a daemon holds the store, else the store itself.
+    pub fn open(cfg: &Config) -> Result<Target> {
+        if daemon_holds(&cfg.data_dir) {
+            let url_file = cfg.data_dir.join(ADDR_FILE);
+            let url = std::fs::read_to_string(&url_file).with_context(|| {
+                format!(
+                    "the store {} is open by another process without a control API ({} is missing)",
+                    cfg.data_dir.display(),
+                    url_file.display()
+                )
+            })?;
+            let token = std::fs::read_to_string(cfg.data_dir.join(TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned());
+            return Ok(Target::Daemon {
+                url: url.trim().to_owned(),
+                token,
+                agent: ureq::AgentBuilder::new()
+                    .timeout_connect(std::time::Duration::from_secs(5))
+                    .build(),
+            });
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let router = rt.block_on(async {
+            let store = Arc::new(tokio::task::block_in_place(|| crate::open_store(cfg))?);
+            let shared = protocol::Shared::new(store.clone(), cfg.max_inflight);
+            let app = crate::jobs::Appliance::new(cfg.clone(), store, shared);
+            Ok::<_, anyhow::Error>(api::router(app, None))
+        })?;
+        Ok(Target::Local { rt, router })
+    }
+
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Target::Daemon { .. })
+    }
+
+    /// One API call.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Reply> {
+        match self {
+            Target::Daemon { url, token, agent } => {
+                let mut req = agent.request(method, &format!("{url}{path}"));
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let res = match body {
+                    Some(b) => req.send_json(b),
+                    None => req.call(),
+                };
+                let resp = match res {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
+                };
+                let status = resp.status();
+                let text = resp.into_string().context("reading the daemon's reply")?;
+                Ok(Reply {
+                    status,
+                    body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                })
+            }
+            Target::Local { rt, router } => {
+                let req = Request::builder()
+                    .method(Method::from_bytes(method.as_bytes())?)
+                    .uri(path)
+                    .header("content-type", "application/json")
+                    .body(match body {
+                        Some(b) => Body::from(serde_json::to_vec(&b)?),
+                        None => Body::empty(),
+                    })?;
+                rt.block_on(async {
+                    let resp = router.clone().oneshot(req).await?;
+                    let status = resp.status().as_u16();
+                    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
+                    Ok(Reply {
+                        status,
+                        body: serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                        }),
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// Percent-encodes a path segment (volume and snapshot names are restricted, but the
+/// CLI passes what the operator typed and lets the API refuse it).
+pub fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,417 @@
+//! The operator commands: each one API call (to the daemon, or to the store in this
+//! process when no daemon holds it), printed for people or, with `--json`, as the API's
+//! JSON for scripts.
+
+use crate::{Cmd, SnapCmd, VolumeCmd};
+use anyhow::{bail, Context, Result};
+use kura::api::{GcView, JobReply, JobView, SnapshotView, VerifyView, VolumeView};
+use kura::client::{seg, Target};
+use kura::status::{human_secs, Status};
+use serde_json::{json, Value};
+
+/// Bytes for people: binary units, three significant digits.
+pub fn size(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).context("reading the API's reply")
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn snapshot_line(s: &SnapshotView) -> String {
+    let mut flags = Vec::new();
+    if s.held {
+        flags.push("held".to_owned());
+    }
+    if s.lock_until > 0 {
+        flags.push(format!(
+            "locked until {}",
+            kura::api::iso(s.lock_until * 1000)
+        ));
+    }
+    if s.busy {
+        flags.push("busy".to_owned());
+    }
+    format!(
+        "{}@{}\t{}\t{}\t{}{}",
+        s.volume,
+        s.name,
+        s.created_iso,
+        size(s.logical_bytes),
+        flags.join(", "),
+        s.label
+            .as_ref()
+            .map(|l| format!("\t{l}"))
+            .unwrap_or_default()
+    )
+}
+
+fn job_line(j: &JobView) -> String {
+    let secs = (j.ended_ms - j.started_ms) as f64 / 1000.0;
+    let mut s = format!(
+        "#{}\t{}\t{}\t{}\t{}\t{secs:.1} s",
+        j.id,
+        j.started_iso,
+        j.kind,
+        j.volume.as_deref().unwrap_or("*"),
+        j.result
+    );
+    if let Some(n) = &j.snapshot {
+        s.push_str(&format!("\tsnapshot {n}"));
+    }
+    if let (Some(f), Some(w)) = (j.freeze_ms, j.window_ms) {
+        s.push_str(&format!("\tfrozen {f} ms (window {w} ms)"));
+    }
+    if let Some(e) = &j.error {
+        s.push_str(&format!("\t{e}"));
+    }
+    s
+}
+
+/// Runs one command; returns the process exit code.
+pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Volume {
+            cmd: VolumeCmd::Create { name, owner },
+        } => {
+            let (u, g) = owner.split_once(':').context("--owner is UID:GID")?;
+            let (u, g): (u32, u32) = (
+                u.parse().context("--owner is UID:GID")?,
+                g.parse().context("--owner is UID:GID")?,
+            );
+            t.call(
+                "POST",
+                "/volumes",
+                Some(json!({ "name": name, "owner_uid": u, "owner_gid": g })),
+            )?
+            .into_result()?;
+            println!("created volume {name}");
+        }
+        Cmd::Volume {
+            cmd: VolumeCmd::List { json },
+        } => {
+            let v = t.call("GET", "/volumes", None)?.into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for vol in parse::<Vec<VolumeView>>(v)? {
+                    // The name alone first: scripts read the first column.
+                    println!(
+                        "{}\t{}\t{} snapshots{}",
+                        vol.name,
+                        size(vol.logical_bytes),
+                        vol.snapshots,
+                        if vol.frozen { "\tFROZEN" } else { "" }
+                    );
+                }
+            }
+        }
+        Cmd::Snapshot {
+            cmd:
+                SnapCmd::Create {
+                    volume,
+                    name,
+                    name_flag,
+                    label,
+                    json,
+                },
+        } => {
+            let r = t.call(
+                "POST",
+                &format!("/volumes/{}/snapshots", seg(&volume)),
+                Some(json!({ "name": name.or(name_flag), "label": label })),
+            )?;
+            // A job that ran and failed still has a record worth printing.
+            if r.status == 422 {
+                let reply: JobReply<SnapshotView> = parse(r.body.clone())?;
+                if json {
+                    print_json(&r.body)?;
+                }
+                if !reply.job.output.is_empty() {
+                    eprint!("{}", reply.job.output);
+                }
+                bail!(
+                    "snapshot job {}: {}",
+                    reply.job.result,
+                    reply.job.error.unwrap_or_default()
+                );
+            }
+            let body = r.into_result()?;
+            if json {
+                print_json(&body)?;
+            } else {
+                let reply: JobReply<SnapshotView> = parse(body)?;
+                let s = reply.result.context("the job returned no snapshot")?;
+                println!(
+                    "snapshot {}@{} ({}, frozen {} ms, window {} ms)",
+                    s.volume,
+                    s.name,
+                    size(s.logical_bytes),
+                    reply.job.freeze_ms.unwrap_or(0),
+                    reply.job.window_ms.unwrap_or(0)
+                );
+            }
+        }
+        Cmd::Snapshot {
+            cmd: SnapCmd::List { volume, json },
+        } => {
+            let path = match &volume {
+                Some(v) => format!("/volumes/{}/snapshots", seg(v)),
+                None => "/snapshots".into(),
+            };
+            let v = t.call("GET", &path, None)?.into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for s in parse::<Vec<SnapshotView>>(v)? {
+                    println!("{}", snapshot_line(&s));
+                }
+            }
+        }
+        Cmd::Snapshot {
+            cmd: SnapCmd::Show { volume, name, json },
+        } => {
+            let v = t
+                .call(
+                    "GET",
+                    &format!("/volumes/{}/snapshots/{}", seg(&volume), seg(&name)),
+                    None,
+                )?
+                .into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("{}", snapshot_line(&parse(v)?));
+            }
+        }
+        Cmd::Snapshot {
+            cmd: SnapCmd::Delete { volume, name },
+        } => {
+            t.call(
+                "DELETE",
+                &format!("/volumes/{}/snapshots/{}", seg(&volume), seg(&name)),
+                None,
+            )?
+            .into_result()?;
+            println!("deleted {volume}@{name}");
+        }
+        Cmd::Snapshot {
+            cmd: SnapCmd::Hold { volume, name },
+        } => {
+            t.call(
+                "POST",
+                &format!("/volumes/{}/snapshots/{}/hold", seg(&volume), seg(&name)),
+                None,
+            )?
+            .into_result()?;
+            println!("held {volume}@{name}");
+        }
+        Cmd::Snapshot {
+            cmd: SnapCmd::Release { volume, name },
+        } => {
+            t.call(
+                "POST",
+                &format!("/volumes/{}/snapshots/{}/release", seg(&volume), seg(&name)),
+                None,
+            )?
+            .into_result()?;
+            println!("released {volume}@{name}");
+        }
+        Cmd::Clone {
+            volume,
+            snapshot,
+            new_volume,
+        } => {
+            t.call(
+                "POST",
+                &format!(
+                    "/volumes/{}/snapshots/{}/clone",
+                    seg(&volume),
+                    seg(&snapshot)
+                ),
+                Some(json!({ "new_volume": new_volume })),
+            )?
+            .into_result()?;
+            println!("cloned {volume}@{snapshot} to volume {new_volume}");
+        }
+        Cmd::Ingest => {
+            let v = t.call("POST", "/ingest", None)?.into_result()?;
+            println!(
+                "ingested {} files, {} bytes, {} new bytes stored as {}",
+                v["files"], v["bytes"], v["new_bytes"], v["stored_bytes"]
+            );
+        }
+        Cmd::Gc { dry_run, json } => {
+            let v = t
+                .call("POST", "/gc", Some(json!({ "dry_run": dry_run })))?
+                .into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                let r: JobReply<GcView> = parse(v)?;
+                let g = r.result.context("gc returned nothing")?;
+                println!(
+                    "{}unreachable chunks {} ({}), packs to repack {}, orphan packs {}, deleted {} chunks, {} {}",
+                    if dry_run { "[dry run] " } else { "" },
+                    g.unreachable_chunks,
+                    size(g.unreachable_bytes),
+                    g.packs_to_repack,
+                    g.orphan_packs,
+                    g.deleted_chunks,
+                    if dry_run { "would reclaim" } else { "reclaimed" },
+                    size(g.reclaim_bytes)
+                );
+            }
+        }
+        Cmd::Verify { json } => {
+            let v = t.call("POST", "/verify", None)?.into_result()?;
+            let r: JobReply<VerifyView> = parse(v.clone())?;
+            let f = r.result.context("verify returned nothing")?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("checked {} chunks in {} packs", f.chunks, f.packs);
+                for d in &f.damaged {
+                    println!("DAMAGED {d}");
+                }
+                for p in &f.staged_problems {
+                    println!("STAGED {p}");
+                }
+                for a in &f.affected_files {
+                    println!("affected file {a}");
+                }
+                for a in &f.affected_snapshots {
+                    println!("affected snapshot file {a}");
+                }
+            }
+            if !f.clean {
+                bail!("{}", r.job.error.unwrap_or_else(|| "damage found".into()));
+            }
+        }
+        Cmd::Jobs {
+            volume,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/jobs?limit={limit}");
+            if let Some(v) = &volume {
+                path.push_str(&format!("&volume={}", seg(v)));
+            }
+            let v = t.call("GET", &path, None)?.into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for j in parse::<Vec<JobView>>(v)? {
+                    println!("{}", job_line(&j));
+                }
+            }
+        }
+        Cmd::Status { json } => {
+            let v = t.call("GET", "/status", None)?.into_result()?;
+            let s: Status = parse(v.clone())?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print_status(&s, t.is_daemon());
+            }
+            return Ok(if s.problems.is_empty() { 0 } else { 1 });
+        }
+        Cmd::Stats => {
+            let s: Status = parse(t.call("GET", "/status", None)?.into_result()?)?;
+            let st = &s.store;
+            println!(
+                "chunks {}\nplain bytes {}\nstored bytes {}\npack bytes {}\nlive logical bytes {}\nstaged files {}\nfilesystem bytes {}\nfilesystem free bytes {}",
+                st.chunks,
+                st.unique_bytes,
+                st.stored_bytes,
+                st.pack_bytes,
+                st.live_logical_bytes,
+                st.staged_files,
+                st.fs_total_bytes,
+                st.fs_free_bytes
+            );
+        }
+        Cmd::Serve { .. } | Cmd::Config { .. } => unreachable!("handled in main"),
+    }
+    Ok(0)
+}
+
+fn print_status(s: &Status, daemon: bool) {
+    let st = &s.store;
+    println!(
+        "kura {} at {}  ({}, {})",
+        s.version,
+        s.now,
+        st.data_dir,
+        if daemon {
+            format!("daemon up {}", human_secs(s.uptime_secs as i64))
+        } else {
+            "no daemon running".into()
+        }
+    );
+    println!(
+        "store: {} stored ({} unique), reduction {:.2}x, {} of {} free, {} files staged",
+        size(st.stored_bytes),
+        size(st.unique_bytes),
+        st.reduction_ratio,
+        size(st.fs_free_bytes),
+        size(st.fs_total_bytes),
+        st.staged_files
+    );
+    println!();
+    println!(
+        "{:<16} {:>11} {:>6} {:<22} {:>9} {:>6}  last snapshot job",
+        "VOLUME", "SIZE", "SNAPS", "NEWEST", "AGE", "RPO"
+    );
+    for v in &s.volumes {
+        let last = v.last_jobs.get("snapshot").map_or("-".to_owned(), |j| {
+            let mut x = format!("{} {}", j.result, j.started_iso);
+            if let Some(w) = j.window_ms {
+                x.push_str(&format!(", window {w} ms"));
+            }
+            x
+        });
+        println!(
+            "{:<16} {:>11} {:>6} {:<22} {:>9} {:>6}  {}{}",
+            v.name,
+            size(v.logical_bytes),
+            v.snapshots,
+            v.newest_snapshot_at.as_deref().unwrap_or("-"),
+            v.newest_snapshot_age_secs.map_or("-".into(), human_secs),
+            match v.rpo_secs {
+                None => "-".to_owned(),
+                Some(r) if v.rpo_ok => human_secs(r as i64),
+                Some(r) => format!("{}!", human_secs(r as i64)),
+            },
+            last,
+            if v.frozen { "  FROZEN" } else { "" }
+        );
+    }
+    for (v, k) in &s.running {
+        println!("running: {k} on {v}");
+    }
+    if s.problems.is_empty() {
+        println!("\nno problems");
+    } else {
+        println!();
+        for p in &s.problems {
+            println!("PROBLEM: {p}");
+        }
+    }
+}

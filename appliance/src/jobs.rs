@@ -1,0 +1,455 @@
+//! The appliance's jobs, run inside the daemon while it serves: the snapshot job (the
+//! KCPS pattern without stopping anyone) and the maintenance jobs (GC, verify), with at
+//! most one job per volume at a time and a record of each in the store's job history.
+//!
+//! The snapshot job: pre-flush (ingest what is staged while clients write on) →
+//! pre-freeze hooks → freeze (mutating calls held at the gate, in-flight ones drained)
+//! → snapshot (what little was staged since the pre-flush is ingested, changed
+//! directories encoded, the root recorded) → thaw → post-thaw hooks (always) → record.
+//! Past the volume's freeze limit the snapshot is cancelled and the volume thawed; the
+//! [`protocol::Frozen`] guard thaws on every other path.
+
+use crate::config::Config;
+use crate::hooks::{self, HookEnv};
+use anyhow::{anyhow, bail, Context, Result};
+use protocol::{FreezeError, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use storage::{JobRecord, SnapshotCancel, SnapshotInfo, SnapshotMeta, Store};
+
+/// The daemon's state that jobs and the API share.
+pub struct Appliance {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub shared: Arc<Shared>,
+    /// Volume (or `*` for store-wide jobs) → the kind of job running on it.
+    running: Mutex<HashMap<String, &'static str>>,
+    /// Jobs in progress, for a clean shutdown that waits for them.
+    active: tokio::sync::watch::Sender<usize>,
+    stopping: std::sync::atomic::AtomicBool,
+    pub started: Instant,
+}
+
+/// What a snapshot job is asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRequest {
+    pub name: Option<String>,
+    pub label: Option<String>,
+    /// Taken past a quiet wait's limit (recorded on the snapshot).
+    pub busy: bool,
+}
+
+/// A job refused before it started.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Another job runs on this volume.
+    Busy(String),
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Busy(s) => write!(f, "{s}"),
+            Refusal::ShuttingDown => write!(f, "the daemon is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// A claim on a volume for one job; released on drop.
+struct Claim<'a> {
+    app: &'a Appliance,
+    key: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.app.running.lock().unwrap().remove(&self.key);
+        self.app.active.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A snapshot name from the time: `2026-11-30_16-05-12Z` (UTC, sorts by time).
+pub fn auto_name(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%d_%H-%M-%SZ")
+        .to_string()
+}
+
+impl Appliance {
+    pub fn new(cfg: Config, store: Arc<Store>, shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Appliance {
+            cfg,
+            store,
+            shared,
+            running: Mutex::new(HashMap::new()),
+            active: tokio::sync::watch::channel(0).0,
+            stopping: Default::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn claim(&self, key: &str, kind: &'static str) -> Result<Claim<'_>, Refusal> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refusal::ShuttingDown);
+        }
+        let mut r = self.running.lock().unwrap();
+        if let Some(k) = r.get(key) {
+            return Err(Refusal::Busy(format!(
+                "a {k} job is already running on {}",
+                if key == "*" { "the store" } else { key }
+            )));
+        }
+        r.insert(key.to_owned(), kind);
+        self.active.send_modify(|n| *n += 1);
+        Ok(Claim {
+            app: self,
+            key: key.to_owned(),
+        })
+    }
+
+    /// The jobs running now: (volume or `*`, kind).
+    pub fn running(&self) -> Vec<(String, &'static str)> {
+        let mut v: Vec<_> = self
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Refuses new jobs and waits until the running ones have ended.
+    pub async fn drain_jobs(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut rx = self.active.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    fn record(&self, job: &JobRecord) {
+        match self.store.record_job(job) {
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, kind = job.kind, "could not record the job"),
+        }
+    }
+
+    /// Runs a store call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> storage::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| anyhow!("store call panicked: {e}"))??)
+    }
+
+    /// The snapshot job on one volume; returns the job record (also stored). A refusal
+    /// (another job on the volume, shutting down) is an error before anything ran.
+    pub async fn snapshot_job(
+        self: &Arc<Self>,
+        volume: &str,
+        req: SnapshotRequest,
+    ) -> Result<(JobRecord, Option<SnapshotInfo>)> {
+        let vol = {
+            let v = volume.to_owned();
+            self.blocking(move |s| s.volume(&v)).await?
+        };
+        let _claim = self.claim(volume, "snapshot")?;
+        let settings = self.cfg.volume(volume);
+        let started = now_ms();
+        let name = match req.name.clone() {
+            Some(n) => n,
+            None => self.free_name(volume, started).await?,
+        };
+        storage::store::check_volume_name(&name)
+            .with_context(|| format!("snapshot name {name:?}"))?;
+        let mut job = JobRecord {
+            kind: "snapshot".into(),
+            volume: Some(volume.to_owned()),
+            started_ms: started,
+            snapshot: Some(name.clone()),
+            ..Default::default()
+        };
+        let env = HookEnv {
+            volume: volume.to_owned(),
+            snapshot: name.clone(),
+            phase: "pre-freeze",
+            result: String::new(),
+        };
+        let hook_timeout =
+            |own: u64| Duration::from_secs(self.cfg.hooks.timeout_secs.unwrap_or(own));
+        let limit = Duration::from_secs_f64(settings.freeze_limit_secs);
+        let lock_until = if settings.lock_days > 0 {
+            started / 1000 + i64::from(settings.lock_days) * 86_400
+        } else {
+            0
+        };
+        let outcome: Result<Option<SnapshotInfo>> = async {
+            // Pre-flush: ingest what is staged while clients go on writing, so that the
+            // freeze finds only what arrived since. Repeated while a round still found
+            // much (a client writing fast), a few times at most.
+            let mut flushed = 0u64;
+            for _ in 0..4 {
+                let id = vol.id;
+                let r = self.blocking(move |s| s.ingest_all(Some(id))).await?;
+                flushed += r.bytes;
+                if r.bytes < 64 << 20 {
+                    break;
+                }
+            }
+            job.bytes = flushed;
+            for (key, cmd, timeout) in [
+                (
+                    "hooks.pre_freeze",
+                    &self.cfg.hooks.pre_freeze,
+                    hook_timeout(60),
+                ),
+                (
+                    "pre_freeze",
+                    &settings.pre_freeze,
+                    Duration::from_secs(settings.hook_timeout_secs),
+                ),
+            ] {
+                if let Some(cmd) = cmd {
+                    let r = hooks::run(cmd, &env, timeout).await;
+                    append_output(&mut job.output, key, &r.output);
+                    if let Some(f) = r.failure {
+                        bail!("pre-freeze hook ({key}) {f}");
+                    }
+                }
+            }
+            let frozen = match self.shared.gate.freeze(vol.id, limit).await {
+                Ok(f) => f,
+                Err(e @ FreezeError::DrainTimeout { .. }) => {
+                    job.result = "aborted".into();
+                    bail!("freeze aborted: {e}");
+                }
+                Err(e) => bail!("freeze: {e}"),
+            };
+            let t_frozen = Instant::now();
+            job.frozen_at_ms = Some(now_ms());
+            let cancel = SnapshotCancel::default();
+            let meta = SnapshotMeta {
+                label: req.label.clone(),
+                lock_until,
+                busy: req.busy,
+                cancel: Some(cancel.clone()),
+            };
+            let (v, n) = (volume.to_owned(), name.clone());
+            let store = self.store.clone();
+            let mut task = tokio::task::spawn_blocking(move || store.snapshot_with(&v, &n, &meta));
+            let left = limit.saturating_sub(t_frozen.elapsed());
+            let res = match tokio::time::timeout(left, &mut task).await {
+                Ok(r) => r,
+                Err(_) if cancel.cancel() => {
+                    // Thaw now; the snapshot rolls back wherever it is.
+                    let stats = frozen.thaw();
+                    job.freeze_ms = Some(stats.frozen.as_millis() as u64);
+                    job.window_ms = Some(stats.window.as_millis() as u64);
+                    job.result = "aborted".into();
+                    let _ = task.await;
+                    bail!(
+                        "freeze limit of {} s reached; snapshot cancelled and volume thawed",
+                        settings.freeze_limit_secs
+                    );
+                }
+                // It was committing already: it holds what was frozen; wait for it.
+                Err(_) => task.await,
+            };
+            let stats = frozen.thaw();
+            job.freeze_ms = Some(stats.frozen.as_millis() as u64);
+            job.window_ms = Some(stats.window.as_millis() as u64);
+            let info = res.map_err(|e| anyhow!("snapshot task panicked: {e}"))??;
+            Ok(Some(info))
+        }
+        .await;
+        let info = match outcome {
+            Ok(info) => {
+                job.result = "ok".into();
+                info
+            }
+            Err(e) => {
+                if job.result.is_empty() {
+                    job.result = "failed".into();
+                }
+                job.error = Some(format!("{e:#}"));
+                None
+            }
+        };
+        // Post-thaw hooks run whatever happened.
+        let env = HookEnv {
+            phase: "post-thaw",
+            result: job.result.clone(),
+            ..env
+        };
+        for (key, cmd, timeout) in [
+            (
+                "post_thaw",
+                &settings.post_thaw,
+                Duration::from_secs(settings.hook_timeout_secs),
+            ),
+            (
+                "hooks.post_thaw",
+                &self.cfg.hooks.post_thaw,
+                hook_timeout(60),
+            ),
+        ] {
+            if let Some(cmd) = cmd {
+                let r = hooks::run(cmd, &env, timeout).await;
+                append_output(&mut job.output, key, &r.output);
+                if let Some(f) = r.failure {
+                    // The snapshot stands; the failure is recorded and logged.
+                    job.output.push_str(&format!("[{key} {f}]\n"));
+                    tracing::warn!(volume, hook = key, failure = f, "post-thaw hook failed");
+                }
+            }
+        }
+        job.ended_ms = now_ms();
+        self.record(&job);
+        match &job.error {
+            None => tracing::info!(
+                volume,
+                snapshot = name,
+                freeze_ms = job.freeze_ms,
+                window_ms = job.window_ms,
+                ms = job.ended_ms - job.started_ms,
+                "snapshot job done"
+            ),
+            Some(e) => {
+                tracing::warn!(volume, snapshot = name, result = job.result, error = %e, "snapshot job did not complete")
+            }
+        }
+        Ok((job, info))
+    }
+
+    /// A time-based name not yet taken on this volume.
+    async fn free_name(&self, volume: &str, ms: i64) -> Result<String> {
+        let v = volume.to_owned();
+        let taken: Vec<String> = self
+            .blocking(move |s| s.snapshots(Some(&v)))
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let base = auto_name(ms);
+        let mut name = base.clone();
+        let mut n = 1;
+        while taken.contains(&name) {
+            n += 1;
+            name = format!("{base}.{n}");
+        }
+        Ok(name)
+    }
+
+    /// GC as a job (store-wide); clients keep writing meanwhile.
+    pub async fn gc_job(self: &Arc<Self>, dry_run: bool) -> Result<(JobRecord, storage::GcReport)> {
+        let _claim = self.claim("*", "gc")?;
+        let mut job = JobRecord {
+            kind: "gc".into(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let r = self
+            .blocking(move |s| {
+                s.gc(&storage::GcOptions {
+                    dry_run,
+                    ..Default::default()
+                })
+            })
+            .await;
+        job.ended_ms = now_ms();
+        let out = match r {
+            Ok(r) => {
+                job.result = "ok".into();
+                job.bytes = if dry_run {
+                    r.plan.reclaim_bytes()
+                } else {
+                    r.reclaimed_bytes
+                };
+                if dry_run {
+                    job.output = "dry run".into();
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        };
+        self.record(&job);
+        Ok((job, out?))
+    }
+
+    /// Verify as a job (store-wide); reads go on meanwhile.
+    pub async fn verify_job(self: &Arc<Self>) -> Result<(JobRecord, storage::VerifyReport)> {
+        let _claim = self.claim("*", "verify")?;
+        let mut job = JobRecord {
+            kind: "verify".into(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let r = self.blocking(|s| s.verify()).await;
+        job.ended_ms = now_ms();
+        let out = match r {
+            Ok(r) => {
+                job.result = if r.is_clean() { "ok" } else { "failed" }.into();
+                if !r.is_clean() {
+                    job.error = Some(format!(
+                        "{} damaged chunks, {} damaged records, {} staged files with problems",
+                        r.damaged.len(),
+                        r.records.len(),
+                        r.staged_problems.len()
+                    ));
+                }
+                job.output = format!("checked {} chunks in {} packs", r.chunks, r.packs);
+                Ok(r)
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        };
+        self.record(&job);
+        Ok((job, out?))
+    }
+}
+
+fn append_output(out: &mut String, key: &str, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    out.push_str(&format!("[{key}]\n{text}"));
+    if !text.ends_with('\n') {
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_names_sort_by_time_and_are_valid() {
+        let a = auto_name(1_764_518_712_000);
+        assert_eq!(a, "2025-11-30_16-05-12Z");
+        storage::store::check_volume_name(&a).unwrap();
+        assert!(auto_name(1_764_518_713_000) > a);
+    }
+}

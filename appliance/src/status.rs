@@ -1,0 +1,205 @@
+//! `GET /status` and `kura status`: the state of the store and of each volume, and the
+//! problems an operator must act on (a missed RPO, a failed last snapshot). A status
+//! with problems makes `kura status` exit non-zero, for monitoring checks.
+
+use crate::api::{iso, JobView};
+use crate::jobs::{now_ms, Appliance};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Status {
+    pub version: String,
+    pub now: String,
+    pub uptime_secs: u64,
+    pub store: StoreStatus,
+    pub volumes: Vec<VolumeStatus>,
+    /// Jobs running now: (volume or `*` for the store, kind).
+    pub running: Vec<(String, String)>,
+    /// What needs an operator; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StoreStatus {
+    pub data_dir: String,
+    pub chunks: u64,
+    /// Plain bytes of every stored chunk (after dedup, before compression).
+    pub unique_bytes: u64,
+    /// Bytes the chunks take in packs (after compression).
+    pub stored_bytes: u64,
+    /// Bytes of pack files, garbage not yet collected included.
+    pub pack_bytes: u64,
+    /// Sum of the live volumes' file sizes.
+    pub live_logical_bytes: u64,
+    /// Logical bytes of the live volumes and every snapshot, per stored byte.
+    pub reduction_ratio: f64,
+    pub staged_files: u64,
+    pub fs_total_bytes: u64,
+    pub fs_free_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct VolumeStatus {
+    pub name: String,
+    pub logical_bytes: u64,
+    pub snapshots: usize,
+    /// Logical bytes of all its snapshots together (what a copy of each would take).
+    pub snapshot_logical_bytes: u64,
+    pub newest_snapshot: Option<String>,
+    pub newest_snapshot_at: Option<String>,
+    /// Achieved RPO: the age of the newest snapshot.
+    pub newest_snapshot_age_secs: Option<i64>,
+    pub rpo_secs: Option<u64>,
+    pub rpo_ok: bool,
+    pub frozen: bool,
+    /// The newest job of each kind on this volume.
+    pub last_jobs: BTreeMap<String, JobView>,
+    pub last_freeze_ms: Option<u64>,
+    pub last_window_ms: Option<u64>,
+}
+
+pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
+    let store = app.store.clone();
+    let gate = app.shared.gate.clone();
+    let cfg = app.cfg.clone();
+    let now = now_ms();
+    let (stats, vols, snaps, jobs) = tokio::task::spawn_blocking(move || {
+        let vols: Vec<(storage::Volume, u64)> = store
+            .volumes()?
+            .into_iter()
+            .map(|v| Ok((store.volume_logical_bytes(&v.name)?, v)))
+            .collect::<storage::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|(b, v)| (v, b))
+            .collect();
+        Ok::<_, storage::StoreError>((
+            store.stats()?,
+            vols,
+            store.snapshots(None)?,
+            store.jobs(None, 1000)?,
+        ))
+    })
+    .await??;
+    let mut problems = Vec::new();
+    let mut volumes = Vec::new();
+    let mut all_logical = stats.live_logical_bytes;
+    for (v, logical) in vols {
+        let mine: Vec<_> = snaps.iter().filter(|s| s.volume == v.name).collect();
+        let snap_logical: u64 = mine.iter().map(|s| s.logical_bytes).sum();
+        all_logical += snap_logical;
+        let newest = mine.iter().max_by_key(|s| (s.created.sec, s.created.nsec));
+        let age = newest.map(|s| now / 1000 - s.created.sec);
+        let rpo = cfg
+            .volume(&v.name)
+            .rpo
+            .as_deref()
+            .and_then(|r| crate::config::parse_duration(r).ok())
+            .map(|d| d.as_secs());
+        let rpo_ok = match (rpo, age) {
+            (None, _) => true,
+            (Some(r), Some(a)) => a <= r as i64,
+            (Some(_), None) => false,
+        };
+        if !rpo_ok {
+            problems.push(match age {
+                Some(a) => format!(
+                    "volume {}: newest snapshot is {} old, RPO is {}",
+                    v.name,
+                    human_secs(a),
+                    human_secs(rpo.unwrap_or(0) as i64)
+                ),
+                None => format!("volume {}: no snapshot yet, RPO is set", v.name),
+            });
+        }
+        let mut last_jobs: BTreeMap<String, JobView> = BTreeMap::new();
+        for j in jobs.iter().filter(|j| j.volume.as_deref() == Some(&v.name)) {
+            last_jobs
+                .entry(j.kind.clone())
+                .or_insert_with(|| JobView::from(j));
+        }
+        let last_snap = last_jobs.get("snapshot");
+        if let Some(j) = last_snap {
+            if j.result != "ok" {
+                problems.push(format!(
+                    "volume {}: last snapshot job {} at {}: {}",
+                    v.name,
+                    j.result,
+                    j.started_iso,
+                    j.error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        volumes.push(VolumeStatus {
+            logical_bytes: logical,
+            snapshots: mine.len(),
+            snapshot_logical_bytes: snap_logical,
+            newest_snapshot: newest.map(|s| s.name.clone()),
+            newest_snapshot_at: newest.map(|s| iso(s.created.sec * 1000)),
+            newest_snapshot_age_secs: age,
+            rpo_secs: rpo,
+            rpo_ok,
+            frozen: gate.is_frozen(v.id),
+            last_freeze_ms: last_snap.and_then(|j| j.freeze_ms),
+            last_window_ms: last_snap.and_then(|j| j.window_ms),
+            last_jobs,
+            name: v.name,
+        });
+    }
+    for kind in ["gc", "verify"] {
+        if let Some(j) = jobs.iter().find(|j| j.kind == kind && j.volume.is_none()) {
+            if j.result != "ok" {
+                problems.push(format!(
+                    "last {kind} {} at {}: {}",
+                    j.result,
+                    iso(j.started_ms),
+                    j.error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        now: iso(now),
+        uptime_secs: app.started.elapsed().as_secs(),
+        store: StoreStatus {
+            data_dir: cfg.data_dir.display().to_string(),
+            chunks: stats.chunks,
+            unique_bytes: stats.chunk_raw_bytes,
+            stored_bytes: stats.chunk_stored_bytes,
+            pack_bytes: stats.pack_bytes,
+            live_logical_bytes: stats.live_logical_bytes,
+            reduction_ratio: if stats.chunk_stored_bytes == 0 {
+                0.0
+            } else {
+                all_logical as f64 / stats.chunk_stored_bytes as f64
+            },
+            staged_files: stats.staged_files,
+            fs_total_bytes: stats.fs_total_bytes,
+            fs_free_bytes: stats.fs_free_bytes,
+        },
+        volumes,
+        running: app
+            .running()
+            .into_iter()
+            .map(|(v, k)| (v, k.to_owned()))
+            .collect(),
+        problems,
+    })
+}
+
+/// `3d 4h`, `2h 5m`, `40s`: an age for people.
+pub fn human_secs(s: i64) -> String {
+    let s = s.max(0);
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {}s", s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

@@ -1,0 +1,599 @@
+//! The appliance while it serves: snapshot jobs through the control API and the CLI
+//! with a client writing through a real NFS client, the freeze holding (not failing)
+//! its writes, hooks and limits that abort and thaw, holds and locks, status, the job
+//! history, and a clean stop in the middle of a job.
+
+mod common;
+
+use common::*;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioConnector;
+use nfs3_client::Nfs3ConnectionBuilder;
+use serde_json::{json, Value};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One record of the writer's log: its sequence number, fixed width.
+const REC: usize = 16;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn api(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let req = ureq::request(method, &format!("{}{path}", d.api));
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn cli(cfg: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("KURA_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A client appending fixed-size records to `/log` of the volume, each WRITE FILE_SYNC
+/// and acknowledged before the next; it notes when each was acknowledged. Stops at
+/// `stop`, after `max` records, or after 60 s.
+struct Writer {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// A write failed (or the connection ended).
+    failed: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Writer {
+    fn start(port: u16, max: usize) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (s, a, e) = (stop.clone(), acks.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/backup")
+                    .connect_from_privileged_port(false)
+                    .mount_port(port)
+                    .nfs3_port(port)
+                    .credential(opaque_auth::auth_unix(&auth_unix {
+                        stamp: 1,
+                        machinename: Opaque::borrowed(b"writer"),
+                        uid: 0,
+                        gid: 0,
+                        gids: vec![],
+                    }))
+                    .mount()
+                    .await
+                    .expect("mount");
+                let root = conn.root_nfs_fh3();
+                let mut c = conn.into_nfs3_client();
+                let fh = match c
+                    .create(&CREATE3args {
+                        where_: diropargs3 {
+                            dir: root,
+                            name: filename3(Opaque::borrowed(b"log")),
+                        },
+                        how: createhow3::UNCHECKED(sattr3::default()),
+                    })
+                    .await
+                    .unwrap()
+                {
+                    Nfs3Result::Ok(r) => r.obj.unwrap(),
+                    Nfs3Result::Err((e, _)) => panic!("create: {e:?}"),
+                };
+                let t0 = Instant::now();
+                for i in 0..max {
+                    if s.load(Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    let rec = format!("{i:015}\n");
+                    // Bounded: a client whose server went away may never answer.
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        c.write(&WRITE3args {
+                            file: fh.clone(),
+                            offset: (i * REC) as u64,
+                            count: REC as u32,
+                            stable: stable_how::FILE_SYNC,
+                            data: Opaque::borrowed(rec.as_bytes()),
+                        }),
+                    )
+                    .await;
+                    // A daemon that stops ends the writer; tests that keep the
+                    // daemon check that every record was acknowledged.
+                    match r {
+                        Ok(Ok(Nfs3Result::Ok(_))) => a.lock().unwrap().push(now_ms()),
+                        _ => {
+                            e.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            });
+        });
+        Writer {
+            thread: Some(thread),
+            stop,
+            failed,
+            acks,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    fn finish(mut self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.acks.lock().unwrap().clone()
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks a snapshot of the writer's log against the writer's acknowledgements: the
+/// snapshot holds records 0..k exactly, every record acknowledged before the gate
+/// closed is among them, and the first one missing was acknowledged after it closed.
+fn check_prefix(log: &[u8], acks: &[i64], frozen_at: i64, snap: &str) -> usize {
+    assert_eq!(log.len() % REC, 0, "{snap}: a torn record");
+    let k = log.len() / REC;
+    for (i, rec) in log.chunks(REC).enumerate() {
+        assert_eq!(rec, format!("{i:015}\n").as_bytes(), "{snap}: record {i}");
+    }
+    let before = acks.iter().filter(|&&t| t < frozen_at).count();
+    assert!(
+        before <= k,
+        "{snap}: {before} records acknowledged before the freeze, only {k} in the snapshot"
+    );
+    if let Some(&t) = acks.get(k) {
+        assert!(
+            t >= frozen_at,
+            "{snap}: record {k} acknowledged at {t}, before the freeze at {frozen_at}, is missing"
+        );
+    }
+    k
+}
+
+fn nfs_cat(d: &Daemon, path: &str) -> Vec<u8> {
+    let o = libnfs("nfs-cat", &[&d.url(path)]);
+    assert!(o.status.success(), "nfs-cat {path}: {}", text(&o));
+    o.stdout
+}
+
+/// The freeze holds a continuously writing client's calls: each snapshot is exactly
+/// what was acknowledged before its freeze, nothing after, and the client never sees an
+/// error. Snapshots through the API and the CLI alike; GC and verify run meanwhile.
+#[test]
+fn freeze_holds_writes_and_snapshots_are_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let d = Daemon::start(&cfg, &[]);
+    let w = Writer::start(d.port, 200_000);
+    wait_for("the writer to start", || w.count() > 50);
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let before = w.count();
+        let job = if i % 2 == 0 {
+            let (st, v) = api(
+                &d,
+                "POST",
+                "/volumes/backup/snapshots",
+                Some(json!({ "name": format!("s{i}"), "label": "test" })),
+            );
+            assert_eq!(st, 201, "{v}");
+            assert_eq!(v["result"]["name"], format!("s{i}"));
+            v["job"].clone()
+        } else {
+            let o = cli(
+                &cfg,
+                &["snapshot", "create", "backup", "--name", &format!("s{i}")],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            let (_, v) = api(&d, "GET", "/jobs?volume=backup&limit=1", None);
+            v[0].clone()
+        };
+        assert_eq!(job["result"], "ok", "{job}");
+        jobs.push(job);
+        // Maintenance while the client writes.
+        if i == 1 {
+            let (st, v) = api(&d, "POST", "/gc", Some(json!({ "dry_run": false })));
+            assert_eq!(st, 200, "{v}");
+            let (st, v) = api(&d, "POST", "/verify", None);
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(v["result"]["clean"], true, "{v}");
+        }
+        wait_for("the writer to go on after the thaw", || {
+            w.count() > before + 20
+        });
+    }
+    assert!(!w.failed(), "a write failed during the snapshots");
+    let acks = w.finish();
+    assert!(acks.len() > 100, "the writer made progress: {}", acks.len());
+    let mut held_any = false;
+    for (i, job) in jobs.iter().enumerate() {
+        let log = nfs_cat(&d, &format!("/backup/.snapshots/s{i}/log"));
+        let frozen_at = job["frozen_at_ms"].as_i64().unwrap();
+        let k = check_prefix(&log, &acks, frozen_at, &format!("s{i}"));
+        assert!(k > 0 && k < acks.len(), "s{i} holds {k} of {}", acks.len());
+        held_any |= job["window_ms"].as_u64().unwrap() > 0;
+        assert!(job["freeze_ms"].as_u64().unwrap() >= job["window_ms"].as_u64().unwrap());
+    }
+    assert!(held_any, "the writer was never held: {jobs:?}");
+    // Nothing acknowledged was lost in the live file.
+    let live = nfs_cat(&d, "/backup/log");
+    assert_eq!(check_prefix(&live, &acks, i64::MAX, "live"), acks.len());
+    let (_, st) = api(&d, "GET", "/status", None);
+    assert_eq!(st["volumes"][0]["snapshots"], 4, "{st}");
+    assert_eq!(st["volumes"][0]["frozen"], false);
+}
+
+/// Every step of the job failing in turn: the job records why, the volume is never
+/// left frozen, post-thaw hooks still run and are told the result.
+#[test]
+fn failures_abort_and_thaw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marks = tmp.path().join("marks");
+    let post = format!(
+        "echo \"post $KURA_SNAPSHOT $KURA_RESULT\" >> {}",
+        marks.display()
+    );
+    let cfg_with = |volume: &str| {
+        let c = config_fixed_port(tmp.path(), "");
+        let mut t = std::fs::read_to_string(&c).unwrap();
+        t = t.replace(
+            "[api]",
+            &format!("[volume.backup]\npost_thaw = {post:?}\n{volume}\n\n[api]"),
+        );
+        std::fs::write(&c, t).unwrap();
+        c
+    };
+    let run_job = |cfg: &std::path::Path, name: &str| -> Value {
+        let d = Daemon::start(cfg, &[]);
+        let w = Writer::start(d.port, 100_000);
+        wait_for("the writer", || w.count() > 20);
+        let (st, v) = api(
+            &d,
+            "POST",
+            "/volumes/backup/snapshots",
+            Some(json!({ "name": name })),
+        );
+        // Whatever happened, the writer goes on: nothing is left frozen.
+        let n = w.count();
+        wait_for("writes after the job", || w.count() > n + 20);
+        let (_, vols) = api(&d, "GET", "/volumes", None);
+        assert_eq!(vols[0]["frozen"], false);
+        assert!(!w.failed(), "a write failed");
+        drop(w);
+        let _ = st;
+        v
+    };
+
+    // A failing pre-freeze hook aborts before the freeze.
+    let cfg = cfg_with("pre_freeze = \"echo checkpoint failed >&2; exit 7\"");
+    let v = run_job(&cfg, "h1");
+    assert_eq!(v["job"]["result"], "failed", "{v}");
+    assert!(
+        v["job"]["error"].as_str().unwrap().contains("status 7"),
+        "{v}"
+    );
+    assert!(v["job"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("checkpoint failed"));
+    assert!(v["job"]["freeze_ms"].is_null(), "never frozen: {v}");
+
+    // A hook past its timeout is killed; the job aborts.
+    let cfg = cfg_with("pre_freeze = \"sleep 30\"\nhook_timeout_secs = 1");
+    let t0 = Instant::now();
+    let v = run_job(&cfg, "h2");
+    assert!(
+        v["job"]["error"].as_str().unwrap().contains("timed out"),
+        "{v}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+
+    // A freeze past the volume's limit cancels the snapshot and thaws.
+    let cfg = cfg_with("freeze_limit_secs = 0.001");
+    let v = run_job(&cfg, "h3");
+    assert_eq!(v["job"]["result"], "aborted", "{v}");
+    assert!(v["result"].is_null());
+
+    // A snapshot that fails inside the freeze (its name is taken) thaws too.
+    let cfg = cfg_with("");
+    let d = Daemon::start(&cfg, &[]);
+    assert_eq!(
+        api(
+            &d,
+            "POST",
+            "/volumes/backup/snapshots",
+            Some(json!({ "name": "x" }))
+        )
+        .0,
+        201
+    );
+    let (st, v) = api(
+        &d,
+        "POST",
+        "/volumes/backup/snapshots",
+        Some(json!({ "name": "x" })),
+    );
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        v["job"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{v}"
+    );
+    let (_, vols) = api(&d, "GET", "/volumes", None);
+    assert_eq!(vols[0]["frozen"], false);
+    // Bad requests are refused with a reason and change nothing.
+    let (st, v) = api(&d, "POST", "/volumes/nope/snapshots", None);
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = api(
+        &d,
+        "POST",
+        "/volumes/backup/snapshots",
+        Some(json!({ "name": "../x" })),
+    );
+    assert!(st == 400 || st == 422, "{st} {v}");
+    let (st, _) = api(
+        &d,
+        "POST",
+        "/volumes/backup/snapshots",
+        Some(json!({ "bogus": 1 })),
+    );
+    assert_eq!(st, 422);
+    let (st, _) = api(&d, "GET", "/no/such/endpoint", None);
+    assert_eq!(st, 404);
+    let (_, snaps) = api(&d, "GET", "/volumes/backup/snapshots", None);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    drop(d);
+
+    // Post-thaw hooks ran every time the job got past its start, told the result.
+    let m = std::fs::read_to_string(&marks).unwrap();
+    for want in [
+        "post h1 failed",
+        "post h2 failed",
+        "post h3 aborted",
+        "post x ok",
+        "post x failed",
+    ] {
+        assert!(m.lines().any(|l| l == want), "{want:?} not in {m}");
+    }
+}
+
+/// Holds, locks, status and the RPO check, the job history and clone, from the CLI
+/// while the daemon serves.
+#[test]
+fn operator_commands_while_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t = t.replace(
+        "[api]",
+        "[volume.backup]\nrpo = \"2s\"\n\n[volume.locked]\nlock_days = 7\n\n[api]",
+    );
+    std::fs::write(&cfg, &t).unwrap();
+    let d = Daemon::start(&cfg, &[]);
+    let ok = |args: &[&str]| {
+        let o = cli(&cfg, args);
+        assert!(o.status.success(), "kura {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let fails = |args: &[&str]| {
+        let o = cli(&cfg, args);
+        assert!(
+            !o.status.success(),
+            "kura {args:?} should fail: {}",
+            text(&o)
+        );
+        text(&o)
+    };
+    // No snapshot yet and an RPO set: status says so and exits non-zero.
+    let s = fails(&["status"]);
+    assert!(s.contains("PROBLEM: volume backup: no snapshot yet"), "{s}");
+    py(
+        d.port,
+        "with c.open('/f', 'wb') as f: f.write(b'data' * 1000)\n",
+    );
+    let out = ok(&["snapshot", "create", "backup", "--label", "before upgrade"]);
+    assert!(out.starts_with("snapshot backup@20"), "{out}");
+    let list: Value = serde_json::from_str(&ok(&["snapshot", "list", "backup", "--json"])).unwrap();
+    let name = list[0]["name"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["label"], "before upgrade");
+    assert!(list[0]["created_iso"].as_str().unwrap().ends_with('Z'));
+    let human = ok(&["snapshot", "list"]);
+    assert!(
+        human.contains("KiB") && human.contains("before upgrade"),
+        "{human}"
+    );
+    let s = ok(&["status"]);
+    assert!(s.contains("no problems"), "{s}");
+    // Held: delete refused with the reason; released: deleted.
+    ok(&["snapshot", "hold", "backup", &name]);
+    assert!(fails(&["snapshot", "delete", "backup", &name]).contains("held"));
+    ok(&["snapshot", "release", "backup", &name]);
+    // Clone: served at once, writable, the snapshot intact.
+    ok(&["clone", "backup", &name, "restored"]);
+    py(
+        d.port,
+        "r = nfs_rs.Client.connect(URL.replace('/backup', '/restored'), uid=0, gid=0, noresvport=True)\n\
+         assert r.open('/f', 'rb').read() == b'data' * 1000\n\
+         with r.open('/new', 'wb') as f: f.write(b'x')\n",
+    );
+    ok(&["snapshot", "delete", "backup", &name]);
+    // Locked by the volume's lock_days: nobody deletes it.
+    ok(&["snapshot", "create", "locked", "l1"]);
+    let e = fails(&["snapshot", "delete", "locked", "l1"]);
+    assert!(e.contains("locked for"), "{e}");
+    // The RPO is missed two seconds after the newest snapshot... which was deleted.
+    let s = fails(&["status"]);
+    assert!(s.contains("PROBLEM: volume backup"), "{s}");
+    ok(&["snapshot", "create", "backup", "fresh"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let st: Value = serde_json::from_str(&{
+        let o = cli(&cfg, &["status", "--json"]);
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    })
+    .unwrap();
+    let b = st["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "backup")
+        .unwrap();
+    assert_eq!(b["rpo_ok"], false, "{b}");
+    assert!(b["newest_snapshot_age_secs"].as_i64().unwrap() >= 2);
+    // The history, newest first, readable and as JSON.
+    let jobs = ok(&["jobs", "--volume", "backup"]);
+    assert!(
+        jobs.lines().count() >= 2 && jobs.contains("snapshot"),
+        "{jobs}"
+    );
+    let j: Value = serde_json::from_str(&ok(&["jobs", "--json", "--limit", "1"])).unwrap();
+    assert_eq!(j.as_array().unwrap().len(), 1);
+    let gc = ok(&["gc", "--dry-run"]);
+    assert!(gc.starts_with("[dry run]"), "{gc}");
+    assert!(ok(&["verify"]).contains("checked"));
+    assert!(ok(&["volume", "list"])
+        .lines()
+        .any(|l| l.starts_with("restored\t")));
+    drop(d);
+    // The same commands with no daemon open the store directly.
+    assert!(ok(&["snapshot", "list", "locked"]).contains("locked@l1"));
+    assert!(ok(&["jobs"]).contains("snapshot"));
+}
+
+/// `kura config check` prints the resolved config, or the first error with the key.
+#[test]
+fn config_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let o = cli(&cfg, &["config", "check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("root_squash = false") && out.contains("[api]"),
+        "{out}"
+    );
+    for (bad, key) in [
+        (
+            "[volume.backup]\nfreeze_limit_secs = 0\n",
+            "volume.backup.freeze_limit_secs",
+        ),
+        ("[volume.backup]\nrpo = \"soon\"\n", "volume.backup.rpo"),
+        ("[volume.backup]\npre_freez = \"x\"\n", "pre_freez"),
+        ("[hooks]\npost_thaw = \"  \"\n", "hooks.post_thaw"),
+        ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
+    ] {
+        let p = tmp.path().join("bad.toml");
+        std::fs::write(&p, bad).unwrap();
+        let o = cli(&p, &["config", "check"]);
+        assert!(!o.status.success());
+        let e = text(&o);
+        assert!(e.contains(key) && e.contains("bad.toml"), "{bad:?}: {e}");
+    }
+}
+
+/// SIGTERM in the middle of a snapshot job: the job finishes (its hooks included), the
+/// daemon exits 0, nothing acknowledged is lost, and the job is in the history.
+#[test]
+fn sigterm_during_a_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t = t.replace(
+        "[api]",
+        "[volume.backup]\npre_freeze = \"sleep 1\"\n\n[api]",
+    );
+    std::fs::write(&cfg, &t).unwrap();
+    let mut d = Daemon::process(&cfg, &[]);
+    let w = Writer::start(d.port, 100_000);
+    wait_for("the writer", || w.count() > 20);
+    let url = format!("{}/volumes/backup/snapshots", d.api);
+    let job = std::thread::spawn(move || {
+        ureq::post(&url)
+            .send_json(json!({ "name": "during-stop" }))
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    d.stop();
+    let acks = w.finish();
+    assert_eq!(job.join().unwrap(), Ok(201));
+    let o = cli(&cfg, &["jobs", "--json"]);
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j[0]["snapshot"], "during-stop");
+    assert_eq!(j[0]["result"], "ok");
+    let d = Daemon::start(&cfg, &[]);
+    let live = nfs_cat(&d, "/backup/log");
+    assert!(live.len() / REC >= acks.len(), "acknowledged records lost");
+    let snap = nfs_cat(&d, "/backup/.snapshots/during-stop/log");
+    check_prefix(
+        &snap,
+        &acks,
+        j[0]["frozen_at_ms"].as_i64().unwrap(),
+        "during-stop",
+    );
+}
