@@ -37,6 +37,9 @@ pub struct IngestReport {
     pub files: u64,
     /// Logical bytes read from staged files.
     pub bytes: u64,
+    /// Bytes not read again: the unchanged start of files whose ingest resumed after
+    /// their base's chunks (appends, changes near the end).
+    pub resumed_bytes: u64,
     pub chunks: u64,
     pub new_chunks: u64,
     /// Plain bytes of new chunks.
@@ -58,6 +61,7 @@ impl IngestReport {
     fn add(&mut self, o: &IngestReport) {
         self.files += o.files;
         self.bytes += o.bytes;
+        self.resumed_bytes += o.resumed_bytes;
         self.chunks += o.chunks;
         self.new_chunks += o.new_chunks;
         self.new_bytes += o.new_bytes;
@@ -235,8 +239,19 @@ impl Store {
             let segments = segments(&g, g.size, &base_data)
                 .map_err(|e| StoreError::io("map staged data", &st.path, e))?;
             let new_bytes = new_data_bound(&g, &st.path)?;
+            let resume = match g.base {
+                Some(b) if segments == [Segment::Data(0, g.size)] => {
+                    let first_change = g
+                        .ranges
+                        .iter()
+                        .next()
+                        .map_or(g.base_limit, |(s, _)| s.min(g.base_limit));
+                    self.resume_plan(&b, first_change)?
+                }
+                _ => None,
+            };
             g.ingesting = Some(IngestLog::default());
-            (g.size, g.mtime, segments, new_bytes)
+            (g.size, g.mtime, (segments, resume), new_bytes)
         };
         // Worst case the staged bytes are new and incompressible: refuse up front rather
         // than fill the disk with a half-written pack that only GC could reclaim. Holes
@@ -268,7 +283,7 @@ impl Store {
         st: &StagedFile,
         size: u64,
         mtime: crate::namespace::Timespec,
-        segments: &[Segment],
+        segments: &(Vec<Segment>, Option<Resume>),
         t0: Instant,
     ) -> Result<IngestReport> {
         let (content, locs, mut report, pins) = self.chunk_file(st, size, segments)?;
@@ -319,20 +334,31 @@ impl Store {
         &self,
         st: &StagedFile,
         size: u64,
-        segments: &[Segment],
+        (segments, resume): &(Vec<Segment>, Option<Resume>),
     ) -> Result<(
         Option<ChunkId>,
         Vec<Location>,
         IngestReport,
         crate::chunk_store::Pins<'_>,
     )> {
+        // A resumed ingest keeps the base's chunks before its first change and cuts on
+        // from there (see `resume_plan`).
+        let resumed_segments;
+        let (segments, mut list, mut parts) = match resume {
+            Some(r) => {
+                resumed_segments = [Segment::Data(r.at, size)];
+                (&resumed_segments[..], r.prefix.clone(), r.parts.clone())
+            }
+            // Leaf lists committed so far (only for files of more than one part).
+            None => (&segments[..], Vec::new(), Vec::new()),
+        };
         let mut report = IngestReport {
-            bytes: size,
+            bytes: size - resume.as_ref().map_or(0, |r| r.at),
+            resumed_bytes: resume.as_ref().map_or(0, |r| r.at),
             ..Default::default()
         };
         let pins = self.chunks.pins();
         let mut locs = Vec::new();
-        let mut list: Vec<(u32, ChunkId)> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let (params, buffer) = (self.opts.chunker, self.opts.ingest_buffer);
         let read_err = |e: std::io::Error| match e.into_inner().map(|b| b.downcast::<StoreError>())
@@ -367,8 +393,6 @@ impl Store {
         let list_ref = &mut list;
         let level = self.opts.zstd_level;
         let part_entries = self.opts.content_part_entries.max(1);
-        // Leaf lists committed so far (only for files of more than one part).
-        let mut parts: Vec<(u64, ChunkId)> = Vec::new();
         let appended: Result<u64> = std::thread::scope(|sc| {
             std::thread::Builder::new()
                 .name("kura-cut".into())
@@ -584,6 +608,71 @@ impl Store {
             Some(self.chunks.append(KIND_CONTENT, &raw, comp, id)?),
             stored,
         ))
+    }
+}
+
+/// Where an ingest may resume instead of reading a file from its start: the base's
+/// leaves and chunks before the first change, kept as they are, and the offset the
+/// chunker starts from.
+#[derive(Clone, Debug)]
+pub(crate) struct Resume {
+    parts: Vec<(u64, ChunkId)>,
+    prefix: Vec<(u32, ChunkId)>,
+    at: u64,
+}
+
+impl Store {
+    /// The resume point of an overlay whose first changed byte is `first_change`, when
+    /// there is one. A cut depends only on the bytes since the previous cut, so a full
+    /// re-read of the new view would cut exactly where the base was cut up to the last
+    /// cut at or before the change; the chunks up to there are reused, whole leaves of
+    /// a multi-part base included. Not for a base with holes (its segmentation may
+    /// differ) nor deeper than one index level, and never reusing the base's last chunk
+    /// (it ended at the old end of file, not at a content cut). The caller makes sure
+    /// the new view is one data segment.
+    fn resume_plan(&self, base: &ChunkId, first_change: u64) -> Result<Option<Resume>> {
+        let top = self.content(base)?;
+        let leaves: Vec<(u64, ChunkId)> = if top.index {
+            top.entries.clone()
+        } else {
+            vec![(top.len(), *base)]
+        };
+        let mut parts = Vec::new();
+        let mut pos = 0u64;
+        for (i, (len, id)) in leaves.iter().enumerate() {
+            let leaf = if top.index {
+                self.content(id)?
+            } else {
+                top.clone()
+            };
+            if leaf.index || leaf.entries.iter().any(|(_, c)| c.is_hole()) {
+                return Ok(None);
+            }
+            let last_leaf = i + 1 == leaves.len();
+            if pos + len <= first_change && !last_leaf {
+                parts.push((*len, *id));
+                pos += len;
+                continue;
+            }
+            let n = leaf.entries.len();
+            let mut prefix = Vec::new();
+            for (k, (l, c)) in leaf.entries.iter().enumerate() {
+                if (last_leaf && k + 1 == n) || pos + l > first_change {
+                    break;
+                }
+                prefix.push((*l as u32, *c));
+                pos += l;
+            }
+            if pos == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(Resume {
+                parts,
+                prefix,
+                at: pos,
+            }));
+        }
+        Ok(None)
     }
 }
 
