@@ -53,7 +53,7 @@ fn operator_workflow() {
 
     assert!(ok(run(&data, &["volume", "list"]))
         .lines()
-        .any(|l| l == "backup"));
+        .any(|l| l.split('\t').next() == Some("backup")));
     ok(run(
         &data,
         &["volume", "create", "archive", "--owner", "1000:1000"],
@@ -66,7 +66,7 @@ fn operator_workflow() {
     ok(run(&data, &["clone", "backup", "nightly-1", "restored"]));
     assert!(ok(run(&data, &["volume", "list"]))
         .lines()
-        .any(|l| l == "restored"));
+        .any(|l| l.split('\t').next() == Some("restored")));
     let stats = ok(run(&data, &["stats"]));
     assert!(
         stats.contains("chunks ")

@@ -445,6 +445,38 @@ async fn verify(State(app): App) -> ApiResult<JobReply<VerifyView>> {
     }))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PruneReq {
+    volume: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn prune(
+    State(app): App,
+    body: Option<Json<PruneReq>>,
+) -> ApiResult<Vec<crate::jobs::PruneResult>> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let volumes = match req.volume {
+        Some(v) => {
+            let n = v.clone();
+            blocking(&app, move |s| s.volume(&n)).await?;
+            vec![v]
+        }
+        None => blocking(&app, |s| s.volumes())
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .collect(),
+    };
+    let job_app = app.clone();
+    let out = tokio::spawn(async move { job_app.prune_job(volumes, req.dry_run).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("prune job panicked: {e}"))??;
+    Ok(Json(out))
+}
+
 async fn jobs(State(app): App, Query(q): Query<VolumeQuery>) -> ApiResult<Vec<JobView>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let list = blocking(&app, move |s| s.jobs(q.volume.as_deref(), limit)).await?;
@@ -519,6 +551,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
             post(clone_snapshot),
         )
         .route("/gc", post(gc))
+        .route("/prune", post(prune))
         .route("/verify", post(verify))
         .route("/ingest", post(ingest))
         .route("/jobs", get(jobs))

@@ -257,6 +257,53 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                 v["files"], v["bytes"], v["new_bytes"], v["stored_bytes"]
             );
         }
+        Cmd::Prune {
+            volume,
+            dry_run,
+            json,
+        } => {
+            let v = t
+                .call(
+                    "POST",
+                    "/prune",
+                    Some(json!({ "volume": volume, "dry_run": dry_run })),
+                )?
+                .into_result()?;
+            if json {
+                print_json(&v)?;
+            }
+            let results: Vec<kura::jobs::PruneResult> = parse(v)?;
+            let mut failed = false;
+            for r in &results {
+                if !json {
+                    for d in &r.decisions {
+                        println!(
+                            "{}{}@{}	{}	{}",
+                            if dry_run { "[dry run] " } else { "" },
+                            r.volume,
+                            d.name,
+                            kura::api::iso(d.created * 1000),
+                            if d.keep {
+                                format!("keep ({})", d.reasons.join(", "))
+                            } else if dry_run {
+                                "would prune".into()
+                            } else if r.deleted.contains(&d.name) {
+                                "pruned".into()
+                            } else {
+                                "NOT pruned".into()
+                            }
+                        );
+                    }
+                }
+                for e in &r.errors {
+                    eprintln!("kura: {}: {e}", r.volume);
+                    failed = true;
+                }
+            }
+            if failed {
+                return Ok(1);
+            }
+        }
         Cmd::Gc { dry_run, json } => {
             let v = t
                 .call("POST", "/gc", Some(json!({ "dry_run": dry_run })))?

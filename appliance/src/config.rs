@@ -35,6 +35,9 @@ pub struct Config {
     /// pre-freeze hook, after its own post-thaw hook).
     #[serde(default)]
     pub hooks: HooksToml,
+    /// Store-wide job schedules.
+    #[serde(default)]
+    pub schedule: StoreSchedule,
     /// Per-volume settings, `[volume.NAME]`; a volume named here is created at start.
     #[serde(default, rename = "volume")]
     pub volume_settings: BTreeMap<String, VolumeToml>,
@@ -55,6 +58,27 @@ impl Default for ApiToml {
     fn default() -> Self {
         ApiToml {
             listen: default_api_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSchedule {
+    /// GC (cron, in `timezone`).
+    pub gc: Option<String>,
+    /// Verify (cron, in `timezone`).
+    pub verify: Option<String>,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+impl Default for StoreSchedule {
+    fn default() -> Self {
+        StoreSchedule {
+            gc: None,
+            verify: None,
+            timezone: default_timezone(),
         }
     }
 }
@@ -88,6 +112,51 @@ pub struct VolumeToml {
     /// Recovery point objective: `status` flags the volume when its newest good
     /// snapshot is older (e.g. "1h", "30m", "1d").
     pub rpo: Option<String>,
+    /// Time zone of the volume's schedules and of retention's days, weeks, months.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Retention (see `retention.rs`); no keep_* key at all keeps every snapshot.
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// Every snapshot younger than this (e.g. "35d") is kept.
+    pub keep_within: Option<String>,
+    /// Snapshot schedules: 5-field cron expressions in `timezone`.
+    #[serde(default)]
+    pub schedule: Vec<String>,
+    /// At a scheduled time, wait until the volume has seen no write for this long (the
+    /// nightly dumps have finished) before the snapshot...
+    pub quiet_secs: Option<u64>,
+    /// ...but no longer than this; then snapshot anyway, marked busy. Default "2h".
+    pub max_wait: Option<String>,
+    /// When to apply the retention policy besides after each snapshot (cron).
+    pub prune_schedule: Option<String>,
+}
+
+impl VolumeToml {
+    /// The retention policy (checked by `Config::validate`).
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self
+                .keep_within
+                .as_deref()
+                .and_then(|w| parse_duration(w).ok()),
+        }
+    }
+
+    /// The time zone (checked by `Config::validate`; UTC if it does not parse).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::Tz::UTC)
+    }
 }
 
 impl Default for VolumeToml {
@@ -143,6 +212,9 @@ fn default_inflight() -> usize {
 }
 fn default_api_listen() -> String {
     "127.0.0.1:7411".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
 }
 fn default_freeze_limit() -> f64 {
     10.0
@@ -232,6 +304,17 @@ impl Config {
             storage::store::check_volume_name(v).with_context(|| format!("volumes: {v:?}"))?;
         }
         self.api_addr()?;
+        for (k, c) in [("gc", &self.schedule.gc), ("verify", &self.schedule.verify)] {
+            if let Some(c) = c {
+                crate::schedule::parse_cron(c).with_context(|| format!("schedule.{k}"))?;
+            }
+        }
+        self.schedule
+            .timezone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|e| {
+                anyhow::anyhow!("schedule.timezone = {:?}: {e}", self.schedule.timezone)
+            })?;
         check_hook("hooks.pre_freeze", &self.hooks.pre_freeze)?;
         check_hook("hooks.post_thaw", &self.hooks.post_thaw)?;
         if self.hooks.timeout_secs == Some(0) {
@@ -257,6 +340,34 @@ impl Config {
             check_hook(&key("post_thaw"), &v.post_thaw)?;
             if let Some(r) = &v.rpo {
                 parse_duration(r).with_context(|| format!("{} = {r:?}", key("rpo")))?;
+            }
+            if let Some(w) = &v.keep_within {
+                parse_duration(w).with_context(|| format!("{} = {w:?}", key("keep_within")))?;
+            }
+            v.timezone
+                .parse::<chrono_tz::Tz>()
+                .map_err(|e| anyhow::anyhow!("{} = {:?}: {e}", key("timezone"), v.timezone))?;
+            for (i, c) in v.schedule.iter().enumerate() {
+                crate::schedule::parse_cron(c)
+                    .with_context(|| format!("{}[{i}]", key("schedule")))?;
+            }
+            if let Some(c) = &v.prune_schedule {
+                crate::schedule::parse_cron(c).with_context(|| key("prune_schedule"))?;
+            }
+            if let Some(w) = &v.max_wait {
+                parse_duration(w).with_context(|| format!("{} = {w:?}", key("max_wait")))?;
+            }
+            for (k, n) in [
+                ("keep_last", v.keep_last),
+                ("keep_hourly", v.keep_hourly),
+                ("keep_daily", v.keep_daily),
+                ("keep_weekly", v.keep_weekly),
+                ("keep_monthly", v.keep_monthly),
+                ("keep_yearly", v.keep_yearly),
+            ] {
+                if n == Some(0) {
+                    bail!("{} = 0 keeps nothing by that rule: leave it out", key(k));
+                }
             }
         }
         if self.exports.is_empty() {

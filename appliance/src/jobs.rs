@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::hooks::{self, HookEnv};
+use crate::retention::{self, Candidate, Decision};
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::{FreezeError, Shared};
 use std::collections::HashMap;
@@ -38,6 +39,18 @@ pub struct SnapshotRequest {
     pub label: Option<String>,
     /// Taken past a quiet wait's limit (recorded on the snapshot).
     pub busy: bool,
+}
+
+/// What a prune did (or would do) on one volume.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PruneResult {
+    pub volume: String,
+    pub dry_run: bool,
+    /// Newest first, every snapshot with its reasons to stay.
+    pub decisions: Vec<Decision>,
+    pub deleted: Vec<String>,
+    /// Snapshots the plan dropped that could not be deleted (held or locked since).
+    pub errors: Vec<String>,
 }
 
 /// A job refused before it started.
@@ -130,6 +143,35 @@ impl Appliance {
             .collect();
         v.sort();
         v
+    }
+
+    /// Waits until volume `name` has seen no mutating call for `quiet` (true), or
+    /// `max` has passed (false: the caller snapshots anyway, marked busy). A daemon
+    /// shutting down ends the wait with a refusal.
+    pub async fn wait_quiet(&self, name: &str, quiet: Duration, max: Duration) -> Result<bool> {
+        let n = name.to_owned();
+        let vol = self.blocking(move |s| s.volume(&n)).await?;
+        let t0 = Instant::now();
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Refusal::ShuttingDown.into());
+            }
+            // Never written since the daemon started: quiet since then.
+            let q = self
+                .shared
+                .gate
+                .quiet_for(vol.id)
+                .unwrap_or_else(|| self.started.elapsed());
+            if q >= quiet {
+                return Ok(true);
+            }
+            let waited = t0.elapsed();
+            if waited >= max {
+                return Ok(false);
+            }
+            let step = (quiet - q).min(max - waited).min(Duration::from_secs(1));
+            tokio::time::sleep(step.max(Duration::from_millis(20))).await;
+        }
     }
 
     /// Refuses new jobs and waits until the running ones have ended.
@@ -321,6 +363,12 @@ impl Appliance {
         }
         job.ended_ms = now_ms();
         self.record(&job);
+        // Retention after a new snapshot, when the volume has a policy.
+        if info.is_some() && settings.policy().is_set() {
+            if let Err(e) = self.prune_volume(volume, false).await {
+                tracing::warn!(volume, error = %e, "retention after the snapshot failed");
+            }
+        }
         match &job.error {
             None => tracing::info!(
                 volume,
@@ -354,6 +402,86 @@ impl Appliance {
             name = format!("{base}.{n}");
         }
         Ok(name)
+    }
+
+    /// Applies (or with `dry_run` only plans) the retention policy of each volume in
+    /// `volumes`, each as a job of its own.
+    pub async fn prune_job(
+        self: &Arc<Self>,
+        volumes: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Vec<PruneResult>> {
+        let mut out = Vec::new();
+        for v in volumes {
+            let _claim = self.claim(&v, "prune")?;
+            out.push(self.prune_volume(&v, dry_run).await?);
+        }
+        Ok(out)
+    }
+
+    /// One volume's prune; the caller holds the volume's claim.
+    async fn prune_volume(&self, volume: &str, dry_run: bool) -> Result<PruneResult> {
+        let settings = self.cfg.volume(volume);
+        let v = volume.to_owned();
+        let snaps = self.blocking(move |s| s.snapshots(Some(&v))).await?;
+        let cands: Vec<Candidate> = snaps
+            .iter()
+            .map(|s| Candidate {
+                name: s.name.clone(),
+                created: s.created.sec,
+                held: s.held,
+                lock_until: s.lock_until,
+            })
+            .collect();
+        let started = now_ms();
+        let decisions = retention::plan(&cands, &settings.policy(), started / 1000, settings.tz());
+        let mut result = PruneResult {
+            volume: volume.to_owned(),
+            dry_run,
+            decisions,
+            deleted: Vec::new(),
+            errors: Vec::new(),
+        };
+        if dry_run {
+            return Ok(result);
+        }
+        let mut bytes = 0;
+        for d in result.decisions.iter().filter(|d| !d.keep) {
+            let (v, n) = (volume.to_owned(), d.name.clone());
+            match self.blocking(move |s| s.delete_snapshot(&v, &n)).await {
+                Ok(()) => {
+                    bytes += snaps
+                        .iter()
+                        .find(|s| s.name == d.name)
+                        .map_or(0, |s| s.logical_bytes);
+                    result.deleted.push(d.name.clone());
+                }
+                // Held or locked since the plan: it stays, and the job says why.
+                Err(e) => result.errors.push(format!("{}: {e:#}", d.name)),
+            }
+        }
+        let job = JobRecord {
+            kind: "prune".into(),
+            volume: Some(volume.to_owned()),
+            started_ms: started,
+            ended_ms: now_ms(),
+            result: if result.errors.is_empty() {
+                "ok"
+            } else {
+                "failed"
+            }
+            .into(),
+            error: (!result.errors.is_empty()).then(|| result.errors.join("; ")),
+            bytes,
+            output: if result.deleted.is_empty() {
+                "nothing to prune".into()
+            } else {
+                format!("deleted {}", result.deleted.join(", "))
+            },
+            ..Default::default()
+        };
+        self.record(&job);
+        Ok(result)
     }
 
     /// GC as a job (store-wide); clients keep writing meanwhile.

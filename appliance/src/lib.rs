@@ -8,6 +8,8 @@ pub mod client;
 pub mod config;
 pub mod hooks;
 pub mod jobs;
+pub mod retention;
+pub mod schedule;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -104,6 +106,8 @@ pub async fn run(
         })
         .into_future(),
     );
+    let (sched_stop, sched_stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(schedule::run(app.clone(), sched_stopped));
     let url_file = cfg.data_dir.join(api::ADDR_FILE);
     std::fs::write(&url_file, format!("http://{api_bound}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
@@ -134,6 +138,8 @@ pub async fn run(
     tracing::info!("shutting down");
     drop(exports);
     let _ = api_stop.send(());
+    let _ = sched_stop.send(true);
+    let _ = scheduler.await;
     app.drain_jobs().await;
     match tokio::time::timeout(Duration::from_secs(30), api_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control API ended with an error"),

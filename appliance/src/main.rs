@@ -54,6 +54,16 @@ enum Cmd {
     },
     /// Ingest everything staged now.
     Ingest,
+    /// Delete the snapshots the volumes' retention policies no longer keep.
+    Prune {
+        /// One volume (default: all).
+        volume: Option<String>,
+        /// Print the plan (every snapshot, kept or not, and why); delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Collect garbage: unreferenced chunks, sparse packs.
     Gc {
         #[arg(long)]

@@ -23,6 +23,8 @@ struct VolState {
     /// When the current freeze first held a call.
     first_held: Option<Instant>,
     held: u64,
+    /// When the last mutating call finished.
+    last_mutation: Option<Instant>,
 }
 
 /// Per-volume gates of one store, shared by all its exports.
@@ -43,6 +45,7 @@ impl Drop for Pass {
         let mut v = self.gate.vols.lock().unwrap();
         if let Some(s) = v.get_mut(&self.vol) {
             s.inflight -= 1;
+            s.last_mutation = Some(Instant::now());
             if s.inflight == 0 && s.frozen {
                 self.gate.changed.notify_waiters();
             }
@@ -160,6 +163,17 @@ impl FreezeGate {
             }
             notified.await;
         }
+    }
+
+    /// How long `vol` has seen no mutating call (`None`: none since the gate was made,
+    /// i.e. since the daemon started). A call in progress counts as a mutation now.
+    pub fn quiet_for(&self, vol: VolumeId) -> Option<Duration> {
+        let v = self.vols.lock().unwrap();
+        let s = v.get(&vol)?;
+        if s.inflight > 0 {
+            return Some(Duration::ZERO);
+        }
+        s.last_mutation.map(|t| t.elapsed())
     }
 
     /// Is `vol` frozen now?
