@@ -284,6 +284,19 @@ fn freeze_holds_writes_and_snapshots_are_exact() {
     let (_, st) = api(&d, "GET", "/status", None);
     assert_eq!(st["volumes"][0]["snapshots"], 4, "{st}");
     assert_eq!(st["volumes"][0]["frozen"], false);
+    // Prometheus metrics: calls by procedure, jobs by result, freeze windows, RPO age.
+    let (st, m) = api(&d, "GET", "/metrics", None);
+    assert_eq!(st, 200);
+    let m = m.as_str().unwrap().to_owned();
+    for want in [
+        "kura_nfs_call_seconds_count{procedure=\"write\"}",
+        "kura_jobs_total{kind=\"snapshot\",result=\"ok\"} 4",
+        "kura_freeze_window_seconds_count 4",
+        "kura_rpo_age_seconds{volume=\"backup\"}",
+        "kura_staged_files",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
 }
 
 /// Every step of the job failing in turn: the job records why, the volume is never

@@ -494,6 +494,135 @@ async fn status(State(app): App) -> ApiResult<crate::status::Status> {
     Ok(Json(crate::status::gather(&app).await?))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TarQuery {
+    path: Option<String>,
+}
+
+/// A `Write` that hands the tar to the HTTP body in 256 KiB pieces; a client that goes
+/// away ends the restore (the send fails).
+struct ChanWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let b = axum::body::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(b))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 << 10 {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// The header that carries the logical bytes of a restore stream (for progress bars).
+pub const TOTAL_HEADER: &str = "x-kura-total-bytes";
+
+/// A snapshot (or `?path=` inside it) as a tar stream; see `restore.rs`.
+async fn snapshot_tar(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+    Query(q): Query<TarQuery>,
+) -> Result<Response, ApiError> {
+    let sub = q.path.unwrap_or_default();
+    let (v, n, p) = (volume.clone(), name.clone(), sub.clone());
+    let store = app.store.clone();
+    let (entry, path, total) = tokio::task::spawn_blocking(move || {
+        let (e, path) = crate::restore::resolve(&store, &v, &n, &p)?;
+        let total = crate::restore::total_bytes(&store, &e)?;
+        Ok::<_, anyhow::Error>((e, path, total))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let store = app.store.clone();
+    let job_app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = crate::jobs::now_ms();
+        let top = match entry.attr.kind {
+            storage::FileKind::Dir => String::new(),
+            _ => path.rsplit('/').next().unwrap_or("").to_owned(),
+        };
+        let err_tx = tx.clone();
+        let w = ChanWriter {
+            tx,
+            buf: Vec::with_capacity(256 << 10),
+        };
+        let r = crate::restore::write_tar(&store, &entry, &top, w);
+        let mut job = JobRecord {
+            kind: "restore".into(),
+            volume: Some(volume.clone()),
+            snapshot: Some(name.clone()),
+            started_ms: started,
+            ended_ms: crate::jobs::now_ms(),
+            ..Default::default()
+        };
+        match r {
+            Ok(rep) => {
+                job.bytes = rep.bytes;
+                job.result = if rep.damaged.is_empty() {
+                    "ok"
+                } else {
+                    "failed"
+                }
+                .into();
+                if !rep.damaged.is_empty() {
+                    job.error = Some(format!("{} damaged files", rep.damaged.len()));
+                    job.output = rep.damaged.join("\n");
+                }
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                let _ = err_tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+            }
+        }
+        job_app.record(&job);
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+            (
+                header::HeaderName::from_static(TOTAL_HEADER),
+                total.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn metrics(State(app): App) -> Result<Response, ApiError> {
+    let status = crate::status::gather(&app).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(&status),
+    )
+        .into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
@@ -534,6 +663,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/volumes", get(list_volumes).post(create_volume))
         .route("/snapshots", get(list_snapshots))
         .route(
@@ -550,6 +680,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
             "/volumes/{volume}/snapshots/{name}/clone",
             post(clone_snapshot),
         )
+        .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
         .route("/gc", post(gc))
         .route("/prune", post(prune))
         .route("/verify", post(verify))

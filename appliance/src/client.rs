@@ -22,6 +22,7 @@ pub enum Target {
     Local {
         rt: tokio::runtime::Runtime,
         router: axum::Router,
+        app: Arc<crate::jobs::Appliance>,
     },
 }
 
@@ -87,13 +88,13 @@ impl Target {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let router = rt.block_on(async {
+        let app = rt.block_on(async {
             let store = Arc::new(tokio::task::block_in_place(|| crate::open_store(cfg))?);
             let shared = protocol::Shared::new(store.clone(), cfg.max_inflight);
-            let app = crate::jobs::Appliance::new(cfg.clone(), store, shared);
-            Ok::<_, anyhow::Error>(api::router(app, None))
+            Ok::<_, anyhow::Error>(crate::jobs::Appliance::new(cfg.clone(), store, shared))
         })?;
-        Ok(Target::Local { rt, router })
+        let router = api::router(app.clone(), None);
+        Ok(Target::Local { rt, router, app })
     }
 
     pub fn is_daemon(&self) -> bool {
@@ -124,7 +125,7 @@ impl Target {
                     body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
                 })
             }
-            Target::Local { rt, router } => {
+            Target::Local { rt, router, .. } => {
                 let req = Request::builder()
                     .method(Method::from_bytes(method.as_bytes())?)
                     .uri(path)
@@ -144,6 +145,64 @@ impl Target {
                         }),
                     })
                 })
+            }
+        }
+    }
+}
+
+impl Target {
+    /// A restore stream of `vol@snap` (or `path` inside it) and its logical bytes: the
+    /// daemon's `GET .../tar`, or the same tar written by a thread of this process.
+    pub fn restore_stream(
+        &self,
+        vol: &str,
+        snap: &str,
+        path: &str,
+    ) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
+        match self {
+            Target::Daemon { url, token, agent } => {
+                let mut req = agent.get(&format!(
+                    "{url}/volumes/{}/snapshots/{}/tar",
+                    seg(vol),
+                    seg(snap)
+                ));
+                if !path.is_empty() {
+                    req = req.query("path", path);
+                }
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let resp = match req.call() {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => {
+                        let body: Value = r.into_json().unwrap_or(Value::Null);
+                        bail!("{}", body["error"].as_str().unwrap_or("restore refused"))
+                    }
+                    Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
+                };
+                let total = resp
+                    .header(api::TOTAL_HEADER)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Ok((Box::new(resp.into_reader()), total))
+            }
+            Target::Local { app, .. } => {
+                let store = app.store.clone();
+                let (entry, found) = crate::restore::resolve(&store, vol, snap, path)?;
+                let total = crate::restore::total_bytes(&store, &entry)?;
+                let top = match entry.attr.kind {
+                    storage::FileKind::Dir => String::new(),
+                    _ => found.rsplit('/').next().unwrap_or("").to_owned(),
+                };
+                let (reader, writer) = std::io::pipe().context("making a pipe")?;
+                std::thread::Builder::new()
+                    .name("kura-restore".into())
+                    .spawn(move || {
+                        if let Err(e) = crate::restore::write_tar(&store, &entry, &top, writer) {
+                            tracing::error!(error = %e, "restore stream failed");
+                        }
+                    })?;
+                Ok((Box::new(reader), total))
             }
         }
     }

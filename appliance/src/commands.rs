@@ -250,6 +250,14 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             .into_result()?;
             println!("cloned {volume}@{snapshot} to volume {new_volume}");
         }
+        Cmd::Restore {
+            volume,
+            snapshot,
+            path,
+            at,
+            to,
+            tar,
+        } => return restore(t, &volume, snapshot, path, at, to, tar),
         Cmd::Ingest => {
             let v = t.call("POST", "/ingest", None)?.into_result()?;
             println!(
@@ -461,4 +469,124 @@ fn print_status(s: &Status, daemon: bool) {
             println!("PROBLEM: {p}");
         }
     }
+}
+
+/// The newest snapshot of `volume` at or before `at` (ISO 8601; local time unless it
+/// carries a zone).
+fn snapshot_at(t: &Target, volume: &str, at: &str) -> Result<String> {
+    let when = parse_time(at)?;
+    let v = t
+        .call("GET", &format!("/volumes/{}/snapshots", seg(volume)), None)?
+        .into_result()?;
+    parse::<Vec<SnapshotView>>(v)?
+        .into_iter()
+        .filter(|s| s.created <= when)
+        .max_by_key(|s| s.created)
+        .map(|s| s.name)
+        .with_context(|| format!("volume {volume} has no snapshot at or before {at}"))
+}
+
+/// Unix seconds of `2026-11-30T10:00[:SS][Z|+01:00]` (local time without a zone).
+fn parse_time(s: &str) -> Result<i64> {
+    use chrono::TimeZone;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d",
+    ] {
+        let parsed = chrono::NaiveDateTime::parse_from_str(s, f).or_else(|_| {
+            chrono::NaiveDate::parse_from_str(s, f).map(|d| d.and_hms_opt(23, 59, 59).unwrap())
+        });
+        if let Ok(n) = parsed {
+            let local = chrono::Local
+                .from_local_datetime(&n)
+                .earliest()
+                .with_context(|| format!("{s} does not exist in the local time zone"))?;
+            return Ok(local.timestamp());
+        }
+    }
+    bail!("--at {s:?}: use 2026-11-30T10:00 (local), 2026-11-30T10:00:00Z or an offset")
+}
+
+fn restore(
+    t: &Target,
+    volume: &str,
+    snapshot: Option<String>,
+    path: Option<String>,
+    at: Option<String>,
+    to: Option<std::path::PathBuf>,
+    tar_out: Option<String>,
+) -> Result<i32> {
+    use std::io::IsTerminal;
+    let snap = match (snapshot, at) {
+        (Some(s), _) => s,
+        (None, Some(at)) => snapshot_at(t, volume, &at)?,
+        (None, None) => bail!("name a snapshot or give --at TIME"),
+    };
+    let path = path.unwrap_or_default();
+    let (stream, total) = t.restore_stream(volume, &snap, &path)?;
+    let t0 = std::time::Instant::now();
+    if let Some(out) = tar_out {
+        if out != "-" {
+            bail!("--tar takes '-' (stdout); use --to DIR for a directory");
+        }
+        let report = kura::restore::pass_through(stream, std::io::stdout().lock())?;
+        return finish_restore(volume, &snap, &report, t0, &[]);
+    }
+    let dir = to.context("--to DIR")?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let ex = kura::restore::extract(stream, &dir, |n| {
+        if let Some(b) = &bar {
+            b.inc(n);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    finish_restore(volume, &snap, &ex.report, t0, &ex.refused)
+}
+
+fn finish_restore(
+    volume: &str,
+    snap: &str,
+    r: &kura::restore::Report,
+    t0: std::time::Instant,
+    refused: &[String],
+) -> Result<i32> {
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    eprintln!(
+        "restored {volume}@{snap}: {} files, {} directories, {} symlinks, {} hard links, {} in {secs:.1} s ({}/s)",
+        r.files,
+        r.dirs,
+        r.symlinks,
+        r.hardlinks,
+        size(r.bytes),
+        size((r.bytes as f64 / secs) as u64)
+    );
+    for d in &r.damaged {
+        eprintln!("DAMAGED {d}");
+    }
+    for p in refused {
+        eprintln!("REFUSED {p}: outside the target directory");
+    }
+    Ok(if r.damaged.is_empty() && refused.is_empty() {
+        0
+    } else {
+        1
+    })
 }

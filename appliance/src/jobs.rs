@@ -30,6 +30,7 @@ pub struct Appliance {
     active: tokio::sync::watch::Sender<usize>,
     stopping: std::sync::atomic::AtomicBool,
     pub started: Instant,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a snapshot job is asked to do.
@@ -110,6 +111,7 @@ impl Appliance {
             active: tokio::sync::watch::channel(0).0,
             stopping: Default::default(),
             started: Instant::now(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 
@@ -182,7 +184,8 @@ impl Appliance {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    fn record(&self, job: &JobRecord) {
+    pub(crate) fn record(&self, job: &JobRecord) {
+        self.metrics.job(job);
         match self.store.record_job(job) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, kind = job.kind, "could not record the job"),

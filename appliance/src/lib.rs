@@ -8,6 +8,8 @@ pub mod client;
 pub mod config;
 pub mod hooks;
 pub mod jobs;
+pub mod metrics;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod status;
@@ -95,6 +97,10 @@ pub async fn run(
     let api_bound = api_listener.local_addr()?;
     let need_token = !api_bound.ip().is_loopback();
     let app = jobs::Appliance::new(cfg.clone(), store.clone(), shared.clone());
+    {
+        let m = app.metrics.clone();
+        shared.set_observer(Box::new(move |p, took, i, o| m.nfs_call(p, took, i, o)));
+    }
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(
         axum::serve(

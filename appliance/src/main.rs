@@ -52,6 +52,26 @@ enum Cmd {
         snapshot: String,
         new_volume: String,
     },
+    /// Restore a snapshot (or PATH inside it) into a directory, or as a tar to stdout.
+    /// Every chunk is hash-checked; a damaged file is named, the rest still restored,
+    /// and the exit code is 1.
+    Restore {
+        volume: String,
+        /// The snapshot (or use --at).
+        snapshot: Option<String>,
+        /// A file or directory inside the snapshot (default: all of it).
+        path: Option<String>,
+        /// The newest snapshot at or before this time (2026-11-30T10:00, local time
+        /// unless it ends in Z or an offset).
+        #[arg(long, conflicts_with = "snapshot")]
+        at: Option<String>,
+        /// Target directory (created if missing); nothing is written outside it.
+        #[arg(long, required_unless_present = "tar")]
+        to: Option<PathBuf>,
+        /// `-`: write a tar to stdout instead (e.g. `| ssh app tar -x -C /`).
+        #[arg(long, conflicts_with = "to")]
+        tar: Option<String>,
+    },
     /// Ingest everything staged now.
     Ingest,
     /// Delete the snapshots the volumes' retention policies no longer keep.

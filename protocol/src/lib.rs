@@ -32,5 +32,7 @@ pub mod server;
 #[cfg(test)]
 mod hostile;
 
-pub use fs::{ExportPolicy, FreezeError, FreezeGate, FreezeStats, Frozen, KuraFs, Shared};
+pub use fs::{
+    CallObserver, ExportPolicy, FreezeError, FreezeGate, FreezeStats, Frozen, KuraFs, Shared,
+};
 pub use server::{boot_id, Cidr, Export, ExportConfig};

@@ -148,7 +148,6 @@ impl NfsService {
 
     /// Serves an NFSv3 call.
     async fn nfs(&self, call: &Call) -> Reply {
-        use NFS_PROGRAM::*;
         let xid = call.xid;
         if call.vers != VERSION {
             return Reply::error(
@@ -162,6 +161,20 @@ impl NfsService {
         let Ok(proc_) = NFS_PROGRAM::try_from(call.proc_) else {
             return Reply::error(xid, accept_stat_data::PROC_UNAVAIL);
         };
+        let t0 = std::time::Instant::now();
+        let reply = self.nfs_proc(proc_, call).await;
+        self.fs.shared().observe(
+            proc_name(call.proc_),
+            t0.elapsed(),
+            call.args().len(),
+            reply.wire_len(),
+        );
+        reply
+    }
+
+    async fn nfs_proc(&self, proc_: NFS_PROGRAM, call: &Call) -> Reply {
+        use NFS_PROGRAM::*;
+        let xid = call.xid;
         match proc_ {
             NFSPROC3_NULL => Reply::success(xid, &Void),
             NFSPROC3_GETATTR => self.getattr(call).await,
@@ -810,6 +823,35 @@ impl NfsService {
             _ => Reply::error(call.xid, accept_stat_data::PROG_UNAVAIL),
         }
     }
+}
+
+/// The NFSv3 procedure names (RFC 1813), by number, for metrics.
+fn proc_name(p: u32) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "null",
+        "getattr",
+        "setattr",
+        "lookup",
+        "access",
+        "readlink",
+        "read",
+        "write",
+        "create",
+        "mkdir",
+        "symlink",
+        "mknod",
+        "remove",
+        "rmdir",
+        "rename",
+        "link",
+        "readdir",
+        "readdirplus",
+        "fsstat",
+        "fsinfo",
+        "pathconf",
+        "commit",
+    ];
+    NAMES.get(p as usize).copied().unwrap_or("other")
 }
 
 fn mount_stat(s: nfsstat3) -> mountstat3 {

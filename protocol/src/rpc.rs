@@ -271,6 +271,11 @@ impl Reply {
         ))
     }
 
+    /// Bytes of the reply on the wire (record mark and padding aside).
+    pub fn wire_len(&self) -> usize {
+        self.head.len() + self.bulk_len
+    }
+
     /// The whole reply as one buffer (for the duplicate request cache).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = self.head.clone();

@@ -14,7 +14,12 @@ pub struct Shared {
     pub(super) started: Timespec,
     /// Mutating calls pass it; snapshot jobs close it per volume.
     pub gate: Arc<FreezeGate>,
+    /// Told of every NFS call served (for metrics), once set.
+    observer: std::sync::OnceLock<CallObserver>,
 }
+
+/// Told of each NFS call: procedure name, time to serve, bytes in and out.
+pub type CallObserver = Box<dyn Fn(&'static str, std::time::Duration, usize, usize) + Send + Sync>;
 
 impl Shared {
     /// `max_inflight` bounds store calls in progress (and so the memory they hold).
@@ -26,6 +31,7 @@ impl Shared {
             dir_index: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             started: Timespec::now(),
             gate: FreezeGate::new(),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -64,6 +70,23 @@ impl Shared {
     ) -> Result<T, nfsstat3> {
         let _permit = self.permit().await?;
         tokio::task::block_in_place(|| f(&self.store)).map_err(|e| to_nfs(op, &e))
+    }
+
+    /// Sets the observer of NFS calls (once; later calls are ignored).
+    pub fn set_observer(&self, f: CallObserver) {
+        let _ = self.observer.set(f);
+    }
+
+    pub(crate) fn observe(
+        &self,
+        proc_: &'static str,
+        took: std::time::Duration,
+        bytes_in: usize,
+        bytes_out: usize,
+    ) {
+        if let Some(f) = self.observer.get() {
+            f(proc_, took, bytes_in, bytes_out);
+        }
     }
 
     /// Forgets cached attributes (after any mutation of these files).

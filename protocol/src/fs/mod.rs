@@ -21,7 +21,7 @@ mod policy;
 mod read;
 mod snapshots;
 
-pub use door::Shared;
+pub use door::{CallObserver, Shared};
 pub use freeze::{FreezeError, FreezeGate, FreezeStats, Frozen, Pass};
 pub use listing::{DirEntryPlus, KuraIter};
 pub use policy::ExportPolicy;
@@ -89,6 +89,11 @@ fn from_nfstime(t: nfstime3) -> Timespec {
 }
 
 impl KuraFs {
+    /// The state this export shares with the others of its store.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn new(shared: Arc<Shared>, policy: ExportPolicy) -> Self {
         KuraFs {
             shared,

@@ -1,0 +1,321 @@
+//! `kura restore`: a snapshot back into a directory (and as a tar) byte for byte with
+//! modes, owners, times, symlinks and hard links, while the daemon serves and when it
+//! does not; `--at`; a damaged chunk named and the rest restored; hostile tar entries
+//! refused.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cli(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("KURA_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+const TREE: &str = r#"
+c.mkdir('/db', 0o750)
+data = bytes((i * 7 + (i >> 12)) % 251 for i in range(3_000_000))
+with c.open('/db/dump.sql', 'wb') as f: f.write(data)
+c.chmod('/db/dump.sql', 0o640)
+c.chown('/db/dump.sql', 123, 456)
+c.utime('/db/dump.sql', ns=(1_600_000_000_000_000_000, 1_700_000_000_000_000_000))
+c.link('/db/dump.sql', '/db/dump.link')
+c.symlink('db/dump.sql', '/latest')
+c.touch('/empty')
+c.mkdir('/a')
+c.mkdir('/a/b')
+with c.open('/a/b/deep.txt', 'wb') as f: f.write(b'deep\n')
+c.utime('/db', ns=(1_650_000_000_000_000_000, 1_650_000_000_000_000_000))
+"#;
+
+fn check_tree(root: &Path) {
+    let dump = root.join("db/dump.sql");
+    let data: Vec<u8> = (0..3_000_000u64)
+        .map(|i| ((i * 7 + (i >> 12)) % 251) as u8)
+        .collect();
+    assert_eq!(std::fs::read(&dump).unwrap(), data);
+    let m = std::fs::metadata(&dump).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!(m.mtime(), 1_700_000_000);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        assert_eq!((m.uid(), m.gid()), (123, 456));
+    }
+    let l = std::fs::metadata(root.join("db/dump.link")).unwrap();
+    assert_eq!(
+        (l.ino(), l.nlink()),
+        (m.ino(), 2),
+        "hard link restored as a link"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("latest")).unwrap(),
+        Path::new("db/dump.sql")
+    );
+    assert_eq!(std::fs::read(root.join("a/b/deep.txt")).unwrap(), b"deep\n");
+    assert_eq!(std::fs::metadata(root.join("empty")).unwrap().len(), 0);
+    let d = std::fs::metadata(root.join("db")).unwrap();
+    assert_eq!(d.mode() & 0o7777, 0o750);
+    assert_eq!(
+        d.mtime(),
+        1_650_000_000,
+        "directory times set after their contents"
+    );
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn round_trip_live_offline_subtree_tar_and_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut d = Daemon::start(&cfg, &[]);
+    py(
+        d.port,
+        &format!("c = nfs_rs.Client.connect(URL, uid=0, gid=0, noresvport=True)\n{TREE}"),
+    );
+    ok(cli(&cfg, &["snapshot", "create", "backup", "s1"]));
+    // While the daemon serves.
+    let out = tmp.path().join("r1");
+    let o = ok(cli(
+        &cfg,
+        &["restore", "backup", "s1", "--to", out.to_str().unwrap()],
+    ));
+    let summary = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        summary.contains("restored backup@s1") && summary.contains("1 hard links"),
+        "{summary}"
+    );
+    check_tree(&out);
+    // Restoring again over it is fine (files are replaced).
+    ok(cli(
+        &cfg,
+        &["restore", "backup", "s1", "--to", out.to_str().unwrap()],
+    ));
+    check_tree(&out);
+    // As a tar on stdout: tar(1) reads it, without kura's report entry.
+    let o = ok(cli(&cfg, &["restore", "backup", "s1", "--tar", "-"]));
+    let tarfile = tmp.path().join("s1.tar");
+    std::fs::write(&tarfile, &o.stdout).unwrap();
+    let list = Command::new("tar")
+        .arg("-tvf")
+        .arg(&tarfile)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("db/dump.sql") && list.contains("latest -> db/dump.sql"),
+        "{list}"
+    );
+    assert!(!list.contains(".kura-restore-report"), "{list}");
+    let x = tmp.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let st = Command::new("tar")
+        .arg("-xpf")
+        .arg(&tarfile)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    check_tree(&x);
+    // --at picks the newest snapshot at or before the time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    py(
+        d.port,
+        "with c.open('/later', 'wb') as f: f.write(b'later')\n",
+    );
+    ok(cli(&cfg, &["snapshot", "create", "backup", "s2"]));
+    let s1_time: serde_json::Value = serde_json::from_slice(
+        &ok(cli(&cfg, &["snapshot", "show", "backup", "s1", "--json"])).stdout,
+    )
+    .unwrap();
+    let at = s1_time["created_iso"].as_str().unwrap();
+    let out_at = tmp.path().join("r-at");
+    ok(cli(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "--at",
+            at,
+            "--to",
+            out_at.to_str().unwrap(),
+        ],
+    ));
+    assert!(!out_at.join("later").exists(), "--at {at} restored s2");
+    check_tree(&out_at);
+    let e = cli(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "--at",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "/tmp/nope",
+        ],
+    );
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("no snapshot at or before"));
+    // Not found: clear errors.
+    let e = cli(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "s1",
+            "no/such",
+            "--to",
+            out_at.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !e.status.success() && String::from_utf8_lossy(&e.stderr).contains("no/such")
+            || String::from_utf8_lossy(&e.stderr).contains("no such")
+    );
+    d.stop();
+    // With no daemon: the store is opened directly; a subtree, and a single file.
+    let sub = tmp.path().join("r2");
+    ok(cli(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "s2",
+            "a",
+            "--to",
+            sub.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read(sub.join("b/deep.txt")).unwrap(), b"deep\n");
+    let one = tmp.path().join("r3");
+    ok(cli(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "s2",
+            "later",
+            "--to",
+            one.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read(one.join("later")).unwrap(), b"later");
+    let j = ok(cli(&cfg, &["jobs", "--json"]));
+    let j: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert!(j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["kind"] == "restore" && j["result"] == "ok"));
+}
+
+/// A damaged pack: the files whose chunks are in it are named, the others restored,
+/// exit code 1.
+#[test]
+fn damage_is_named_and_the_rest_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut d = Daemon::start(&cfg, &[]);
+    py(
+        d.port,
+        "with c.open('/small', 'wb') as f: f.write(b'fine\\n')\n",
+    );
+    ok(cli(&cfg, &["ingest"]));
+    let src = tmp.path().join("big");
+    make_file(&src, 4 << 20, 5);
+    assert!(
+        libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url("/backup/big")])
+            .status
+            .success()
+    );
+    ok(cli(&cfg, &["snapshot", "create", "backup", "s"]));
+    d.stop();
+    let pack = std::fs::read_dir(tmp.path().join("store/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut b = std::fs::read(&pack).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&pack, b).unwrap();
+    let out = tmp.path().join("r");
+    let o = cli(
+        &cfg,
+        &["restore", "backup", "s", "--to", out.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("DAMAGED big"), "{err}");
+    assert_eq!(std::fs::read(out.join("small")).unwrap(), b"fine\n");
+    assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 4 << 20);
+}
+
+/// A tar stream with entries that point outside the target: refused and listed,
+/// nothing written outside.
+#[test]
+fn hostile_entries_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        // Raw names: the builder's own checks would refuse these.
+        let raw = h.as_old_mut();
+        raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            raw.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    add("../evil", tar::EntryType::Regular, None, b"x");
+    add("/tmp/kura-abs-evil", tar::EntryType::Regular, None, b"x");
+    add("ok.txt", tar::EntryType::Regular, None, b"fine");
+    add("hl", tar::EntryType::Link, Some("../../etc/passwd"), b"");
+    add("sym", tar::EntryType::Symlink, Some("/"), b"");
+    add("sym/through", tar::EntryType::Regular, None, b"x");
+    let report = br#"{"files":1,"dirs":0,"symlinks":0,"hardlinks":0,"bytes":4,"damaged":[]}"#;
+    add(kura::restore::REPORT, tar::EntryType::Regular, None, report);
+    let bytes = b.into_inner().unwrap();
+    let dir = tmp.path().join("t");
+    let ex = kura::restore::extract(&bytes[..], &dir, |_| {}).unwrap();
+    assert_eq!(std::fs::read(dir.join("ok.txt")).unwrap(), b"fine");
+    assert!(!tmp.path().join("evil").exists());
+    assert!(!Path::new("/tmp/kura-abs-evil").exists());
+    assert!(!Path::new("/through").exists());
+    for bad in ["../evil", "/tmp/kura-abs-evil", "hl", "sym/through"] {
+        assert!(
+            ex.refused.iter().any(|r| r == bad),
+            "{bad} not refused: {:?}",
+            ex.refused
+        );
+    }
+}
