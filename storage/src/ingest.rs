@@ -79,6 +79,8 @@ struct MergedReader<'a> {
     st: &'a StagedFile,
     pos: u64,
     size: u64,
+    /// Read the file as its snapshot seal froze it, not as it is now.
+    sealed: bool,
 }
 
 impl Read for MergedReader<'_> {
@@ -87,14 +89,25 @@ impl Read for MergedReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let view = self.st.lock().view(self.pos, self.pos + n as u64);
         let ino = self.st.ino;
         let what = || format!("file id {ino}");
-        self.st
-            .read_view(&view, self.pos, &mut buf[..n], &|c, o, b| {
-                self.store.read_content(&c, o, b, &what)
-            })
-            .map_err(std::io::Error::other)?;
+        let base = |c, o, b: &mut [u8]| self.store.read_content(&c, o, b, &what);
+        let end = self.pos + n as u64;
+        if self.sealed {
+            let plan = match self.st.lock().seal.as_ref() {
+                Some(seal) => seal.plan(self.pos, end),
+                None => {
+                    return Err(std::io::Error::other(StoreError::Raced(ino)));
+                }
+            };
+            plan.read(self.st, self.pos, &mut buf[..n], &base)
+                .map_err(std::io::Error::other)?;
+        } else {
+            let view = self.st.lock().view(self.pos, end);
+            self.st
+                .read_view(&view, self.pos, &mut buf[..n], &base)
+                .map_err(std::io::Error::other)?;
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -229,7 +242,8 @@ impl Store {
         let t0 = Instant::now();
         let (size, mtime, segments, new_bytes) = {
             let mut g = st.lock();
-            if g.dropped {
+            // A sealed file waits for its snapshot (which ingests the sealed view).
+            if g.dropped || g.seal.is_some() {
                 return Ok(IngestReport::default());
             }
             let mut base_data = RangeSet::default();
@@ -286,7 +300,7 @@ impl Store {
         segments: &(Vec<Segment>, Option<Resume>),
         t0: Instant,
     ) -> Result<IngestReport> {
-        let (content, locs, mut report, pins) = self.chunk_file(st, size, segments)?;
+        let (content, locs, mut report, pins) = self.chunk_file(st, size, segments, false)?;
         // Chunk records first, then the references to them.
         let t_sync = Instant::now();
         let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
@@ -335,6 +349,7 @@ impl Store {
         st: &StagedFile,
         size: u64,
         (segments, resume): &(Vec<Segment>, Option<Resume>),
+        sealed: bool,
     ) -> Result<(
         Option<ChunkId>,
         Vec<Location>,
@@ -413,6 +428,7 @@ impl Store {
                             st,
                             pos: start,
                             size: end,
+                            sealed,
                         };
                         let mut chunker = Chunker::new(reader, params, buffer);
                         loop {
@@ -611,6 +627,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Chunks and stores a sealed file as its snapshot's freeze saw it (the live file
+    /// is left alone). Returns its content, the locations to index in the snapshot's
+    /// commit, and the pins that keep its chunks until then.
+    pub(crate) fn ingest_sealed(
+        &self,
+        st: &StagedFile,
+    ) -> Result<(
+        Option<ChunkId>,
+        Vec<Location>,
+        IngestReport,
+        crate::chunk_store::Pins<'_>,
+    )> {
+        self.latch.check()?;
+        let _one = self.ingest_lock.lock().unwrap();
+        let (size, segments) = {
+            let g = st.lock();
+            let seal = g.seal.as_ref().ok_or(StoreError::Raced(st.ino))?;
+            let (base, base_limit, ranges, file) = seal.layout();
+            let mut base_data = RangeSet::default();
+            if let Some(b) = base {
+                self.content_data(&b, 0, &mut base_data)?;
+            }
+            let segs = segments_of(base, base_limit, &ranges, &file, seal.size, &base_data)
+                .map_err(|e| StoreError::io("map sealed data", &st.path, e))?;
+            (seal.size, segs)
+        };
+        let r = self.chunk_file(st, size, &(segments, None), true);
+        if r.is_err() {
+            if let Err(e) = forget_parts(&self.db.lock(), st.ino) {
+                tracing::warn!(ino = %st.ino, error = %e, "could not clear ingest parts");
+            }
+        }
+        r
+    }
+}
+
 /// Where an ingest may resume instead of reading a file from its start: the base's
 /// leaves and chunks before the first change, kept as they are, and the offset the
 /// chunker starts from.
@@ -716,19 +769,32 @@ pub(crate) fn segments(
     size: u64,
     base_data: &RangeSet,
 ) -> std::io::Result<Vec<Segment>> {
+    segments_of(g.base, g.base_limit, &g.ranges, &g.file, size, base_data)
+}
+
+/// [`segments`] of a layout: the base and its limit, the staged ranges (overlay) or the
+/// staging file's own extents (full mode).
+fn segments_of(
+    base: Option<ChunkId>,
+    base_limit: u64,
+    ranges: &RangeSet,
+    file: &std::fs::File,
+    size: u64,
+    base_data: &RangeSet,
+) -> std::io::Result<Vec<Segment>> {
     let mut data = RangeSet::default();
-    match g.base {
+    match base {
         Some(_) => {
-            let limit = g.base_limit.min(size);
+            let limit = base_limit.min(size);
             for (s, e) in base_data.iter() {
                 data.insert(s.min(limit), e.min(limit));
             }
-            for (s, e) in g.ranges.iter() {
+            for (s, e) in ranges.iter() {
                 data.insert(s.min(size), e.min(size));
             }
         }
         None => {
-            for (s, e) in crate::staging::data_extents(&g.file, size)? {
+            for (s, e) in crate::staging::data_extents(file, size)? {
                 data.insert(s, e);
             }
         }
@@ -811,7 +877,7 @@ fn record_part(conn: &Connection, ino: FileId, seq: u64, leaf: &ChunkId) -> Resu
 }
 
 /// Forgets the parts of the ingest of `ino` (it committed, or failed).
-fn forget_parts(conn: &Connection, ino: FileId) -> Result<()> {
+pub(crate) fn forget_parts(conn: &Connection, ino: FileId) -> Result<()> {
     conn.execute("DELETE FROM ingest_parts WHERE ino=?1", [ino.0 as i64])
         .map_err(|e| StoreError::db("clearing ingest parts", e))?;
     Ok(())

@@ -62,7 +62,7 @@ pub use ids::{ChunkId, FileId, PackId, SnapshotId, VolumeId};
 pub use ingest::IngestReport;
 pub use jobs::JobRecord;
 pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec, Volume};
-pub use snapshot::{SnapshotCancel, SnapshotInfo, SnapshotMeta};
+pub use snapshot::{Capture as SnapshotCapture, SnapshotCancel, SnapshotInfo, SnapshotMeta};
 pub use store::{DirEntry, Piece, Store, StoreOptions, StoreStats};
 pub use tree::TreeEntry;
 pub use verify::{Damage, RecordDamage, VerifyReport};

@@ -297,7 +297,7 @@ pub fn invalidate(conn: &Connection, mut dir: FileId) -> Result<()> {
 
 /// Clears the cached objects that hold `ino`'s attributes: every directory naming it
 /// (the inode itself for a volume root, whose attributes its snapshot root carries).
-fn invalidate_holders(conn: &Connection, ino: FileId) -> Result<()> {
+pub(crate) fn invalidate_holders(conn: &Connection, ino: FileId) -> Result<()> {
     let hs = holders(conn, ino)?;
     if hs.is_empty() {
         return invalidate(conn, ino);

@@ -96,6 +96,23 @@ struct Builder<'a> {
     conn: &'a Connection,
     locs: Vec<Location>,
     dirs_encoded: u64,
+    /// Files sealed at a freeze (size and mtime as sealed): their content is stored
+    /// after the thaw, so the directories above them wait too.
+    sealed: Option<&'a HashMap<FileId, (u64, Timespec)>>,
+}
+
+/// A directory as encoded, or waiting for the content of sealed files below it.
+enum Built {
+    Known(ChunkId),
+    Pending(PendingDir),
+}
+
+/// A directory whose object waits for sealed files: its entries, and which of them
+/// are sealed files or pending directories (by index).
+struct PendingDir {
+    entries: Vec<TreeEntry>,
+    files: Vec<(usize, FileId)>,
+    dirs: Vec<(usize, PendingDir)>,
 }
 
 impl Builder<'_> {
@@ -110,19 +127,35 @@ impl Builder<'_> {
     }
 
     /// Tree id of directory `ino`, re-encoding it (and dirty subdirectories) if needed.
-    fn build(&mut self, ino: FileId) -> Result<ChunkId> {
+    fn build(&mut self, ino: FileId) -> Result<Built> {
         let d = namespace::get(self.conn, ino)?;
         if let Some(t) = d.tree {
-            return Ok(t);
+            return Ok(Built::Known(t));
         }
         let mut children = namespace::children(self.conn, ino)?;
         children.sort_by(|a, b| a.name.cmp(&b.name));
         let mut entries = Vec::with_capacity(children.len());
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
         for c in children {
-            let i = c.inode;
+            let mut i = c.inode;
             let target_ref = match i.attr.kind {
-                FileKind::Dir => Some(self.build(i.attr.ino)?),
-                FileKind::File => i.content,
+                FileKind::Dir => match self.build(i.attr.ino)? {
+                    Built::Known(t) => Some(t),
+                    Built::Pending(p) => {
+                        dirs.push((entries.len(), p));
+                        None
+                    }
+                },
+                FileKind::File => match self.sealed.and_then(|m| m.get(&i.attr.ino)) {
+                    Some(&(size, mtime)) => {
+                        i.attr.size = size;
+                        i.attr.mtime = i.attr.mtime.max(mtime);
+                        i.attr.ctime = i.attr.ctime.max(mtime);
+                        files.push((entries.len(), i.attr.ino));
+                        None
+                    }
+                    None => i.content,
+                },
                 FileKind::Symlink => None,
             };
             entries.push(TreeEntry {
@@ -132,10 +165,34 @@ impl Builder<'_> {
                 link: i.link,
             });
         }
+        if !files.is_empty() || !dirs.is_empty() {
+            return Ok(Built::Pending(PendingDir {
+                entries,
+                files,
+                dirs,
+            }));
+        }
         let id = self.put(&tree::encode_dir(&entries))?;
         namespace::set_tree(self.conn, ino, &id)?;
         self.dirs_encoded += 1;
-        Ok(id)
+        Ok(Built::Known(id))
+    }
+
+    /// Encodes a pending directory once its sealed files have content (not cached:
+    /// the live directory has moved on).
+    fn resolve(
+        &mut self,
+        mut d: PendingDir,
+        contents: &HashMap<FileId, Option<ChunkId>>,
+    ) -> Result<ChunkId> {
+        for (i, ino) in d.files {
+            d.entries[i].target_ref = contents.get(&ino).copied().flatten();
+        }
+        for (i, sub) in std::mem::take(&mut d.dirs) {
+            d.entries[i].target_ref = Some(self.resolve(sub, contents)?);
+        }
+        self.dirs_encoded += 1;
+        self.put(&tree::encode_dir(&d.entries))
     }
 }
 
@@ -280,46 +337,201 @@ pub(crate) fn snapshot(
             )));
         }
     }
-    let _gc = store.gc_lock.read().unwrap();
-    let mut conn = store.db.lock();
-    let tx = conn.transaction().ctx("begin snapshot")?;
-    if tx
+    let cap = capture(store, vol, name, meta)?;
+    let info = finish(store, cap)?;
+    tracing::info!(
+        volume = vol,
+        snapshot = name,
+        dirs_encoded = info.dirs_encoded,
+        ms = t0.elapsed().as_millis() as u64,
+        "snapshot created"
+    );
+    Ok(info)
+}
+
+/// What a snapshot's freeze saw, to be finished after the thaw ([`finish`]): the tree
+/// (directories above sealed files still pending), the sealed files, the root's
+/// attributes and the logical size. Dropping it unseals the files.
+pub struct Capture {
+    vol: Volume,
+    name: String,
+    meta: SnapshotMeta,
+    root: Option<Built>,
+    root_attr: crate::namespace::Attr,
+    sealed: Vec<Arc<crate::staging::StagedFile>>,
+    logical: u64,
+    created: Timespec,
+    dirs_encoded: u64,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        for st in &self.sealed {
+            st.lock().seal = None;
+        }
+    }
+}
+
+impl Capture {
+    /// Files sealed at the freeze (to be stored by [`finish`]).
+    pub fn sealed_files(&self) -> usize {
+        self.sealed.len()
+    }
+}
+
+fn exists(conn: &Connection, vol: VolumeId, name: &str) -> Result<bool> {
+    Ok(conn
         .query_row(
             "SELECT 1 FROM snapshots WHERE vol=?1 AND name=?2",
-            params![v.id.0 as i64, name],
+            params![vol.0 as i64, name],
             |_| Ok(()),
         )
         .optional()
         .ctx("checking snapshot name")?
-        .is_some()
-    {
-        return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
+        .is_some())
+}
+
+/// The part of a snapshot that must see the frozen volume, and only that: seals the
+/// volume's staged files as they are (no data is read), encodes the directories that
+/// changed and hold no staged file, and notes the rest. Its cost grows with the changed
+/// directories and the number of staged files, not with their bytes. The caller holds
+/// the volume's writers ([`SnapshotMeta::cancel`] may give up on it meanwhile).
+pub(crate) fn capture(
+    store: &Store,
+    vol: &str,
+    name: &str,
+    meta: &SnapshotMeta,
+) -> Result<Capture> {
+    store.latch.check()?;
+    check_volume_name(name)?;
+    if let Some(l) = &meta.label {
+        check_label(l)?;
+    }
+    let v = store.volume(vol)?;
+    let (mine, root_attr) = {
+        let conn = store.db.lock();
+        if exists(&conn, v.id, name)? {
+            return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
+        }
+        let mut out = Vec::new();
+        for st in store.staging.all() {
+            if namespace::get_opt(&conn, st.ino)?.is_some_and(|i| i.vol == v.id) {
+                out.push(st);
+            }
+        }
+        (out, namespace::get(&conn, v.root)?.attr)
+    };
+    let mut cap = Capture {
+        vol: v.clone(),
+        name: name.to_owned(),
+        meta: meta.clone(),
+        root: None,
+        root_attr,
+        sealed: Vec::new(),
+        logical: 0,
+        created: Timespec::now(),
+        dirs_encoded: 0,
+    };
+    let mut sizes: HashMap<FileId, (u64, Timespec)> = HashMap::new();
+    for st in mine {
+        let mut g = st.lock();
+        if g.dropped {
+            continue;
+        }
+        if g.seal.is_some() {
+            return Err(StoreError::Refused(format!(
+                "file id {} is sealed by another snapshot in progress",
+                st.ino
+            )));
+        }
+        g.seal(st.path.with_extension("seal"));
+        sizes.insert(st.ino, (g.size, g.mtime));
+        drop(g);
+        cap.sealed.push(st);
+    }
+    let _gc = store.gc_lock.read().unwrap();
+    let mut conn = store.db.lock();
+    let tx = conn.transaction().ctx("begin snapshot")?;
+    // A staged write leaves the namespace as it was: the directories naming a sealed
+    // file are encoded again, with the sealed size and content.
+    let mut logical = namespace::logical_bytes(&tx, Some(v.id))?;
+    for (ino, (size, _)) in &sizes {
+        namespace::invalidate_holders(&tx, *ino)?;
+        let row = namespace::get(&tx, *ino)?.attr.size;
+        logical = (logical + size).saturating_sub(row);
     }
     let mut b = Builder {
         store,
         conn: &tx,
         locs: Vec::new(),
         dirs_encoded: 0,
+        sealed: Some(&sizes),
     };
-    let root_tree = b.build(v.root)?;
+    let root = b.build(v.root)?;
     let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
-    let root = namespace::get(&tx, v.root)?;
+    let packs = store.chunks.writer.lock().unwrap().sync(&store.latch)?;
+    ChunkStore::index_rows(&tx, &locs, &packs)?;
+    cap.root_attr = namespace::get(&tx, v.root)?.attr;
+    if meta.cancel.as_ref().is_some_and(|c| !c.begin_commit()) {
+        return Err(cancelled(vol, name));
+    }
+    tx.commit().ctx("commit snapshot capture")?;
+    cap.root = Some(root);
+    cap.logical = logical;
+    cap.dirs_encoded = dirs_encoded;
+    cap.created = Timespec::now();
+    Ok(cap)
+}
+
+/// Stores the sealed files as the freeze saw them, encodes the directories above them
+/// and records the snapshot; then unseals. Runs while clients write on.
+pub(crate) fn finish(store: &Store, mut cap: Capture) -> Result<SnapshotInfo> {
+    let mut contents: HashMap<FileId, Option<ChunkId>> = HashMap::new();
+    let mut locs = Vec::new();
+    let mut pins = Vec::new();
+    for st in &cap.sealed {
+        let (content, l, _, p) = store.ingest_sealed(st)?;
+        contents.insert(st.ino, content);
+        locs.extend(l);
+        pins.push(p);
+    }
+    let _gc = store.gc_lock.read().unwrap();
+    let mut conn = store.db.lock();
+    let tx = conn.transaction().ctx("begin snapshot")?;
+    let (vol, name) = (cap.vol.name.clone(), cap.name.clone());
+    if exists(&tx, cap.vol.id, &name)? {
+        return Err(StoreError::Exists(format!("snapshot {vol}@{name}")));
+    }
+    let mut b = Builder {
+        store,
+        conn: &tx,
+        locs,
+        dirs_encoded: cap.dirs_encoded,
+        sealed: None,
+    };
+    let root_tree = match cap.root.take().expect("captured") {
+        Built::Known(id) => id,
+        Built::Pending(p) => b.resolve(p, &contents)?,
+    };
+    let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
     let root_entry = TreeEntry {
         name: Vec::new(),
-        attr: root.attr,
+        attr: cap.root_attr,
         target_ref: Some(root_tree),
         link: Vec::new(),
     };
-    let sealed = store.chunks.writer.lock().unwrap().sync(&store.latch)?;
-    ChunkStore::index_rows(&tx, &locs, &sealed)?;
-    let logical = namespace::logical_bytes(&tx, Some(v.id))? as i64;
-    let now = Timespec::now();
+    let packs = store.chunks.writer.lock().unwrap().sync(&store.latch)?;
+    ChunkStore::index_rows(&tx, &locs, &packs)?;
+    for st in &cap.sealed {
+        crate::ingest::forget_parts(&tx, st.ino)?;
+    }
+    let (now, meta, logical) = (cap.created, &cap.meta, cap.logical as i64);
     tx.execute(
         "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns,
                                logical_bytes, label, lock_until, busy)
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
-            v.id.0 as i64,
+            cap.vol.id.0 as i64,
             name,
             &root_tree.0[..],
             tree::encode_entry_alone(&root_entry),
@@ -333,24 +545,14 @@ pub(crate) fn snapshot(
     )
     .ctx("recording snapshot")?;
     let id = SnapshotId(tx.last_insert_rowid() as u64);
-    if meta.cancel.as_ref().is_some_and(|c| !c.begin_commit()) {
-        // The directory objects written stay unreferenced: garbage for GC.
-        return Err(cancelled(vol, name));
-    }
     tx.commit().ctx("commit snapshot")?;
     drop(conn);
+    drop(pins);
     store.db.sync_wal(&store.latch)?;
-    tracing::info!(
-        volume = vol,
-        snapshot = name,
-        dirs_encoded,
-        ms = t0.elapsed().as_millis() as u64,
-        "snapshot created"
-    );
     Ok(SnapshotInfo {
         id,
-        volume: vol.to_owned(),
-        name: name.to_owned(),
+        volume: vol,
+        name,
         created: now,
         root: root_tree,
         logical_bytes: logical as u64,

@@ -55,6 +55,30 @@ impl RangeSet {
         self.0.insert(start, end);
     }
 
+    /// Removes `[start, end)`.
+    pub fn clip_out(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let hit: Vec<(u64, u64)> = self.overlaps(start, end);
+        let mut restore = Vec::new();
+        for (s, _) in &hit {
+            // The stored range that holds `s`: the one starting at or before it.
+            if let Some((&rs, &re)) = self.0.range(..=*s).next_back() {
+                self.0.remove(&rs);
+                if rs < start {
+                    restore.push((rs, start));
+                }
+                if re > end {
+                    restore.push((end, re));
+                }
+            }
+        }
+        for (a, b) in restore {
+            self.insert(a, b);
+        }
+    }
+
     /// Drops everything at or past `at`.
     pub fn clip(&mut self, at: u64) {
         let tail: Vec<u64> = self.0.range(at..).map(|(s, _)| *s).collect();
@@ -123,6 +147,150 @@ pub(crate) struct StagedState {
     /// Set under the lock when this staging was ingested away or removed: a writer
     /// that still holds the `Arc` must look the file up again.
     pub dropped: bool,
+    /// The file as a snapshot's freeze saw it, until that snapshot has ingested it.
+    pub seal: Option<Seal>,
+}
+
+/// A staged file frozen for a snapshot: its layout at the freeze and, in a side file at
+/// the same offsets, the bytes that later writes and truncates changed. Appends past
+/// the sealed size cost nothing; an overwrite below it first copies the bytes it
+/// replaces (once per byte). The live file goes on being written all the while.
+pub(crate) struct Seal {
+    pub view: ReadView,
+    pub size: u64,
+    /// Ranges of `[0, size)` whose sealed bytes are in `side`.
+    saved: RangeSet,
+    side: Option<(Arc<File>, PathBuf)>,
+    side_path: PathBuf,
+}
+
+impl Seal {
+    /// Ranges of `[s, e)` whose sealed bytes live in the staging file (not the base).
+    fn file_ranges(&self, s: u64, e: u64) -> Vec<(u64, u64)> {
+        match self.view.base {
+            None => vec![(s, e)],
+            Some(_) => self
+                .view
+                .ranges
+                .iter()
+                .filter_map(|&(a, b)| {
+                    let (a, b) = (a.max(s), b.min(e));
+                    (a < b).then_some((a, b))
+                })
+                .collect(),
+        }
+    }
+
+    /// Copies the sealed bytes of `[s, e)` that still live in the staging file to the
+    /// side file, before a write or truncate changes them.
+    fn preserve(&mut self, s: u64, e: u64) -> Result<()> {
+        let e = e.min(self.size);
+        if s >= e {
+            return Ok(());
+        }
+        for (a, b) in self.file_ranges(s, e) {
+            let mut todo = RangeSet::default();
+            todo.insert(a, b);
+            for (x, y) in self.saved.overlaps(a, b) {
+                todo.clip_out(x, y);
+            }
+            for (x, y) in todo.iter() {
+                if self.side.is_none() {
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&self.side_path)
+                        .map_err(|e| StoreError::io("create seal file", &self.side_path, e))?;
+                    self.side = Some((Arc::new(f), self.side_path.clone()));
+                }
+                let (side, path) = self.side.as_ref().unwrap();
+                let mut off = x;
+                let mut buf = vec![0u8; ((y - x) as usize).min(1 << 20)];
+                while off < y {
+                    let n = ((y - off) as usize).min(buf.len());
+                    read_exact_or_zero(&self.view.file, &mut buf[..n], off)
+                        .map_err(|e| StoreError::io("read sealed bytes", path, e))?;
+                    side.write_all_at(&buf[..n], off)
+                        .map_err(|e| StoreError::io("save sealed bytes", path, e))?;
+                    off += n as u64;
+                }
+                self.saved.insert(x, y);
+            }
+        }
+        Ok(())
+    }
+
+    /// What a read of `[off, end)` of the sealed file needs, taken under the file's
+    /// lock; [`SealedRead::read`] then runs without it.
+    pub fn plan(&self, off: u64, end: u64) -> SealedRead {
+        SealedRead {
+            view: ReadView {
+                file: self.view.file.clone(),
+                base: self.view.base,
+                base_limit: self.view.base_limit,
+                ranges: self
+                    .view
+                    .ranges
+                    .iter()
+                    .filter(|&&(s, e)| s < end && e > off)
+                    .copied()
+                    .collect(),
+            },
+            saved: self.saved.overlaps(off, end),
+            side: self.side.as_ref().map(|(f, _)| f.clone()),
+        }
+    }
+
+    /// The sealed layout: (base, base limit, staged ranges, staging file).
+    pub fn layout(&self) -> (Option<ChunkId>, u64, RangeSet, Arc<File>) {
+        let mut r = RangeSet::default();
+        for &(s, e) in &self.view.ranges {
+            r.insert(s, e);
+        }
+        (
+            self.view.base,
+            self.view.base_limit,
+            r,
+            self.view.file.clone(),
+        )
+    }
+}
+
+/// A planned read of a sealed file (see [`Seal::plan`]).
+pub(crate) struct SealedRead {
+    view: ReadView,
+    saved: Vec<(u64, u64)>,
+    side: Option<Arc<File>>,
+}
+
+impl SealedRead {
+    pub fn read(
+        &self,
+        st: &StagedFile,
+        off: u64,
+        buf: &mut [u8],
+        base_read: BaseRead<'_>,
+    ) -> Result<()> {
+        st.read_view(&self.view, off, buf, base_read)?;
+        if let Some(side) = &self.side {
+            for &(s, e) in &self.saved {
+                let dst = &mut buf[(s - off) as usize..(e - off) as usize];
+                read_exact_or_zero(side, dst, s)
+                    .map_err(|e| StoreError::io("read seal file", &st.path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Seal {
+    fn drop(&mut self) {
+        if let Some((_, p)) = self.side.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 pub(crate) struct StagedFile {
@@ -279,6 +447,32 @@ impl StagedState {
             dir_synced: true,
             unflushed: 0,
             dropped: false,
+            seal: None,
+        }
+    }
+
+    /// Seals the file as it is now (the snapshot's freeze); `side` is where bytes that
+    /// later change are kept.
+    pub(crate) fn seal(&mut self, side: PathBuf) {
+        let mut view = self.view(0, self.size);
+        if view.base.is_some() {
+            view.ranges = self.ranges.iter().collect();
+        }
+        self.seal = Some(Seal {
+            view,
+            size: self.size,
+            saved: RangeSet::default(),
+            side: None,
+            side_path: side,
+        });
+    }
+
+    /// Before `[s, e)` of the live file changes: keeps the sealed bytes there.
+    fn preserve(&mut self, s: u64, e: u64) -> Result<()> {
+        let file = self.file.clone();
+        match self.seal.as_mut() {
+            Some(seal) if Arc::ptr_eq(&seal.view.file, &file) => seal.preserve(s, e),
+            _ => Ok(()),
         }
     }
 }
@@ -311,6 +505,7 @@ impl StagedFile {
         let end = off
             .checked_add(data.len() as u64)
             .ok_or_else(|| StoreError::TooBig("write past the largest file offset".into()))?;
+        g.preserve(off, end)?;
         if reserve {
             allocate(&g.file, off, data.len() as u64)
                 .map_err(|e| StoreError::io("allocate staging file", &self.path, e))?;
@@ -348,6 +543,7 @@ impl StagedFile {
         if g.dropped {
             return Err(StoreError::Raced(self.ino));
         }
+        g.preserve(size, u64::MAX)?;
         if let Some(j) = g.journal.as_mut() {
             journal_append(j, &self.path, size, JOURNAL_TRUNCATE)?;
             g.ranges.clip(size);
@@ -582,6 +778,7 @@ impl Staging {
                 dir_synced: false,
                 unflushed: 0,
                 dropped: false,
+                seal: None,
             },
         );
         files.insert(ino, s.clone());
@@ -656,7 +853,9 @@ impl Staging {
             let name = name.to_string_lossy();
             let Ok(id) = name.parse::<u64>() else {
                 // Journals are handled with their staging file; stray tmp files go.
+                // Seal files belong to a snapshot job that a restart ended.
                 if name.ends_with(".tmp")
+                    || name.ends_with(".seal")
                     || (name.ends_with(".j")
                         && !self.dir.join(name.trim_end_matches(".j")).exists())
                 {
@@ -735,6 +934,7 @@ impl Staging {
                     dir_synced: true,
                     unflushed: 0,
                     dropped: false,
+                    seal: None,
                 },
             );
             self.files.lock().unwrap().insert(ino, s);
@@ -761,5 +961,18 @@ mod tests {
         r.clip(20);
         assert_eq!(r.iter().collect::<Vec<_>>(), vec![(0, 5), (10, 20)]);
         assert_eq!(r.overlaps(3, 12), vec![(3, 5), (10, 12)]);
+        r.insert(30, 40);
+        r.clip_out(4, 12);
+        assert_eq!(
+            r.iter().collect::<Vec<_>>(),
+            vec![(0, 4), (12, 20), (30, 40)]
+        );
+        r.clip_out(15, 35);
+        assert_eq!(
+            r.iter().collect::<Vec<_>>(),
+            vec![(0, 4), (12, 15), (35, 40)]
+        );
+        r.clip_out(0, 100);
+        assert!(r.is_empty());
     }
 }

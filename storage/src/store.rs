@@ -16,7 +16,7 @@ use crate::ingest::IngestReport;
 use crate::jobs::JobRecord;
 pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
-use crate::snapshot::{SnapshotInfo, SnapshotMeta};
+use crate::snapshot::{Capture, SnapshotInfo, SnapshotMeta};
 use crate::staging::{StagedFile, Staging};
 use crate::tree::TreeEntry;
 use crate::verify::VerifyReport;
@@ -858,6 +858,19 @@ impl Store {
         meta: &SnapshotMeta,
     ) -> Result<SnapshotInfo> {
         crate::snapshot::snapshot(self, vol, name, meta)
+    }
+
+    /// The part of a snapshot that must see the frozen volume: seals its staged files
+    /// (reading none of their bytes) and encodes the changed directories. Cost: the
+    /// changed directories and the number of staged files, not their size.
+    pub fn snapshot_capture(&self, vol: &str, name: &str, meta: &SnapshotMeta) -> Result<Capture> {
+        crate::snapshot::capture(self, vol, name, meta)
+    }
+
+    /// Stores what [`Store::snapshot_capture`] sealed and records the snapshot; runs
+    /// while clients write on.
+    pub fn snapshot_finish(&self, cap: Capture) -> Result<SnapshotInfo> {
+        crate::snapshot::finish(self, cap)
     }
 
     /// Holds (`true`) or releases a snapshot; a held snapshot is never deleted.

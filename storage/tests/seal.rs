@@ -1,0 +1,146 @@
+//! A snapshot taken in two parts: `snapshot_capture` at the freeze seals staged files
+//! without reading them; `snapshot_finish` stores them after the thaw while the live
+//! files go on changing. The snapshot must hold exactly the state at the capture.
+
+mod common;
+use common::*;
+use storage::*;
+
+fn read_snap(s: &Store, vol: &str, snap: &str, name: &[u8]) -> Vec<u8> {
+    let root = s.snapshot_root(vol, snap).unwrap();
+    let e = s.snap_lookup(&root, name).unwrap();
+    let (b, eof) = s.snap_read(&e, 0, (e.attr.size as u32).max(1)).unwrap();
+    assert!(eof);
+    b
+}
+
+fn set_size(s: &Store, f: FileId, n: u64) {
+    s.setattr(
+        f,
+        SetAttr {
+            size: Some(n),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_snapshot_is_the_capture_whatever_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("v", owner()).unwrap();
+    let sub = s.mkdir(v.root, b"sub", owner()).unwrap().ino;
+    let mk = |d, n: &[u8]| s.create(d, n, file_mode()).unwrap().ino;
+    let (a, b, c, d) = (
+        mk(v.root, b"a"),
+        mk(v.root, b"b"),
+        mk(sub, b"c"),
+        mk(v.root, b"d"),
+    );
+    // b and c have ingested bases; a and d are staged only.
+    s.write(b, 0, &data(3 << 20, 2)).unwrap();
+    s.write(c, 0, &data(2 << 20, 3)).unwrap();
+    s.ingest_all(None).unwrap();
+    let a0 = data(5 << 20, 1);
+    s.write(a, 0, &a0).unwrap();
+    let mut b0 = data(3 << 20, 2);
+    s.write(b, 1 << 20, b"OVERLAY").unwrap();
+    b0[1 << 20..(1 << 20) + 7].copy_from_slice(b"OVERLAY");
+    let mut c0 = data(2 << 20, 3);
+    let tail = data(700_000, 4);
+    s.write(c, 2 << 20, &tail).unwrap();
+    c0.extend_from_slice(&tail);
+    s.write(d, 0, b"doomed").unwrap();
+    s.link(a, sub, b"a-link").unwrap();
+
+    let cap = s
+        .snapshot_capture("v", "s1", &SnapshotMeta::default())
+        .unwrap();
+    assert_eq!(cap.sealed_files(), 4);
+    // After the thaw: overwrite inside the sealed range, append, truncate and rewrite,
+    // remove, create; and the background ingester runs.
+    s.write(a, 100, b"AFTER").unwrap();
+    s.write(a, 5 << 20, b"appended").unwrap();
+    set_size(&s, b, 0);
+    s.write(b, 0, b"new b").unwrap();
+    s.write(c, 10, &data(1 << 20, 9)).unwrap();
+    set_size(&s, c, 1000);
+    s.remove(v.root, b"d").unwrap();
+    let e = mk(v.root, b"e");
+    s.write(e, 0, b"not in s1").unwrap();
+    s.ingest_all(None).unwrap();
+    let info = s.snapshot_finish(cap).unwrap();
+    assert_eq!(info.name, "s1");
+
+    assert_eq!(read_snap(&s, "v", "s1", b"a"), a0);
+    assert_eq!(read_snap(&s, "v", "s1", b"b"), b0);
+    assert_eq!(read_snap(&s, "v", "s1", b"d"), b"doomed");
+    let root = s.snapshot_root("v", "s1").unwrap();
+    let subd = s.snap_lookup(&root, b"sub").unwrap();
+    let ce = s.snap_lookup(&subd, b"c").unwrap();
+    assert_eq!(s.snap_read(&ce, 0, 4 << 20).unwrap().0, c0);
+    let al = s.snap_lookup(&subd, b"a-link").unwrap();
+    assert_eq!((al.attr.ino, al.attr.nlink, al.attr.size), (a, 2, 5 << 20));
+    assert!(
+        s.snap_lookup(&root, b"e").is_err(),
+        "created after the capture"
+    );
+    assert_eq!(
+        info.logical_bytes,
+        (5 << 20) + (3 << 20) + (2 << 20) + 700_000 + 6
+    );
+    // The live files have everything written since.
+    let mut a1 = a0.clone();
+    a1[100..105].copy_from_slice(b"AFTER");
+    a1.extend_from_slice(b"appended");
+    assert_eq!(read_all(&s, a), a1);
+    assert_eq!(read_all(&s, b), b"new b");
+    assert_eq!(read_all(&s, c).len(), 1000);
+    // Seal files are gone; the store is clean, also after a reopen.
+    s.ingest_all(None).unwrap();
+    let staging: Vec<_> = std::fs::read_dir(dir.path().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!staging.iter().any(|n| n.ends_with(".seal")), "{staging:?}");
+    assert!(s.verify().unwrap().is_clean());
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(read_snap(&s, "v", "s1", b"a"), a0);
+    assert_eq!(read_all(&s, a), a1);
+    // A second snapshot sees the new state.
+    s.snapshot("v", "s2").unwrap();
+    assert_eq!(read_snap(&s, "v", "s2", b"a"), a1);
+    assert_eq!(read_snap(&s, "v", "s2", b"e"), b"not in s1");
+}
+
+#[test]
+fn a_dropped_capture_unseals_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("v", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(1 << 20, 5)).unwrap();
+    let cap = s
+        .snapshot_capture("v", "x", &SnapshotMeta::default())
+        .unwrap();
+    s.write(f, 0, b"changed").unwrap();
+    // Sealed files wait for their snapshot: the ingester leaves them staged.
+    assert_eq!(s.ingest_all(None).unwrap().files, 0);
+    drop(cap);
+    let mut want = data(1 << 20, 5);
+    want[..7].copy_from_slice(b"changed");
+    assert_eq!(read_all(&s, f), want);
+    assert_eq!(s.ingest_all(None).unwrap().files, 1);
+    assert_eq!(read_all(&s, f), want);
+    assert!(s.snapshots(Some("v")).unwrap().is_empty());
+    // Taken name: refused at the capture, before anything is sealed.
+    s.snapshot("v", "x").unwrap();
+    s.write(f, 0, b"again").unwrap();
+    assert!(matches!(
+        s.snapshot_capture("v", "x", &SnapshotMeta::default()),
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(s.ingest_all(None).unwrap().files, 1, "not left sealed");
+}
