@@ -244,7 +244,7 @@ fn damage_is_named_and_the_rest_restored() {
     );
     ok(cli(&cfg, &["ingest"]));
     let src = tmp.path().join("big");
-    make_file(&src, 4 << 20, 5);
+    make_file(&src, 9 << 20, 5);
     assert!(
         libnfs("nfs-cp", &[src.to_str().unwrap(), &d.url("/backup/big")])
             .status
@@ -270,7 +270,7 @@ fn damage_is_named_and_the_rest_restored() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("DAMAGED big"), "{err}");
     assert_eq!(std::fs::read(out.join("small")).unwrap(), b"fine\n");
-    assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 4 << 20);
+    assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 9 << 20);
 }
 
 /// A tar stream with entries that point outside the target: refused and listed,

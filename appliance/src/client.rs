@@ -184,7 +184,13 @@ impl Target {
                     .header(api::TOTAL_HEADER)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                Ok((Box::new(resp.into_reader()), total))
+                Ok((
+                    Box::new(std::io::BufReader::with_capacity(
+                        crate::restore::IO_BUF,
+                        resp.into_reader(),
+                    )),
+                    total,
+                ))
             }
             Target::Local { app, .. } => {
                 let store = app.store.clone();
@@ -194,15 +200,20 @@ impl Target {
                     storage::FileKind::Dir => String::new(),
                     _ => found.rsplit('/').next().unwrap_or("").to_owned(),
                 };
-                let (reader, writer) = std::io::pipe().context("making a pipe")?;
+                // Pieces handed over in memory: no pipe, no syscall per piece.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
                 std::thread::Builder::new()
                     .name("kura-restore".into())
                     .spawn(move || {
-                        if let Err(e) = crate::restore::write_tar(&store, &entry, &top, writer) {
+                        let w = std::io::BufWriter::with_capacity(
+                            crate::restore::IO_BUF,
+                            crate::restore::ChanWriter(tx),
+                        );
+                        if let Err(e) = crate::restore::write_tar(&store, &entry, &top, w) {
                             tracing::error!(error = %e, "restore stream failed");
                         }
                     })?;
-                Ok((Box::new(reader), total))
+                Ok((Box::new(crate::restore::ChanReader::new(rx)), total))
             }
         }
     }

@@ -16,6 +16,9 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use storage::{FileId, FileKind, Store, TreeEntry};
 
+/// Reads and writes of restore data go in pieces of this size.
+pub const IO_BUF: usize = 1 << 20;
+
 /// Name of the report entry at the end of every restore tar.
 pub const REPORT: &str = ".kura-restore-report.json";
 
@@ -121,14 +124,7 @@ pub fn write_tar(store: &Store, root: &TreeEntry, top: &str, out: impl Write) ->
                     linked.insert(e.attr.ino, path.clone());
                 }
                 let mut h = header(&e, tar::EntryType::Regular, e.attr.size);
-                let mut reader = SnapReader {
-                    store,
-                    entry: &e,
-                    pos: 0,
-                    error: None,
-                };
-                b.append_data(&mut h, &path, &mut reader)?;
-                if let Some(why) = reader.error {
+                if let Some(why) = append_file(&mut b, &mut h, &path, store, &e)? {
                     report.damaged.push(format!("{path}: {why}"));
                 }
                 report.files += 1;
@@ -146,45 +142,117 @@ pub fn write_tar(store: &Store, root: &TreeEntry, top: &str, out: impl Write) ->
     Ok(report)
 }
 
-/// Reads a snapshot file for the tar; an unreadable piece becomes zeros and is noted,
-/// so that one damaged file does not end the restore of the others.
-struct SnapReader<'a> {
-    store: &'a Store,
-    entry: &'a TreeEntry,
-    pos: u64,
+/// Pieces a file is read in for the tar; two threads read alternate pieces ahead, so
+/// that decompression and hash checks use both cores.
+const WINDOW: u64 = 4 << 20;
+
+/// Appends one file's data to the tar; returns why it could not be read whole, if so.
+fn append_file(
+    b: &mut tar::Builder<impl Write>,
+    h: &mut tar::Header,
+    path: &str,
+    store: &Store,
+    e: &TreeEntry,
+) -> Result<Option<String>> {
+    let size = e.attr.size;
+    if size <= WINDOW {
+        let (data, err) = read_window(store, e, 0, size);
+        b.append_data(h, path, &data[..])?;
+        return Ok(err);
+    }
+    std::thread::scope(|sc| {
+        let mut rxs = Vec::new();
+        for first in 0..2u64 {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Option<String>)>(2);
+            rxs.push(rx);
+            sc.spawn(move || {
+                let mut k = first;
+                while k * WINDOW < size {
+                    let off = k * WINDOW;
+                    if tx
+                        .send(read_window(store, e, off, WINDOW.min(size - off)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    k += 2;
+                }
+            });
+        }
+        let mut reader = Windows {
+            rxs,
+            k: 0,
+            cur: Vec::new(),
+            pos: 0,
+            error: None,
+        };
+        let r = b.append_data(h, path, &mut reader);
+        let err = reader.error.take();
+        // Dropping the receivers ends the readers (their sends fail).
+        drop(reader);
+        r?;
+        Ok(err)
+    })
+}
+
+/// Reads `[off, off + len)` of a snapshot file; a piece that cannot be read becomes
+/// zeros (64 KiB at a time) and is noted, so that one damaged chunk does not end the
+/// restore of the rest.
+fn read_window(store: &Store, e: &TreeEntry, off: u64, len: u64) -> (Vec<u8>, Option<String>) {
+    match store.snap_read(e, off, len as u32) {
+        Ok((data, _)) if data.len() as u64 == len => (data, None),
+        _ => {
+            let mut out = Vec::with_capacity(len as usize);
+            let mut err = None;
+            let mut pos = off;
+            while pos < off + len {
+                let n = (64u64 << 10).min(off + len - pos);
+                match store.snap_read(e, pos, n as u32) {
+                    Ok((d, _)) if d.len() as u64 == n => out.extend_from_slice(&d),
+                    Ok(_) => {
+                        err.get_or_insert_with(|| "shorter than its size".to_owned());
+                        out.resize(out.len() + n as usize, 0);
+                    }
+                    Err(x) => {
+                        err.get_or_insert_with(|| x.to_string());
+                        out.resize(out.len() + n as usize, 0);
+                    }
+                }
+                pos += n;
+            }
+            (out, err)
+        }
+    }
+}
+
+/// The windows of a file in order, from the two reader threads in turn.
+struct Windows {
+    rxs: Vec<std::sync::mpsc::Receiver<(Vec<u8>, Option<String>)>>,
+    k: usize,
+    cur: Vec<u8>,
+    pos: usize,
     error: Option<String>,
 }
 
-impl Read for SnapReader<'_> {
+impl Read for Windows {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.entry.attr.size;
-        if self.pos >= size {
-            return Ok(0);
-        }
-        let want = buf.len().min(1 << 20).min((size - self.pos) as usize);
-        match self.store.snap_read(self.entry, self.pos, want as u32) {
-            Ok((data, _)) if !data.is_empty() => {
-                buf[..data.len()].copy_from_slice(&data);
-                self.pos += data.len() as u64;
-                Ok(data.len())
-            }
-            Ok(_) => {
-                // Shorter than its size says: zeros, noted.
-                self.error
-                    .get_or_insert_with(|| "shorter than its size".into());
-                buf[..want].fill(0);
-                self.pos += want as u64;
-                Ok(want)
-            }
-            Err(e) => {
-                // A damaged chunk: skip to the next 64 KiB and go on.
-                self.error.get_or_insert_with(|| e.to_string());
-                let n = want.min(64 << 10);
-                buf[..n].fill(0);
-                self.pos += n as u64;
-                Ok(n)
+        while self.pos == self.cur.len() {
+            match self.rxs[self.k % 2].recv() {
+                Ok((data, err)) => {
+                    if let Some(e) = err {
+                        self.error.get_or_insert(e);
+                    }
+                    self.cur = data;
+                    self.pos = 0;
+                    self.k += 1;
+                }
+                Err(_) => return Ok(0),
             }
         }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -192,6 +260,43 @@ impl Read for SnapReader<'_> {
 fn contained(p: &Path) -> bool {
     p.components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Writes a regular file entry (the caller checked the path) in large pieces, then
+/// its mode, owner (as root) and modification time.
+fn write_file(
+    entry: &mut tar::Entry<'_, impl Read>,
+    dir: &Path,
+    rel: &Path,
+    buf: &mut [u8],
+    owners: bool,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    remove_inside(dir, rel);
+    let mut f = std::fs::File::create(&p)?;
+    loop {
+        let n = entry.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n])?;
+    }
+    let h = entry.header();
+    if owners {
+        std::os::unix::fs::fchown(
+            &f,
+            h.uid().ok().map(|u| u as u32),
+            h.gid().ok().map(|g| g as u32),
+        )?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(h.mode()? & 0o7777))?;
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.mtime()?);
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))?;
+    Ok(())
 }
 
 /// Does `dir/rel` lead through a symlink (a directory component that is one)? Writing
@@ -256,6 +361,9 @@ pub fn extract(input: impl Read, dir: &Path, mut progress: impl FnMut(u64)) -> R
     ar.set_overwrite(true);
     let mut out = Extracted::default();
     let mut report = None;
+    let mut buf = vec![0u8; IO_BUF];
+    // SAFETY: geteuid has no preconditions.
+    let owners = unsafe { libc::geteuid() } == 0;
     // Directory times are set last: writing into a directory changes its mtime.
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     for entry in ar.entries().context("reading the restore stream")? {
@@ -282,6 +390,12 @@ pub fn extract(input: impl Read, dir: &Path, mut progress: impl FnMut(u64)) -> R
         }
         let size = entry.header().size().unwrap_or(0);
         let is_dir = entry.header().entry_type().is_dir();
+        if entry.header().entry_type() == tar::EntryType::Regular {
+            write_file(&mut entry, &dir, &path, &mut buf, owners)
+                .with_context(|| format!("writing {name}"))?;
+            progress(size);
+            continue;
+        }
         if matches!(
             entry.header().entry_type(),
             tar::EntryType::Link | tar::EntryType::Symlink
@@ -343,4 +457,55 @@ pub fn pass_through(input: impl Read, out: impl Write) -> Result<Report> {
     }
     b.into_inner()?.flush()?;
     report.context("the restore stream ended early (no report entry)")
+}
+
+/// The writing half of an in-memory stream: each write is one piece.
+pub struct ChanWriter(pub std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(data.to_vec())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "reader went away"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading half: pieces as they come; the end when the writer is gone.
+pub struct ChanReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChanReader {
+    pub fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChanReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
