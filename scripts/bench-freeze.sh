@@ -22,20 +22,10 @@ rm -rf "$DIR"; mkdir -p "$DIR/src"
 for i in $(seq 0 $((FILES - 1))); do
   head -c $((FILE_MIB << 20)) /dev/urandom > "$DIR/src/f$i"
 done
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$DIR/kura.toml" <<CONF
-data_dir = "$DIR/store"
-volumes = ["backup"]
-[api]
-listen = "127.0.0.1:0"
-[[export]]
-listen = "127.0.0.1:$PORT"
-CONF
-"$KURA_BIN" --config "$DIR/kura.toml" serve > "$DIR/kura.out" 2> "$DIR/kura.log" &
-KPID=$!
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+start_kura "$KURA_BIN" "$DIR"
 trap 'kill $KPID 2>/dev/null || true; touch "$DIR/stop"' EXIT
-for _ in $(seq 100); do grep -q '^api ' "$DIR/kura.out" 2>/dev/null && break; sleep 0.1; done
-API=$(sed -n 's/^api //p' "$DIR/kura.out")
 URL="nfs://127.0.0.1/backup/%s?nfsport=$PORT&mountport=$PORT&version=3"
 (
   i=0

@@ -23,18 +23,9 @@ cargo build --release -p kura -q
 KURA=$PWD/target/release/kura
 rm -rf "$DIR"; mkdir -p "$DIR"
 FILES=$(ls "$CORPUS/$PART")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$DIR/kura.toml" <<CONF
-data_dir = "$DIR/store"
-volumes = ["backup"]
-[api]
-listen = "127.0.0.1:0"
-[[export]]
-listen = "127.0.0.1:$PORT"
-CONF
-"$KURA" --config "$DIR/kura.toml" serve > "$DIR/kura.out" 2> "$DIR/kura.log" &
-KPID=$!
-for _ in $(seq 100); do grep -q '^api ' "$DIR/kura.out" 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+start_kura "$KURA" "$DIR"
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$DIR/restic"
 restic init -q
 # One generation per file, in name order (night1, night2, night3 / v1, v2).

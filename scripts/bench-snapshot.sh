@@ -15,20 +15,10 @@ if [ -z "${KURA_BIN:-}" ]; then cargo build --release -p kura -q; KURA_BIN=$PWD/
 command -v nfs-cp >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnfs-utils >/dev/null; }
 rm -rf "$DIR"; mkdir -p "$DIR/src"
 for i in 0 1 2 3; do head -c $((64 << 20)) /dev/urandom > "$DIR/src/f$i"; done
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$DIR/kura.toml" <<CONF
-data_dir = "$DIR/store"
-volumes = ["backup"]
-[api]
-listen = "127.0.0.1:0"
-[[export]]
-listen = "127.0.0.1:$PORT"
-CONF
-"$KURA_BIN" --config "$DIR/kura.toml" serve > "$DIR/kura.out" 2> "$DIR/kura.log" &
-KPID=$!
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+start_kura "$KURA_BIN" "$DIR"
 trap 'kill $KPID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q '^api ' "$DIR/kura.out" 2>/dev/null && break; sleep 0.1; done
-API=$(sed -n 's/^api //p' "$DIR/kura.out")
 url() { echo "nfs://127.0.0.1/backup/$1?nfsport=$PORT&mountport=$PORT&version=3"; }
 N=$((SIZE_GIB * 16))
 for i in $(seq 0 $((N - 1))); do nfs-cp "$DIR/src/f$((i % 4))" "$(url "base-$i")" >/dev/null; done

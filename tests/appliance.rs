@@ -12,7 +12,7 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::TokioConnector;
 use nfs3_client::Nfs3ConnectionBuilder;
 use serde_json::{json, Value};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,16 +44,6 @@ fn api(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-fn cli(cfg: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("KURA_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -245,7 +235,7 @@ fn freeze_holds_writes_and_snapshots_are_exact() {
             assert_eq!(v["result"]["name"], format!("s{i}"));
             v["job"].clone()
         } else {
-            let o = cli(
+            let o = kura_output(
                 &cfg,
                 &["snapshot", "create", "backup", "--name", &format!("s{i}")],
             );
@@ -457,12 +447,12 @@ fn operator_commands_while_serving() {
     std::fs::write(&cfg, &t).unwrap();
     let d = Daemon::start(&cfg, &[]);
     let ok = |args: &[&str]| {
-        let o = cli(&cfg, args);
+        let o = kura_output(&cfg, args);
         assert!(o.status.success(), "kura {args:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let fails = |args: &[&str]| {
-        let o = cli(&cfg, args);
+        let o = kura_output(&cfg, args);
         assert!(
             !o.status.success(),
             "kura {args:?} should fail: {}",
@@ -513,7 +503,7 @@ fn operator_commands_while_serving() {
     ok(&["snapshot", "create", "backup", "fresh"]);
     std::thread::sleep(Duration::from_millis(4500));
     let st: Value = serde_json::from_str(&{
-        let o = cli(&cfg, &["status", "--json"]);
+        let o = kura_output(&cfg, &["status", "--json"]);
         assert_eq!(o.status.code(), Some(1));
         String::from_utf8_lossy(&o.stdout).into_owned()
     })
@@ -551,7 +541,7 @@ fn operator_commands_while_serving() {
 fn config_check() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config_fixed_port(tmp.path(), "");
-    let o = cli(&cfg, &["config", "check"]);
+    let o = kura_output(&cfg, &["config", "check"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -570,7 +560,7 @@ fn config_check() {
     ] {
         let p = tmp.path().join("bad.toml");
         std::fs::write(&p, bad).unwrap();
-        let o = cli(&p, &["config", "check"]);
+        let o = kura_output(&p, &["config", "check"]);
         assert!(!o.status.success());
         let e = text(&o);
         assert!(e.contains(key) && e.contains("bad.toml"), "{bad:?}: {e}");
@@ -603,7 +593,7 @@ fn sigterm_during_a_job() {
     d.stop();
     let acks = w.finish();
     assert_eq!(job.join().unwrap(), Ok(201));
-    let o = cli(&cfg, &["jobs", "--json"]);
+    let o = kura_output(&cfg, &["jobs", "--json"]);
     let j: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j[0]["snapshot"], "during-stop");
     assert_eq!(j[0]["result"], "ok");
@@ -716,7 +706,7 @@ fn schedules_quiet_wait_and_retention() {
         .0,
         201
     );
-    let out = cli(&cfg, &["prune", "backup", "--dry-run"]);
+    let out = kura_output(&cfg, &["prune", "backup", "--dry-run"]);
     let out = text(&out);
     assert!(
         out.contains("backup@m2") && out.contains("keep (held)"),

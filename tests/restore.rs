@@ -10,16 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn cli(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("KURA_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
 fn ok(o: Output) -> Output {
     assert!(
         o.status.success(),
@@ -94,10 +84,10 @@ fn round_trip_live_offline_subtree_tar_and_at() {
         d.port,
         &format!("c = nfs_rs.Client.connect(URL, uid=0, gid=0, noresvport=True)\n{TREE}"),
     );
-    ok(cli(&cfg, &["snapshot", "create", "backup", "s1"]));
+    ok(kura_output(&cfg, &["snapshot", "create", "backup", "s1"]));
     // While the daemon serves.
     let out = tmp.path().join("r1");
-    let o = ok(cli(
+    let o = ok(kura_output(
         &cfg,
         &["restore", "backup", "s1", "--to", out.to_str().unwrap()],
     ));
@@ -108,13 +98,16 @@ fn round_trip_live_offline_subtree_tar_and_at() {
     );
     check_tree(&out);
     // Restoring again over it is fine (files are replaced).
-    ok(cli(
+    ok(kura_output(
         &cfg,
         &["restore", "backup", "s1", "--to", out.to_str().unwrap()],
     ));
     check_tree(&out);
     // As a tar on stdout: tar(1) reads it, without kura's report entry.
-    let o = ok(cli(&cfg, &["restore", "backup", "s1", "--tar", "-"]));
+    let o = ok(kura_output(
+        &cfg,
+        &["restore", "backup", "s1", "--tar", "-"],
+    ));
     let tarfile = tmp.path().join("s1.tar");
     std::fs::write(&tarfile, &o.stdout).unwrap();
     let list = Command::new("tar")
@@ -145,14 +138,18 @@ fn round_trip_live_offline_subtree_tar_and_at() {
         d.port,
         "with c.open('/later', 'wb') as f: f.write(b'later')\n",
     );
-    ok(cli(&cfg, &["snapshot", "create", "backup", "s2"]));
+    ok(kura_output(&cfg, &["snapshot", "create", "backup", "s2"]));
     let s1_time: serde_json::Value = serde_json::from_slice(
-        &ok(cli(&cfg, &["snapshot", "show", "backup", "s1", "--json"])).stdout,
+        &ok(kura_output(
+            &cfg,
+            &["snapshot", "show", "backup", "s1", "--json"],
+        ))
+        .stdout,
     )
     .unwrap();
     let at = s1_time["created_iso"].as_str().unwrap();
     let out_at = tmp.path().join("r-at");
-    ok(cli(
+    ok(kura_output(
         &cfg,
         &[
             "restore",
@@ -165,7 +162,7 @@ fn round_trip_live_offline_subtree_tar_and_at() {
     ));
     assert!(!out_at.join("later").exists(), "--at {at} restored s2");
     check_tree(&out_at);
-    let e = cli(
+    let e = kura_output(
         &cfg,
         &[
             "restore",
@@ -179,7 +176,7 @@ fn round_trip_live_offline_subtree_tar_and_at() {
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("no snapshot at or before"));
     // Not found: clear errors.
-    let e = cli(
+    let e = kura_output(
         &cfg,
         &[
             "restore",
@@ -197,7 +194,7 @@ fn round_trip_live_offline_subtree_tar_and_at() {
     d.stop();
     // With no daemon: the store is opened directly; a subtree, and a single file.
     let sub = tmp.path().join("r2");
-    ok(cli(
+    ok(kura_output(
         &cfg,
         &[
             "restore",
@@ -210,7 +207,7 @@ fn round_trip_live_offline_subtree_tar_and_at() {
     ));
     assert_eq!(std::fs::read(sub.join("b/deep.txt")).unwrap(), b"deep\n");
     let one = tmp.path().join("r3");
-    ok(cli(
+    ok(kura_output(
         &cfg,
         &[
             "restore",
@@ -222,7 +219,7 @@ fn round_trip_live_offline_subtree_tar_and_at() {
         ],
     ));
     assert_eq!(std::fs::read(one.join("later")).unwrap(), b"later");
-    let j = ok(cli(&cfg, &["jobs", "--json"]));
+    let j = ok(kura_output(&cfg, &["jobs", "--json"]));
     let j: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
     assert!(j
         .as_array()
@@ -242,7 +239,7 @@ fn damage_is_named_and_the_rest_restored() {
         d.port,
         "with c.open('/small', 'wb') as f: f.write(b'fine\\n')\n",
     );
-    ok(cli(&cfg, &["ingest"]));
+    ok(kura_output(&cfg, &["ingest"]));
     let src = tmp.path().join("big");
     make_file(&src, 9 << 20, 5);
     assert!(
@@ -250,7 +247,7 @@ fn damage_is_named_and_the_rest_restored() {
             .status
             .success()
     );
-    ok(cli(&cfg, &["snapshot", "create", "backup", "s"]));
+    ok(kura_output(&cfg, &["snapshot", "create", "backup", "s"]));
     d.stop();
     let pack = std::fs::read_dir(tmp.path().join("store/packs"))
         .unwrap()
@@ -262,7 +259,7 @@ fn damage_is_named_and_the_rest_restored() {
     b[mid] ^= 0xff;
     std::fs::write(&pack, b).unwrap();
     let out = tmp.path().join("r");
-    let o = cli(
+    let o = kura_output(
         &cfg,
         &["restore", "backup", "s", "--to", out.to_str().unwrap()],
     );

@@ -500,26 +500,44 @@ impl Appliance {
         Ok(result)
     }
 
-    /// GC as a job (store-wide); clients keep writing meanwhile.
-    pub async fn gc_job(self: &Arc<Self>, dry_run: bool) -> Result<(JobRecord, storage::GcReport)> {
-        let _claim = self.claim("*", "gc")?;
+    /// A store-wide job: claims the store, runs `f` off the async threads, lets `done`
+    /// fill in the record from a success, records the job either way.
+    async fn store_job<T: Send + 'static>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        f: impl FnOnce(&Store) -> storage::Result<T> + Send + 'static,
+        done: impl FnOnce(&T, &mut JobRecord),
+    ) -> Result<(JobRecord, T)> {
+        let _claim = self.claim("*", kind)?;
         let mut job = JobRecord {
-            kind: "gc".into(),
+            kind: kind.into(),
             started_ms: now_ms(),
+            result: "ok".into(),
             ..Default::default()
         };
-        let r = self
-            .blocking(move |s| {
-                s.gc(&storage::GcOptions {
-                    dry_run,
-                    ..Default::default()
-                })
-            })
-            .await;
+        let r = self.blocking(f).await;
         job.ended_ms = now_ms();
-        let out = match r {
-            Ok(r) => {
-                job.result = "ok".into();
+        match &r {
+            Ok(v) => done(v, &mut job),
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+            }
+        }
+        self.record(&job);
+        Ok((job, r?))
+    }
+
+    /// GC as a job (store-wide); clients keep writing meanwhile.
+    pub async fn gc_job(self: &Arc<Self>, dry_run: bool) -> Result<(JobRecord, storage::GcReport)> {
+        let opts = storage::GcOptions {
+            dry_run,
+            ..Default::default()
+        };
+        self.store_job(
+            "gc",
+            move |s| s.gc(&opts),
+            |r, job| {
                 job.bytes = if dry_run {
                     r.plan.reclaim_bytes()
                 } else {
@@ -528,32 +546,19 @@ impl Appliance {
                 if dry_run {
                     job.output = "dry run".into();
                 }
-                Ok(r)
-            }
-            Err(e) => {
-                job.result = "failed".into();
-                job.error = Some(format!("{e:#}"));
-                Err(e)
-            }
-        };
-        self.record(&job);
-        Ok((job, out?))
+            },
+        )
+        .await
     }
 
     /// Verify as a job (store-wide); reads go on meanwhile.
     pub async fn verify_job(self: &Arc<Self>) -> Result<(JobRecord, storage::VerifyReport)> {
-        let _claim = self.claim("*", "verify")?;
-        let mut job = JobRecord {
-            kind: "verify".into(),
-            started_ms: now_ms(),
-            ..Default::default()
-        };
-        let r = self.blocking(|s| s.verify()).await;
-        job.ended_ms = now_ms();
-        let out = match r {
-            Ok(r) => {
-                job.result = if r.is_clean() { "ok" } else { "failed" }.into();
+        self.store_job(
+            "verify",
+            |s| s.verify(),
+            |r, job| {
                 if !r.is_clean() {
+                    job.result = "failed".into();
                     job.error = Some(format!(
                         "{} damaged chunks, {} damaged records, {} staged files with problems",
                         r.damaged.len(),
@@ -562,16 +567,9 @@ impl Appliance {
                     ));
                 }
                 job.output = format!("checked {} chunks in {} packs", r.chunks, r.packs);
-                Ok(r)
-            }
-            Err(e) => {
-                job.result = "failed".into();
-                job.error = Some(format!("{e:#}"));
-                Err(e)
-            }
-        };
-        self.record(&job);
-        Ok((job, out?))
+            },
+        )
+        .await
     }
 }
 

@@ -300,10 +300,7 @@ pub(crate) fn snapshot(
     meta: &SnapshotMeta,
 ) -> Result<SnapshotInfo> {
     store.latch.check()?;
-    check_volume_name(name)?;
-    if let Some(l) = &meta.label {
-        check_label(l)?;
-    }
+    check_new(name, meta)?;
     let v = store.volume(vol)?;
     let t0 = std::time::Instant::now();
     let mut tries = 0;
@@ -403,10 +400,7 @@ pub(crate) fn capture(
     meta: &SnapshotMeta,
 ) -> Result<Capture> {
     store.latch.check()?;
-    check_volume_name(name)?;
-    if let Some(l) = &meta.label {
-        check_label(l)?;
-    }
+    check_new(name, meta)?;
     let v = store.volume(vol)?;
     let (mine, root_attr) = {
         let conn = store.db.lock();
@@ -562,6 +556,15 @@ pub(crate) fn finish(store: &Store, mut cap: Capture) -> Result<SnapshotInfo> {
         lock_until: meta.lock_until,
         busy: meta.busy,
     })
+}
+
+/// A new snapshot's name and label, checked before anything is done.
+fn check_new(name: &str, meta: &SnapshotMeta) -> Result<()> {
+    check_volume_name(name)?;
+    if let Some(l) = &meta.label {
+        check_label(l)?;
+    }
+    Ok(())
 }
 
 /// A label is free text for people: printable, one line, at most 200 bytes.

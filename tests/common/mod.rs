@@ -212,7 +212,18 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs the `kura` CLI (offline commands) with a config.
+/// Runs the `kura` CLI with a config and returns its output, whatever the exit code.
+pub fn kura_output(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("KURA_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Runs the `kura` CLI with a config; it must succeed.
 pub fn kura(config: &Path, args: &[&str]) -> Output {
     let o = Command::new(env!("CARGO_BIN_EXE_kura"))
         .arg("--config")
