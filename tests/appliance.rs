@@ -725,3 +725,63 @@ fn schedules_quiet_wait_and_retention() {
         "{j}"
     );
 }
+
+/// `kura snapshot diff`: added, removed and changed paths with sizes, unchanged
+/// subtrees skipped.
+#[test]
+fn snapshot_diff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let d = Daemon::start(&cfg, &[]);
+    py(
+        d.port,
+        "c.mkdir('/same')\nwith c.open('/same/x', 'wb') as f: f.write(b'x' * 100)\n\
+         c.mkdir('/d')\nwith c.open('/d/keep', 'wb') as f: f.write(b'k')\n\
+         with c.open('/d/grow', 'wb') as f: f.write(b'g' * 10)\n\
+         with c.open('/gone', 'wb') as f: f.write(b'bye')\n",
+    );
+    assert!(kura_output(&cfg, &["snapshot", "create", "backup", "a"])
+        .status
+        .success());
+    py(
+        d.port,
+        "with c.open('/d/grow', 'ab') as f: f.write(b'more')\n\
+         c.remove('/gone')\nc.mkdir('/new')\nwith c.open('/new/f', 'wb') as f: f.write(b'12345')\n",
+    );
+    assert!(kura_output(&cfg, &["snapshot", "create", "backup", "b"])
+        .status
+        .success());
+    let o = kura_output(&cfg, &["snapshot", "diff", "backup", "a", "b", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<(String, String, Option<u64>, Option<u64>)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+                c["size_before"].as_u64(),
+                c["size_after"].as_u64(),
+            )
+        })
+        .collect();
+    let want = vec![
+        ("changed".into(), "/d/grow".into(), Some(10), Some(14)),
+        ("removed".into(), "/gone".into(), Some(3), None),
+        ("added".into(), "/new".into(), None, None),
+        ("added".into(), "/new/f".into(), None, Some(5)),
+    ];
+    assert_eq!(got, want);
+    let human = text(&kura_output(
+        &cfg,
+        &["snapshot", "diff", "backup", "a", "b"],
+    ));
+    assert!(
+        human.contains("M /d/grow") && human.contains("- /gone"),
+        "{human}"
+    );
+    let e = kura_output(&cfg, &["snapshot", "diff", "backup", "a", "nope"]);
+    assert!(!e.status.success() && text(&e).contains("nope"));
+}

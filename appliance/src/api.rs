@@ -494,6 +494,23 @@ async fn status(State(app): App) -> ApiResult<crate::status::Status> {
     Ok(Json(crate::status::gather(&app).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    from: String,
+    to: String,
+}
+
+/// What changed from snapshot `from` to `to` (cost grows with the change).
+async fn diff(
+    State(app): App,
+    Path(volume): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Vec<crate::diff::Change>> {
+    let out = blocking(&app, move |s| crate::diff::diff(s, &volume, &q.from, &q.to)).await?;
+    Ok(Json(out))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TarQuery {
@@ -681,6 +698,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
             post(clone_snapshot),
         )
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
+        .route("/volumes/{volume}/diff", get(diff))
         .route("/gc", post(gc))
         .route("/prune", post(prune))
         .route("/verify", post(verify))

@@ -212,6 +212,39 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             println!("deleted {volume}@{name}");
         }
         Cmd::Snapshot {
+            cmd: SnapCmd::Diff { volume, a, b, json },
+        } => {
+            let v = t
+                .call(
+                    "GET",
+                    &format!(
+                        "/volumes/{}/diff?from={}&to={}",
+                        seg(&volume),
+                        seg(&a),
+                        seg(&b)
+                    ),
+                    None,
+                )?
+                .into_result()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for c in parse::<Vec<kura::diff::Change>>(v)? {
+                    let sizes = match (c.size_before, c.size_after) {
+                        (Some(x), Some(y)) => format!("{} -> {}", size(x), size(y)),
+                        (Some(x), None) | (None, Some(x)) => size(x),
+                        (None, None) => String::new(),
+                    };
+                    let mark = match c.change.as_str() {
+                        "added" => "+",
+                        "removed" => "-",
+                        _ => "M",
+                    };
+                    println!("{mark} {}\t{}\t{sizes}", c.path, c.kind);
+                }
+            }
+        }
+        Cmd::Snapshot {
             cmd: SnapCmd::Hold { volume, name },
         } => {
             t.call(

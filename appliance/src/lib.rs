@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod diff;
 pub mod hooks;
 pub mod jobs;
 pub mod metrics;

@@ -169,6 +169,14 @@ enum SnapCmd {
         volume: String,
         name: String,
     },
+    /// What changed from snapshot A to snapshot B: added, removed, changed paths.
+    Diff {
+        volume: String,
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Keep a snapshot until released: never pruned, never deleted.
     Hold {
         volume: String,
