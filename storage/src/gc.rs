@@ -86,7 +86,11 @@ impl Store {
             let (mut contents, trees) = crate::namespace::referenced_objects(&conn)?;
             // Leaves already committed by an ingest still in progress.
             contents.extend(crate::ingest::committed_leaves(&conn)?);
-            let roots = crate::snapshot::roots(&conn)?;
+            let mut roots = crate::snapshot::roots(&conn)?;
+            // What snapshot captures still to be finished refer to.
+            let (held_trees, held_contents) = self.capture_roots.all();
+            roots.extend(held_trees);
+            contents.extend(held_contents);
             (contents, trees, roots)
         };
         for c in contents {

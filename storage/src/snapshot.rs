@@ -346,6 +346,47 @@ pub(crate) fn snapshot(
     Ok(info)
 }
 
+/// The objects that captures waiting for their finish refer to: directory objects
+/// encoded at the freeze, contents of unchanged files in pending directories, and the
+/// bases of sealed files. The live volume may stop referring to them after the thaw;
+/// GC marks from here so that they stay until the snapshot refers to them.
+#[derive(Default)]
+pub(crate) struct CaptureRoots {
+    next: std::sync::atomic::AtomicU64,
+    held: std::sync::Mutex<HashMap<u64, (Vec<ChunkId>, Vec<ChunkId>)>>,
+}
+
+impl CaptureRoots {
+    fn hold(&self, trees: Vec<ChunkId>, contents: Vec<ChunkId>) -> u64 {
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.held.lock().unwrap().insert(k, (trees, contents));
+        k
+    }
+
+    /// (directory objects, contents) held now.
+    pub(crate) fn all(&self) -> (Vec<ChunkId>, Vec<ChunkId>) {
+        let (mut t, mut c) = (Vec::new(), Vec::new());
+        for (a, b) in self.held.lock().unwrap().values() {
+            t.extend_from_slice(a);
+            c.extend_from_slice(b);
+        }
+        (t, c)
+    }
+}
+
+fn pending_refs(d: &PendingDir, trees: &mut Vec<ChunkId>, contents: &mut Vec<ChunkId>) {
+    for e in &d.entries {
+        match (e.attr.kind, e.target_ref) {
+            (FileKind::Dir, Some(t)) => trees.push(t),
+            (FileKind::File, Some(c)) => contents.push(c),
+            _ => {}
+        }
+    }
+    for (_, sub) in &d.dirs {
+        pending_refs(sub, trees, contents);
+    }
+}
+
 /// What a snapshot's freeze saw, to be finished after the thaw ([`finish`]): the tree
 /// (directories above sealed files still pending), the sealed files, the root's
 /// attributes and the logical size. Dropping it unseals the files.
@@ -359,12 +400,17 @@ pub struct Capture {
     logical: u64,
     created: Timespec,
     dirs_encoded: u64,
+    /// Its entry in the store's capture roots, released on drop.
+    roots: Option<(Arc<CaptureRoots>, u64)>,
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
         for st in &self.sealed {
             st.lock().seal = None;
+        }
+        if let Some((r, k)) = self.roots.take() {
+            r.held.lock().unwrap().remove(&k);
         }
     }
 }
@@ -425,6 +471,7 @@ pub(crate) fn capture(
         logical: 0,
         created: Timespec::now(),
         dirs_encoded: 0,
+        roots: None,
     };
     let mut sizes: HashMap<FileId, (u64, Timespec)> = HashMap::new();
     for st in mine {
@@ -463,6 +510,21 @@ pub(crate) fn capture(
     };
     let root = b.build(v.root)?;
     let (locs, dirs_encoded) = (b.locs, b.dirs_encoded);
+    // Held for GC before the GC lock is released (GC cannot run while it is held).
+    let (mut trees, mut contents) = (Vec::new(), Vec::new());
+    match &root {
+        Built::Known(t) => trees.push(*t),
+        Built::Pending(p) => pending_refs(p, &mut trees, &mut contents),
+    }
+    for st in &cap.sealed {
+        if let Some(b) = st.lock().seal.as_ref().and_then(|s| s.base()) {
+            contents.push(b);
+        }
+    }
+    cap.roots = Some((
+        store.capture_roots.clone(),
+        store.capture_roots.hold(trees, contents),
+    ));
     let packs = store.chunks.writer.lock().unwrap().sync(&store.latch)?;
     ChunkStore::index_rows(&tx, &locs, &packs)?;
     cap.root_attr = namespace::get(&tx, v.root)?.attr;

@@ -243,6 +243,11 @@ impl Seal {
         }
     }
 
+    /// The ingested content under the sealed file (overlay mode).
+    pub fn base(&self) -> Option<ChunkId> {
+        self.view.base
+    }
+
     /// The sealed layout: (base, base limit, staged ranges, staging file).
     pub fn layout(&self) -> (Option<ChunkId>, u64, RangeSet, Arc<File>) {
         let mut r = RangeSet::default();

@@ -96,6 +96,8 @@ pub struct Store {
     pub(crate) opts: StoreOptions,
     content_cache: Mutex<LruCache<ChunkId, Arc<ContentList>>>,
     pub(crate) dir_cache: Mutex<LruCache<ChunkId, Arc<Vec<TreeEntry>>>>,
+    /// What snapshot captures not yet finished refer to; GC marks from it.
+    pub(crate) capture_roots: Arc<crate::snapshot::CaptureRoots>,
     /// Ingest and snapshot commits take it shared; GC's mark-and-sweep takes it exclusive.
     pub(crate) gc_lock: RwLock<()>,
     /// One ingest at a time (each uses all ingest threads).
@@ -149,6 +151,7 @@ impl Store {
             opts,
             content_cache: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             dir_cache: Mutex::new(LruCache::new(NonZeroUsize::new(1024).unwrap())),
+            capture_roots: Default::default(),
             gc_lock: RwLock::new(()),
             ingest_lock: Mutex::new(()),
             pool,

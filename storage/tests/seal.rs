@@ -144,3 +144,64 @@ fn a_dropped_capture_unseals_and_loses_nothing() {
     ));
     assert_eq!(s.ingest_all(None).unwrap().files, 1, "not left sealed");
 }
+
+/// GC between the capture and the finish: what the capture refers to (directory
+/// objects encoded at the freeze, contents of unchanged files, sealed files' bases)
+/// stays even when the live volume moved on, and the snapshot reads whole.
+#[test]
+fn gc_between_capture_and_finish_keeps_what_the_capture_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("v", owner()).unwrap();
+    let sub = s.mkdir(v.root, b"sub", owner()).unwrap().ino;
+    let old = s.create(sub, b"old", file_mode()).unwrap().ino;
+    let top = s.create(v.root, b"top", file_mode()).unwrap().ino;
+    let grow = s.create(v.root, b"grow", file_mode()).unwrap().ino;
+    let (d_old, d_top, d_grow) = (data(2 << 20, 11), data(1 << 20, 12), data(3 << 20, 13));
+    s.write(old, 0, &d_old).unwrap();
+    s.write(top, 0, &d_top).unwrap();
+    s.write(grow, 0, &d_grow).unwrap();
+    s.ingest_all(None).unwrap();
+    s.snapshot("v", "before").unwrap();
+    // `grow` gets a staged overlay on its base; the rest is clean.
+    s.write(grow, 1 << 20, b"PATCH").unwrap();
+    let mut g_want = d_grow.clone();
+    g_want[1 << 20..(1 << 20) + 5].copy_from_slice(b"PATCH");
+    let cap = s
+        .snapshot_capture("v", "s", &SnapshotMeta::default())
+        .unwrap();
+    // After the thaw: every file is rewritten and ingested, the older snapshot goes.
+    for (f, seed) in [(old, 21), (top, 22)] {
+        s.setattr(
+            f,
+            SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.write(f, 0, &data(1 << 20, seed)).unwrap();
+    }
+    s.delete_snapshot("v", "before").unwrap();
+    s.ingest_all(None).unwrap();
+    s.gc(&GcOptions {
+        repack_below: 0.99,
+        dry_run: false,
+    })
+    .unwrap();
+    s.snapshot_finish(cap).unwrap();
+    assert_eq!(read_snap(&s, "v", "s", b"top"), d_top);
+    assert_eq!(read_snap(&s, "v", "s", b"grow"), g_want);
+    let root = s.snapshot_root("v", "s").unwrap();
+    let subd = s.snap_lookup(&root, b"sub").unwrap();
+    let o = s.snap_lookup(&subd, b"old").unwrap();
+    assert_eq!(s.snap_read(&o, 0, 4 << 20).unwrap().0, d_old);
+    // After the finish the snapshot itself holds them.
+    s.gc(&GcOptions {
+        repack_below: 0.99,
+        dry_run: false,
+    })
+    .unwrap();
+    assert!(s.verify().unwrap().is_clean());
+    assert_eq!(read_snap(&s, "v", "s", b"top"), d_top);
+}
