@@ -353,8 +353,11 @@ pub(crate) fn snapshot(
 #[derive(Default)]
 pub(crate) struct CaptureRoots {
     next: std::sync::atomic::AtomicU64,
-    held: std::sync::Mutex<HashMap<u64, (Vec<ChunkId>, Vec<ChunkId>)>>,
+    held: std::sync::Mutex<HashMap<u64, Held>>,
 }
+
+/// One capture's (directory objects, contents).
+type Held = (Vec<ChunkId>, Vec<ChunkId>);
 
 impl CaptureRoots {
     fn hold(&self, trees: Vec<ChunkId>, contents: Vec<ChunkId>) -> u64 {
