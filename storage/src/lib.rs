@@ -22,7 +22,8 @@
 //!   is committed in the same transaction as (or before) any inode or snapshot referring
 //!   to it. GC deletes index rows first and pack files last.
 //! - GC never deletes a chunk reachable from a live inode, a cached directory tree, a
-//!   snapshot, a leaf already committed by an ingest in progress (`ingest_parts`), or
+//!   snapshot, a snapshot capture not yet finished (`snapshot::CaptureRoots`), a leaf
+//!   already committed by an ingest in progress (`ingest_parts`), or
 //!   pinned by an ingest or snapshot in progress (pins are taken before the index lookup
 //!   that decides dedup, and released part by part once the part's leaf is committed,
 //!   so an ingest's memory is bounded by one part whatever the file size).
@@ -30,6 +31,9 @@
 //! - After a failed fsync the store refuses writes until reopened ([`durable::Latch`]).
 //! - A staging file is deleted only after the ingest that replaced it is committed; a
 //!   restart rebuilds staging state from the staging files and their journals.
+//! - A sealed staged file (a snapshot's capture) keeps its frozen bytes: a write or
+//!   truncate below the sealed size copies the bytes it replaces to the side file
+//!   first, and the ingester leaves the file to its snapshot until the seal is gone.
 //!
 //! ## Lock order
 //! `gc_lock` → `StagedFile::inner` → `Staging::files` → `db` → pack `writer`; `pins`, caches
