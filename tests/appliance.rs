@@ -516,6 +516,21 @@ fn operator_commands_while_serving() {
         .unwrap();
     assert_eq!(b["rpo_ok"], false, "{b}");
     assert!(b["newest_snapshot_age_secs"].as_i64().unwrap() >= 4);
+    // A restore test reads and checks the newest snapshot; status turns it into an RTO.
+    let rt = ok(&["restore-test", "backup"]);
+    assert!(rt.contains("restore-test") && rt.contains("MB/s"), "{rt}");
+    let st: Value =
+        serde_json::from_slice(&kura_output(&cfg, &["status", "--json"]).stdout).unwrap();
+    let b = st["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "backup")
+        .unwrap();
+    assert!(b["restore_mb_s"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(b["estimated_rto_secs"].as_u64().is_some(), "{b}");
+    let e = kura_output(&cfg, &["restore-test", "nope"]);
+    assert!(!e.status.success());
     // The history, newest first, readable and as JSON.
     let jobs = ok(&["jobs", "--volume", "backup"]);
     assert!(

@@ -477,6 +477,21 @@ async fn prune(
     Ok(Json(out))
 }
 
+async fn restore_test(State(app): App, Path(volume): Path<String>) -> Result<Response, ApiError> {
+    let v = volume.clone();
+    blocking(&app, move |s| s.volume(&v)).await?;
+    let job_app = app.clone();
+    let job = tokio::spawn(async move { job_app.restore_test_job(&volume).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("restore test panicked: {e}"))??;
+    let status = if job.result == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    Ok((status, Json(JobView::from(&job))).into_response())
+}
+
 async fn jobs(State(app): App, Query(q): Query<VolumeQuery>) -> ApiResult<Vec<JobView>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let list = blocking(&app, move |s| s.jobs(q.volume.as_deref(), limit)).await?;
@@ -699,6 +714,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
         )
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
         .route("/volumes/{volume}/diff", get(diff))
+        .route("/volumes/{volume}/restore-test", post(restore_test))
         .route("/gc", post(gc))
         .route("/prune", post(prune))
         .route("/verify", post(verify))

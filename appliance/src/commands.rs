@@ -291,6 +291,26 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             to,
             tar,
         } => return restore(t, &volume, snapshot, path, at, to, tar),
+        Cmd::RestoreTest { volume } => {
+            let r = t.call(
+                "POST",
+                &format!("/volumes/{}/restore-test", seg(&volume)),
+                None,
+            )?;
+            let ok = r.status == 200;
+            let j: JobView = match r.status {
+                200 | 422 => parse(r.body)?,
+                _ => {
+                    r.into_result()?;
+                    bail!("unexpected reply to the restore test");
+                }
+            };
+            println!("{}", job_line(&j));
+            println!("{}", j.output);
+            if !ok {
+                return Ok(1);
+            }
+        }
         Cmd::Ingest => {
             let v = t.call("POST", "/ingest", None)?.into_result()?;
             println!(
@@ -490,6 +510,15 @@ fn print_status(s: &Status, daemon: bool) {
             last,
             if v.frozen { "  FROZEN" } else { "" }
         );
+    }
+    for v in &s.volumes {
+        if let (Some(r), Some(rto)) = (v.restore_mb_s, v.estimated_rto_secs) {
+            println!(
+                "{}: restore test {r:.0} MB/s, newest snapshot restores in about {}",
+                v.name,
+                human_secs(rto as i64)
+            );
+        }
     }
     for (v, k) in &s.running {
         println!("running: {k} on {v}");

@@ -134,6 +134,9 @@ pub struct VolumeToml {
     pub max_wait: Option<String>,
     /// When to apply the retention policy besides after each snapshot (cron).
     pub prune_schedule: Option<String>,
+    /// When to test-restore the newest snapshot (read and check everything, write
+    /// nothing) and record the rate that `status` turns into an expected restore time.
+    pub restore_test_schedule: Option<String>,
 }
 
 impl VolumeToml {
@@ -353,6 +356,9 @@ impl Config {
             }
             if let Some(c) = &v.prune_schedule {
                 crate::schedule::parse_cron(c).with_context(|| key("prune_schedule"))?;
+            }
+            if let Some(c) = &v.restore_test_schedule {
+                crate::schedule::parse_cron(c).with_context(|| key("restore_test_schedule"))?;
             }
             if let Some(w) = &v.max_wait {
                 parse_duration(w).with_context(|| format!("{} = {w:?}", key("max_wait")))?;

@@ -500,6 +500,60 @@ impl Appliance {
         Ok(result)
     }
 
+    /// Restores the newest snapshot of `volume` to nowhere, reading and hash-checking
+    /// every chunk, and records the rate: what `status` turns into an expected restore
+    /// time (RTO).
+    pub async fn restore_test_job(self: &Arc<Self>, volume: &str) -> Result<JobRecord> {
+        let v = volume.to_owned();
+        let snaps = self.blocking(move |s| s.snapshots(Some(&v))).await?;
+        let newest = snaps
+            .iter()
+            .max_by_key(|s| (s.created.sec, s.created.nsec))
+            .map(|s| s.name.clone())
+            .ok_or_else(|| anyhow!("volume {volume} has no snapshot to test"))?;
+        let _claim = self.claim(volume, "restore-test")?;
+        let mut job = JobRecord {
+            kind: "restore-test".into(),
+            volume: Some(volume.to_owned()),
+            snapshot: Some(newest.clone()),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let (v, n) = (volume.to_owned(), newest);
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let (root, _) = crate::restore::resolve(&store, &v, &n, "")?;
+            crate::restore::write_tar(&store, &root, "", std::io::sink())
+        })
+        .await
+        .map_err(|e| anyhow!("restore test panicked: {e}"))?;
+        job.ended_ms = now_ms();
+        match r {
+            Ok(rep) => {
+                job.bytes = rep.bytes;
+                let secs = ((job.ended_ms - job.started_ms) as f64 / 1000.0).max(0.001);
+                job.output = format!(
+                    "{} files, {} bytes read and checked in {secs:.1} s ({:.0} MB/s)",
+                    rep.files,
+                    rep.bytes,
+                    rep.bytes as f64 / secs / 1e6
+                );
+                if rep.damaged.is_empty() {
+                    job.result = "ok".into();
+                } else {
+                    job.result = "failed".into();
+                    job.error = Some(format!("damaged: {}", rep.damaged.join("; ")));
+                }
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+            }
+        }
+        self.record(&job);
+        Ok(job)
+    }
+
     /// A store-wide job: claims the store, runs `f` off the async threads, lets `done`
     /// fill in the record from a success, records the job either way.
     async fn store_job<T: Send + 'static>(

@@ -72,6 +72,9 @@ enum Cmd {
         #[arg(long, conflicts_with = "to")]
         tar: Option<String>,
     },
+    /// Restore the newest snapshot to nowhere, checking every chunk, and record the
+    /// rate (`status` shows the restore time it predicts).
+    RestoreTest { volume: String },
     /// Ingest everything staged now.
     Ingest,
     /// Delete the snapshots the volumes' retention policies no longer keep.

@@ -23,6 +23,7 @@ pub enum Kind {
     Prune,
     Gc,
     Verify,
+    RestoreTest,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Prune => "prune",
             Kind::Gc => "gc",
             Kind::Verify => "verify",
+            Kind::RestoreTest => "restore-test",
         }
     }
 }
@@ -173,6 +175,14 @@ pub fn plan_of(cfg: &crate::config::Config) -> anyhow::Result<Plan> {
         if let Some(x) = &v.prune_schedule {
             entries.push(Entry::new(Kind::Prune, Some(name.clone()), x, v.tz())?);
         }
+        if let Some(x) = &v.restore_test_schedule {
+            entries.push(Entry::new(
+                Kind::RestoreTest,
+                Some(name.clone()),
+                x,
+                v.tz(),
+            )?);
+        }
     }
     Ok(Plan { entries })
 }
@@ -252,6 +262,7 @@ async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
             Kind::Prune => app.prune_job(vec![vol.clone()], false).await.map(|_| ()),
             Kind::Gc => app.gc_job(false).await.map(|_| ()),
             Kind::Verify => app.verify_job().await.map(|_| ()),
+            Kind::RestoreTest => app.restore_test_job(&vol).await.map(|_| ()),
         }
     }
     .await;

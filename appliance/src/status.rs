@@ -58,6 +58,10 @@ pub struct VolumeStatus {
     pub last_jobs: BTreeMap<String, JobView>,
     pub last_freeze_ms: Option<u64>,
     pub last_window_ms: Option<u64>,
+    /// Read-and-check rate of the last restore test (MB/s), and the restore time of
+    /// the newest snapshot it predicts (its logical bytes at that rate): the RTO.
+    pub restore_mb_s: Option<f64>,
+    pub estimated_rto_secs: Option<u64>,
 }
 
 pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
@@ -120,6 +124,10 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
                 .or_insert_with(|| JobView::from(j));
         }
         let last_snap = last_jobs.get("snapshot");
+        let restore_mb_s = last_jobs
+            .get("restore-test")
+            .filter(|j| j.result == "ok")
+            .map(|j| j.bytes as f64 / ((j.ended_ms - j.started_ms).max(1) as f64 / 1000.0) / 1e6);
         if let Some(j) = last_snap {
             if j.result != "ok" {
                 problems.push(format!(
@@ -143,6 +151,9 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
             frozen: gate.is_frozen(v.id),
             last_freeze_ms: last_snap.and_then(|j| j.freeze_ms),
             last_window_ms: last_snap.and_then(|j| j.window_ms),
+            restore_mb_s,
+            estimated_rto_secs: restore_mb_s
+                .and_then(|r| newest.map(|s| (s.logical_bytes as f64 / (r * 1e6)).ceil() as u64)),
             last_jobs,
             name: v.name,
         });
