@@ -160,7 +160,8 @@ pub(crate) struct Seal {
     pub size: u64,
     /// Ranges of `[0, size)` whose sealed bytes are in `side`.
     saved: RangeSet,
-    side: Option<(Arc<File>, PathBuf)>,
+    /// Made at the first byte saved, at `side_path`.
+    side: Option<Arc<File>>,
     side_path: PathBuf,
 }
 
@@ -203,9 +204,9 @@ impl Seal {
                         .truncate(true)
                         .open(&self.side_path)
                         .map_err(|e| StoreError::io("create seal file", &self.side_path, e))?;
-                    self.side = Some((Arc::new(f), self.side_path.clone()));
+                    self.side = Some(Arc::new(f));
                 }
-                let (side, path) = self.side.as_ref().unwrap();
+                let (side, path) = (self.side.as_ref().unwrap(), &self.side_path);
                 let mut off = x;
                 let mut buf = vec![0u8; ((y - x) as usize).min(1 << 20)];
                 while off < y {
@@ -239,7 +240,7 @@ impl Seal {
                     .collect(),
             },
             saved: self.saved.overlaps(off, end),
-            side: self.side.as_ref().map(|(f, _)| f.clone()),
+            side: self.side.clone(),
         }
     }
 
@@ -292,8 +293,8 @@ impl SealedRead {
 
 impl Drop for Seal {
     fn drop(&mut self) {
-        if let Some((_, p)) = self.side.take() {
-            let _ = std::fs::remove_file(p);
+        if self.side.take().is_some() {
+            let _ = std::fs::remove_file(&self.side_path);
         }
     }
 }
@@ -473,10 +474,10 @@ impl StagedState {
     }
 
     /// Before `[s, e)` of the live file changes: keeps the sealed bytes there.
+    /// (Every write comes here: without a seal it is one check.)
     fn preserve(&mut self, s: u64, e: u64) -> Result<()> {
-        let file = self.file.clone();
         match self.seal.as_mut() {
-            Some(seal) if Arc::ptr_eq(&seal.view.file, &file) => seal.preserve(s, e),
+            Some(seal) if Arc::ptr_eq(&seal.view.file, &self.file) => seal.preserve(s, e),
             _ => Ok(()),
         }
     }
