@@ -284,10 +284,7 @@ impl Store {
         let r = self.ingest_and_commit(st, size, mtime, &segments, t0);
         if r.is_err() {
             st.lock().ingesting = None;
-            // Parts committed by this attempt are garbage now (GC collects them).
-            if let Err(e) = forget_parts(&self.db.lock(), st.ino) {
-                tracing::warn!(ino = %st.ino, error = %e, "could not clear ingest parts");
-            }
+            self.forget_failed_parts(st.ino);
         }
         r
     }
@@ -343,19 +340,13 @@ impl Store {
         Ok(report)
     }
 
-    #[allow(clippy::type_complexity)]
     fn chunk_file(
         &self,
         st: &StagedFile,
         size: u64,
         (segments, resume): &(Vec<Segment>, Option<Resume>),
         sealed: bool,
-    ) -> Result<(
-        Option<ChunkId>,
-        Vec<Location>,
-        IngestReport,
-        crate::chunk_store::Pins<'_>,
-    )> {
+    ) -> Result<Chunked<'_>> {
         // A resumed ingest keeps the base's chunks before its first change and cuts on
         // from there (see `resume_plan`).
         let resumed_segments;
@@ -631,15 +622,7 @@ impl Store {
     /// Chunks and stores a sealed file as its snapshot's freeze saw it (the live file
     /// is left alone). Returns its content, the locations to index in the snapshot's
     /// commit, and the pins that keep its chunks until then.
-    pub(crate) fn ingest_sealed(
-        &self,
-        st: &StagedFile,
-    ) -> Result<(
-        Option<ChunkId>,
-        Vec<Location>,
-        IngestReport,
-        crate::chunk_store::Pins<'_>,
-    )> {
+    pub(crate) fn ingest_sealed(&self, st: &StagedFile) -> Result<Chunked<'_>> {
         self.latch.check()?;
         let _one = self.ingest_lock.lock().unwrap();
         let (size, segments) = {
@@ -656,11 +639,27 @@ impl Store {
         };
         let r = self.chunk_file(st, size, &(segments, None), true);
         if r.is_err() {
-            if let Err(e) = forget_parts(&self.db.lock(), st.ino) {
-                tracing::warn!(ino = %st.ino, error = %e, "could not clear ingest parts");
-            }
+            self.forget_failed_parts(st.ino);
         }
         r
+    }
+}
+
+/// What chunking a file gives: its content, the locations to index when it commits, its
+/// report, and the pins that keep its chunks until then.
+type Chunked<'a> = (
+    Option<ChunkId>,
+    Vec<Location>,
+    IngestReport,
+    crate::chunk_store::Pins<'a>,
+);
+
+impl Store {
+    /// After a failed ingest: the parts it committed are garbage now (GC collects them).
+    fn forget_failed_parts(&self, ino: FileId) {
+        if let Err(e) = forget_parts(&self.db.lock(), ino) {
+            tracing::warn!(%ino, error = %e, "could not clear ingest parts");
+        }
     }
 }
 
