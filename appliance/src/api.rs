@@ -577,28 +577,21 @@ async fn snapshot_tar(
     let sub = q.path.unwrap_or_default();
     let (v, n, p) = (volume.clone(), name.clone(), sub.clone());
     let store = app.store.clone();
-    let (entry, path, total) = tokio::task::spawn_blocking(move || {
-        let (e, path) = crate::restore::resolve(&store, &v, &n, &p)?;
-        let total = crate::restore::total_bytes(&store, &e)?;
-        Ok::<_, anyhow::Error>((e, path, total))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let src = tokio::task::spawn_blocking(move || crate::restore::source(&store, &v, &n, &p))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let total = src.total;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let store = app.store.clone();
     let job_app = app.clone();
     tokio::task::spawn_blocking(move || {
         let started = crate::jobs::now_ms();
-        let top = match entry.attr.kind {
-            storage::FileKind::Dir => String::new(),
-            _ => path.rsplit('/').next().unwrap_or("").to_owned(),
-        };
         let err_tx = tx.clone();
         let w = ChanWriter {
             tx,
             buf: Vec::with_capacity(256 << 10),
         };
-        let r = crate::restore::write_tar(&store, &entry, &top, w);
+        let r = crate::restore::write_tar(&store, &src.entry, &src.top, w);
         let mut job = JobRecord {
             kind: "restore".into(),
             volume: Some(volume.clone()),

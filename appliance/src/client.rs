@@ -194,12 +194,8 @@ impl Target {
             }
             Target::Local { app, .. } => {
                 let store = app.store.clone();
-                let (entry, found) = crate::restore::resolve(&store, vol, snap, path)?;
-                let total = crate::restore::total_bytes(&store, &entry)?;
-                let top = match entry.attr.kind {
-                    storage::FileKind::Dir => String::new(),
-                    _ => found.rsplit('/').next().unwrap_or("").to_owned(),
-                };
+                let src = crate::restore::source(&store, vol, snap, path)?;
+                let total = src.total;
                 // Pieces handed over in memory: no pipe, no syscall per piece.
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
                 std::thread::Builder::new()
@@ -209,7 +205,7 @@ impl Target {
                             crate::restore::IO_BUF,
                             crate::restore::ChanWriter(tx),
                         );
-                        if let Err(e) = crate::restore::write_tar(&store, &entry, &top, w) {
+                        if let Err(e) = crate::restore::write_tar(&store, &src.entry, &src.top, w) {
                             tracing::error!(error = %e, "restore stream failed");
                         }
                     })?;

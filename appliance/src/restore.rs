@@ -53,6 +53,26 @@ pub fn resolve(store: &Store, vol: &str, snap: &str, sub: &str) -> Result<(TreeE
     Ok((e, path))
 }
 
+/// What a restore stream is made of: the entry, its name at the top of the archive
+/// ("" for a directory, whose children go at the top; a file's own name otherwise),
+/// and its logical bytes (for progress bars).
+pub struct Source {
+    pub entry: TreeEntry,
+    pub top: String,
+    pub total: u64,
+}
+
+/// The [`Source`] of `sub` inside snapshot `vol@snap`.
+pub fn source(store: &Store, vol: &str, snap: &str, sub: &str) -> Result<Source> {
+    let (entry, path) = resolve(store, vol, snap, sub)?;
+    let top = match entry.attr.kind {
+        FileKind::Dir => String::new(),
+        _ => path.rsplit('/').next().unwrap_or("").to_owned(),
+    };
+    let total = total_bytes(store, &entry)?;
+    Ok(Source { entry, top, total })
+}
+
 /// The logical bytes below an entry (files counted once per name), for progress bars.
 pub fn total_bytes(store: &Store, e: &TreeEntry) -> Result<u64> {
     Ok(match e.attr.kind {
