@@ -203,6 +203,15 @@ fn check_prefix(log: &[u8], acks: &[i64], frozen_at: i64, snap: &str) -> usize {
     k
 }
 
+/// A test config (fixed NFS port, ephemeral API) with `tables` (e.g. `[volume.NAME]`
+/// sections) among its top-level tables.
+fn config_with_tables(dir: &std::path::Path, tables: &str) -> std::path::PathBuf {
+    let c = config_fixed_port(dir, "");
+    let t = std::fs::read_to_string(&c).unwrap();
+    std::fs::write(&c, t.replace("[api]", &format!("{tables}\n\n[api]"))).unwrap();
+    c
+}
+
 fn nfs_cat(d: &Daemon, path: &str) -> Vec<u8> {
     let o = libnfs("nfs-cat", &[&d.url(path)]);
     assert!(o.status.success(), "nfs-cat {path}: {}", text(&o));
@@ -302,14 +311,10 @@ fn failures_abort_and_thaw() {
         marks.display()
     );
     let cfg_with = |volume: &str| {
-        let c = config_fixed_port(tmp.path(), "");
-        let mut t = std::fs::read_to_string(&c).unwrap();
-        t = t.replace(
-            "[api]",
-            &format!("[volume.backup]\npost_thaw = {post:?}\n{volume}\n\n[api]"),
-        );
-        std::fs::write(&c, t).unwrap();
-        c
+        config_with_tables(
+            tmp.path(),
+            &format!("[volume.backup]\npost_thaw = {post:?}\n{volume}"),
+        )
     };
     let run_job_env = |cfg: &std::path::Path, name: &str, env: &[(&str, &str)]| -> Value {
         let d = if env.is_empty() {
@@ -438,13 +443,10 @@ fn failures_abort_and_thaw() {
 #[test]
 fn operator_commands_while_serving() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
-    let mut t = std::fs::read_to_string(&cfg).unwrap();
-    t = t.replace(
-        "[api]",
-        "[volume.backup]\nrpo = \"3s\"\n\n[volume.locked]\nlock_days = 7\n\n[api]",
+    let cfg = config_with_tables(
+        tmp.path(),
+        "[volume.backup]\nrpo = \"3s\"\n\n[volume.locked]\nlock_days = 7",
     );
-    std::fs::write(&cfg, &t).unwrap();
     let d = Daemon::start(&cfg, &[]);
     let ok = |args: &[&str]| {
         let o = kura_output(&cfg, args);
@@ -587,13 +589,7 @@ fn config_check() {
 #[test]
 fn sigterm_during_a_job() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
-    let mut t = std::fs::read_to_string(&cfg).unwrap();
-    t = t.replace(
-        "[api]",
-        "[volume.backup]\npre_freeze = \"sleep 1\"\n\n[api]",
-    );
-    std::fs::write(&cfg, &t).unwrap();
+    let cfg = config_with_tables(tmp.path(), "[volume.backup]\npre_freeze = \"sleep 1\"");
     let mut d = Daemon::process(&cfg, &[]);
     let w = Writer::start(d.port, 100_000);
     wait_for("the writer", || w.count() > 20);
@@ -630,14 +626,11 @@ fn sigterm_during_a_job() {
 #[test]
 fn schedules_quiet_wait_and_retention() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
-    let mut t = std::fs::read_to_string(&cfg).unwrap();
-    t = t.replace(
-        "[api]",
+    let cfg = config_with_tables(
+        tmp.path(),
         "[volume.backup]\nschedule = [\"0 3 * * *\"]\ntimezone = \"Europe/Berlin\"\nquiet_secs = 1\nkeep_last = 2\n\n\
-         [volume.busy]\nschedule = [\"0 3 * * *\"]\nquiet_secs = 600\nmax_wait = \"2s\"\n\n[api]",
+         [volume.busy]\nschedule = [\"0 3 * * *\"]\nquiet_secs = 600\nmax_wait = \"2s\"",
     );
-    std::fs::write(&cfg, &t).unwrap();
     let d = Daemon::start(&cfg, &[]);
     // A writer keeps `busy` from ever being quiet.
     let busy_writer = {

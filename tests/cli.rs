@@ -136,15 +136,7 @@ fn verify_reports_damage() {
     .success());
     d.stop();
     ok(run(&data, &["ingest"]));
-    let pack = std::fs::read_dir(data.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut b = std::fs::read(&pack).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0xff;
-    std::fs::write(&pack, b).unwrap();
+    damage_largest_pack(&data);
     let v = run(&data, &["verify"]);
     assert!(!v.status.success());
     let out = stdout(&v);

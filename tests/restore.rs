@@ -249,15 +249,7 @@ fn damage_is_named_and_the_rest_restored() {
     );
     ok(kura_output(&cfg, &["snapshot", "create", "backup", "s"]));
     d.stop();
-    let pack = std::fs::read_dir(tmp.path().join("store/packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut b = std::fs::read(&pack).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0xff;
-    std::fs::write(&pack, b).unwrap();
+    damage_largest_pack(&tmp.path().join("store"));
     let out = tmp.path().join("r");
     let o = kura_output(
         &cfg,

@@ -212,6 +212,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Flips one byte in the middle of the largest pack of the store at `data`: a damaged
+/// chunk record for verify and restore to find.
+pub fn damage_largest_pack(data: &Path) {
+    let pack = std::fs::read_dir(data.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut b = std::fs::read(&pack).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&pack, b).unwrap();
+}
+
 /// Runs the `kura` CLI with a config and returns its output, whatever the exit code.
 pub fn kura_output(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kura"))
