@@ -86,22 +86,17 @@ impl Entry {
 
     /// The latest slot at or before `t` (searching back up to ~400 days).
     pub fn prev_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut from = t - chrono::Duration::hours(1);
-        for step in [1, 24, 24 * 7, 24 * 40, 24 * 400] {
-            from = t - chrono::Duration::hours(step);
-            if self.next_after(from).is_some_and(|n| n <= t) {
-                break;
-            }
-        }
-        let mut last = None;
-        for s in self.cron.after(&from.with_timezone(&self.tz)) {
-            let s = s.with_timezone(&Utc);
-            if s > t {
-                break;
-            }
-            last = Some(s);
-        }
-        last
+        // Look back an hour, a day, ... until a window holds a slot.
+        let from = [1, 24, 24 * 7, 24 * 40, 24 * 400]
+            .into_iter()
+            .map(|h| t - chrono::Duration::hours(h))
+            .find(|f| self.next_after(*f).is_some_and(|n| n <= t))
+            .unwrap_or(t - chrono::Duration::hours(24 * 400));
+        self.cron
+            .after(&from.with_timezone(&self.tz))
+            .map(|s| s.with_timezone(&Utc))
+            .take_while(|s| *s <= t)
+            .last()
     }
 }
 
