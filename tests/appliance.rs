@@ -793,3 +793,77 @@ fn snapshot_diff() {
     let e = kura_output(&cfg, &["snapshot", "diff", "backup", "a", "nope"]);
     assert!(!e.status.success() && text(&e).contains("nope"));
 }
+
+/// The platform snapshot (the KCPS pattern in its literal form): with a client writing,
+/// the store-wide command (here `cp -a` of the data directory) runs while every volume is
+/// frozen and the store is durable on disk. The copy opens as a store, verifies clean,
+/// and holds exactly what was acknowledged before the freeze. A failing or hanging
+/// command fails the job and thaws everything.
+#[test]
+fn platform_snapshot_copies_a_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy_dir = tmp.path().join("copy");
+    std::fs::create_dir(&copy_dir).unwrap();
+    let copy_cfg = config_fixed_port(&copy_dir, "");
+    let ctl = tmp.path().join("ctl");
+    let cfg = config_with_tables(
+        tmp.path(),
+        &format!(
+            "[platform_snapshot]\ntimeout_secs = 2\ncommand = '''\ncase \"$(cat {ctl:?} 2>/dev/null)\" in\n  fail) echo refusing; exit 3 ;;\n  hang) sleep 30 ;;\nesac\necho \"phase=$KURA_PHASE\"\ncp -a \"$KURA_DATA_DIR\" {:?}\n'''",
+            copy_dir.join("store")
+        ),
+    );
+    let d = Daemon::start(&cfg, &[]);
+    let w = Writer::start(d.port, 200_000);
+    wait_for("the writer to start", || w.count() > 50);
+
+    // A failing and a hanging command: the job fails with the reason, nothing stays
+    // frozen, the writer goes on.
+    for (mode, why) in [("fail", "status 3"), ("hang", "timed out")] {
+        std::fs::write(&ctl, mode).unwrap();
+        let before = w.count();
+        let (st, v) = api(&d, "POST", "/platform-snapshot", None);
+        assert_eq!(st, 422, "{v}");
+        assert_eq!(v["result"], "failed", "{v}");
+        let err = v["error"].as_str().unwrap();
+        assert!(err.contains(why), "{mode}: {err}");
+        let (_, s) = api(&d, "GET", "/status", None);
+        assert_eq!(s["volumes"][0]["frozen"], false, "{s}");
+        wait_for("the writer to go on after the thaw", || {
+            w.count() > before + 20
+        });
+    }
+    assert!(!copy_dir.join("store").exists());
+
+    std::fs::write(&ctl, "copy").unwrap();
+    let o = kura(&cfg, &["platform-snapshot"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("phase=platform-snapshot"), "{out}");
+    let (_, jobs) = api(&d, "GET", "/jobs?limit=1", None);
+    let job = jobs[0].clone();
+    assert_eq!(job["kind"], "platform-snapshot", "{job}");
+    assert_eq!(job["result"], "ok", "{job}");
+    let frozen_at = job["frozen_at_ms"].as_i64().unwrap();
+    let before = w.count();
+    wait_for("the writer to go on after the thaw", || {
+        w.count() > before + 20
+    });
+    assert!(!w.failed(), "a write failed during the platform snapshot");
+    let acks = w.finish();
+
+    // The copy is a store of its own: verify is clean, and its live file holds exactly
+    // what was acknowledged before the freeze.
+    let o = kura(&copy_cfg, &["verify"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("checked"),
+        "{}",
+        text(&o)
+    );
+    let c = Daemon::start(&copy_cfg, &[]);
+    let log = nfs_cat(&c, "/backup/log");
+    let k = check_prefix(&log, &acks, frozen_at, "copy");
+    assert!(k > 50 && k < acks.len(), "the copy holds {k} of {}", acks.len());
+    // The original goes on untouched.
+    let live = nfs_cat(&d, "/backup/log");
+    assert_eq!(check_prefix(&live, &acks, i64::MAX, "live"), acks.len());
+}

@@ -484,12 +484,32 @@ async fn restore_test(State(app): App, Path(volume): Path<String>) -> Result<Res
     let job = tokio::spawn(async move { job_app.restore_test_job(&volume).await })
         .await
         .map_err(|e| anyhow::anyhow!("restore test panicked: {e}"))??;
+    Ok(job_response(&job))
+}
+
+/// A job's record: 200 when it succeeded, 422 when it ran and failed.
+fn job_response(job: &storage::JobRecord) -> Response {
     let status = if job.result == "ok" {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((status, Json(JobView::from(&job))).into_response())
+    (status, Json(JobView::from(job))).into_response()
+}
+
+async fn platform_snapshot(State(app): App) -> Result<Response, ApiError> {
+    if app.cfg.platform_snapshot.command.is_none() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no platform_snapshot.command in the config: nothing would take the snapshot"
+                .into(),
+        ));
+    }
+    let job_app = app.clone();
+    let job = tokio::spawn(async move { job_app.platform_snapshot_job().await })
+        .await
+        .map_err(|e| anyhow::anyhow!("platform snapshot panicked: {e}"))??;
+    Ok(job_response(&job))
 }
 
 async fn jobs(State(app): App, Query(q): Query<VolumeQuery>) -> ApiResult<Vec<JobView>> {
@@ -708,6 +728,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
         .route("/volumes/{volume}/diff", get(diff))
         .route("/volumes/{volume}/restore-test", post(restore_test))
+        .route("/platform-snapshot", post(platform_snapshot))
         .route("/gc", post(gc))
         .route("/prune", post(prune))
         .route("/verify", post(verify))

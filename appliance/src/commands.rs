@@ -292,25 +292,9 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             tar,
         } => return restore(t, &volume, snapshot, path, at, to, tar),
         Cmd::RestoreTest { volume } => {
-            let r = t.call(
-                "POST",
-                &format!("/volumes/{}/restore-test", seg(&volume)),
-                None,
-            )?;
-            let ok = r.status == 200;
-            let j: JobView = match r.status {
-                200 | 422 => parse(r.body)?,
-                _ => {
-                    r.into_result()?;
-                    bail!("unexpected reply to the restore test");
-                }
-            };
-            println!("{}", job_line(&j));
-            println!("{}", j.output);
-            if !ok {
-                return Ok(1);
-            }
+            return job_command(t, &format!("/volumes/{}/restore-test", seg(&volume)));
         }
+        Cmd::PlatformSnapshot => return job_command(t, "/platform-snapshot"),
         Cmd::Ingest => {
             let v = t.call("POST", "/ingest", None)?.into_result()?;
             println!(
@@ -651,4 +635,22 @@ fn finish_restore(
     } else {
         1
     })
+}
+
+/// A command that runs one job and prints its record; exit 1 when the job failed.
+fn job_command(t: &Target, path: &str) -> Result<i32> {
+    let r = t.call("POST", path, None)?;
+    let ok = r.status == 200;
+    let j: JobView = match r.status {
+        200 | 422 => parse(r.body)?,
+        _ => {
+            r.into_result()?;
+            bail!("unexpected reply from {path}");
+        }
+    };
+    println!("{}", job_line(&j));
+    if !j.output.is_empty() {
+        println!("{}", j.output.trim_end());
+    }
+    Ok(if ok { 0 } else { 1 })
 }

@@ -38,6 +38,9 @@ pub struct Config {
     /// Store-wide job schedules.
     #[serde(default)]
     pub schedule: StoreSchedule,
+    /// The platform snapshot of the store's own disk, `[platform_snapshot]`.
+    #[serde(default)]
+    pub platform_snapshot: PlatformToml,
     /// Per-volume settings, `[volume.NAME]`; a volume named here is created at start.
     #[serde(default, rename = "volume")]
     pub volume_settings: BTreeMap<String, VolumeToml>,
@@ -80,6 +83,33 @@ impl Default for StoreSchedule {
             verify: None,
             timezone: default_timezone(),
         }
+    }
+}
+
+/// A store-wide snapshot of the disk under the data directory, taken by the platform
+/// (`lvcreate -s`, `zfs snapshot`, a cloud CLI) while every volume is frozen and the
+/// store is still and durable on disk.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformToml {
+    /// Run with `sh -c` (`KURA_DATA_DIR` names the data directory); a non-zero exit
+    /// fails the job. Without it the job cannot run.
+    pub command: Option<String>,
+    /// Also `fsfreeze -f` the data directory's filesystem around the command (refused
+    /// for the root filesystem, which kura and the command themselves write to).
+    #[serde(default)]
+    pub fsfreeze: bool,
+    /// The command is killed, and everything thawed, after this long; it bounds how
+    /// long clients are held.
+    #[serde(default = "default_platform_timeout")]
+    pub timeout_secs: u64,
+    /// When to run it (cron, in `schedule.timezone`).
+    pub schedule: Option<String>,
+}
+
+impl Default for PlatformToml {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
     }
 }
 
@@ -225,6 +255,9 @@ fn default_freeze_limit() -> f64 {
 fn default_hook_timeout() -> u64 {
     60
 }
+fn default_platform_timeout() -> u64 {
+    60
+}
 fn default_listen() -> String {
     "127.0.0.1:2049".into()
 }
@@ -318,6 +351,19 @@ impl Config {
             .map_err(|e| {
                 anyhow::anyhow!("schedule.timezone = {:?}: {e}", self.schedule.timezone)
             })?;
+        check_hook("platform_snapshot.command", &self.platform_snapshot.command)?;
+        if let Some(c) = &self.platform_snapshot.schedule {
+            if self.platform_snapshot.command.is_none() {
+                bail!("platform_snapshot.schedule is set but platform_snapshot.command is not");
+            }
+            crate::schedule::parse_cron(c).context("platform_snapshot.schedule")?;
+        }
+        if !(1..=3600).contains(&self.platform_snapshot.timeout_secs) {
+            bail!(
+                "platform_snapshot.timeout_secs = {} is outside 1..=3600",
+                self.platform_snapshot.timeout_secs
+            );
+        }
         check_hook("hooks.pre_freeze", &self.hooks.pre_freeze)?;
         check_hook("hooks.post_thaw", &self.hooks.post_thaw)?;
         if self.hooks.timeout_secs == Some(0) {

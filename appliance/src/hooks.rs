@@ -14,6 +14,8 @@ pub struct HookEnv {
     pub phase: &'static str,
     /// Post-thaw only: `ok`, `failed` or `aborted`.
     pub result: String,
+    /// The store's data directory (what a platform snapshot copies).
+    pub data_dir: String,
 }
 
 /// How a hook ended.
@@ -52,6 +54,7 @@ pub async fn run(cmd: &str, env: &HookEnv, timeout: Duration) -> HookRun {
         .env("KURA_SNAPSHOT", &env.snapshot)
         .env("KURA_PHASE", env.phase)
         .env("KURA_RESULT", &env.result)
+        .env("KURA_DATA_DIR", &env.data_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,6 +127,7 @@ mod tests {
             snapshot: "s1".into(),
             phase: "pre-freeze",
             result: String::new(),
+            data_dir: "/data".into(),
         }
     }
 

@@ -235,6 +235,7 @@ impl Appliance {
             snapshot: name.clone(),
             phase: "pre-freeze",
             result: String::new(),
+            data_dir: self.store.path().display().to_string(),
         };
         let hook_timeout =
             |own: u64| Duration::from_secs(self.cfg.hooks.timeout_secs.unwrap_or(own));
@@ -554,6 +555,132 @@ impl Appliance {
         Ok(job)
     }
 
+    /// The platform snapshot (the KCPS pattern in its literal form): with every volume
+    /// frozen and the store still and durable on disk, runs `platform_snapshot.command`
+    /// (optionally inside `fsfreeze -f/-u` of the data directory's filesystem), then
+    /// lets everything go. The command's timeout bounds how long clients are held.
+    pub async fn platform_snapshot_job(self: &Arc<Self>) -> Result<JobRecord> {
+        let p = self.cfg.platform_snapshot.clone();
+        let cmd = p.command.clone().ok_or_else(|| {
+            anyhow!("no platform_snapshot.command in the config: nothing would take the snapshot")
+        })?;
+        let vols = self.blocking(|s| s.volumes()).await?;
+        // The store and every volume: no other job may run meanwhile.
+        let mut claims = vec![self.claim("*", "platform-snapshot")?];
+        for v in &vols {
+            claims.push(self.claim(&v.name, "platform-snapshot")?);
+        }
+        let data_dir = self.store.path().to_path_buf();
+        let mut job = JobRecord {
+            kind: "platform-snapshot".into(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let timeout = Duration::from_secs(p.timeout_secs);
+        let mountpoint = match p.fsfreeze {
+            true => Some(fs_mountpoint(&data_dir).await?),
+            false => None,
+        };
+        // The store's hold lives on a thread of its own (its guards stay where they
+        // were taken): hold commits → (clients frozen here) → settle → (command) → release.
+        let (step_tx, step_rx) = std::sync::mpsc::channel::<()>();
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<storage::Result<()>>();
+        let store = self.store.clone();
+        let holder = std::thread::spawn(move || {
+            let hold = match store.quiesce() {
+                Ok(h) => h,
+                Err(e) => return drop(ack_tx.send(Err(e))),
+            };
+            let _ = ack_tx.send(Ok(()));
+            if step_rx.recv().is_err() {
+                return;
+            }
+            let still = match hold.settle() {
+                Ok(q) => q,
+                Err(e) => return drop(ack_tx.send(Err(e))),
+            };
+            let _ = ack_tx.send(Ok(()));
+            let _ = step_rx.recv();
+            drop(still);
+        });
+        let mut acked = async || -> Result<()> {
+            ack_rx
+                .recv()
+                .await
+                .ok_or_else(|| anyhow!("the store hold ended early"))?
+                .context("holding the store still")
+        };
+        let mut frozen = Vec::new();
+        let outcome: Result<()> = async {
+            acked().await?;
+            for v in &vols {
+                let f = self
+                    .shared
+                    .gate
+                    .freeze(v.id, timeout)
+                    .await
+                    .map_err(|e| anyhow!("freeze of volume {}: {e}", v.name))?;
+                frozen.push(f);
+            }
+            job.frozen_at_ms = Some(now_ms());
+            let _ = step_tx.send(());
+            acked().await?;
+            let env = HookEnv {
+                volume: String::new(),
+                snapshot: String::new(),
+                phase: "platform-snapshot",
+                result: String::new(),
+                data_dir: data_dir.display().to_string(),
+            };
+            if let Some(m) = &mountpoint {
+                let r = hooks::run(&format!("fsfreeze -f '{m}'"), &env, timeout).await;
+                if let Some(f) = r.failure {
+                    bail!("fsfreeze -f {m} {f}: {}", r.output.trim());
+                }
+            }
+            let r = hooks::run(&cmd, &env, timeout).await;
+            if let Some(m) = &mountpoint {
+                let u = hooks::run(&format!("fsfreeze -u '{m}'"), &env, timeout).await;
+                if let Some(f) = u.failure {
+                    tracing::error!(mountpoint = %m, failure = f, "fsfreeze -u failed: the filesystem may still be frozen");
+                    append_output(&mut job.output, "fsfreeze -u", &format!("failed: {f}\n{}", u.output));
+                }
+            }
+            append_output(&mut job.output, "platform_snapshot.command", &r.output);
+            if let Some(f) = r.failure {
+                bail!("platform snapshot command {f}");
+            }
+            Ok(())
+        }
+        .await;
+        // Let the store go, then the clients.
+        drop(step_tx);
+        let _ = tokio::task::spawn_blocking(move || holder.join()).await;
+        let mut window = Duration::ZERO;
+        let mut held = Duration::ZERO;
+        for f in frozen {
+            let st = f.thaw();
+            window = window.max(st.window);
+            held = held.max(st.frozen);
+        }
+        if job.frozen_at_ms.is_some() {
+            job.freeze_ms = Some(held.as_millis() as u64);
+            job.window_ms = Some(window.as_millis() as u64);
+        }
+        drop(claims);
+        job.ended_ms = now_ms();
+        match outcome {
+            Ok(()) => job.result = "ok".into(),
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                tracing::warn!(error = %e, "platform snapshot failed");
+            }
+        }
+        self.record(&job);
+        Ok(job)
+    }
+
     /// A store-wide job: claims the store, runs `f` off the async threads, lets `done`
     /// fill in the record from a success, records the job either way.
     async fn store_job<T: Send + 'static>(
@@ -634,6 +761,31 @@ fn test_freeze_delay() -> Option<Duration> {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
+}
+
+/// The mount point of the filesystem holding `dir` (for `fsfreeze`); the root
+/// filesystem is refused: freezing it would stop kura's own logging and the command.
+async fn fs_mountpoint(dir: &std::path::Path) -> Result<String> {
+    let out = tokio::process::Command::new("findmnt")
+        .args(["-n", "-o", "TARGET", "--target"])
+        .arg(dir)
+        .output()
+        .await
+        .context("running findmnt to find the data directory's filesystem")?;
+    let m = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || m.is_empty() {
+        bail!("findmnt found no filesystem for {}", dir.display());
+    }
+    if m == "/" {
+        bail!(
+            "platform_snapshot.fsfreeze: {} is on the root filesystem, which cannot be frozen safely; put the data directory on a filesystem of its own or set fsfreeze = false",
+            dir.display()
+        );
+    }
+    if m.contains('\'') {
+        bail!("mount point {m:?} contains a quote");
+    }
+    Ok(m)
 }
 
 fn append_output(out: &mut String, key: &str, text: &str) {

@@ -75,6 +75,9 @@ enum Cmd {
     /// Restore the newest snapshot to nowhere, checking every chunk, and record the
     /// rate (`status` shows the restore time it predicts).
     RestoreTest { volume: String },
+    /// Snapshot the disk under the data directory with `platform_snapshot.command`
+    /// while every volume is frozen and the store is still and durable on disk.
+    PlatformSnapshot,
     /// Ingest everything staged now.
     Ingest,
     /// Delete the snapshots the volumes' retention policies no longer keep.

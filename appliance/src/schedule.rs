@@ -24,6 +24,7 @@ pub enum Kind {
     Gc,
     Verify,
     RestoreTest,
+    PlatformSnapshot,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::Gc => "gc",
             Kind::Verify => "verify",
             Kind::RestoreTest => "restore-test",
+            Kind::PlatformSnapshot => "platform-snapshot",
         }
     }
 }
@@ -158,6 +160,7 @@ pub fn plan_of(cfg: &crate::config::Config) -> anyhow::Result<Plan> {
     for (kind, expr) in [
         (Kind::Gc, &cfg.schedule.gc),
         (Kind::Verify, &cfg.schedule.verify),
+        (Kind::PlatformSnapshot, &cfg.platform_snapshot.schedule),
     ] {
         if let Some(x) = expr {
             entries.push(Entry::new(kind, None, x, store_tz)?);
@@ -258,6 +261,7 @@ async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
             Kind::Gc => app.gc_job(false).await.map(|_| ()),
             Kind::Verify => app.verify_job().await.map(|_| ()),
             Kind::RestoreTest => app.restore_test_job(&vol).await.map(|_| ()),
+            Kind::PlatformSnapshot => app.platform_snapshot_job().await.map(|_| ()),
         }
     }
     .await;

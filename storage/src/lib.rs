@@ -67,6 +67,6 @@ pub use ingest::IngestReport;
 pub use jobs::JobRecord;
 pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec, Volume};
 pub use snapshot::{Capture as SnapshotCapture, SnapshotCancel, SnapshotInfo, SnapshotMeta};
-pub use store::{DirEntry, Piece, Store, StoreOptions, StoreStats};
+pub use store::{DirEntry, Piece, QuiesceHold, Quiesced, Store, StoreOptions, StoreStats};
 pub use tree::TreeEntry;
 pub use verify::{Damage, RecordDamage, VerifyReport};

@@ -87,6 +87,42 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// Ingest, GC and snapshot commits held by [`Store::quiesce`]; released when dropped.
+pub struct QuiesceHold<'a> {
+    store: &'a Store,
+    gc: std::sync::RwLockWriteGuard<'a, ()>,
+    ingest: std::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> QuiesceHold<'a> {
+    /// Second step, once the clients' writers are frozen: fsyncs every staged file and
+    /// the database's WAL and holds the database's writer, so that nothing changes on
+    /// disk until the guard is dropped. Reads go on (they use connections of their
+    /// own). The data directory is then a consistent store: a copy of it (a disk
+    /// snapshot, `cp -a`) opens as a store that recovers like one after a clean stop.
+    pub fn settle(self) -> Result<Quiesced<'a>> {
+        let s = self.store;
+        for st in s.staging.all() {
+            st.sync(&s.latch, &s.staging.dir)?;
+        }
+        let db = s.db.lock();
+        // Under the writer's lock, so that the WAL cannot grow after its fsync.
+        s.db.sync_wal(&s.latch)?;
+        Ok(Quiesced {
+            _db: db,
+            _gc: self.gc,
+            _ingest: self.ingest,
+        })
+    }
+}
+
+/// The store held still and durable by [`QuiesceHold::settle`]; released when dropped.
+pub struct Quiesced<'a> {
+    _db: std::sync::MutexGuard<'a, rusqlite::Connection>,
+    _gc: std::sync::RwLockWriteGuard<'a, ()>,
+    _ingest: std::sync::MutexGuard<'a, ()>,
+}
+
 pub struct Store {
     pub(crate) root: PathBuf,
     pub(crate) db: Arc<Db>,
@@ -652,6 +688,21 @@ impl Store {
             st.sync(&self.latch, &self.staging.dir)?;
         }
         self.db.sync_wal(&self.latch)
+    }
+
+    /// First step of holding the store still and durable on disk (for a platform
+    /// snapshot of the disk under it): waits for a running ingest to end, then keeps
+    /// ingest, GC and snapshot commits from starting. Clients may still write (to
+    /// staging). Freeze them, then [`QuiesceHold::settle`].
+    pub fn quiesce(&self) -> Result<QuiesceHold<'_>> {
+        self.latch.check()?;
+        let ingest = self.ingest_lock.lock().unwrap();
+        let gc = self.gc_lock.write().unwrap();
+        Ok(QuiesceHold {
+            store: self,
+            gc,
+            ingest,
+        })
     }
 
     /// Reads up to `len` bytes at `off`. Returns the bytes and whether EOF was reached.
