@@ -862,7 +862,11 @@ fn platform_snapshot_copies_a_consistent_store() {
     let c = Daemon::start(&copy_cfg, &[]);
     let log = nfs_cat(&c, "/backup/log");
     let k = check_prefix(&log, &acks, frozen_at, "copy");
-    assert!(k > 50 && k < acks.len(), "the copy holds {k} of {}", acks.len());
+    assert!(
+        k > 50 && k < acks.len(),
+        "the copy holds {k} of {}",
+        acks.len()
+    );
     // The original goes on untouched.
     let live = nfs_cat(&d, "/backup/log");
     assert_eq!(check_prefix(&live, &acks, i64::MAX, "live"), acks.len());

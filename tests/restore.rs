@@ -308,3 +308,214 @@ fn hostile_entries_are_refused() {
         );
     }
 }
+
+/// The tree of `TREE`, made on the local disk (for `kura import`).
+fn make_local_tree(root: &Path) {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    let t = |s: u64, ns: u32| std::time::UNIX_EPOCH + std::time::Duration::new(s, ns);
+    fs::create_dir_all(root.join("db")).unwrap();
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    let data: Vec<u8> = (0..3_000_000u64)
+        .map(|i| ((i * 7 + (i >> 12)) % 251) as u8)
+        .collect();
+    let dump = root.join("db/dump.sql");
+    fs::write(&dump, &data).unwrap();
+    fs::set_permissions(&dump, fs::Permissions::from_mode(0o640)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        std::os::unix::fs::chown(&dump, Some(123), Some(456)).unwrap();
+    }
+    fs::File::options()
+        .write(true)
+        .open(&dump)
+        .unwrap()
+        .set_times(
+            fs::FileTimes::new()
+                .set_accessed(t(1_600_000_000, 0))
+                .set_modified(t(1_700_000_000, 123_456_789)),
+        )
+        .unwrap();
+    fs::hard_link(&dump, root.join("db/dump.link")).unwrap();
+    std::os::unix::fs::symlink("db/dump.sql", root.join("latest")).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("a/b/deep.txt"), b"deep\n").unwrap();
+    fs::set_permissions(root.join("db"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::File::open(root.join("db"))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t(1_650_000_000, 0)))
+        .unwrap();
+}
+
+/// `kura import`: a local tree into a volume with its modes, owners, times, symlinks
+/// and hard links, snapshotted as a generation; a second generation with `--replace`
+/// drops what the tree no longer has; with no daemon too; a fifo is skipped and named
+/// (no snapshot then); a hostile stream sent to the API never writes outside its path.
+#[test]
+fn import_trees_as_generations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut d = Daemon::start(&cfg, &[]);
+    let src = tmp.path().join("share/2026-11-01");
+    make_local_tree(&src);
+    let o = ok(kura_output(
+        &cfg,
+        &[
+            "import",
+            src.to_str().unwrap(),
+            "backup/imported",
+            "--snapshot",
+            "g1",
+            "--label",
+            "from the old share",
+        ],
+    ));
+    let summary = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        summary.contains("3 files") && summary.contains("1 hard links"),
+        "{summary}"
+    );
+    let out = tmp.path().join("r1");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "g1",
+            "imported",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    ));
+    check_tree(&out);
+    // Nanoseconds of times are kept (the restore tar has seconds; NFS shows them).
+    py(
+        d.port,
+        "s = c.stat('/imported/db/dump.sql')\n\
+         assert (s.atime, s.mtime) == (1_600_000_000_000_000_000, 1_700_000_000_123_456_789), (s.atime, s.mtime)\n",
+    );
+    // The next generation: a file gone, one changed; --replace makes the directory
+    // exactly the new tree, the first generation keeps the old one.
+    std::fs::remove_file(src.join("a/b/deep.txt")).unwrap();
+    std::fs::write(src.join("empty"), b"not empty now").unwrap();
+    ok(kura_output(
+        &cfg,
+        &[
+            "import",
+            src.to_str().unwrap(),
+            "backup/imported",
+            "--replace",
+            "--snapshot",
+            "g2",
+        ],
+    ));
+    let out2 = tmp.path().join("r2");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "g2",
+            "imported",
+            "--to",
+            out2.to_str().unwrap(),
+        ],
+    ));
+    assert!(!out2.join("a/b/deep.txt").exists());
+    assert_eq!(std::fs::read(out2.join("empty")).unwrap(), b"not empty now");
+    let out1 = tmp.path().join("r1b");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "g1",
+            "imported",
+            "--to",
+            out1.to_str().unwrap(),
+        ],
+    ));
+    check_tree(&out1);
+    // A hostile stream straight to the API: absolute names and `..` are skipped and
+    // named, the rest lands inside the path only.
+    let mut b = tar::Builder::new(Vec::new());
+    for name in ["../escape", "/abs", "fine"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses `..`; write the raw name as a hostile client would.
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+    }
+    let body = b.into_inner().unwrap();
+    let resp =
+        ureq::post(&format!("{}/volumes/backup/import?path=hostile", d.api)).send_bytes(&body);
+    let (status, v): (u16, serde_json::Value) = match resp {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status, 422, "{v}");
+    let skipped = v["result"]["skipped"].to_string();
+    assert!(
+        skipped.contains("../escape") && skipped.contains("/abs"),
+        "{v}"
+    );
+    assert_eq!(v["result"]["files"], 1, "{v}");
+    let root = String::from_utf8_lossy(&libnfs("nfs-ls", &[&d.url("/backup")]).stdout).into_owned();
+    assert!(!root.contains("escape") && !root.contains("abs"), "{root}");
+    assert_eq!(
+        String::from_utf8_lossy(&libnfs("nfs-cat", &[&d.url("/backup/hostile/fine")]).stdout),
+        "hi"
+    );
+    d.stop();
+    // With no daemon, the store opened directly. A fifo is skipped and named, and no
+    // snapshot is taken of an incomplete import.
+    let fifo_dir = tmp.path().join("withfifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    std::fs::write(fifo_dir.join("f"), b"data").unwrap();
+    let st = Command::new("mkfifo")
+        .arg(fifo_dir.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = kura_output(
+        &cfg,
+        &[
+            "import",
+            fifo_dir.to_str().unwrap(),
+            "backup/offline",
+            "--snapshot",
+            "g3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pipe") && err.contains("no snapshot taken"),
+        "{err}"
+    );
+    let list = ok(kura_output(&cfg, &["snapshot", "list", "backup"]));
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("g3"));
+    ok(kura_output(
+        &cfg,
+        &["import", src.to_str().unwrap(), "backup/offline2"],
+    ));
+    ok(kura_output(&cfg, &["snapshot", "create", "backup", "g4"]));
+    let out4 = tmp.path().join("r4");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "g4",
+            "offline2",
+            "--to",
+            out4.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read(out4.join("empty")).unwrap(), b"not empty now");
+}

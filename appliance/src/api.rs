@@ -497,12 +497,82 @@ fn job_response(job: &storage::JobRecord) -> Response {
     (status, Json(JobView::from(job))).into_response()
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    /// The directory inside the volume (made if missing).
+    #[serde(default)]
+    path: String,
+    /// Remove what the directory held first.
+    #[serde(default)]
+    replace: bool,
+}
+
+/// A request body as a blocking reader, for the store's threads.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, String>>,
+    cur: axum::body::Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+async fn import(
+    State(app): App,
+    Path(volume): Path<String>,
+    Query(q): Query<ImportQuery>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut stream = body.into_data_stream();
+    tokio::spawn(async move {
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| format!("reading the import stream: {e}"));
+            let end = piece.is_err();
+            if tx.send(piece).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let reader = BodyReader {
+        rx,
+        cur: Default::default(),
+    };
+    let (job, report) = app.import_job(&volume, q.path, q.replace, reader).await?;
+    let status = if job.result == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    Ok((
+        status,
+        Json(JobReply {
+            job: JobView::from(&job),
+            result: report,
+        }),
+    )
+        .into_response())
+}
+
 async fn platform_snapshot(State(app): App) -> Result<Response, ApiError> {
     if app.cfg.platform_snapshot.command.is_none() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "no platform_snapshot.command in the config: nothing would take the snapshot"
-                .into(),
+            "no platform_snapshot.command in the config: nothing would take the snapshot".into(),
         ));
     }
     let job_app = app.clone();
@@ -728,6 +798,10 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
         .route("/volumes/{volume}/diff", get(diff))
         .route("/volumes/{volume}/restore-test", post(restore_test))
+        .route(
+            "/volumes/{volume}/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/platform-snapshot", post(platform_snapshot))
         .route("/gc", post(gc))
         .route("/prune", post(prune))

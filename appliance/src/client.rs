@@ -151,6 +151,74 @@ impl Target {
 }
 
 impl Target {
+    /// One API call whose body is a stream (an import), sent as it is read.
+    pub fn upload(&self, path: &str, body: impl std::io::Read + Send + 'static) -> Result<Reply> {
+        match self {
+            Target::Daemon { url, token, agent } => {
+                let mut req = agent
+                    .post(&format!("{url}{path}"))
+                    .set("Content-Type", "application/x-tar");
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let resp = match req.send(body) {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
+                };
+                let status = resp.status();
+                let text = resp.into_string().context("reading the daemon's reply")?;
+                Ok(Reply {
+                    status,
+                    body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                })
+            }
+            Target::Local { rt, router, .. } => {
+                // The stream is read by a thread of its own and handed over in pieces.
+                let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+                std::thread::spawn(move || {
+                    let mut body = body;
+                    loop {
+                        let mut buf = vec![0u8; 1 << 20];
+                        match body.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                buf.truncate(n);
+                                if tx.blocking_send(Ok(buf)).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                break;
+                            }
+                        }
+                    }
+                });
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri(path)
+                    .header("content-type", "application/x-tar")
+                    .body(Body::from_stream(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                    ))?;
+                rt.block_on(async {
+                    let resp = router.clone().oneshot(req).await?;
+                    let status = resp.status().as_u16();
+                    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
+                    Ok(Reply {
+                        status,
+                        body: serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                        }),
+                    })
+                })
+            }
+        }
+    }
+}
+
+impl Target {
     /// A restore stream of `vol@snap` (or `path` inside it) and its logical bytes: the
     /// daemon's `GET .../tar`, or the same tar written by a thread of this process.
     pub fn restore_stream(

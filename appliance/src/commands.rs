@@ -283,6 +283,13 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             .into_result()?;
             println!("cloned {volume}@{snapshot} to volume {new_volume}");
         }
+        Cmd::Import {
+            dir,
+            target,
+            replace,
+            snapshot,
+            label,
+        } => return import(t, &dir, &target, replace, snapshot, label),
         Cmd::Restore {
             volume,
             snapshot,
@@ -567,7 +574,6 @@ fn restore(
     to: Option<std::path::PathBuf>,
     tar_out: Option<String>,
 ) -> Result<i32> {
-    use std::io::IsTerminal;
     let snap = match (snapshot, at) {
         (Some(s), _) => s,
         (None, Some(at)) => snapshot_at(t, volume, &at)?,
@@ -584,18 +590,7 @@ fn restore(
         return finish_restore(volume, &snap, &report, t0, &[]);
     }
     let dir = to.context("--to DIR")?;
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress_bar(total);
     let ex = kura::restore::extract(stream, &dir, |n| {
         if let Some(b) = &bar {
             b.inc(n);
@@ -605,6 +600,116 @@ fn restore(
         b.finish_and_clear();
     }
     finish_restore(volume, &snap, &ex.report, t0, &ex.refused)
+}
+
+/// A progress bar (bytes, rate, ETA) on a terminal; none otherwise.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// `kura import`: the tree is walked and streamed here, unpacked by the daemon (or by
+/// this process on a store no daemon holds).
+fn import(
+    t: &Target,
+    dir: &std::path::Path,
+    target: &str,
+    replace: bool,
+    snapshot: Option<String>,
+    label: Option<String>,
+) -> Result<i32> {
+    let (volume, path) = kura::import::split_target(target);
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let (_, total) = kura::import::measure(dir)?;
+    let bar = progress_bar(total);
+    let t0 = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let (src, b) = (dir.to_path_buf(), bar.clone());
+    let sender = std::thread::spawn(move || {
+        let out = std::io::BufWriter::with_capacity(1 << 20, kura::restore::ChanWriter(tx));
+        kura::import::write_tree(&src, out, |n| {
+            if let Some(b) = &b {
+                b.inc(n);
+            }
+        })
+    });
+    let mut q = format!("/volumes/{}/import?path={}", seg(&volume), seg(&path));
+    if replace {
+        q.push_str("&replace=true");
+    }
+    let reply = t.upload(&q, kura::restore::ChanReader::new(rx));
+    let unread = match sender.join() {
+        Ok(Ok(skipped)) => skipped,
+        Ok(Err(e)) => vec![format!("walking {}: {e:#}", dir.display())],
+        Err(_) => vec!["the walk panicked".into()],
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let reply = reply?;
+    let r: JobReply<kura::import::ImportReport> = match reply.status {
+        200 | 422 => parse(reply.body)?,
+        _ => {
+            reply.into_result()?;
+            bail!("unexpected reply to the import");
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    if let Some(rep) = &r.result {
+        eprintln!(
+            "imported {} into {volume}:/{path}: {} files, {} directories, {} symlinks, {} hard links, {} in {secs:.1} s ({}/s)",
+            dir.display(),
+            rep.files,
+            rep.dirs,
+            rep.symlinks,
+            rep.hardlinks,
+            size(rep.bytes),
+            size((rep.bytes as f64 / secs) as u64)
+        );
+        for s in &rep.skipped {
+            eprintln!("SKIPPED {s}");
+        }
+    }
+    for s in &unread {
+        eprintln!("UNREAD {s}");
+    }
+    if let Some(e) = &r.job.error {
+        eprintln!("kura: import failed: {e}");
+    }
+    if r.job.result != "ok" || !unread.is_empty() {
+        if snapshot.is_some() {
+            eprintln!("kura: no snapshot taken: the import was not complete");
+        }
+        return Ok(1);
+    }
+    if let Some(name) = snapshot {
+        let v = t
+            .call(
+                "POST",
+                &format!("/volumes/{}/snapshots", seg(&volume)),
+                Some(json!({ "name": name, "label": label })),
+            )?
+            .into_result()?;
+        let j: JobReply<SnapshotView> = parse(v)?;
+        println!("{}", job_line(&j.job));
+        if j.job.result != "ok" {
+            return Ok(1);
+        }
+    }
+    Ok(0)
 }
 
 fn finish_restore(

@@ -555,6 +555,72 @@ impl Appliance {
         Ok(job)
     }
 
+    /// `kura import`: unpacks an import stream ([`crate::import`]) into `volume` under
+    /// `path`, as a job claiming the volume (no snapshot of it runs meanwhile). What
+    /// was imported before a failure (a full disk, a broken stream) stays.
+    pub async fn import_job(
+        self: &Arc<Self>,
+        volume: &str,
+        path: String,
+        replace: bool,
+        input: impl std::io::Read + Send + 'static,
+    ) -> Result<(JobRecord, Option<crate::import::ImportReport>)> {
+        let v = volume.to_owned();
+        self.blocking(move |s| s.volume(&v)).await?;
+        let _claim = self.claim(volume, "import")?;
+        let mut job = JobRecord {
+            kind: "import".into(),
+            volume: Some(volume.to_owned()),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let (store, v) = (self.store.clone(), volume.to_owned());
+        let shown = path.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::import::unpack(&store, &v, &path, replace, input, |_| {})
+        })
+        .await
+        .map_err(|e| anyhow!("import panicked: {e}"))?;
+        job.ended_ms = now_ms();
+        let report = match r {
+            Ok(rep) => {
+                job.bytes = rep.bytes;
+                job.output = format!(
+                    "into /{shown}: {} files, {} directories, {} symlinks, {} hard links, {} bytes{}",
+                    rep.files,
+                    rep.dirs,
+                    rep.symlinks,
+                    rep.hardlinks,
+                    rep.bytes,
+                    if replace { " (replacing what was there)" } else { "" }
+                );
+                if rep.skipped.is_empty() {
+                    job.result = "ok".into();
+                } else {
+                    job.result = "failed".into();
+                    job.error = Some(format!(
+                        "{} entries not imported: {}",
+                        rep.skipped.len(),
+                        rep.skipped
+                            .iter()
+                            .take(20)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+                Some(rep)
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                None
+            }
+        };
+        self.record(&job);
+        Ok((job, report))
+    }
+
     /// The platform snapshot (the KCPS pattern in its literal form): with every volume
     /// frozen and the store still and durable on disk, runs `platform_snapshot.command`
     /// (optionally inside `fsfreeze -f/-u` of the data directory's filesystem), then

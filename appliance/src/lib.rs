@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod diff;
 pub mod hooks;
+pub mod import;
 pub mod jobs;
 pub mod metrics;
 pub mod restore;

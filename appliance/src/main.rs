@@ -52,6 +52,24 @@ enum Cmd {
         snapshot: String,
         new_volume: String,
     },
+    /// Copy a local tree into a volume without NFS (modes, owners, times, symlinks, hard
+    /// links), optionally snapshotting it: how an existing backup share moves onto
+    /// kura, one dated directory per generation.
+    Import {
+        /// The tree to copy (symlinks in it are copied as symlinks, not followed).
+        dir: PathBuf,
+        /// VOLUME or VOLUME/PATH (the directory is made if missing).
+        target: String,
+        /// Empty the target directory first, so that it holds exactly DIR.
+        #[arg(long)]
+        replace: bool,
+        /// Snapshot the volume under this name when the import succeeded.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The snapshot's label.
+        #[arg(long, requires = "snapshot")]
+        label: Option<String>,
+    },
     /// Restore a snapshot (or PATH inside it) into a directory, or as a tar to stdout.
     /// Every chunk is hash-checked; a damaged file is named, the rest still restored,
     /// and the exit code is 1.
