@@ -871,3 +871,96 @@ fn platform_snapshot_copies_a_consistent_store() {
     let live = nfs_cat(&d, "/backup/log");
     assert_eq!(check_prefix(&live, &acks, i64::MAX, "live"), acks.len());
 }
+
+/// `status` per volume: staged files and bytes before ingest; after GC, the stored
+/// bytes each volume reaches, what it alone holds, and its reduction ratio (a file
+/// shared by two volumes is stored once and owned by neither).
+#[test]
+fn status_shows_stored_staged_and_owned_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let t = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        t.replace(
+            "volumes = [\"backup\"]",
+            "volumes = [\"backup\", \"other\"]",
+        )
+        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600"),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &[]);
+    let shared = tmp.path().join("shared.bin");
+    let own = tmp.path().join("own.bin");
+    // Incompressible data, so that stored bytes are plain bytes.
+    for (f, len, seed) in [(&shared, 3usize << 20, 1u8), (&own, 2 << 20, 2)] {
+        let mut data = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut data);
+        std::fs::write(f, data).unwrap();
+    }
+    for (f, vol) in [(&shared, "backup"), (&shared, "other"), (&own, "backup")] {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let o = libnfs(
+            "nfs-cp",
+            &[f.to_str().unwrap(), &d.url(&format!("/{vol}/{name}"))],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let vol = |s: &Value, name: &str| -> Value {
+        s["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (_, s) = api(&d, "GET", "/status", None);
+    assert_eq!(vol(&s, "backup")["staged_files"], 2, "{s}");
+    assert_eq!(vol(&s, "backup")["staged_bytes"], 5 << 20, "{s}");
+    assert_eq!(vol(&s, "other")["staged_bytes"], 3 << 20, "{s}");
+    let first_usage = vol(&s, "backup")["usage_at"].clone();
+    assert!(first_usage.is_string(), "measured at the first status: {s}");
+    kura(&cfg, &["snapshot", "create", "backup", "--name", "s1"]);
+    kura(&cfg, &["snapshot", "create", "other", "--name", "s1"]);
+    let (_, s) = api(&d, "GET", "/status", None);
+    assert_eq!(vol(&s, "backup")["staged_bytes"], 0, "{s}");
+    std::thread::sleep(Duration::from_millis(1100));
+    kura(&cfg, &["gc"]);
+    let mut s = Value::Null;
+    wait_for("usage measured after GC", || {
+        s = api(&d, "GET", "/status", None).1;
+        vol(&s, "backup")["usage_at"] != first_usage
+    });
+    let (b, o) = (vol(&s, "backup"), vol(&s, "other"));
+    let mib = |v: &Value, k: &str| v[k].as_u64().unwrap() as f64 / (1 << 20) as f64;
+    // Random data does not compress: stored ≈ plain, each chunk once per volume.
+    assert!((5.0..5.2).contains(&mib(&b, "stored_bytes")), "{b}");
+    assert!((3.0..3.2).contains(&mib(&o, "stored_bytes")), "{o}");
+    // The shared file belongs to neither; only `own.bin` (and directories) to backup.
+    assert!(
+        (2.0..2.2).contains(&mib(&b, "exclusive_stored_bytes")),
+        "{b}"
+    );
+    assert!(mib(&o, "exclusive_stored_bytes") < 0.1, "{o}");
+    // Live file and its snapshot: twice the logical bytes per stored byte.
+    let r = b["reduction_ratio"].as_f64().unwrap();
+    assert!((1.9..2.01).contains(&r), "{b}");
+    let out = kura(&cfg, &["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("STORED") && table.contains("2.0x"),
+        "{table}"
+    );
+    let (_, m) = api(&d, "GET", "/metrics", None);
+    let m = m.as_str().unwrap().to_owned();
+    for want in [
+        "kura_volume_stored_bytes{volume=\"backup\"}",
+        "kura_volume_staged_bytes{volume=\"other\"} 0",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
+}

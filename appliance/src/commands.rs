@@ -502,6 +502,25 @@ fn print_status(s: &Status, daemon: bool) {
             if v.frozen { "  FROZEN" } else { "" }
         );
     }
+    println!();
+    println!(
+        "{:<16} {:>11} {:>11} {:>9} {:>11} {:>7}",
+        "VOLUME", "STORED", "OWN", "REDUCTION", "STAGED", "FILES"
+    );
+    for v in &s.volumes {
+        println!(
+            "{:<16} {:>11} {:>11} {:>9} {:>11} {:>7}",
+            v.name,
+            v.stored_bytes.map_or("-".into(), size),
+            v.exclusive_stored_bytes.map_or("-".into(), size),
+            v.reduction_ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+            size(v.staged_bytes),
+            v.staged_files
+        );
+    }
+    if let Some(at) = s.volumes.iter().find_map(|v| v.usage_at.as_deref()) {
+        println!("(stored bytes as of {at}; measured again after each GC)");
+    }
     for v in &s.volumes {
         if let (Some(r), Some(rto)) = (v.restore_mb_s, v.estimated_rto_secs) {
             println!(

@@ -31,6 +31,9 @@ pub struct Appliance {
     stopping: std::sync::atomic::AtomicBool,
     pub started: Instant,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What each volume takes in the store, and when that was measured (a walk of the
+    /// whole store: made at start and after each GC, not per status call).
+    pub usage: Mutex<Option<(i64, Vec<storage::VolumeUsage>)>>,
 }
 
 /// What a snapshot job is asked to do.
@@ -112,6 +115,7 @@ impl Appliance {
             stopping: Default::default(),
             started: Instant::now(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            usage: Mutex::new(None),
         })
     }
 
@@ -775,27 +779,44 @@ impl Appliance {
         Ok((job, r?))
     }
 
+    /// Measures what each volume takes in the store (for `status`); a failure is
+    /// logged and the previous measurement kept.
+    pub async fn refresh_usage(&self) {
+        let at = now_ms();
+        match self.blocking(|s| s.usage()).await {
+            Ok(u) => *self.usage.lock().unwrap() = Some((at, u)),
+            Err(e) => tracing::warn!(error = %e, "measuring the volumes' usage failed"),
+        }
+    }
+
     /// GC as a job (store-wide); clients keep writing meanwhile.
     pub async fn gc_job(self: &Arc<Self>, dry_run: bool) -> Result<(JobRecord, storage::GcReport)> {
         let opts = storage::GcOptions {
             dry_run,
             ..Default::default()
         };
-        self.store_job(
-            "gc",
-            move |s| s.gc(&opts),
-            |r, job| {
-                job.bytes = if dry_run {
-                    r.plan.reclaim_bytes()
-                } else {
-                    r.reclaimed_bytes
-                };
-                if dry_run {
-                    job.output = "dry run".into();
-                }
-            },
-        )
-        .await
+        let r = self
+            .store_job(
+                "gc",
+                move |s| s.gc(&opts),
+                |r, job| {
+                    job.bytes = if dry_run {
+                        r.plan.reclaim_bytes()
+                    } else {
+                        r.reclaimed_bytes
+                    };
+                    if dry_run {
+                        job.output = "dry run".into();
+                    }
+                },
+            )
+            .await;
+        if !dry_run && r.is_ok() {
+            // What GC freed changes what each volume takes.
+            let app = self.clone();
+            tokio::spawn(async move { app.refresh_usage().await });
+        }
+        r
     }
 
     /// Verify as a job (store-wide); reads go on meanwhile.

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub jobs: Family<JobLabel, Counter>,
     pub rpo_age: Family<VolumeLabel, Gauge>,
     pub volume_bytes: Family<VolumeLabel, Gauge>,
+    pub volume_stored: Family<VolumeLabel, Gauge>,
+    pub volume_staged: Family<VolumeLabel, Gauge>,
     pub staged_files: Gauge,
     pub stored_bytes: Gauge,
     pub fs_free_bytes: Gauge<i64, AtomicI64>,
@@ -66,6 +68,8 @@ impl Metrics {
             jobs: Family::default(),
             rpo_age: Family::default(),
             volume_bytes: Family::default(),
+            volume_stored: Family::default(),
+            volume_staged: Family::default(),
             staged_files: Gauge::default(),
             stored_bytes: Gauge::default(),
             fs_free_bytes: Gauge::default(),
@@ -103,6 +107,16 @@ impl Metrics {
                 "volume_logical_bytes",
                 "Sum of each volume's file sizes",
                 m.volume_bytes.clone(),
+            );
+            r.register(
+                "volume_stored_bytes",
+                "Bytes in packs of what each volume's files and snapshots reach (measured after GC)",
+                m.volume_stored.clone(),
+            );
+            r.register(
+                "volume_staged_bytes",
+                "Bytes each volume has written and not yet ingested",
+                m.volume_staged.clone(),
             );
             r.register(
                 "staged_files",
@@ -174,6 +188,12 @@ impl Metrics {
             if let Some(a) = v.newest_snapshot_age_secs {
                 self.rpo_age.get_or_create(&l).set(a);
             }
+            if let Some(b) = v.stored_bytes {
+                self.volume_stored.get_or_create(&l).set(b as i64);
+            }
+            self.volume_staged
+                .get_or_create(&l)
+                .set(v.staged_bytes as i64);
         }
         let mut out = String::new();
         if let Err(e) =

@@ -62,6 +62,18 @@ pub struct VolumeStatus {
     /// the newest snapshot it predicts (its logical bytes at that rate): the RTO.
     pub restore_mb_s: Option<f64>,
     pub estimated_rto_secs: Option<u64>,
+    /// Bytes in packs of what its live files and snapshots reach (each chunk once),
+    /// as of `usage_at` (measured after each GC; none before the first measurement).
+    pub stored_bytes: Option<u64>,
+    /// Of those, what no other volume shares (what deleting it and GC would free).
+    pub exclusive_stored_bytes: Option<u64>,
+    /// Logical bytes of the live volume and all its snapshots per stored byte: what
+    /// dedup and compression save.
+    pub reduction_ratio: Option<f64>,
+    pub usage_at: Option<String>,
+    /// Written and not yet ingested.
+    pub staged_files: u64,
+    pub staged_bytes: u64,
 }
 
 pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
@@ -69,7 +81,7 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
     let gate = app.shared.gate.clone();
     let cfg = app.cfg.clone();
     let now = now_ms();
-    let (stats, vols, snaps, jobs) = tokio::task::spawn_blocking(move || {
+    let (stats, vols, snaps, jobs, staged) = tokio::task::spawn_blocking(move || {
         let vols: Vec<(storage::Volume, u64)> = store
             .volumes()?
             .into_iter()
@@ -83,9 +95,15 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
             vols,
             store.snapshots(None)?,
             store.jobs(None, 1000)?,
+            store.staged_by_volume()?,
         ))
     })
     .await??;
+    // The first status after start measures usage; GC measures it again.
+    if app.usage.lock().unwrap().is_none() {
+        app.refresh_usage().await;
+    }
+    let usage = app.usage.lock().unwrap().clone();
     let mut problems = Vec::new();
     let mut volumes = Vec::new();
     let mut all_logical = stats.live_logical_bytes;
@@ -139,7 +157,20 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
                 ));
             }
         }
+        let used = usage
+            .as_ref()
+            .and_then(|(_, u)| u.iter().find(|u| u.volume == v.name));
+        let st = staged.get(&v.id).copied().unwrap_or_default();
+        let logical = logical.saturating_add_signed(st.size_delta);
         volumes.push(VolumeStatus {
+            stored_bytes: used.map(|u| u.stored_bytes),
+            exclusive_stored_bytes: used.map(|u| u.exclusive_stored_bytes),
+            reduction_ratio: used
+                .filter(|u| u.stored_bytes > 0)
+                .map(|u| (logical + snap_logical) as f64 / u.stored_bytes as f64),
+            usage_at: usage.as_ref().map(|(at, _)| iso(*at)),
+            staged_files: st.files,
+            staged_bytes: st.bytes,
             logical_bytes: logical,
             snapshots: mine.len(),
             snapshot_logical_bytes: snap_logical,

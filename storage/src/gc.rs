@@ -11,7 +11,7 @@
 //!    The pack currently being appended to is never touched.
 
 use crate::chunk_store::ChunkStore;
-use crate::error::{DbContext, Result};
+use crate::error::{DbContext, Result, StoreError};
 use crate::ids::{ChunkId, PackId};
 use crate::pack::{self, Location};
 use crate::store::Store;
@@ -77,6 +77,20 @@ pub struct GcReport {
     pub reclaimed_bytes: u64,
 }
 
+/// What one volume takes in the store ([`Store::usage`]).
+#[derive(Clone, Debug, Default)]
+pub struct VolumeUsage {
+    pub volume: String,
+    /// Objects (data chunks, content lists, directories) its files and snapshots reach.
+    pub chunks: u64,
+    /// Their plain bytes (after dedup within the volume, before compression).
+    pub raw_bytes: u64,
+    /// Their bytes in packs (after compression).
+    pub stored_bytes: u64,
+    /// Of those, the bytes no other volume reaches.
+    pub exclusive_stored_bytes: u64,
+}
+
 impl Store {
     /// Every object reachable from live volumes and snapshots.
     fn mark(&self) -> Result<HashSet<ChunkId>> {
@@ -96,7 +110,13 @@ impl Store {
         for c in contents {
             self.mark_content(&c, &mut marked)?;
         }
-        let mut stack: Vec<ChunkId> = trees.into_iter().chain(roots).collect();
+        self.mark_trees(trees.into_iter().chain(roots).collect(), &mut marked)?;
+        Ok(marked)
+    }
+
+    /// Marks directory objects from `stack` down, with every content list and chunk
+    /// they reach.
+    fn mark_trees(&self, mut stack: Vec<ChunkId>, marked: &mut HashSet<ChunkId>) -> Result<()> {
         while let Some(t) = stack.pop() {
             if !marked.insert(t) {
                 continue;
@@ -105,12 +125,90 @@ impl Store {
             for e in entries.iter() {
                 match (e.attr.kind, e.target_ref) {
                     (crate::namespace::FileKind::Dir, Some(r)) => stack.push(r),
-                    (_, Some(r)) => self.mark_content(&r, &mut marked)?,
+                    (_, Some(r)) => self.mark_content(&r, marked)?,
                     _ => {}
                 }
             }
         }
-        Ok(marked)
+        Ok(())
+    }
+
+    /// What each volume takes in the store: the objects its live files and its
+    /// snapshots reach, each counted once per volume, and of those the ones no other
+    /// volume reaches (what deleting the volume and GC would free). A walk of the whole
+    /// store, like GC's mark: run it with GC, not per status call. Staged data is not
+    /// counted (see [`Store::staged_by_volume`]).
+    pub(crate) fn usage_walk(&self) -> Result<Vec<VolumeUsage>> {
+        let vols = self.volumes()?;
+        let files = crate::namespace::files_with_content(&*self.db.reader()?)?;
+        let snaps = self.snapshots(None)?;
+        // A bundle record holds several chunks compressed together: each member's
+        // share of the record's stored bytes (header included, as in the store's
+        // totals) is in proportion to its plain bytes.
+        let rows: HashMap<ChunkId, crate::chunk_store::IndexEntry> =
+            ChunkStore::all_rows(&*self.db.reader()?)?
+                .into_iter()
+                .collect();
+        let mut record_raw: HashMap<(PackId, u64), u64> = HashMap::new();
+        for e in rows.values() {
+            *record_raw.entry((e.pack, e.offset)).or_default() += u64::from(e.raw_len);
+        }
+        let share = |e: &crate::chunk_store::IndexEntry| -> f64 {
+            let total = record_raw[&(e.pack, e.offset)].max(1) as f64;
+            let record = f64::from(e.stored_len) + crate::format::RECORD_HEADER_LEN as f64;
+            record * f64::from(e.raw_len) / total
+        };
+        // Chunk → the one volume reaching it, or SHARED.
+        const SHARED: usize = usize::MAX;
+        let mut owner: HashMap<ChunkId, usize> = HashMap::new();
+        let mut out = Vec::new();
+        let mut stored = Vec::new();
+        for (i, v) in vols.iter().enumerate() {
+            let mut reached = HashSet::new();
+            for (_, vol, c) in &files {
+                if *vol == v.id {
+                    self.mark_content(c, &mut reached)?;
+                }
+            }
+            let mut roots = Vec::new();
+            for s in snaps.iter().filter(|s| s.volume == v.name) {
+                match self.snapshot_root(&v.name, &s.name) {
+                    Ok(r) => roots.extend(r.target_ref),
+                    // Deleted since the listing.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.mark_trees(roots, &mut reached)?;
+            let mut u = VolumeUsage {
+                volume: v.name.clone(),
+                ..Default::default()
+            };
+            let mut st = 0.0;
+            for id in reached {
+                // Objects written by a capture not yet finished have no row yet.
+                let Some(e) = rows.get(&id) else {
+                    continue;
+                };
+                u.chunks += 1;
+                u.raw_bytes += u64::from(e.raw_len);
+                st += share(e);
+                owner.entry(id).and_modify(|o| *o = SHARED).or_insert(i);
+            }
+            stored.push(st);
+            out.push(u);
+        }
+        let mut own = vec![0.0; out.len()];
+        for (id, o) in owner {
+            if o != SHARED {
+                own[o] += share(&rows[&id]);
+            }
+        }
+        for (i, u) in out.iter_mut().enumerate() {
+            u.stored_bytes = stored[i].round() as u64;
+            u.exclusive_stored_bytes = own[i].round() as u64;
+        }
+        Ok(out)
     }
 
     fn mark_content(&self, c: &ChunkId, marked: &mut HashSet<ChunkId>) -> Result<()> {

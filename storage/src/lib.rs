@@ -61,12 +61,14 @@ pub mod verify;
 
 pub use chunker::ChunkerParams;
 pub use error::{Result, StoreError};
-pub use gc::{GcOptions, GcPlan, GcReport};
+pub use gc::{GcOptions, GcPlan, GcReport, VolumeUsage};
 pub use ids::{ChunkId, FileId, PackId, SnapshotId, VolumeId};
 pub use ingest::IngestReport;
 pub use jobs::JobRecord;
 pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec, Volume};
 pub use snapshot::{Capture as SnapshotCapture, SnapshotCancel, SnapshotInfo, SnapshotMeta};
-pub use store::{DirEntry, Piece, QuiesceHold, Quiesced, Store, StoreOptions, StoreStats};
+pub use store::{
+    DirEntry, Piece, QuiesceHold, Quiesced, StagedUsage, Store, StoreOptions, StoreStats,
+};
 pub use tree::TreeEntry;
 pub use verify::{Damage, RecordDamage, VerifyReport};

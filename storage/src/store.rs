@@ -87,6 +87,17 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// Staged data of one volume ([`Store::staged_by_volume`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StagedUsage {
+    pub files: u64,
+    /// Bytes the ingester still has to store.
+    pub bytes: u64,
+    /// Staged sizes minus the sizes the namespace records for those files (the
+    /// namespace learns a staged file's size when it is ingested).
+    pub size_delta: i64,
+}
+
 /// Ingest, GC and snapshot commits held by [`Store::quiesce`]; released when dropped.
 pub struct QuiesceHold<'a> {
     store: &'a Store,
@@ -1011,6 +1022,41 @@ impl Store {
     // ------------------------------------------------------------------ verify (`verify.rs`)
 
     /// Verifies every chunk. Damaged chunks are quarantined (flagged, copied aside).
+    /// What each volume takes in the store (a walk of the whole store; see
+    /// [`crate::gc::VolumeUsage`]).
+    pub fn usage(&self) -> Result<Vec<crate::gc::VolumeUsage>> {
+        self.usage_walk()
+    }
+
+    /// Staged (written, not yet ingested) data per volume: cheap, from the staging
+    /// table in memory.
+    pub fn staged_by_volume(&self) -> Result<std::collections::HashMap<VolumeId, StagedUsage>> {
+        let mut out: std::collections::HashMap<VolumeId, StagedUsage> = Default::default();
+        for st in self.staging.all() {
+            let (bytes, size) = {
+                let g = st.lock();
+                let staged = match g.base {
+                    // A new or rewritten file: all of it is staged.
+                    None => g.size,
+                    // An overlay on ingested content: the ranges written since.
+                    Some(_) => g.ranges.iter().map(|(a, b)| b - a).sum(),
+                };
+                (staged, g.size)
+            };
+            let inode = match self.inode(st.ino) {
+                Ok(i) => i,
+                // Removed since the listing.
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let e = out.entry(inode.vol).or_default();
+            e.files += 1;
+            e.bytes += bytes;
+            e.size_delta += size as i64 - inode.attr.size as i64;
+        }
+        Ok(out)
+    }
+
     pub fn verify(&self) -> Result<VerifyReport> {
         crate::verify::verify(self)
     }
