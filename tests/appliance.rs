@@ -533,6 +533,25 @@ fn operator_commands_while_serving() {
     assert!(b["estimated_rto_secs"].as_u64().is_some(), "{b}");
     let e = kura_output(&cfg, &["restore-test", "nope"]);
     assert!(!e.status.success());
+    // A sample: some of the files, not all, and said so.
+    py(
+        d.port,
+        "for i in range(60):\n    with c.open(f'/many{i}', 'wb') as f: f.write(bytes([i]) * 5000)\n",
+    );
+    ok(&["snapshot", "create", "backup", "many"]);
+    let rt = ok(&["restore-test", "backup", "--sample", "30"]);
+    assert!(rt.contains("a 30% sample"), "{rt}");
+    let files: u64 = rt
+        .split_whitespace()
+        .zip(rt.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "files,")
+        .map(|(n, _)| n.parse().unwrap())
+        .unwrap();
+    assert!(
+        (3..=45).contains(&files),
+        "{files} of 62 files sampled: {rt}"
+    );
+    assert!(fails(&["restore-test", "backup", "--sample", "0"]).contains("outside 1..=100"));
     // The history, newest first, readable and as JSON.
     let jobs = ok(&["jobs", "--volume", "backup"]);
     assert!(

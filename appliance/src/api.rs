@@ -477,11 +477,31 @@ async fn prune(
     Ok(Json(out))
 }
 
-async fn restore_test(State(app): App, Path(volume): Path<String>) -> Result<Response, ApiError> {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestoreTestReq {
+    /// Percent of the files to read (default: the volume's setting, 100).
+    sample_percent: Option<u32>,
+}
+
+async fn restore_test(
+    State(app): App,
+    Path(volume): Path<String>,
+    body: Option<Json<RestoreTestReq>>,
+) -> Result<Response, ApiError> {
     let v = volume.clone();
     blocking(&app, move |s| s.volume(&v)).await?;
+    let sample = body.and_then(|b| b.0.sample_percent);
+    if let Some(p) = sample {
+        if !(1..=100).contains(&p) {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("sample_percent = {p} is outside 1..=100"),
+            ));
+        }
+    }
     let job_app = app.clone();
-    let job = tokio::spawn(async move { job_app.restore_test_job(&volume).await })
+    let job = tokio::spawn(async move { job_app.restore_test_job(&volume, sample).await })
         .await
         .map_err(|e| anyhow::anyhow!("restore test panicked: {e}"))??;
     Ok(job_response(&job))

@@ -298,10 +298,14 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             to,
             tar,
         } => return restore(t, &volume, snapshot, path, at, to, tar),
-        Cmd::RestoreTest { volume } => {
-            return job_command(t, &format!("/volumes/{}/restore-test", seg(&volume)));
+        Cmd::RestoreTest { volume, sample } => {
+            return job_command(
+                t,
+                &format!("/volumes/{}/restore-test", seg(&volume)),
+                sample.map(|p| json!({ "sample_percent": p })),
+            );
         }
-        Cmd::PlatformSnapshot => return job_command(t, "/platform-snapshot"),
+        Cmd::PlatformSnapshot => return job_command(t, "/platform-snapshot", None),
         Cmd::Ingest => {
             let v = t.call("POST", "/ingest", None)?.into_result()?;
             println!(
@@ -762,8 +766,8 @@ fn finish_restore(
 }
 
 /// A command that runs one job and prints its record; exit 1 when the job failed.
-fn job_command(t: &Target, path: &str) -> Result<i32> {
-    let r = t.call("POST", path, None)?;
+fn job_command(t: &Target, path: &str, body: Option<serde_json::Value>) -> Result<i32> {
+    let r = t.call("POST", path, body)?;
     let ok = r.status == 200;
     let j: JobView = match r.status {
         200 | 422 => parse(r.body)?,

@@ -167,6 +167,10 @@ pub struct VolumeToml {
     /// When to test-restore the newest snapshot (read and check everything, write
     /// nothing) and record the rate that `status` turns into an expected restore time.
     pub restore_test_schedule: Option<String>,
+    /// Percent of the files a restore test reads (a sample that changes daily); the
+    /// rate it measures predicts the whole snapshot's restore time.
+    #[serde(default = "default_sample")]
+    pub restore_test_sample_percent: u32,
 }
 
 impl VolumeToml {
@@ -254,6 +258,9 @@ fn default_freeze_limit() -> f64 {
 }
 fn default_hook_timeout() -> u64 {
     60
+}
+fn default_sample() -> u32 {
+    100
 }
 fn default_platform_timeout() -> u64 {
     60
@@ -405,6 +412,13 @@ impl Config {
             }
             if let Some(c) = &v.restore_test_schedule {
                 crate::schedule::parse_cron(c).with_context(|| key("restore_test_schedule"))?;
+            }
+            if !(1..=100).contains(&v.restore_test_sample_percent) {
+                bail!(
+                    "{} = {} is outside 1..=100",
+                    key("restore_test_sample_percent"),
+                    v.restore_test_sample_percent
+                );
             }
             if let Some(w) = &v.max_wait {
                 parse_duration(w).with_context(|| format!("{} = {w:?}", key("max_wait")))?;

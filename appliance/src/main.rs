@@ -92,7 +92,12 @@ enum Cmd {
     },
     /// Restore the newest snapshot to nowhere, checking every chunk, and record the
     /// rate (`status` shows the restore time it predicts).
-    RestoreTest { volume: String },
+    RestoreTest {
+        volume: String,
+        /// Read this percent of the files (a sample that changes daily).
+        #[arg(long)]
+        sample: Option<u32>,
+    },
     /// Snapshot the disk under the data directory with `platform_snapshot.command`
     /// while every volume is frozen and the store is still and durable on disk.
     PlatformSnapshot,

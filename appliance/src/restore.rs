@@ -102,6 +102,18 @@ fn header(e: &TreeEntry, kind: tar::EntryType, size: u64) -> tar::Header {
 /// Writes the tree at `root` (named `top` in the archive; "" puts its children at the
 /// top) as a tar to `out`, ending with the [`REPORT`] entry.
 pub fn write_tar(store: &Store, root: &TreeEntry, top: &str, out: impl Write) -> Result<Report> {
+    write_tar_sample(store, root, top, out, &|_| true)
+}
+
+/// [`write_tar`] of only the regular files `keep` accepts (by path); the rest of the
+/// tree (directories, symlinks, links) is written as usual.
+pub fn write_tar_sample(
+    store: &Store,
+    root: &TreeEntry,
+    top: &str,
+    out: impl Write,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Report> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
     let mut report = Report::default();
@@ -134,6 +146,9 @@ pub fn write_tar(store: &Store, root: &TreeEntry, top: &str, out: impl Write) ->
                 report.symlinks += 1;
             }
             FileKind::File => {
+                if !keep(&path) {
+                    continue;
+                }
                 if e.attr.nlink > 1 {
                     if let Some(first) = linked.get(&e.attr.ino) {
                         let mut h = header(&e, tar::EntryType::Link, 0);

@@ -260,7 +260,7 @@ async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
             Kind::Prune => app.prune_job(vec![vol.clone()], false).await.map(|_| ()),
             Kind::Gc => app.gc_job(false).await.map(|_| ()),
             Kind::Verify => app.verify_job().await.map(|_| ()),
-            Kind::RestoreTest => app.restore_test_job(&vol).await.map(|_| ()),
+            Kind::RestoreTest => app.restore_test_job(&vol, None).await.map(|_| ()),
             Kind::PlatformSnapshot => app.platform_snapshot_job().await.map(|_| ()),
         }
     }
