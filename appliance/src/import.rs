@@ -58,7 +58,7 @@ pub fn write_tree(
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
     b.follow_symlinks(false);
-    let mut linked: HashMap<(u64, u64), String> = HashMap::new();
+    let mut linked: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
     let mut skipped = Vec::new();
     let walk = walkdir::WalkDir::new(dir)
         .follow_links(false)
@@ -113,7 +113,7 @@ pub fn write_tree(
                     b.append_link(&mut h, rel, first)?;
                     continue;
                 }
-                linked.insert((m.dev(), m.ino()), name.clone());
+                linked.insert((m.dev(), m.ino()), rel.to_path_buf());
             }
             let f = match std::fs::File::open(e.path()) {
                 Ok(f) => f,
@@ -122,17 +122,22 @@ pub fn write_tree(
                     continue;
                 }
             };
-            // The size in the header is the size read: a file that grows while it is
-            // sent is cut there, one that shrinks is padded with zeros (and listed).
+            // The header's size is the size at the walk: a file that grows while it is
+            // sent is cut there, one that shrinks is padded with zeros and listed.
             let len = m.len();
-            let mut taken = f.take(len);
             let mut counted = Counting {
-                inner: &mut taken,
+                inner: f.take(len),
                 n: 0,
+                len,
+                zeros: 0,
             };
             b.append_data(&mut h, rel, &mut counted)?;
-            let got = counted.n;
-            progress(got);
+            if counted.n < len {
+                skipped.push(format!(
+                    "{name}: shrank while it was read (padded with zeros)"
+                ));
+            }
+            progress(len);
         } else {
             skipped.push(format!("{name}: not a file, directory or symlink"));
         }
@@ -149,16 +154,27 @@ fn rel_or_dot(rel: &Path) -> &Path {
     }
 }
 
-struct Counting<'a, R> {
-    inner: &'a mut R,
+/// A file's bytes, `len` of them whatever happens to the file meanwhile: `n` counts
+/// what the file gave, zeros make up the rest.
+struct Counting<R> {
+    inner: R,
     n: u64,
+    len: u64,
+    zeros: u64,
 }
 
-impl<R: Read> Read for Counting<'_, R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
+        let got = self.inner.read(buf)?;
+        self.n += got as u64;
+        if got > 0 {
+            return Ok(got);
+        }
+        let left = self.len - (self.n + self.zeros).min(self.len);
+        let k = (buf.len() as u64).min(left) as usize;
+        buf[..k].fill(0);
+        self.zeros += k as u64;
+        Ok(k)
     }
 }
 
@@ -496,6 +512,20 @@ mod tests {
         assert!(components(Path::new("a/../../etc")).is_err());
         assert!(components(Path::new("/etc/passwd")).is_err());
         assert!(components(Path::new(".")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_read_is_padded_to_its_size() {
+        let mut c = Counting {
+            inner: &b"abc"[..],
+            n: 0,
+            len: 5,
+            zeros: 0,
+        };
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc\0\0");
+        assert_eq!(c.n, 3);
     }
 
     #[test]
