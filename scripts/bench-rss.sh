@@ -9,7 +9,8 @@
 # results and freeze windows (p50/p99/max), GC results and the clients' MB/s.
 # Loopback only.
 #   scripts/bench-rss.sh [MINUTES]   (default 30)   env: KURA_BIN (default
-#   target/release/kura, built), BENCH_DIR (default $TMPDIR/kura-rss-bench), PAUSE
+#   target/release/kura, built), BENCH_DIR (default $TMPDIR/kura-rss-bench), PAUSE,
+#   EXTRA_TOML (top-level config lines, e.g. "read_cache_mib = 64")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
@@ -26,6 +27,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 {
   echo "data_dir = \"$DIR/store\""
   echo 'volumes = ["v1", "v2", "v3"]'
+  echo "${EXTRA_TOML:-}"
   echo '[schedule]'
   echo 'gc = "*/10 * * * *"'
   for v in v1 v2 v3; do

@@ -218,6 +218,7 @@ enum SnapCmd {
 }
 
 fn main() {
+    kura::bound_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
