@@ -277,6 +277,44 @@ impl Appliance {
                     }
                 }
             }
+            // The capture's thread holds GC off from before the freeze, so that the
+            // capture never waits inside the freeze for a GC sweep to end.
+            let cancel = SnapshotCancel::default();
+            let meta = SnapshotMeta {
+                label: req.label.clone(),
+                lock_until,
+                busy: req.busy,
+                cancel: Some(cancel.clone()),
+            };
+            let (v, n) = (volume.to_owned(), name.clone());
+            let store = self.store.clone();
+            let delay = test_freeze_delay();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let mut task = tokio::task::spawn_blocking(move || {
+                let held = store.hold_gc();
+                let _ = ready_tx.send(());
+                if go_rx.recv().is_err() {
+                    return Err(storage::StoreError::Refused(
+                        "the volume was not frozen".into(),
+                    ));
+                }
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                // Inside the freeze only the capture: staged files are sealed (no
+                // byte read) and changed directories encoded; their data is stored
+                // after the thaw.
+                store.snapshot_capture_held(&held, &v, &n, &meta)
+            });
+            let t_gc = Instant::now();
+            let _ = ready_rx.await;
+            if t_gc.elapsed() > Duration::from_millis(100) {
+                job.output.push_str(&format!(
+                    "waited {} ms for a GC sweep to end before the freeze\n",
+                    t_gc.elapsed().as_millis()
+                ));
+            }
             let frozen = match self.shared.gate.freeze(vol.id, limit).await {
                 Ok(f) => f,
                 Err(e @ FreezeError::DrainTimeout { .. }) => {
@@ -287,24 +325,7 @@ impl Appliance {
             };
             let t_frozen = Instant::now();
             job.frozen_at_ms = Some(now_ms());
-            let cancel = SnapshotCancel::default();
-            let meta = SnapshotMeta {
-                label: req.label.clone(),
-                lock_until,
-                busy: req.busy,
-                cancel: Some(cancel.clone()),
-            };
-            let (v, n) = (volume.to_owned(), name.clone());
-            let store = self.store.clone();
-            // Inside the freeze only the capture: staged files are sealed (no byte read)
-            // and changed directories encoded; their data is stored after the thaw.
-            let delay = test_freeze_delay();
-            let mut task = tokio::task::spawn_blocking(move || {
-                if let Some(d) = delay {
-                    std::thread::sleep(d);
-                }
-                store.snapshot_capture(&v, &n, &meta)
-            });
+            let _ = go_tx.send(());
             let left = limit.saturating_sub(t_frozen.elapsed());
             let res = match tokio::time::timeout(left, &mut task).await {
                 Ok(r) => r,

@@ -334,7 +334,7 @@ pub(crate) fn snapshot(
             )));
         }
     }
-    let cap = capture(store, vol, name, meta)?;
+    let cap = capture(store, vol, name, meta, None)?;
     let info = finish(store, cap)?;
     tracing::info!(
         volume = vol,
@@ -447,6 +447,7 @@ pub(crate) fn capture(
     vol: &str,
     name: &str,
     meta: &SnapshotMeta,
+    gc_held: Option<&crate::store::GcHold<'_>>,
 ) -> Result<Capture> {
     store.latch.check()?;
     check_new(name, meta)?;
@@ -493,7 +494,14 @@ pub(crate) fn capture(
         drop(g);
         cap.sealed.push(st);
     }
-    let _gc = store.gc_lock.read().unwrap();
+    // Held by the caller since before the freeze, or taken here.
+    let _gc = match gc_held {
+        Some(h) => {
+            assert!(std::ptr::eq(h.store, store), "a GC hold of another store");
+            None
+        }
+        None => Some(store.gc_lock.read().unwrap()),
+    };
     let mut conn = store.db.lock();
     let tx = conn.transaction().ctx("begin snapshot")?;
     // A staged write leaves the namespace as it was: the directories naming a sealed

@@ -87,6 +87,12 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// GC's sweep held off ([`Store::hold_gc`]); released when dropped.
+pub struct GcHold<'a> {
+    pub(crate) store: &'a Store,
+    _g: std::sync::RwLockReadGuard<'a, ()>,
+}
+
 /// Staged data of one volume ([`Store::staged_by_volume`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StagedUsage {
@@ -929,7 +935,28 @@ impl Store {
     /// (reading none of their bytes) and encodes the changed directories. Cost: the
     /// changed directories and the number of staged files, not their size.
     pub fn snapshot_capture(&self, vol: &str, name: &str, meta: &SnapshotMeta) -> Result<Capture> {
-        crate::snapshot::capture(self, vol, name, meta)
+        crate::snapshot::capture(self, vol, name, meta, None)
+    }
+
+    /// Waits until no GC sweep runs and keeps the next one from starting while the hold
+    /// lives. A snapshot job takes it before it freezes the volume, so that the capture
+    /// inside the freeze never waits for GC's mark and sweep (seconds on a large store).
+    pub fn hold_gc(&self) -> GcHold<'_> {
+        GcHold {
+            store: self,
+            _g: self.gc_lock.read().unwrap(),
+        }
+    }
+
+    /// [`Store::snapshot_capture`] under a [`GcHold`] taken before the freeze.
+    pub fn snapshot_capture_held(
+        &self,
+        held: &GcHold<'_>,
+        vol: &str,
+        name: &str,
+        meta: &SnapshotMeta,
+    ) -> Result<Capture> {
+        crate::snapshot::capture(self, vol, name, meta, Some(held))
     }
 
     /// Stores what [`Store::snapshot_capture`] sealed and records the snapshot; runs
