@@ -356,6 +356,19 @@ fn import_trees_as_generations() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config_fixed_port(tmp.path(), "");
     let mut d = Daemon::start(&cfg, &[]);
+    let restore_to = |snap: &str, path: &str, to: &Path| {
+        ok(kura_output(
+            &cfg,
+            &[
+                "restore",
+                "backup",
+                snap,
+                path,
+                "--to",
+                to.to_str().unwrap(),
+            ],
+        ));
+    };
     let src = tmp.path().join("share/2026-11-01");
     make_local_tree(&src);
     let o = ok(kura_output(
@@ -376,17 +389,7 @@ fn import_trees_as_generations() {
         "{summary}"
     );
     let out = tmp.path().join("r1");
-    ok(kura_output(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "g1",
-            "imported",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    ));
+    restore_to("g1", "imported", &out);
     check_tree(&out);
     // Nanoseconds of times are kept (the restore tar has seconds; NFS shows them).
     py(
@@ -410,31 +413,11 @@ fn import_trees_as_generations() {
         ],
     ));
     let out2 = tmp.path().join("r2");
-    ok(kura_output(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "g2",
-            "imported",
-            "--to",
-            out2.to_str().unwrap(),
-        ],
-    ));
+    restore_to("g2", "imported", &out2);
     assert!(!out2.join("a/b/deep.txt").exists());
     assert_eq!(std::fs::read(out2.join("empty")).unwrap(), b"not empty now");
     let out1 = tmp.path().join("r1b");
-    ok(kura_output(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "g1",
-            "imported",
-            "--to",
-            out1.to_str().unwrap(),
-        ],
-    ));
+    restore_to("g1", "imported", &out1);
     check_tree(&out1);
     // A hostile stream straight to the API: absolute names and `..` are skipped and
     // named, the rest lands inside the path only.
@@ -506,16 +489,6 @@ fn import_trees_as_generations() {
     ));
     ok(kura_output(&cfg, &["snapshot", "create", "backup", "g4"]));
     let out4 = tmp.path().join("r4");
-    ok(kura_output(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "g4",
-            "offline2",
-            "--to",
-            out4.to_str().unwrap(),
-        ],
-    ));
+    restore_to("g4", "offline2", &out4);
     assert_eq!(std::fs::read(out4.join("empty")).unwrap(), b"not empty now");
 }

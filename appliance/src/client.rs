@@ -113,17 +113,7 @@ impl Target {
                     Some(b) => req.send_json(b),
                     None => req.call(),
                 };
-                let resp = match res {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
-                };
-                let status = resp.status();
-                let text = resp.into_string().context("reading the daemon's reply")?;
-                Ok(Reply {
-                    status,
-                    body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                })
+                daemon_reply(res, url)
             }
             Target::Local { rt, router, .. } => {
                 let req = Request::builder()
@@ -134,17 +124,7 @@ impl Target {
                         Some(b) => Body::from(serde_json::to_vec(&b)?),
                         None => Body::empty(),
                     })?;
-                rt.block_on(async {
-                    let resp = router.clone().oneshot(req).await?;
-                    let status = resp.status().as_u16();
-                    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
-                    Ok(Reply {
-                        status,
-                        body: serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                        }),
-                    })
-                })
+                local_reply(rt, router, req)
             }
         }
     }
@@ -161,17 +141,7 @@ impl Target {
                 if let Some(t) = token {
                     req = req.set("Authorization", &format!("Bearer {t}"));
                 }
-                let resp = match req.send(body) {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(_, r)) => r,
-                    Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
-                };
-                let status = resp.status();
-                let text = resp.into_string().context("reading the daemon's reply")?;
-                Ok(Reply {
-                    status,
-                    body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                })
+                daemon_reply(req.send(body), url)
             }
             Target::Local { rt, router, .. } => {
                 // The stream is read by a thread of its own and handed over in pieces.
@@ -202,17 +172,7 @@ impl Target {
                     .body(Body::from_stream(
                         tokio_stream::wrappers::ReceiverStream::new(rx),
                     ))?;
-                rt.block_on(async {
-                    let resp = router.clone().oneshot(req).await?;
-                    let status = resp.status().as_u16();
-                    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
-                    Ok(Reply {
-                        status,
-                        body: serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                        }),
-                    })
-                })
+                local_reply(rt, router, req)
             }
         }
     }
@@ -281,6 +241,39 @@ impl Target {
             }
         }
     }
+}
+
+/// The daemon's answer to a call: its status and JSON body (or the text it sent).
+fn daemon_reply(res: Result<ureq::Response, ureq::Error>, url: &str) -> Result<Reply> {
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
+    };
+    let status = resp.status();
+    let text = resp.into_string().context("reading the daemon's reply")?;
+    Ok(Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    })
+}
+
+/// The in-process router's answer to a request.
+fn local_reply(
+    rt: &tokio::runtime::Runtime,
+    router: &axum::Router,
+    req: Request<Body>,
+) -> Result<Reply> {
+    rt.block_on(async {
+        let resp = router.clone().oneshot(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await?;
+        Ok(Reply {
+            status,
+            body: serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        })
+    })
 }
 
 /// Percent-encodes a path segment (volume and snapshot names are restricted, but the

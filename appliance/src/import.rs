@@ -300,18 +300,17 @@ pub fn unpack(
             atime: Some(atime),
             ..Default::default()
         };
+        // Mode and owners, set again on a directory that already existed.
+        let owner = SetAttr {
+            mode: Some(mode),
+            uid: Some(attr.uid),
+            gid: Some(attr.gid),
+            ..Default::default()
+        };
         if comps.is_empty() {
             // The tree's own root: its attributes go to the import's directory.
             if kind.is_dir() {
-                store.setattr(
-                    top,
-                    SetAttr {
-                        mode: Some(mode),
-                        uid: Some(attr.uid),
-                        gid: Some(attr.gid),
-                        ..Default::default()
-                    },
-                )?;
+                store.setattr(top, owner)?;
                 dir_times.push((top, times));
             }
             continue;
@@ -336,15 +335,7 @@ pub fn unpack(
                         Err(StoreError::NotFound(_)) => store.mkdir(parent, name, attr)?.ino,
                         Err(e) => return Err(e.into()),
                     };
-                    store.setattr(
-                        ino,
-                        SetAttr {
-                            mode: Some(mode),
-                            uid: Some(attr.uid),
-                            gid: Some(attr.gid),
-                            ..Default::default()
-                        },
-                    )?;
+                    store.setattr(ino, owner)?;
                     dirs.insert(comps.clone(), ino);
                     dir_times.push((ino, times));
                     report.dirs += 1;
