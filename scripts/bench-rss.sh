@@ -44,6 +44,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 KPID=$!
 for _ in $(seq 100); do grep -q '^api ' "$DIR/kura.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '^api ' "$DIR/kura.out" || { echo "kura did not start; see $DIR/kura.log" >&2; exit 1; }
+API=$(sed -n 's/^api //p' "$DIR/kura.out")
 trap 'touch "$DIR/stop"; kill $KPID 2>/dev/null || true' EXIT
 for v in v1 v2 v3; do
   (
@@ -60,7 +61,9 @@ T0=$(date +%s)
 END=$((T0 + MINUTES * 60))
 : > "$DIR/rss"
 while [ "$(date +%s)" -lt "$END" ]; do
-  echo "$(($(date +%s) - T0)) $(ps -o rss= -p $KPID)" >> "$DIR/rss"
+  # RSS (KiB) and the read cache's bytes, as a Prometheus scrape every 10 s sees them.
+  cache=$(curl -s "$API/metrics" | awk '/^kura_read_cache_bytes /{print $2}')
+  echo "$(($(date +%s) - T0)) $(ps -o rss= -p $KPID) ${cache:-0}" >> "$DIR/rss"
   sleep 10
 done
 touch "$DIR/stop"
@@ -72,14 +75,18 @@ kill -TERM $KPID; wait $KPID || true
 python3 - "$DIR" "$MINUTES" "$wait_writers" "$ELAPSED" <<'PY'
 import json, statistics, sys
 d, minutes, files, elapsed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rss = [tuple(map(int, l.split())) for l in open(f"{d}/rss") if len(l.split()) == 2]
+rss = [tuple(map(int, l.split())) for l in open(f"{d}/rss") if len(l.split()) == 3]
 mib = lambda kb: kb / 1024
-first = [r for t, r in rss if t < 300]
-last = [r for t, r in rss if t >= minutes * 60 - 300]
+first = [r for t, r, _ in rss if t < 300]
+last = [r for t, r, _ in rss if t >= minutes * 60 - 300]
 print(f"{minutes} min, 3 volumes snapshotted every minute, 3 nfs-cp writers (a 256 MiB file each per pause)")
 print(f"daemon RSS MiB: first 5 min median {mib(statistics.median(first)):.0f}, "
-      f"last 5 min median {mib(statistics.median(last)):.0f}, max {mib(max(r for _, r in rss)):.0f} "
+      f"last 5 min median {mib(statistics.median(last)):.0f}, max {mib(max(r for _, r, _ in rss)):.0f} "
       f"({len(rss)} samples)")
+print(f"read cache MiB: last 5 min median "
+      f"{statistics.median([c for t, _, c in rss if t >= minutes * 60 - 300]) / 2**20:.0f}, "
+      f"max {max(c for _, _, c in rss) / 2**20:.0f}; RSS without it: max "
+      f"{max(r - c / 1024 for _, r, c in rss) / 1024:.0f} MiB")
 jobs = json.load(open(f"{d}/jobs.json"))
 snaps = [j for j in jobs if j["kind"] == "snapshot"]
 res = {}

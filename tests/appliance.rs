@@ -979,6 +979,7 @@ fn status_shows_stored_staged_and_owned_bytes() {
     for want in [
         "kura_volume_stored_bytes{volume=\"backup\"}",
         "kura_volume_staged_bytes{volume=\"other\"} 0",
+        "kura_read_cache_bytes ",
     ] {
         assert!(m.contains(want), "{want} not in\n{m}");
     }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub volume_stored: Family<VolumeLabel, Gauge>,
     pub volume_staged: Family<VolumeLabel, Gauge>,
     pub staged_files: Gauge,
+    pub read_cache_bytes: Gauge,
     pub stored_bytes: Gauge,
     pub fs_free_bytes: Gauge<i64, AtomicI64>,
     pub ingested_bytes: Counter<u64, AtomicU64>,
@@ -71,6 +72,7 @@ impl Metrics {
             volume_stored: Family::default(),
             volume_staged: Family::default(),
             staged_files: Gauge::default(),
+            read_cache_bytes: Gauge::default(),
             stored_bytes: Gauge::default(),
             fs_free_bytes: Gauge::default(),
             ingested_bytes: Counter::default(),
@@ -122,6 +124,11 @@ impl Metrics {
                 "staged_files",
                 "Files written and not yet ingested (ingest backlog)",
                 m.staged_files.clone(),
+            );
+            r.register(
+                "read_cache_bytes",
+                "Decoded chunk records held in memory (bounded by read_cache_mib)",
+                m.read_cache_bytes.clone(),
             );
             r.register(
                 "stored_bytes",
@@ -176,6 +183,8 @@ impl Metrics {
     /// The text exposition, after the store's gauges are set from `status`.
     pub fn encode(&self, status: &crate::status::Status) -> String {
         self.staged_files.set(status.store.staged_files as i64);
+        self.read_cache_bytes
+            .set(status.store.read_cache_bytes as i64);
         self.stored_bytes.set(status.store.stored_bytes as i64);
         self.fs_free_bytes.set(status.store.fs_free_bytes as i64);
         for v in &status.volumes {

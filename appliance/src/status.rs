@@ -36,6 +36,9 @@ pub struct StoreStatus {
     /// Logical bytes of the live volumes and every snapshot, per stored byte.
     pub reduction_ratio: f64,
     pub staged_files: u64,
+    /// Decoded chunk records in memory now; at most `read_cache_mib`, and counted in
+    /// the daemon's RSS.
+    pub read_cache_bytes: u64,
     pub fs_total_bytes: u64,
     pub fs_free_bytes: u64,
 }
@@ -218,6 +221,7 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
                 all_logical as f64 / stats.chunk_stored_bytes as f64
             },
             staged_files: stats.staged_files,
+            read_cache_bytes: stats.read_cache_bytes,
             fs_total_bytes: stats.fs_total_bytes,
             fs_free_bytes: stats.fs_free_bytes,
         },

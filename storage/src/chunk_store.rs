@@ -169,6 +169,14 @@ impl Drop for Pins<'_> {
 }
 
 impl ChunkStore {
+    /// Bytes of decoded records the read cache holds now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache
+            .iter()
+            .map(|c| c.lock().unwrap().bytes as u64)
+            .sum()
+    }
+
     pub fn open(
         dir: PathBuf,
         db: Arc<Db>,

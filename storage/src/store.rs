@@ -1110,6 +1110,7 @@ impl Store {
             pack_bytes,
             live_logical_bytes: logical,
             staged_files: self.staging.all().len() as u64,
+            read_cache_bytes: self.chunks.cache_bytes(),
         })
     }
 }
@@ -1229,6 +1230,8 @@ pub struct StoreStats {
     /// Sum of live file sizes (as last ingested) across volumes.
     pub live_logical_bytes: u64,
     pub staged_files: u64,
+    /// Decoded, checked chunk records held in memory now (at most `cache_bytes`).
+    pub read_cache_bytes: u64,
     /// Capacity of the filesystem holding the store (FSSTAT reports the same).
     pub fs_total_bytes: u64,
     pub fs_free_bytes: u64,
