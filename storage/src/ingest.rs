@@ -625,7 +625,7 @@ impl Store {
     pub(crate) fn ingest_sealed(&self, st: &StagedFile) -> Result<Chunked<'_>> {
         self.latch.check()?;
         let _one = self.ingest_lock.lock().unwrap();
-        let (size, segments) = {
+        let (size, segments, resume_at) = {
             let g = st.lock();
             let seal = g.seal.as_ref().ok_or(StoreError::Raced(st.ino))?;
             let (base, base_limit, ranges, file) = seal.layout();
@@ -635,9 +635,25 @@ impl Store {
             }
             let segs = segments_of(base, base_limit, &ranges, &file, seal.size, &base_data)
                 .map_err(|e| StoreError::io("map sealed data", &st.path, e))?;
-            (seal.size, segs)
+            // As for a live overlay: a file the pre-flush ingested part of and that
+            // grew since is read from the last cut before its first change, not whole.
+            let resume_at = match base {
+                Some(b) if segs == [Segment::Data(0, seal.size)] => {
+                    let first = ranges
+                        .iter()
+                        .next()
+                        .map_or(base_limit, |(s, _)| s.min(base_limit));
+                    Some((b, first))
+                }
+                _ => None,
+            };
+            (seal.size, segs, resume_at)
         };
-        let r = self.chunk_file(st, size, &(segments, None), true);
+        let resume = match resume_at {
+            Some((b, first)) => self.resume_plan(&b, first)?,
+            None => None,
+        };
+        let r = self.chunk_file(st, size, &(segments, resume), true);
         if r.is_err() {
             self.forget_failed_parts(st.ino);
         }
