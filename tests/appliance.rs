@@ -46,6 +46,17 @@ fn api(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value
     )
 }
 
+/// One volume's entry in a `/status` reply.
+fn volume_of(status: &Value, name: &str) -> Value {
+    status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
+        .clone()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -510,12 +521,7 @@ fn operator_commands_while_serving() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     })
     .unwrap();
-    let b = st["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "backup")
-        .unwrap();
+    let b = &volume_of(&st, "backup");
     assert_eq!(b["rpo_ok"], false, "{b}");
     assert!(b["newest_snapshot_age_secs"].as_i64().unwrap() >= 4);
     // A restore test reads and checks the newest snapshot; status turns it into an RTO.
@@ -523,12 +529,7 @@ fn operator_commands_while_serving() {
     assert!(rt.contains("restore-test") && rt.contains("MB/s"), "{rt}");
     let st: Value =
         serde_json::from_slice(&kura_output(&cfg, &["status", "--json"]).stdout).unwrap();
-    let b = st["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "backup")
-        .unwrap();
+    let b = &volume_of(&st, "backup");
     assert!(b["restore_mb_s"].as_f64().unwrap() > 0.0, "{b}");
     assert!(b["estimated_rto_secs"].as_u64().is_some(), "{b}");
     let e = kura_output(&cfg, &["restore-test", "nope"]);
@@ -928,15 +929,7 @@ fn status_shows_stored_staged_and_owned_bytes() {
         );
         assert!(o.status.success(), "{}", text(&o));
     }
-    let vol = |s: &Value, name: &str| -> Value {
-        s["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let vol = volume_of;
     let (_, s) = api(&d, "GET", "/status", None);
     assert_eq!(vol(&s, "backup")["staged_files"], 2, "{s}");
     assert_eq!(vol(&s, "backup")["staged_bytes"], 5 << 20, "{s}");

@@ -230,11 +230,7 @@ async fn create_snapshot(
     })
     .await
     .map_err(|e| anyhow::anyhow!("snapshot job panicked: {e}"))??;
-    let status = if job.result == "ok" {
-        StatusCode::CREATED
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = job_status(&job, StatusCode::CREATED);
     let reply = JobReply {
         job: JobView::from(&job),
         result: info.as_ref().map(SnapshotView::from),
@@ -509,12 +505,16 @@ async fn restore_test(
 
 /// A job's record: 200 when it succeeded, 422 when it ran and failed.
 fn job_response(job: &storage::JobRecord) -> Response {
-    let status = if job.result == "ok" {
-        StatusCode::OK
+    (job_status(job, StatusCode::OK), Json(JobView::from(job))).into_response()
+}
+
+/// `ok` when the job succeeded, 422 when it ran and failed.
+fn job_status(job: &storage::JobRecord, ok: StatusCode) -> StatusCode {
+    if job.result == "ok" {
+        ok
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
-    };
-    (status, Json(JobView::from(job))).into_response()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -573,13 +573,8 @@ async fn import(
         cur: Default::default(),
     };
     let (job, report) = app.import_job(&volume, q.path, q.replace, reader).await?;
-    let status = if job.result == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
     Ok((
-        status,
+        job_status(&job, StatusCode::OK),
         Json(JobReply {
             job: JobView::from(&job),
             result: report,

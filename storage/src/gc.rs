@@ -140,7 +140,11 @@ impl Store {
     /// counted (see [`Store::staged_by_volume`]).
     pub(crate) fn usage_walk(&self) -> Result<Vec<VolumeUsage>> {
         let vols = self.volumes()?;
-        let files = crate::namespace::files_with_content(&*self.db.reader()?)?;
+        // Each volume's file contents, grouped once.
+        let mut files: HashMap<crate::ids::VolumeId, Vec<ChunkId>> = HashMap::new();
+        for (_, vol, c) in crate::namespace::files_with_content(&*self.db.reader()?)? {
+            files.entry(vol).or_default().push(c);
+        }
         let snaps = self.snapshots(None)?;
         // A bundle record holds several chunks compressed together: each member's
         // share of the record's stored bytes (header included, as in the store's
@@ -165,10 +169,8 @@ impl Store {
         let mut stored = Vec::new();
         for (i, v) in vols.iter().enumerate() {
             let mut reached = HashSet::new();
-            for (_, vol, c) in &files {
-                if *vol == v.id {
-                    self.mark_content(c, &mut reached)?;
-                }
+            for c in files.get(&v.id).into_iter().flatten() {
+                self.mark_content(c, &mut reached)?;
             }
             let mut roots = Vec::new();
             for s in snaps.iter().filter(|s| s.volume == v.name) {
