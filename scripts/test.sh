@@ -26,7 +26,7 @@ export KURA_PYTHON="$VENV/bin/python"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
+cargo test --release --workspace --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

@@ -16,22 +16,30 @@ fn writes_racing_ingest_are_kept() {
     let ino = s.create(v.root, b"f", file_mode()).unwrap().ino;
     let base = data(2 << 20, 3);
     s.write(ino, 0, &base).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The writer stops once the ingester has run several times and at least one run was
+    // raced (or after 20 s / 50,000 writes): a count of writes alone finishes before the
+    // second ingest on a fast machine.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU64::new(0));
+    let raced = Arc::new(AtomicU64::new(0));
     let ingester = {
-        let (s, stop) = (s.clone(), stop.clone());
+        let (s, stop, runs, raced) = (s.clone(), stop.clone(), runs.clone(), raced.clone());
         std::thread::spawn(move || {
-            let (mut n, mut rebased) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
-                rebased += s.ingest_all(None).unwrap().rebased;
-                n += 1;
+            while !stop.load(Ordering::Relaxed) && runs.load(Ordering::Relaxed) < 500 {
+                let rebased = s.ingest_all(None).unwrap().rebased;
+                raced.fetch_add(rebased, Ordering::Relaxed);
+                runs.fetch_add(1, Ordering::Relaxed);
             }
-            (n, rebased)
         })
     };
     let mut model = base.clone();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut i = 0u64;
-    while Instant::now() < deadline && i < 2000 {
+    while Instant::now() < deadline && i < 50_000 {
+        if i >= 500 && runs.load(Ordering::Relaxed) >= 5 && raced.load(Ordering::Relaxed) > 0 {
+            break;
+        }
         let off = (i * 7919 * 4099) % (model.len() as u64 - 5000);
         let patch = data(4096, i);
         s.write(ino, off, &patch).unwrap();
@@ -41,12 +49,13 @@ fn writes_racing_ingest_are_kept() {
         }
         i += 1;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ingests, rebased) = ingester.join().unwrap();
-    assert!(ingests > 1, "ingest ran {ingests} times");
+    stop.store(true, Ordering::Relaxed);
+    ingester.join().unwrap();
+    let (ingests, rebased) = (runs.load(Ordering::Relaxed), raced.load(Ordering::Relaxed));
+    assert!(ingests > 1, "ingest ran {ingests} times in {i} writes");
     assert!(
         rebased > 0,
-        "no ingest was raced by a write in {ingests} ingests"
+        "no ingest was raced by a write in {ingests} ingests and {i} writes"
     );
     assert_eq!(read_all(&s, ino), model);
     s.ingest_all(None).unwrap();
