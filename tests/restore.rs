@@ -33,6 +33,7 @@ c.touch('/empty')
 c.mkdir('/a')
 c.mkdir('/a/b')
 with c.open('/a/b/deep.txt', 'wb') as f: f.write(b'deep\n')
+c.utime('/a/b/deep.txt', ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
 c.utime('/db', ns=(1_650_000_000_000_000_000, 1_650_000_000_000_000_000))
 "#;
 
@@ -192,7 +193,24 @@ fn round_trip_live_offline_subtree_tar_and_at() {
             || String::from_utf8_lossy(&e.stderr).contains("no such")
     );
     d.stop();
-    // With no daemon: the store is opened directly; a subtree, and a single file.
+    // With no daemon the CLI holds the store and writes the files itself (no tar
+    // between): the same tree, again over it, and times to the nanosecond.
+    let direct = tmp.path().join("r-direct");
+    for _ in 0..2 {
+        let o = ok(kura_output(
+            &cfg,
+            &["restore", "backup", "s1", "--to", direct.to_str().unwrap()],
+        ));
+        let summary = String::from_utf8_lossy(&o.stderr);
+        assert!(summary.contains("1 hard links"), "{summary}");
+        check_tree(&direct);
+    }
+    let deep = std::fs::metadata(direct.join("a/b/deep.txt")).unwrap();
+    assert_eq!(
+        (deep.mtime(), deep.mtime_nsec()),
+        (1_600_000_000, 123_456_789)
+    );
+    // A subtree, and a single file.
     let sub = tmp.path().join("r2");
     ok(kura_output(
         &cfg,

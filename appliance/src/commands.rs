@@ -603,6 +603,21 @@ fn restore(
         (None, None) => bail!("name a snapshot or give --at TIME"),
     };
     let path = path.unwrap_or_default();
+    if let (Target::Local { app, .. }, Some(dir), None) = (t, &to, &tar_out) {
+        // The store is ours: files are written straight from the readers, no tar between.
+        let t0 = std::time::Instant::now();
+        let src = kura::restore::source(&app.store, volume, &snap, &path)?;
+        let bar = progress_bar(src.total);
+        let ex = kura::restore::restore_to_dir(&app.store, &src, dir, &|n| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        return finish_restore(volume, &snap, &ex.report, t0, &ex.refused);
+    }
     let (stream, total) = t.restore_stream(volume, &snap, &path)?;
     let t0 = std::time::Instant::now();
     if let Some(out) = tar_out {

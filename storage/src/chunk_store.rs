@@ -45,6 +45,72 @@ struct Record {
     verified: Mutex<HashMap<ChunkId, (u32, u32)>>,
 }
 
+/// Decoded records of one long sequential read (a restore, a restore test), kept
+/// apart from the shared read cache: such a read would otherwise fill that cache with
+/// records nobody reads again, and pay fresh pages for every one. Records it lets go
+/// lend their memory to the next. The readers of one restore share one: a bundle that
+/// two neighbouring windows need is decoded once, the second reader waiting for it.
+pub struct StreamCache {
+    inner: Mutex<StreamInner>,
+    ready: std::sync::Condvar,
+}
+
+struct StreamInner {
+    lru: LruCache<(PackId, u64), Arc<Record>>,
+    /// Records a reader is decoding now.
+    busy: HashSet<(PackId, u64)>,
+    bytes: usize,
+    limit: usize,
+    spare: Vec<Vec<u8>>,
+    /// Buffers for stored (compressed) bytes, likewise reused.
+    spare_stored: Vec<Vec<u8>>,
+    decoded: u64,
+}
+
+impl StreamCache {
+    /// A cache of about `limit` bytes of decoded records (at least one is kept).
+    pub fn new(limit: usize) -> Self {
+        StreamCache {
+            inner: Mutex::new(StreamInner {
+                lru: LruCache::unbounded(),
+                busy: HashSet::new(),
+                bytes: 0,
+                limit,
+                spare: Vec::new(),
+                spare_stored: Vec::new(),
+                decoded: 0,
+            }),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Plain bytes decoded into this cache so far (the read amplification of a
+    /// restore is this over the bytes restored).
+    pub fn decoded_bytes(&self) -> u64 {
+        self.inner.lock().unwrap().decoded
+    }
+
+    fn forget(&self, pack: PackId, offset: u64) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(old) = g.lru.pop(&(pack, offset)) {
+            g.release(old);
+        }
+    }
+}
+
+impl StreamInner {
+    fn release(&mut self, rec: Arc<Record>) {
+        self.bytes -= rec.raw.len();
+        if let Ok(rec) = Arc::try_unwrap(rec) {
+            if let Ok(raw) = Arc::try_unwrap(rec.raw) {
+                if self.spare.len() < 8 {
+                    self.spare.push(raw);
+                }
+            }
+        }
+    }
+}
+
 /// One shard of decoded record payloads, keyed by where the record is (pack ids are
 /// never reused, so a key never names other bytes).
 struct CacheShard {
@@ -577,8 +643,45 @@ impl ChunkStore {
         Ok(e)
     }
 
+    /// Looks up the index rows of those of `ids` not remembered yet, in one read
+    /// transaction: a read of a megabyte names a hundred chunks, and a lookup each,
+    /// with a transaction each, was a tenth of a restore's time.
+    pub(crate) fn prefetch_locations(&self, ids: &[ChunkId]) -> Result<()> {
+        let missing: Vec<&ChunkId> = ids
+            .iter()
+            .filter(|id| !self.location_shard(id).lock().unwrap().contains(*id))
+            .collect();
+        if missing.len() < 4 {
+            return Ok(());
+        }
+        let conn = self.db.reader()?;
+        let tx = conn
+            .unchecked_transaction()
+            .ctx("starting a read of chunk rows")?;
+        for id in missing {
+            if let Some(e) = Self::lookup(&tx, id)? {
+                if e.flags & CHUNK_DAMAGED == 0 {
+                    self.location_shard(id).lock().unwrap().put(*id, e);
+                }
+            }
+        }
+        tx.finish().ctx("ending a read of chunk rows")?;
+        Ok(())
+    }
+
     /// Reads and verifies a chunk. `what` names the file (or object) for error messages.
     pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<ChunkRef> {
+        self.get_in(id, what, None)
+    }
+
+    /// [`ChunkStore::get`], decoding records into `stream` (when given) rather than
+    /// into the shared read cache.
+    pub fn get_in(
+        &self,
+        id: &ChunkId,
+        what: &dyn Fn() -> String,
+        stream: Option<&StreamCache>,
+    ) -> Result<ChunkRef> {
         let corrupt = |detail: String| StoreError::Corrupt {
             what: what(),
             chunk: *id,
@@ -594,40 +697,45 @@ impl ChunkStore {
             if e.flags & CHUNK_DAMAGED != 0 {
                 return Err(corrupt("chunk quarantined by verify".into()));
             }
-            let r = self
-                .record(e.pack, e.offset, e.stored_len, false)
-                .and_then(|rec| {
-                    let (start, len) = if e.inner_off < 0 {
-                        (0, rec.raw.len())
-                    } else {
-                        (e.inner_off as usize, e.raw_len as usize)
-                    };
-                    if rec.raw.len() < start + len {
-                        return Err(corrupt(format!("member {start}+{len} outside its record")));
+            let rec = match stream {
+                Some(st) => self.stream_record(st, e.pack, e.offset, e.stored_len),
+                None => self.record(e.pack, e.offset, e.stored_len, false),
+            };
+            let r = rec.and_then(|rec| {
+                let (start, len) = if e.inner_off < 0 {
+                    (0, rec.raw.len())
+                } else {
+                    (e.inner_off as usize, e.raw_len as usize)
+                };
+                if rec.raw.len() < start + len {
+                    return Err(corrupt(format!("member {start}+{len} outside its record")));
+                }
+                let span = (start as u32, len as u32);
+                let known = rec.verified.lock().unwrap().get(id) == Some(&span);
+                if !known {
+                    if ChunkId::of(&rec.raw[start..start + len]) != *id {
+                        return Err(corrupt(format!(
+                            "BLAKE3 mismatch in pack {} at {}",
+                            e.pack, e.offset
+                        )));
                     }
-                    let span = (start as u32, len as u32);
-                    let known = rec.verified.lock().unwrap().get(id) == Some(&span);
-                    if !known {
-                        if ChunkId::of(&rec.raw[start..start + len]) != *id {
-                            return Err(corrupt(format!(
-                                "BLAKE3 mismatch in pack {} at {}",
-                                e.pack, e.offset
-                            )));
-                        }
-                        rec.verified.lock().unwrap().insert(*id, span);
-                    }
-                    Ok(ChunkRef {
-                        raw: rec.raw.clone(),
-                        start,
-                        len,
-                    })
-                });
+                    rec.verified.lock().unwrap().insert(*id, span);
+                }
+                Ok(ChunkRef {
+                    raw: rec.raw.clone(),
+                    start,
+                    len,
+                })
+            });
             match r {
                 Ok(c) => return Ok(c),
                 Err(err) if !fresh => {
                     tracing::debug!(%err, chunk = %id, "chunk read failed, retrying after re-lookup");
                     self.forget_pack_file(e.pack);
                     self.uncache(e.pack, e.offset);
+                    if let Some(st) = stream {
+                        st.forget(e.pack, e.offset);
+                    }
                     fresh = true;
                 }
                 Err(StoreError::Corrupt { detail, .. }) => return Err(corrupt(detail)),
@@ -651,6 +759,36 @@ impl ChunkStore {
         Ok(self.record(pack_id, offset, stored_len, true)?.raw.clone())
     }
 
+    /// A record's header, its stored bytes into `stored`; a truncated pack or a bad header is
+    /// `Corrupt`, naming the pack.
+    fn read_checked(
+        &self,
+        f: &File,
+        path: &std::path::Path,
+        offset: u64,
+        stored_len: u32,
+        stored: &mut Vec<u8>,
+    ) -> Result<RecordHeader> {
+        let pack_corrupt = |detail: String| StoreError::Corrupt {
+            what: format!("pack {}", path.display()),
+            chunk: ChunkId([0; 32]),
+            detail,
+        };
+        match pack::read_record_into(f, path, offset, stored_len, stored) {
+            Ok(h) => Ok(h),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Err(pack_corrupt(format!(
+                    "pack {} is truncated",
+                    path.display()
+                )))
+            }
+            Err(StoreError::Format(detail)) => Err(pack_corrupt(detail)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A decoded record: through the cache for the read path (which checks the members
     /// it returns), or read and checked whole against its header's hash (`check`).
     fn record(
@@ -670,27 +808,14 @@ impl ChunkStore {
         }
         let path = pack::pack_path(&self.dir, pack_id);
         let f = self.pack_file(pack_id)?;
-        let pack_corrupt = |chunk: ChunkId, detail: String| StoreError::Corrupt {
-            what: format!("pack {}", path.display()),
-            chunk,
-            detail,
-        };
-        let (hdr, stored) = match pack::read_record(&f, &path, offset, stored_len) {
-            Ok(r) => r,
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
-            {
-                return Err(pack_corrupt(
-                    ChunkId([0; 32]),
-                    format!("pack {} is truncated", path.display()),
-                ))
-            }
-            Err(StoreError::Format(detail)) => return Err(pack_corrupt(ChunkId([0; 32]), detail)),
-            Err(e) => return Err(e),
-        };
-        let raw = pack::decode_owned(&hdr, stored, check).map_err(|detail| {
-            pack_corrupt(hdr.id, format!("{detail} at {}:{offset}", path.display()))
-        })?;
+        let mut stored = Vec::new();
+        let hdr = self.read_checked(&f, &path, offset, stored_len, &mut stored)?;
+        let raw =
+            pack::decode_owned(&hdr, stored, check).map_err(|detail| StoreError::Corrupt {
+                what: format!("pack {}", path.display()),
+                chunk: hdr.id,
+                detail: format!("{detail} at {}:{offset}", path.display()),
+            })?;
         let rec = Arc::new(Record {
             raw: Arc::new(raw),
             verified: Mutex::new(HashMap::new()),
@@ -710,6 +835,87 @@ impl ChunkStore {
             }
         }
         Ok(rec)
+    }
+
+    /// A decoded record for a long sequential read: from the shared cache when it is
+    /// there, else from `st` (waiting while another reader of `st` decodes it), else
+    /// read and decoded into `st` and kept there, not in the shared cache.
+    fn stream_record(
+        &self,
+        st: &StreamCache,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+    ) -> Result<Arc<Record>> {
+        let key = (pack_id, offset);
+        if let Some(b) = self
+            .cache_shard(pack_id, offset)
+            .lock()
+            .unwrap()
+            .lru
+            .peek(&key)
+        {
+            return Ok(b.clone());
+        }
+        let (mut raw, mut stored) = {
+            let mut g = st.inner.lock().unwrap();
+            loop {
+                if let Some(r) = g.lru.get(&key) {
+                    return Ok(r.clone());
+                }
+                if !g.busy.contains(&key) {
+                    break;
+                }
+                g = st.ready.wait(g).unwrap();
+            }
+            g.busy.insert(key);
+            (
+                g.spare.pop().unwrap_or_default(),
+                g.spare_stored.pop().unwrap_or_default(),
+            )
+        };
+        let decoded = self.decode_stream_record(pack_id, offset, stored_len, &mut stored, &mut raw);
+        let mut g = st.inner.lock().unwrap();
+        g.busy.remove(&key);
+        if g.spare_stored.len() < 8 {
+            g.spare_stored.push(stored);
+        }
+        st.ready.notify_all();
+        decoded?;
+        let rec = Arc::new(Record {
+            raw: Arc::new(raw),
+            verified: Mutex::new(HashMap::new()),
+        });
+        g.bytes += rec.raw.len();
+        g.decoded += rec.raw.len() as u64;
+        if let Some((_, old)) = g.lru.push(key, rec.clone()) {
+            g.release(old);
+        }
+        while g.bytes > g.limit && g.lru.len() > 1 {
+            match g.lru.pop_lru() {
+                Some((_, old)) => g.release(old),
+                None => break,
+            }
+        }
+        Ok(rec)
+    }
+
+    fn decode_stream_record(
+        &self,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+        stored: &mut Vec<u8>,
+        raw: &mut Vec<u8>,
+    ) -> Result<()> {
+        let path = pack::pack_path(&self.dir, pack_id);
+        let f = self.pack_file(pack_id)?;
+        let hdr = self.read_checked(&f, &path, offset, stored_len, stored)?;
+        pack::decode_into(&hdr, stored, raw, false).map_err(|detail| StoreError::Corrupt {
+            what: format!("pack {}", path.display()),
+            chunk: hdr.id,
+            detail: format!("{detail} at {}:{offset}", path.display()),
+        })
     }
 
     pub(crate) fn uncache(&self, pack_id: PackId, offset: u64) {

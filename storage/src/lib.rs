@@ -59,6 +59,7 @@ pub mod store;
 pub mod tree;
 pub mod verify;
 
+pub use chunk_store::StreamCache;
 pub use chunker::ChunkerParams;
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcPlan, GcReport, VolumeUsage};

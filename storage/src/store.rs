@@ -3,7 +3,7 @@
 //! verify is done by functions of those modules, which this facade calls (each table
 //! has one module that queries it, see ARCHITECTURE.md).
 
-use crate::chunk_store::{ChunkRef, ChunkStore};
+use crate::chunk_store::{ChunkRef, ChunkStore, StreamCache};
 use crate::chunker::ChunkerParams;
 use crate::content::ContentList;
 use crate::db::Db;
@@ -782,7 +782,7 @@ impl Store {
             match i.content {
                 Some(c) => {
                     let what = || self.describe(ino);
-                    self.content_to(&c, off, n, sink, &what)?;
+                    self.content_to(&c, off, n, sink, &what, None)?;
                 }
                 None => sink.zeros(n),
             }
@@ -820,7 +820,7 @@ impl Store {
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         let len = buf.len();
-        self.content_to(c, off, len, &mut SliceSink { buf, pos: 0 }, what)
+        self.content_to(c, off, len, &mut SliceSink { buf, pos: 0 }, what, None)
     }
 
     /// Sends `len` bytes of content `c` from `off` to `sink`, in order: chunk bytes
@@ -832,17 +832,27 @@ impl Store {
         len: usize,
         sink: &mut dyn Sink,
         what: &dyn Fn() -> String,
+        stream: Option<&StreamCache>,
     ) -> Result<()> {
         let list = self.content(c)?;
+        let pieces = list.pieces(off, len as u64);
+        if !list.index {
+            let ids: Vec<ChunkId> = pieces
+                .iter()
+                .map(|&(idx, _, _)| list.entries[idx].1)
+                .filter(|id| !id.is_hole())
+                .collect();
+            self.chunks.prefetch_locations(&ids)?;
+        }
         let mut done = 0usize;
-        for (idx, eoff, elen) in list.pieces(off, len as u64) {
+        for (idx, eoff, elen) in pieces {
             let (_, id) = list.entries[idx];
             if id.is_hole() {
                 sink.zeros(elen as usize);
             } else if list.index {
-                self.content_to(&id, eoff, elen as usize, sink, what)?;
+                self.content_to(&id, eoff, elen as usize, sink, what, stream)?;
             } else {
-                let data = self.chunks.get(&id, what)?;
+                let data = self.chunks.get_in(&id, what, stream)?;
                 match data.get(eoff as usize..(eoff + elen) as usize) {
                     Some(_) => sink.chunk(&data, eoff as usize, elen as usize),
                     None => {
@@ -1025,6 +1035,33 @@ impl Store {
     /// Reads a file of a snapshot.
     pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
         crate::snapshot::snap_read(self, f, off, len)
+    }
+
+    /// `len` bytes of a snapshot file from `off` (zeros past its end) as pieces that
+    /// share the decoded records, for a long sequential read (restore): records are
+    /// decoded into `stream`, not into the shared read cache.
+    pub fn snap_read_pieces(
+        &self,
+        f: &TreeEntry,
+        off: u64,
+        len: usize,
+        stream: &StreamCache,
+    ) -> Result<Vec<Piece>> {
+        if f.attr.kind != FileKind::File {
+            return Err(StoreError::IsDir(
+                String::from_utf8_lossy(&f.name).into_owned(),
+            ));
+        }
+        let mut pieces = Pieces(Vec::new());
+        match f.target_ref {
+            Some(c) => {
+                let name = String::from_utf8_lossy(&f.name).into_owned();
+                let what = || format!("snapshot file {name}");
+                self.content_to(&c, off, len, &mut pieces, &what, Some(stream))?;
+            }
+            None => pieces.zeros(len),
+        }
+        Ok(pieces.0)
     }
 
     /// Makes a new writable volume from a snapshot. Data is shared, not copied; only
