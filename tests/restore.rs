@@ -71,6 +71,14 @@ fn check_tree(root: &Path) {
     );
 }
 
+/// The daemon's API token, from its data directory.
+fn token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
@@ -98,6 +106,42 @@ fn round_trip_live_offline_subtree_tar_and_at() {
         "{summary}"
     );
     check_tree(&out);
+    let j = ok(kura_output(&cfg, &["jobs", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&j.stdout).contains("\"restore\""),
+        "the daemon's restore is a job"
+    );
+    // The daemon writes the files itself only for a caller with its token.
+    let unauth = ureq::post(&format!("{}/volumes/backup/snapshots/s1/restore", d.api))
+        .send_json(serde_json::json!({ "to": tmp.path().join("evil").to_str().unwrap() }));
+    match unauth {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("restore without the token: {other:?}"),
+    }
+    assert!(!tmp.path().join("evil").exists());
+    let rel = ureq::post(&format!("{}/volumes/backup/snapshots/s1/restore", d.api))
+        .set("Authorization", &format!("Bearer {}", token(&d.data)))
+        .send_json(serde_json::json!({ "to": "relative/dir" }));
+    match rel {
+        Err(ureq::Error::Status(400, r)) => {
+            assert!(r.into_string().unwrap().contains("absolute"))
+        }
+        other => panic!("restore to a relative path: {other:?}"),
+    }
+    // --stream: the CLI writes the files from the daemon's tar, with its own rights.
+    let streamed = tmp.path().join("r-stream");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "s1",
+            "--stream",
+            "--to",
+            streamed.to_str().unwrap(),
+        ],
+    ));
+    check_tree(&streamed);
     // Restoring again over it is fine (files are replaced).
     ok(kura_output(
         &cfg,
@@ -278,6 +322,20 @@ fn damage_is_named_and_the_rest_restored() {
     assert!(err.contains("DAMAGED big"), "{err}");
     assert_eq!(std::fs::read(out.join("small")).unwrap(), b"fine\n");
     assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 9 << 20);
+    // The same through the daemon, which writes the files itself, and through its tar.
+    let mut d = Daemon::start(&cfg, &[]);
+    for (dir, extra) in [("rd", None), ("rs", Some("--stream"))] {
+        let out = tmp.path().join(dir);
+        let mut args = vec!["restore", "backup", "s", "--to", out.to_str().unwrap()];
+        args.extend(extra);
+        let o = kura_output(&cfg, &args);
+        assert_eq!(o.status.code(), Some(1), "{dir}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("DAMAGED big"), "{dir}: {err}");
+        assert_eq!(std::fs::read(out.join("small")).unwrap(), b"fine\n");
+        assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 9 << 20);
+    }
+    d.stop();
 }
 
 /// A tar stream with entries that point outside the target: refused and listed,

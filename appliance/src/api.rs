@@ -670,6 +670,129 @@ impl std::io::Write for ChanWriter {
     }
 }
 
+/// The job record of a restore: failed when it ended early or a file was damaged.
+fn restore_record(
+    volume: &str,
+    snapshot: &str,
+    started_ms: i64,
+    r: std::result::Result<&crate::restore::Report, &anyhow::Error>,
+) -> JobRecord {
+    let mut job = JobRecord {
+        kind: "restore".into(),
+        volume: Some(volume.to_owned()),
+        snapshot: Some(snapshot.to_owned()),
+        started_ms,
+        ended_ms: crate::jobs::now_ms(),
+        result: "ok".into(),
+        ..Default::default()
+    };
+    match r {
+        Ok(rep) => {
+            job.bytes = rep.bytes;
+            if !rep.damaged.is_empty() {
+                job.result = "failed".into();
+                job.error = Some(format!("{} damaged files", rep.damaged.len()));
+                job.output = rep.damaged.join("\n");
+            }
+        }
+        Err(e) => {
+            job.result = "failed".into();
+            job.error = Some(format!("{e:#}"));
+        }
+    }
+    job
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    /// Absolute directory on the daemon's machine.
+    to: String,
+    #[serde(default)]
+    path: String,
+}
+
+/// Restores a snapshot (or `path` inside it) into the directory `to`, written by the
+/// daemon itself with the readers writing straight into the files (see
+/// `restore::restore_to_dir`): the fast way for a CLI on the same machine. The daemon
+/// writes with its own rights, so this call needs the API token even on loopback
+/// (whoever can read `<data_dir>/api-token` can act as the daemon anyway); a CLI that
+/// cannot read it uses the tar stream and writes with its own rights. The reply is
+/// JSON lines: `{"total": N}`, `{"bytes": N}` as files are written, then `{"report": ..., "refused":
+/// [...]}` or `{"error": "..."}`. A client that goes away stops the restore.
+async fn restore_into(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<RestoreBody>,
+) -> Result<Response, ApiError> {
+    let data_dir = app.cfg.data_dir.clone();
+    let token = tokio::task::spawn_blocking(move || load_or_make_token(&data_dir))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    if !sent.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes())) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a restore written by the daemon needs the bearer token (see <data_dir>/api-token)"
+                .into(),
+        ));
+    }
+    let to = std::path::PathBuf::from(&body.to);
+    if !to.is_absolute() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("to: {:?} is not an absolute path", body.to),
+        ));
+    }
+    let (v, n, p) = (volume.clone(), name.clone(), body.path.clone());
+    let store = app.store.clone();
+    let src = tokio::task::spawn_blocking(move || crate::restore::source(&store, &v, &n, &p))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(16);
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = crate::jobs::now_ms();
+        let line = |v: Value| axum::body::Bytes::from(format!("{v}\n"));
+        let _ = tx.blocking_send(Ok(line(json!({ "total": src.total }))));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let progress = |n: u64| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let total = done.fetch_add(n, Relaxed) + n;
+            let mut last = last.lock().unwrap();
+            if last.elapsed() >= std::time::Duration::from_millis(200) {
+                *last = std::time::Instant::now();
+                if tx
+                    .blocking_send(Ok(line(json!({ "bytes": total }))))
+                    .is_err()
+                {
+                    stop.store(true, Relaxed);
+                }
+            }
+        };
+        let r = crate::restore::restore_to_dir(&store, &src, &to, &progress, &stop);
+        app.record(&restore_record(
+            &volume,
+            &name,
+            started,
+            r.as_ref().map(|ex| &ex.report),
+        ));
+        let last = match r {
+            Ok(ex) => json!({ "report": ex.report, "refused": ex.refused }),
+            Err(e) => json!({ "error": format!("{e:#}") }),
+        };
+        let _ = tx.blocking_send(Ok(line(last)));
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
 /// The header that carries the logical bytes of a restore stream (for progress bars).
 pub const TOTAL_HEADER: &str = "x-kura-total-bytes";
 
@@ -697,35 +820,10 @@ async fn snapshot_tar(
             buf: Vec::with_capacity(256 << 10),
         };
         let r = crate::restore::write_tar(&store, &src.entry, &src.top, w);
-        let mut job = JobRecord {
-            kind: "restore".into(),
-            volume: Some(volume.clone()),
-            snapshot: Some(name.clone()),
-            started_ms: started,
-            ended_ms: crate::jobs::now_ms(),
-            ..Default::default()
-        };
-        match r {
-            Ok(rep) => {
-                job.bytes = rep.bytes;
-                job.result = if rep.damaged.is_empty() {
-                    "ok"
-                } else {
-                    "failed"
-                }
-                .into();
-                if !rep.damaged.is_empty() {
-                    job.error = Some(format!("{} damaged files", rep.damaged.len()));
-                    job.output = rep.damaged.join("\n");
-                }
-            }
-            Err(e) => {
-                job.result = "failed".into();
-                job.error = Some(format!("{e:#}"));
-                let _ = err_tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
-            }
+        if let Err(e) = &r {
+            let _ = err_tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
         }
-        job_app.record(&job);
+        job_app.record(&restore_record(&volume, &name, started, r.as_ref()));
     });
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok((
@@ -811,6 +909,10 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
             post(clone_snapshot),
         )
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
+        .route(
+            "/volumes/{volume}/snapshots/{name}/restore",
+            post(restore_into),
+        )
         .route("/volumes/{volume}/diff", get(diff))
         .route("/volumes/{volume}/restore-test", post(restore_test))
         .route(

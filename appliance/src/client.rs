@@ -243,6 +243,66 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Asks the daemon to write a restore into `to` itself (`POST .../restore`), telling
+    /// `progress` (total bytes, bytes written) as it goes. None when it will not: no
+    /// daemon, no token readable here, or the token refused; the caller then streams a
+    /// tar and writes the files itself.
+    pub fn restore_by_daemon(
+        &self,
+        vol: &str,
+        snap: &str,
+        path: &str,
+        to: &std::path::Path,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Option<(crate::restore::Report, Vec<String>)>> {
+        use std::io::BufRead;
+        let Target::Daemon {
+            url,
+            token: Some(token),
+            agent,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let res = agent
+            .post(&format!(
+                "{url}/volumes/{}/snapshots/{}/restore",
+                seg(vol),
+                seg(snap)
+            ))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(serde_json::json!({ "to": to, "path": path }));
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(401, _)) => return Ok(None),
+            Err(ureq::Error::Status(_, r)) => {
+                let body: Value = r.into_json().unwrap_or(Value::Null);
+                bail!("{}", body["error"].as_str().unwrap_or("restore refused"))
+            }
+            Err(e) => return Err(anyhow!("calling the daemon at {url}: {e}")),
+        };
+        let mut total = 0;
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            let line = line.context("reading the daemon's restore progress")?;
+            let v: Value = serde_json::from_str(&line)
+                .with_context(|| format!("the daemon's restore progress: {line:?}"))?;
+            if let Some(n) = v["total"].as_u64() {
+                total = n;
+            } else if let Some(n) = v["bytes"].as_u64() {
+                progress(total, n);
+            } else if let Some(e) = v["error"].as_str() {
+                bail!("{e}");
+            } else if !v["report"].is_null() {
+                let report = serde_json::from_value(v["report"].clone())?;
+                let refused = serde_json::from_value(v["refused"].clone())?;
+                return Ok(Some((report, refused)));
+            }
+        }
+        bail!("the daemon's restore ended without a report")
+    }
+}
+
 /// The daemon's answer to a call: its status and JSON body (or the text it sent).
 fn daemon_reply(res: Result<ureq::Response, ureq::Error>, url: &str) -> Result<Reply> {
     let resp = match res {

@@ -290,14 +290,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             snapshot,
             label,
         } => return import(t, &dir, &target, replace, snapshot, label),
-        Cmd::Restore {
-            volume,
-            snapshot,
-            path,
-            at,
-            to,
-            tar,
-        } => return restore(t, &volume, snapshot, path, at, to, tar),
+        Cmd::Restore(args) => return restore(t, args),
         Cmd::RestoreTest { volume, sample } => {
             return job_command(
                 t,
@@ -588,15 +581,17 @@ fn parse_time(s: &str) -> Result<i64> {
     bail!("--at {s:?}: use 2026-11-30T10:00 (local), 2026-11-30T10:00:00Z or an offset")
 }
 
-fn restore(
-    t: &Target,
-    volume: &str,
-    snapshot: Option<String>,
-    path: Option<String>,
-    at: Option<String>,
-    to: Option<std::path::PathBuf>,
-    tar_out: Option<String>,
-) -> Result<i32> {
+fn restore(t: &Target, args: crate::RestoreArgs) -> Result<i32> {
+    let crate::RestoreArgs {
+        volume,
+        snapshot,
+        path,
+        at,
+        to,
+        tar: tar_out,
+        stream: stream_only,
+    } = args;
+    let volume = volume.as_str();
     let snap = match (snapshot, at) {
         (Some(s), _) => s,
         (None, Some(at)) => snapshot_at(t, volume, &at)?,
@@ -608,15 +603,43 @@ fn restore(
         let t0 = std::time::Instant::now();
         let src = kura::restore::source(&app.store, volume, &snap, &path)?;
         let bar = progress_bar(src.total);
-        let ex = kura::restore::restore_to_dir(&app.store, &src, dir, &|n| {
-            if let Some(b) = &bar {
-                b.inc(n);
-            }
-        })?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let ex = kura::restore::restore_to_dir(
+            &app.store,
+            &src,
+            dir,
+            &|n| {
+                if let Some(b) = &bar {
+                    b.inc(n);
+                }
+            },
+            &stop,
+        )?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         return finish_restore(volume, &snap, &ex.report, t0, &ex.refused);
+    }
+    if let (Target::Daemon { .. }, Some(dir), None, false) = (t, &to, &tar_out, stream_only) {
+        // The daemon writes the files itself when this user can show its token.
+        let t0 = std::time::Instant::now();
+        let dir = std::path::absolute(dir).with_context(|| format!("--to {}", dir.display()))?;
+        let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+        let done = t.restore_by_daemon(volume, &snap, &path, &dir, &|total, n| {
+            let mut b = bar.borrow_mut();
+            if b.is_none() {
+                *b = Some(progress_bar(total).unwrap_or_else(indicatif::ProgressBar::hidden));
+            }
+            if let Some(b) = b.as_ref() {
+                b.set_position(n);
+            }
+        })?;
+        if let Some(b) = bar.into_inner() {
+            b.finish_and_clear();
+        }
+        if let Some((report, refused)) = done {
+            return finish_restore(volume, &snap, &report, t0, &refused);
+        }
     }
     let (stream, total) = t.restore_stream(volume, &snap, &path)?;
     let t0 = std::time::Instant::now();

@@ -73,23 +73,7 @@ enum Cmd {
     /// Restore a snapshot (or PATH inside it) into a directory, or as a tar to stdout.
     /// Every chunk is hash-checked; a damaged file is named, the rest still restored,
     /// and the exit code is 1.
-    Restore {
-        volume: String,
-        /// The snapshot (or use --at).
-        snapshot: Option<String>,
-        /// A file or directory inside the snapshot (default: all of it).
-        path: Option<String>,
-        /// The newest snapshot at or before this time (2026-11-30T10:00, local time
-        /// unless it ends in Z or an offset).
-        #[arg(long, conflicts_with = "snapshot")]
-        at: Option<String>,
-        /// Target directory (created if missing); nothing is written outside it.
-        #[arg(long, required_unless_present = "tar")]
-        to: Option<PathBuf>,
-        /// `-`: write a tar to stdout instead (e.g. `| ssh app tar -x -C /`).
-        #[arg(long, conflicts_with = "to")]
-        tar: Option<String>,
-    },
+    Restore(RestoreArgs),
     /// Restore the newest snapshot to nowhere, checking every chunk, and record the
     /// rate (`status` shows the restore time it predicts).
     RestoreTest {
@@ -166,6 +150,31 @@ enum VolumeCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The arguments of `kura restore`.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    pub volume: String,
+    /// The snapshot (or use --at).
+    pub snapshot: Option<String>,
+    /// A file or directory inside the snapshot (default: all of it).
+    pub path: Option<String>,
+    /// The newest snapshot at or before this time (2026-11-30T10:00, local time
+    /// unless it ends in Z or an offset).
+    #[arg(long, conflicts_with = "snapshot")]
+    pub at: Option<String>,
+    /// Target directory (created if missing); nothing is written outside it.
+    #[arg(long, required_unless_present = "tar")]
+    pub to: Option<PathBuf>,
+    /// `-`: write a tar to stdout instead (e.g. `| ssh app tar -x -C /`).
+    #[arg(long, conflicts_with = "to")]
+    pub tar: Option<String>,
+    /// Write the files from this process, with its rights, from a tar the daemon
+    /// streams (the default when this user cannot read the API token; otherwise
+    /// the daemon writes them itself, faster).
+    #[arg(long, conflicts_with = "tar")]
+    pub stream: bool,
 }
 
 #[derive(Subcommand)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use storage::{FileId, FileKind, Piece, Store, StreamCache, TreeEntry};
 
 /// Reads and writes of restore data go in pieces of this size.
@@ -549,13 +550,15 @@ pub fn extract(input: impl Read, dir: &Path, mut progress: impl FnMut(u64)) -> R
 /// Restores the tree of `src` straight into `dir` (created if missing), with the same
 /// rules as [`extract`] and no tar between: the reader threads write each file's
 /// windows at their offsets, slices of the decoded records handed to the kernel as
-/// they are. For the CLI when it holds the store itself. `progress` is told the bytes
-/// written, window by window.
+/// they are. For the CLI when it holds the store, and for the daemon's
+/// `POST .../restore`. `progress` is told the bytes written, window by window; setting
+/// `stop` ends the restore early with an error.
 pub fn restore_to_dir(
     store: &Store,
     src: &Source,
     dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
+    stop: &AtomicBool,
 ) -> Result<Extracted> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
@@ -568,6 +571,7 @@ pub fn restore_to_dir(
         dirs: Vec::new(),
         refused: Vec::new(),
         progress,
+        stop,
     };
     let report = walk(store, &src.entry, &src.top, &|_| true, &mut out)?;
     // Directory modes and times last, deepest first: writing into a directory changes
@@ -604,12 +608,16 @@ struct DirOut<'a> {
     dirs: Vec<(PathBuf, u32, storage::Timespec, storage::Timespec)>,
     refused: Vec<String>,
     progress: &'a (dyn Fn(u64) + Sync),
+    stop: &'a AtomicBool,
 }
 
 impl DirOut<'_> {
     /// Where `path` goes, with its parent directory made; None (and the path noted as
     /// refused) when writing there could land outside the target directory.
     fn target(&mut self, path: &str) -> Result<Option<PathBuf>> {
+        if self.stop.load(Ordering::Relaxed) {
+            bail!("restore stopped before {path}");
+        }
         let rel = Path::new(path);
         if !contained(rel) || through_symlink(&self.dir, rel) {
             self.refused.push(path.to_owned());
@@ -687,19 +695,22 @@ impl Out for DirOut<'_> {
         let f = std::fs::File::create(&p).with_context(|| format!("writing {path}"))?;
         let size = e.attr.size;
         f.set_len(size).with_context(|| format!("writing {path}"))?;
-        let progress = self.progress;
-        let (f, failed) = (&f, &std::sync::atomic::AtomicBool::new(false));
+        let (progress, stop) = (self.progress, self.stop);
+        let (f, failed) = (&f, &AtomicBool::new(false));
         let n = if size <= WINDOW { 1 } else { readers() };
         let read_and_write = |first: u64| -> std::io::Result<Option<String>> {
             let mut damage = None;
             for (off, len) in windows(size, first, n) {
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(std::io::Error::other("restore stopped"));
+                }
+                if failed.load(Ordering::Relaxed) {
                     break;
                 }
                 let (pieces, err) = read_window(store, e, off, len, stream);
                 damage = damage.or(err);
                 if let Err(x) = write_pieces_at(f, &pieces, off) {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    failed.store(true, Ordering::Relaxed);
                     return Err(x);
                 }
                 progress(len as u64);
