@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Restore speed: `kura restore` against `restic restore` of the same files on the same
-# disk, cold page cache (caches dropped before every run), median of RUNS (default 3).
+# Restore speed: `kura restore` (the daemon writing the files, the CLI writing them from
+# the daemon's tar with --stream, the CLI holding the store with no daemon) against
+# `restic restore` of the same files on the same disk, cold page cache (caches dropped
+# before every run), side by side in each round, median of RUNS (default 3).
 # The files go into kura over NFS (nfs-cp) and into restic with `restic backup`, one
 # generation per file (night1, night2, ...: a kura snapshot and a restic snapshot
 # each); the newest file is restored from the newest generation. Needs root (drop_caches); installs restic and libnfs-utils.
@@ -42,23 +44,32 @@ done
 kill -TERM $KPID; wait $KPID || true
 BYTES=$(stat -c %s "$DIR/gen/$LASTF")
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-k=(); r=()
+# One cold restore into DIR/out (the command's arguments after "restore"); prints MB/s.
+timed() {
+  rm -rf "$DIR/out"; drop; local t0 t1; t0=$(date +%s.%N)
+  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+  t1=$(date +%s.%N); echo "$BYTES / ($t1 - $t0) / 1000000" | bc -l
+}
+KR=("$KURA" --config "$DIR/kura.toml" restore backup "$LAST" "$LASTF")
+d=(); s=(); k=(); r=()
 for i in $(seq "$RUNS"); do
-  rm -rf "$DIR/out-k" "$DIR/out-r"
-  drop; t0=$(date +%s.%N)
-  "$KURA" --config "$DIR/kura.toml" restore backup "$LAST" "$LASTF" --to "$DIR/out-k" 2>/dev/null
-  t1=$(date +%s.%N); k+=("$(echo "$BYTES / ($t1 - $t0) / 1000000" | bc -l)")
-  drop; t0=$(date +%s.%N)
-  restic restore -q latest --target "$DIR/out-r" >/dev/null
-  t1=$(date +%s.%N); r+=("$(echo "$BYTES / ($t1 - $t0) / 1000000" | bc -l)")
-  cmp "$DIR/out-k/$LASTF" "$DIR/gen/$LASTF"
+  start_kura "$KURA" "$DIR"
+  d+=("$(timed "${KR[@]}" --to "$DIR/out")")            # the daemon writes the files
+  cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF"
+  s+=("$(timed "${KR[@]}" --stream --to "$DIR/out")")   # the CLI writes from the daemon's tar
+  kill -TERM $KPID; wait $KPID || true
+  k+=("$(timed "${KR[@]}" --to "$DIR/out")")            # no daemon: the CLI holds the store
+  cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF"
+  r+=("$(timed restic restore -q latest --target "$DIR/out")")
 done
-python3 - "$PART" "$BYTES" "${k[*]}" "${r[*]}" <<'PY'
+python3 - "$PART" "$BYTES" "${d[*]}" "${s[*]}" "${k[*]}" "${r[*]}" <<'PY'
 import statistics, sys
-part, size, k, r = sys.argv[1], int(sys.argv[2]), [float(x) for x in sys.argv[3].split()], [float(x) for x in sys.argv[4].split()]
-mk, mr = statistics.median(k), statistics.median(r)
-print(f"{part}: newest generation {size/1e6:.0f} MB, cold cache, median of {len(k)}")
-print(f"kura restore   {mk:7.0f} MB/s  ({', '.join(f'{x:.0f}' for x in k)})")
-print(f"restic restore {mr:7.0f} MB/s  ({', '.join(f'{x:.0f}' for x in r)})")
-print(f"ratio kura/restic {mk/mr:.2f}x")
+part, size = sys.argv[1], int(sys.argv[2])
+runs = [[float(x) for x in a.split()] for a in sys.argv[3:7]]
+names = ["kura restore, daemon serving", "kura restore --stream (tar)", "kura restore, no daemon", "restic restore"]
+mr = statistics.median(runs[3])
+print(f"{part}: newest generation {size/1e6:.0f} MB, cold cache, median of {len(runs[3])}")
+for n, v in zip(names, runs):
+    m = statistics.median(v)
+    print(f"{n:30} {m:6.0f} MB/s  ({', '.join(f'{x:.0f}' for x in v)})  {m/mr:.2f}x restic")
 PY

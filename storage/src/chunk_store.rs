@@ -115,6 +115,9 @@ impl StreamInner {
 /// never reused, so a key never names other bytes).
 struct CacheShard {
     lru: LruCache<(PackId, u64), Arc<Record>>,
+    /// Records a reader is decoding now: another reader of the same record waits for
+    /// it rather than decoding it too (a read-ahead and the read it runs ahead of).
+    busy: HashSet<(PackId, u64)>,
     bytes: usize,
     limit: usize,
 }
@@ -167,6 +170,8 @@ pub struct ChunkStore {
     pub(crate) writer: Mutex<PackWriter>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
     cache: Vec<Mutex<CacheShard>>,
+    /// Per shard: woken when a record leaves its `busy` set.
+    decoded: Vec<std::sync::Condvar>,
     /// Index rows of chunks read lately. Rows change only under GC (repack, delete)
     /// and verify (damage); both clear it, and a read that fails at a remembered
     /// location looks the row up again before it reports anything.
@@ -269,10 +274,12 @@ impl ChunkStore {
             db,
             latch,
             files: Mutex::new(HashMap::new()),
+            decoded: (0..SHARDS).map(|_| std::sync::Condvar::new()).collect(),
             cache: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(CacheShard {
                         lru: LruCache::unbounded(),
+                        busy: HashSet::new(),
                         bytes: 0,
                         limit: cache_bytes / SHARDS,
                     })
@@ -619,8 +626,12 @@ impl ChunkStore {
     }
 
     fn cache_shard(&self, pack: PackId, offset: u64) -> &Mutex<CacheShard> {
+        &self.cache[Self::shard_of(pack, offset)]
+    }
+
+    fn shard_of(pack: PackId, offset: u64) -> usize {
         let h = pack.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (offset >> 10);
-        &self.cache[(h as usize ^ (h >> 32) as usize) % SHARDS]
+        (h as usize ^ (h >> 32) as usize) % SHARDS
     }
 
     /// The index row of `id`: remembered, or from a pooled reader connection.
@@ -798,32 +809,32 @@ impl ChunkStore {
         stored_len: u32,
         check: bool,
     ) -> Result<Arc<Record>> {
-        let shard = self.cache_shard(pack_id, offset);
+        let i = Self::shard_of(pack_id, offset);
+        let (shard, decoded) = (&self.cache[i], &self.decoded[i]);
+        let key = (pack_id, offset);
         // A checked read (GC's repack) reads from the pack and leaves the cache alone:
         // cached records have had only the members reads asked for checked.
-        if !check {
-            if let Some(b) = shard.lock().unwrap().lru.get(&(pack_id, offset)) {
-                return Ok(b.clone());
-            }
-        }
-        let path = pack::pack_path(&self.dir, pack_id);
-        let f = self.pack_file(pack_id)?;
-        let mut stored = Vec::new();
-        let hdr = self.read_checked(&f, &path, offset, stored_len, &mut stored)?;
-        let raw =
-            pack::decode_owned(&hdr, stored, check).map_err(|detail| StoreError::Corrupt {
-                what: format!("pack {}", path.display()),
-                chunk: hdr.id,
-                detail: format!("{detail} at {}:{offset}", path.display()),
-            })?;
-        let rec = Arc::new(Record {
-            raw: Arc::new(raw),
-            verified: Mutex::new(HashMap::new()),
-        });
         if check {
-            return Ok(rec);
+            return self.decode_record(pack_id, offset, stored_len, true);
         }
+        {
+            let mut c = shard.lock().unwrap();
+            loop {
+                if let Some(b) = c.lru.get(&key) {
+                    return Ok(b.clone());
+                }
+                if !c.busy.contains(&key) {
+                    break;
+                }
+                c = decoded.wait(c).unwrap();
+            }
+            c.busy.insert(key);
+        }
+        let rec = self.decode_record(pack_id, offset, stored_len, false);
         let mut c = shard.lock().unwrap();
+        c.busy.remove(&key);
+        decoded.notify_all();
+        let rec = rec?;
         c.bytes += rec.raw.len();
         if let Some(old) = c.lru.put((pack_id, offset), rec.clone()) {
             c.bytes -= old.raw.len();
@@ -835,6 +846,30 @@ impl ChunkStore {
             }
         }
         Ok(rec)
+    }
+
+    /// Reads and decodes the record at (pack, offset); `check` hashes it whole.
+    fn decode_record(
+        &self,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+        check: bool,
+    ) -> Result<Arc<Record>> {
+        let path = pack::pack_path(&self.dir, pack_id);
+        let f = self.pack_file(pack_id)?;
+        let mut stored = Vec::new();
+        let hdr = self.read_checked(&f, &path, offset, stored_len, &mut stored)?;
+        let raw =
+            pack::decode_owned(&hdr, stored, check).map_err(|detail| StoreError::Corrupt {
+                what: format!("pack {}", path.display()),
+                chunk: hdr.id,
+                detail: format!("{detail} at {}:{offset}", path.display()),
+            })?;
+        Ok(Arc::new(Record {
+            raw: Arc::new(raw),
+            verified: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// A decoded record for a long sequential read: from the shared cache when it is

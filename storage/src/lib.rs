@@ -53,6 +53,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod namespace;
 pub mod pack;
+pub(crate) mod readahead;
 pub mod snapshot;
 pub mod staging;
 pub mod store;

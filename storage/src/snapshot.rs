@@ -771,6 +771,7 @@ pub(crate) fn snap_read(
     if let Some(c) = f.target_ref {
         let name = String::from_utf8_lossy(&f.name).into_owned();
         store.read_content(&c, off, &mut buf, &|| format!("snapshot file {name}"))?;
+        store.read_ahead(&c, off, n, size);
     }
     Ok((buf, off + n as u64 >= size))
 }

@@ -144,8 +144,10 @@ pub struct Store {
     pub(crate) root: PathBuf,
     pub(crate) db: Arc<Db>,
     pub(crate) latch: Arc<Latch>,
-    pub(crate) chunks: ChunkStore,
+    pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) staging: Staging,
+    /// Decodes ahead of clients reading a file in order.
+    readahead: crate::readahead::ReadAhead,
     pub(crate) opts: StoreOptions,
     content_cache: Mutex<LruCache<ChunkId, Arc<ContentList>>>,
     pub(crate) dir_cache: Mutex<LruCache<ChunkId, Arc<Vec<TreeEntry>>>>,
@@ -182,13 +184,14 @@ impl Store {
         std::fs::create_dir_all(&q).map_err(|e| StoreError::io("create quarantine dir", &q, e))?;
         let latch = Arc::new(Latch::default());
         let db = Arc::new(Db::open(&root.join("kura.db"))?);
-        let chunks = ChunkStore::open(
+        let chunks = Arc::new(ChunkStore::open(
             root.join("packs"),
             db.clone(),
             latch.clone(),
             opts.cache_bytes,
             opts.zstd_level,
-        )?;
+        )?);
+        let readahead = crate::readahead::ReadAhead::new(chunks.clone());
         let staging = Staging::open(root.join("staging"))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.ingest_threads.max(1))
@@ -201,6 +204,7 @@ impl Store {
             latch,
             chunks,
             staging,
+            readahead,
             opts,
             content_cache: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             dir_cache: Mutex::new(LruCache::new(NonZeroUsize::new(1024).unwrap())),
@@ -783,6 +787,7 @@ impl Store {
                 Some(c) => {
                     let what = || self.describe(ino);
                     self.content_to(&c, off, n, sink, &what, None)?;
+                    self.read_ahead(&c, off, n, size);
                 }
                 None => sink.zeros(n),
             }
@@ -871,6 +876,34 @@ impl Store {
             done += elen as usize;
         }
         sink.zeros(len - done);
+        Ok(())
+    }
+
+    /// After a read of `n` bytes at `off` of content `c` (`size` bytes long): when the
+    /// file is being read in order, has the read-ahead decode the next stretch.
+    pub(crate) fn read_ahead(&self, c: &ChunkId, off: u64, n: usize, size: u64) {
+        if let Some((from, len)) = self.readahead.after_read(c, off, n as u64, size) {
+            let mut ids = Vec::new();
+            if self.chunks_in(c, from, len, &mut ids).is_ok() && !ids.is_empty() {
+                self.readahead.submit(ids);
+            }
+        }
+    }
+
+    /// The chunks holding `len` bytes of content `c` from `off`, in order.
+    fn chunks_in(&self, c: &ChunkId, off: u64, len: u64, out: &mut Vec<ChunkId>) -> Result<()> {
+        let list = self.content(c)?;
+        for (idx, eoff, elen) in list.pieces(off, len) {
+            let (_, id) = list.entries[idx];
+            if id.is_hole() {
+                continue;
+            }
+            if list.index {
+                self.chunks_in(&id, eoff, elen, out)?;
+            } else {
+                out.push(id);
+            }
+        }
         Ok(())
     }
 
