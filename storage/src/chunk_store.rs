@@ -856,16 +856,8 @@ impl ChunkStore {
         stored_len: u32,
         check: bool,
     ) -> Result<Arc<Record>> {
-        let path = pack::pack_path(&self.dir, pack_id);
-        let f = self.pack_file(pack_id)?;
-        let mut stored = Vec::new();
-        let hdr = self.read_checked(&f, &path, offset, stored_len, &mut stored)?;
-        let raw =
-            pack::decode_owned(&hdr, stored, check).map_err(|detail| StoreError::Corrupt {
-                what: format!("pack {}", path.display()),
-                chunk: hdr.id,
-                detail: format!("{detail} at {}:{offset}", path.display()),
-            })?;
+        let (mut stored, mut raw) = (Vec::new(), Vec::new());
+        self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, check)?;
         Ok(Arc::new(Record {
             raw: Arc::new(raw),
             verified: Mutex::new(HashMap::new()),
@@ -909,7 +901,7 @@ impl ChunkStore {
                 g.spare_stored.pop().unwrap_or_default(),
             )
         };
-        let decoded = self.decode_stream_record(pack_id, offset, stored_len, &mut stored, &mut raw);
+        let decoded = self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, false);
         let mut g = st.inner.lock().unwrap();
         g.busy.remove(&key);
         if g.spare_stored.len() < 8 {
@@ -935,18 +927,21 @@ impl ChunkStore {
         Ok(rec)
     }
 
-    fn decode_stream_record(
+    /// Reads the record at (pack, offset) into `stored` and decodes it into `raw`
+    /// (both buffers reused); `check` hashes it whole.
+    fn decode_into(
         &self,
         pack_id: PackId,
         offset: u64,
         stored_len: u32,
         stored: &mut Vec<u8>,
         raw: &mut Vec<u8>,
+        check: bool,
     ) -> Result<()> {
         let path = pack::pack_path(&self.dir, pack_id);
         let f = self.pack_file(pack_id)?;
         let hdr = self.read_checked(&f, &path, offset, stored_len, stored)?;
-        pack::decode_into(&hdr, stored, raw, false).map_err(|detail| StoreError::Corrupt {
+        pack::decode_into(&hdr, stored, raw, check).map_err(|detail| StoreError::Corrupt {
             what: format!("pack {}", path.display()),
             chunk: hdr.id,
             detail: format!("{detail} at {}:{offset}", path.display()),

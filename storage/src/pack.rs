@@ -307,30 +307,16 @@ fn pread_into(file: &File, len: usize, offset: u64, buf: &mut Vec<u8>) -> std::i
 
 /// Decodes a record's payload to plain bytes and checks its hash.
 pub fn decode_payload(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    decode_owned(hdr, stored.to_vec(), true)
-}
-
-/// Decodes a record's payload, taking the stored bytes (a raw record is returned
-/// as it is, not copied). `check` compares the plain bytes with the header's hash;
-/// the read path skips it because it checks every chunk it returns instead (hashing
-/// a bundle and then its members would hash every byte twice).
-pub fn decode_owned(
-    hdr: &RecordHeader,
-    stored: Vec<u8>,
-    check: bool,
-) -> std::result::Result<Vec<u8>, String> {
-    if hdr.codec == CODEC_RAW {
-        check_stored(hdr, &stored)?;
-        check_decoded(hdr, &stored, check)?;
-        return Ok(stored);
-    }
     let mut out = Vec::new();
-    decode_into(hdr, &stored, &mut out, check)?;
+    decode_into(hdr, stored, &mut out, true)?;
     Ok(out)
 }
 
 /// Decodes a record's payload into `out` (replacing what it held, reusing its memory:
-/// a restore decodes a gigabyte through a few buffers instead of fresh pages).
+/// a restore decodes a gigabyte through a few buffers instead of fresh pages). `check`
+/// compares the plain bytes with the header's hash; the read path skips it because it
+/// checks every chunk it returns instead (hashing a bundle and then its members would
+/// hash every byte twice).
 pub fn decode_into(
     hdr: &RecordHeader,
     stored: &[u8],
