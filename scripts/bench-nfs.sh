@@ -52,12 +52,12 @@ LOG { Default_Log_Level = WARN; }
 CONF
 ganesha.nfsd -F -L "$DIR/ganesha.log" -f "$DIR/ganesha.conf" -p "$DIR/ganesha.pid" &
 GPID=$!
-"$KURA" --data "$DIR/kstore" serve --listen 127.0.0.1:12051 > "$DIR/kura.out" 2> "$DIR/kura.log" &
+"$KURA" --data "$DIR/kstore" serve --listen 127.0.0.1:12051 --api 127.0.0.1:12052 > "$DIR/kura.out" 2> "$DIR/kura.log" &
 KPID=$!
 SERVERS="kura ganesha"
 BPID=
 if [ -n "${KURA_BASELINE:-}" ]; then
-  "$KURA_BASELINE" --data "$DIR/kstore-base" serve --listen 127.0.0.1:12053 > "$DIR/kura-base.out" 2> "$DIR/kura-base.log" &
+  "$KURA_BASELINE" --data "$DIR/kstore-base" serve --listen 127.0.0.1:12053 --api 127.0.0.1:12054 > "$DIR/kura-base.out" 2> "$DIR/kura-base.log" &
   BPID=$!
   SERVERS="kura kura-base ganesha"
 fi
