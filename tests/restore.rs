@@ -290,6 +290,53 @@ fn round_trip_live_offline_subtree_tar_and_at() {
         .any(|j| j["kind"] == "restore" && j["result"] == "ok"));
 }
 
+/// A sparse file (a hole between two writes) comes back sparse from the direct
+/// restores (the CLI holding the store, and the daemon writing), byte for byte.
+#[test]
+fn sparse_files_restore_sparse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let mut d = Daemon::start(&cfg, &[]);
+    py(
+        d.port,
+        "with c.open('/sparse', 'wb') as f:\n    f.write(b'head' * 1024)\n    f.seek(64 << 20)\n    f.write(b'tail' * 1024)\n",
+    );
+    ok(kura_output(&cfg, &["snapshot", "create", "backup", "s"]));
+    let check = |dir: &Path| {
+        let p = dir.join("sparse");
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), (64 << 20) + 4096);
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "{} bytes allocated for a file of two 4 KiB writes",
+            m.blocks() * 512
+        );
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(&data[..4096], "head".repeat(1024).as_bytes());
+        assert!(data[4096..64 << 20].iter().all(|b| *b == 0));
+        assert_eq!(&data[64 << 20..], "tail".repeat(1024).as_bytes());
+    };
+    let by_daemon = tmp.path().join("rd");
+    ok(kura_output(
+        &cfg,
+        &[
+            "restore",
+            "backup",
+            "s",
+            "--to",
+            by_daemon.to_str().unwrap(),
+        ],
+    ));
+    check(&by_daemon);
+    d.stop();
+    let offline = tmp.path().join("ro");
+    ok(kura_output(
+        &cfg,
+        &["restore", "backup", "s", "--to", offline.to_str().unwrap()],
+    ));
+    check(&offline);
+}
+
 /// A damaged pack: the files whose chunks are in it are named, the others restored,
 /// exit code 1.
 #[test]

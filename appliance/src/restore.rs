@@ -709,7 +709,7 @@ impl Out for DirOut<'_> {
                 }
                 let (pieces, err) = read_window(store, e, off, len, stream);
                 damage = damage.or(err);
-                if let Err(x) = write_pieces_at(f, &pieces, off) {
+                if let Err(x) = write_data_at(f, &pieces, off) {
                     failed.store(true, Ordering::Relaxed);
                     return Err(x);
                 }
@@ -743,6 +743,22 @@ impl Out for DirOut<'_> {
             .with_context(|| format!("setting the times of {path}"))?;
         Ok(damage)
     }
+}
+
+/// Writes `pieces` one after another at `off` in `f`, leaving runs of zeros of their
+/// own (holes, and what could not be read) unwritten: the file was sized first, so they
+/// read as zeros, and a sparse file comes back sparse.
+fn write_data_at(f: &std::fs::File, pieces: &[Piece], off: u64) -> std::io::Result<()> {
+    let (mut run, mut run_off, mut at) = (0, off, off);
+    for (k, p) in pieces.iter().enumerate() {
+        let len = p.as_ref().len() as u64;
+        if matches!(p, Piece::Owned(v) if v.iter().all(|b| *b == 0)) {
+            write_pieces_at(f, &pieces[run..k], run_off)?;
+            (run, run_off) = (k + 1, at + len);
+        }
+        at += len;
+    }
+    write_pieces_at(f, &pieces[run..], run_off)
 }
 
 /// Writes `pieces` one after another at `off` in `f`, handing the kernel up to 1,024
