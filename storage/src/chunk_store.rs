@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Index row of a chunk.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +45,97 @@ struct Record {
     verified: Mutex<HashMap<ChunkId, (u32, u32)>>,
 }
 
+impl Record {
+    fn new(raw: Vec<u8>) -> Arc<Record> {
+        Arc::new(Record {
+            raw: Arc::new(raw),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Decoded records by location, each decoded once at a time: a reader that wants a
+/// record another reader is decoding waits for it (a read-ahead and the read it runs
+/// ahead of; two readers of a restore). The shared read cache's shards and a restore's
+/// [`StreamCache`] are each one of these behind a mutex. Keys name where a record is
+/// (pack ids are never reused, so a key never names other bytes).
+struct RecordLru {
+    lru: LruCache<(PackId, u64), Arc<Record>>,
+    /// Records a reader is decoding now.
+    busy: HashSet<(PackId, u64)>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl RecordLru {
+    fn new(limit: usize) -> RecordLru {
+        RecordLru {
+            lru: LruCache::unbounded(),
+            busy: HashSet::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// The record at `key` when it is kept (waiting while another reader decodes it);
+    /// otherwise marks it busy and gives the lock back: the caller decodes it and ends
+    /// with [`RecordLru::finish`]. `of` finds the records in what the mutex guards.
+    fn get_or_claim<'a, T>(
+        mut g: MutexGuard<'a, T>,
+        ready: &Condvar,
+        key: (PackId, u64),
+        of: impl Fn(&mut T) -> &mut RecordLru,
+    ) -> std::result::Result<Arc<Record>, MutexGuard<'a, T>> {
+        loop {
+            let r = of(&mut g);
+            if let Some(rec) = r.lru.get(&key) {
+                return Ok(rec.clone());
+            }
+            if !r.busy.contains(&key) {
+                r.busy.insert(key);
+                return Err(g);
+            }
+            g = ready.wait(g).unwrap();
+        }
+    }
+
+    /// Ends a claim (the caller then wakes the waiters): keeps `rec` when the decoding
+    /// succeeded, and returns the least recent records let go to stay within the limit
+    /// (`keep` of them kept whatever their size).
+    fn finish(
+        &mut self,
+        key: (PackId, u64),
+        rec: Option<&Arc<Record>>,
+        keep: usize,
+    ) -> Vec<Arc<Record>> {
+        self.busy.remove(&key);
+        let mut gone = Vec::new();
+        if let Some(rec) = rec {
+            self.bytes += rec.raw.len();
+            if let Some((_, old)) = self.lru.push(key, rec.clone()) {
+                self.bytes -= old.raw.len();
+                gone.push(old);
+            }
+        }
+        while self.bytes > self.limit && self.lru.len() > keep {
+            match self.lru.pop_lru() {
+                Some((_, old)) => {
+                    self.bytes -= old.raw.len();
+                    gone.push(old);
+                }
+                None => break,
+            }
+        }
+        gone
+    }
+
+    fn remove(&mut self, key: (PackId, u64)) -> Option<Arc<Record>> {
+        let old = self.lru.pop(&key)?;
+        self.bytes -= old.raw.len();
+        Some(old)
+    }
+}
+
 /// Decoded records of one long sequential read (a restore, a restore test), kept
 /// apart from the shared read cache: such a read would otherwise fill that cache with
 /// records nobody reads again, and pay fresh pages for every one. Records it lets go
@@ -52,19 +143,15 @@ struct Record {
 /// two neighbouring windows need is decoded once, the second reader waiting for it.
 pub struct StreamCache {
     inner: Mutex<StreamInner>,
-    ready: std::sync::Condvar,
+    ready: Condvar,
 }
 
 struct StreamInner {
-    lru: LruCache<(PackId, u64), Arc<Record>>,
-    /// Records a reader is decoding now.
-    busy: HashSet<(PackId, u64)>,
-    bytes: usize,
-    limit: usize,
+    records: RecordLru,
+    /// Buffers of records let go, for the next decoded ones.
     spare: Vec<Vec<u8>>,
     /// Buffers for stored (compressed) bytes, likewise reused.
     spare_stored: Vec<Vec<u8>>,
-    decoded: u64,
 }
 
 impl StreamCache {
@@ -72,35 +159,25 @@ impl StreamCache {
     pub fn new(limit: usize) -> Self {
         StreamCache {
             inner: Mutex::new(StreamInner {
-                lru: LruCache::unbounded(),
-                busy: HashSet::new(),
-                bytes: 0,
-                limit,
+                records: RecordLru::new(limit),
                 spare: Vec::new(),
                 spare_stored: Vec::new(),
-                decoded: 0,
             }),
-            ready: std::sync::Condvar::new(),
+            ready: Condvar::new(),
         }
-    }
-
-    /// Plain bytes decoded into this cache so far (the read amplification of a
-    /// restore is this over the bytes restored).
-    pub fn decoded_bytes(&self) -> u64 {
-        self.inner.lock().unwrap().decoded
     }
 
     fn forget(&self, pack: PackId, offset: u64) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(old) = g.lru.pop(&(pack, offset)) {
+        if let Some(old) = g.records.remove((pack, offset)) {
             g.release(old);
         }
     }
 }
 
 impl StreamInner {
+    /// Keeps the memory of a record let go, when nothing else holds it.
     fn release(&mut self, rec: Arc<Record>) {
-        self.bytes -= rec.raw.len();
         if let Ok(rec) = Arc::try_unwrap(rec) {
             if let Ok(raw) = Arc::try_unwrap(rec.raw) {
                 if self.spare.len() < 8 {
@@ -109,17 +186,6 @@ impl StreamInner {
             }
         }
     }
-}
-
-/// One shard of decoded record payloads, keyed by where the record is (pack ids are
-/// never reused, so a key never names other bytes).
-struct CacheShard {
-    lru: LruCache<(PackId, u64), Arc<Record>>,
-    /// Records a reader is decoding now: another reader of the same record waits for
-    /// it rather than decoding it too (a read-ahead and the read it runs ahead of).
-    busy: HashSet<(PackId, u64)>,
-    bytes: usize,
-    limit: usize,
 }
 
 /// Shards of the record and location caches: parallel readers rarely meet on a lock,
@@ -169,9 +235,9 @@ pub struct ChunkStore {
     pub(crate) latch: Arc<Latch>,
     pub(crate) writer: Mutex<PackWriter>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
-    cache: Vec<Mutex<CacheShard>>,
+    cache: Vec<Mutex<RecordLru>>,
     /// Per shard: woken when a record leaves its `busy` set.
-    decoded: Vec<std::sync::Condvar>,
+    decoded: Vec<Condvar>,
     /// Index rows of chunks read lately. Rows change only under GC (repack, delete)
     /// and verify (damage); both clear it, and a read that fails at a remembered
     /// location looks the row up again before it reports anything.
@@ -274,16 +340,9 @@ impl ChunkStore {
             db,
             latch,
             files: Mutex::new(HashMap::new()),
-            decoded: (0..SHARDS).map(|_| std::sync::Condvar::new()).collect(),
+            decoded: (0..SHARDS).map(|_| Condvar::new()).collect(),
             cache: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(CacheShard {
-                        lru: LruCache::unbounded(),
-                        busy: HashSet::new(),
-                        bytes: 0,
-                        limit: cache_bytes / SHARDS,
-                    })
-                })
+                .map(|_| Mutex::new(RecordLru::new(cache_bytes / SHARDS)))
                 .collect(),
             locations: (0..SHARDS)
                 .map(|_| {
@@ -625,7 +684,7 @@ impl ChunkStore {
         &self.locations[id.0[0] as usize % SHARDS]
     }
 
-    fn cache_shard(&self, pack: PackId, offset: u64) -> &Mutex<CacheShard> {
+    fn cache_shard(&self, pack: PackId, offset: u64) -> &Mutex<RecordLru> {
         &self.cache[Self::shard_of(pack, offset)]
     }
 
@@ -810,42 +869,20 @@ impl ChunkStore {
         check: bool,
     ) -> Result<Arc<Record>> {
         let i = Self::shard_of(pack_id, offset);
-        let (shard, decoded) = (&self.cache[i], &self.decoded[i]);
+        let (shard, ready) = (&self.cache[i], &self.decoded[i]);
         let key = (pack_id, offset);
         // A checked read (GC's repack) reads from the pack and leaves the cache alone:
         // cached records have had only the members reads asked for checked.
         if check {
             return self.decode_record(pack_id, offset, stored_len, true);
         }
-        {
-            let mut c = shard.lock().unwrap();
-            loop {
-                if let Some(b) = c.lru.get(&key) {
-                    return Ok(b.clone());
-                }
-                if !c.busy.contains(&key) {
-                    break;
-                }
-                c = decoded.wait(c).unwrap();
-            }
-            c.busy.insert(key);
+        if let Ok(rec) = RecordLru::get_or_claim(shard.lock().unwrap(), ready, key, |c| c) {
+            return Ok(rec);
         }
         let rec = self.decode_record(pack_id, offset, stored_len, false);
-        let mut c = shard.lock().unwrap();
-        c.busy.remove(&key);
-        decoded.notify_all();
-        let rec = rec?;
-        c.bytes += rec.raw.len();
-        if let Some(old) = c.lru.put((pack_id, offset), rec.clone()) {
-            c.bytes -= old.raw.len();
-        }
-        while c.bytes > c.limit {
-            match c.lru.pop_lru() {
-                Some((_, v)) => c.bytes -= v.raw.len(),
-                None => break,
-            }
-        }
-        Ok(rec)
+        shard.lock().unwrap().finish(key, rec.as_ref().ok(), 0);
+        ready.notify_all();
+        rec
     }
 
     /// Reads and decodes the record at (pack, offset); `check` hashes it whole.
@@ -858,10 +895,7 @@ impl ChunkStore {
     ) -> Result<Arc<Record>> {
         let (mut stored, mut raw) = (Vec::new(), Vec::new());
         self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, check)?;
-        Ok(Arc::new(Record {
-            raw: Arc::new(raw),
-            verified: Mutex::new(HashMap::new()),
-        }))
+        Ok(Record::new(raw))
     }
 
     /// A decoded record for a long sequential read: from the shared cache when it is
@@ -884,47 +918,27 @@ impl ChunkStore {
         {
             return Ok(b.clone());
         }
-        let (mut raw, mut stored) = {
-            let mut g = st.inner.lock().unwrap();
-            loop {
-                if let Some(r) = g.lru.get(&key) {
-                    return Ok(r.clone());
-                }
-                if !g.busy.contains(&key) {
-                    break;
-                }
-                g = st.ready.wait(g).unwrap();
-            }
-            g.busy.insert(key);
-            (
-                g.spare.pop().unwrap_or_default(),
-                g.spare_stored.pop().unwrap_or_default(),
-            )
-        };
+        let (mut raw, mut stored) =
+            match RecordLru::get_or_claim(st.inner.lock().unwrap(), &st.ready, key, |g| {
+                &mut g.records
+            }) {
+                Ok(rec) => return Ok(rec),
+                Err(mut g) => (
+                    g.spare.pop().unwrap_or_default(),
+                    g.spare_stored.pop().unwrap_or_default(),
+                ),
+            };
         let decoded = self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, false);
+        let rec = decoded.map(|()| Record::new(raw));
         let mut g = st.inner.lock().unwrap();
-        g.busy.remove(&key);
         if g.spare_stored.len() < 8 {
             g.spare_stored.push(stored);
         }
-        st.ready.notify_all();
-        decoded?;
-        let rec = Arc::new(Record {
-            raw: Arc::new(raw),
-            verified: Mutex::new(HashMap::new()),
-        });
-        g.bytes += rec.raw.len();
-        g.decoded += rec.raw.len() as u64;
-        if let Some((_, old)) = g.lru.push(key, rec.clone()) {
+        for old in g.records.finish(key, rec.as_ref().ok(), 1) {
             g.release(old);
         }
-        while g.bytes > g.limit && g.lru.len() > 1 {
-            match g.lru.pop_lru() {
-                Some((_, old)) => g.release(old),
-                None => break,
-            }
-        }
-        Ok(rec)
+        st.ready.notify_all();
+        rec
     }
 
     /// Reads the record at (pack, offset) into `stored` and decodes it into `raw`
@@ -949,11 +963,10 @@ impl ChunkStore {
     }
 
     pub(crate) fn uncache(&self, pack_id: PackId, offset: u64) {
-        let mut c = self.cache_shard(pack_id, offset).lock().unwrap();
-        if let Some(v) = c.lru.pop(&(pack_id, offset)) {
-            c.bytes -= v.raw.len();
-        }
-        drop(c);
+        self.cache_shard(pack_id, offset)
+            .lock()
+            .unwrap()
+            .remove((pack_id, offset));
         self.forget_locations();
     }
 }
