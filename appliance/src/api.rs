@@ -730,11 +730,7 @@ async fn restore_into(
     let token = tokio::task::spawn_blocking(move || load_or_make_token(&data_dir))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))??;
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
-    if !sent.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes())) {
+    if !bearer_is(&headers, &token) {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "a restore written by the daemon needs the bearer token (see <data_dir>/api-token)"
@@ -865,13 +861,7 @@ async fn check_token(
     next: Next,
 ) -> Response {
     if let Some(token) = token {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
-        if !ok && req.uri().path() != "/healthz" {
+        if !bearer_is(req.headers(), &token) && req.uri().path() != "/healthz" {
             return ApiError(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (see <data_dir>/api-token)".into(),
@@ -880,6 +870,15 @@ async fn check_token(
         }
     }
     next.run(req).await
+}
+
+/// Whether the request carries `token` as its bearer token.
+fn bearer_is(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -958,4 +957,27 @@ pub fn load_or_make_token(data_dir: &std::path::Path) -> anyhow::Result<String> 
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_must_match() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(bearer_is(&with("Bearer abc123"), "abc123"));
+        assert!(
+            bearer_is(&with("Bearer abc123\t"), "abc123"),
+            "trailing space"
+        );
+        assert!(!bearer_is(&with("Bearer abc124"), "abc123"));
+        assert!(!bearer_is(&with("Bearer abc12"), "abc123"), "a prefix");
+        assert!(!bearer_is(&with("Basic abc123"), "abc123"));
+        assert!(!bearer_is(&axum::http::HeaderMap::new(), "abc123"));
+    }
 }
