@@ -6,10 +6,14 @@
 # libnfs-utils when missing.
 #   scripts/bench-nfs.sh [RUNS]     env: BENCH_DIR (default $TMPDIR/kura-nfs-bench), SIZE_MIB,
 #   KURA_BASELINE (another kura binary, e.g. an earlier commit's, measured alongside),
-#   PAR_MIB (default 256; 0 skips the parallel case)
+#   PAR_MIB (default 256; 0 skips the parallel case), SMALL_FILES (default 3000; 0 skips
+#   the small-file case), SIZE_MIB=0 skips the 1 GiB case
 # Then four readers at once: each server gets four PAR_MIB files (kura's ingested
 # before they are read), read once to warm caches, then read by four nfs-cp at once,
 # RUNS times: aggregate MB/s and, for kura, the daemon's CPU use beside it.
+# Then small files (scripts/bench-small.py, nfs-rs from target/test-venv): SMALL_FILES
+# files of 4 KiB created one after another (open, write, close) by one client, then by
+# four clients at once; files/s, median of RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -36,7 +40,7 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/rpcbind /run/ganesha /run/io
 # The client's own file lives in memory, so that only the servers touch the disk.
 IO=/run/io
-head -c $((SIZE_MIB << 20)) /dev/urandom > "$IO/input.bin"
+[ "$SIZE_MIB" -gt 0 ] && head -c $((SIZE_MIB << 20)) /dev/urandom > "$IO/input.bin"
 rpcbind -w
 KURA=$PWD/target/release/kura
 mkdir -p "$DIR/gexport"
@@ -74,7 +78,9 @@ declare -A W R
 # also rotates from run to run.
 SETTLE=${SETTLE:-8}
 read -r -a ORDER <<< "$SERVERS"
-for ((i = 1; i <= RUNS; i++)); do
+BIG_RUNS=$RUNS
+[ "$SIZE_MIB" -gt 0 ] || BIG_RUNS=0
+for ((i = 1; i <= BIG_RUNS; i++)); do
   n=${#ORDER[@]}
   for ((k = 0; k < n; k++)); do
     srv=${ORDER[$(( (k + i) % n ))]}
@@ -92,11 +98,25 @@ for ((i = 1; i <= RUNS; i++)); do
   done
 done
 med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "nfs-cp ${SIZE_MIB} MiB, $RUNS runs, MB/s (median; all runs)"
+[ "$BIG_RUNS" -gt 0 ] && echo "nfs-cp ${SIZE_MIB} MiB, $RUNS runs, MB/s (median; all runs)"
 for srv in $SERVERS; do
+  [ "$BIG_RUNS" -gt 0 ] || break
   printf "%-10s write %5s  (%s)  read %5s  (%s)\n" "$srv" "$(echo "${W[$srv]}" | med)" "${W[$srv]}" "$(echo "${R[$srv]}" | med)" "${R[$srv]}"
 done
 echo "kura: allow-list 127.0.0.1/32 (the default export)"
+
+SMALL_FILES=${SMALL_FILES:-3000}
+if [ "$SMALL_FILES" -gt 0 ]; then
+  small=()
+  for srv in $SERVERS; do
+    case $srv in
+      kura) small+=("kura=$(url 12051 /backup)") ;;
+      kura-base) small+=("kura-base=$(url 12053 /backup)") ;;
+      ganesha) small+=("ganesha=$(url 12049 "$DIR/gexport" 12050)") ;;
+    esac
+  done
+  "${KURA_PYTHON:-$PWD/target/test-venv/bin/python}" scripts/bench-small.py "$SMALL_FILES" "$RUNS" "${small[@]}"
+fi
 
 PAR_MIB=${PAR_MIB:-256}
 [ "$PAR_MIB" -gt 0 ] || exit 0

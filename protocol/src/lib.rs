@@ -35,4 +35,5 @@ mod hostile;
 pub use fs::{
     CallObserver, ExportPolicy, FreezeError, FreezeGate, FreezeStats, Frozen, KuraFs, Shared,
 };
-pub use server::{boot_id, Cidr, Export, ExportConfig};
+pub use server::{Cidr, Export, ExportConfig};
+pub use storage::durable::boot_id;

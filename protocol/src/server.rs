@@ -121,17 +121,6 @@ impl Drop for Export {
     }
 }
 
-/// The kernel's boot id: differs after every reboot. `KURA_BOOT_ID` overrides it so that
-/// tests can simulate a reboot.
-pub fn boot_id() -> String {
-    if let Ok(id) = std::env::var("KURA_BOOT_ID") {
-        return id;
-    }
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// What tells exports apart for their handle keys: the configured address and the
 /// volumes shown. Changing either makes the export's old handles STALE (clients mount
 /// again), which is what a changed volume list must do.

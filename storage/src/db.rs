@@ -14,6 +14,7 @@ use crate::error::{DbContext, Result, StoreError};
 use crate::format::STORE_FORMAT;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 const SCHEMA: &str = r#"
@@ -94,6 +95,9 @@ CREATE TABLE IF NOT EXISTS ingest_parts(
   seq INTEGER NOT NULL,
   leaf BLOB NOT NULL,
   PRIMARY KEY(ino, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS staged_copies(
+  ino INTEGER PRIMARY KEY,
+  data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS damaged(
   id BLOB PRIMARY KEY,
   pack INTEGER NOT NULL,
@@ -207,6 +211,31 @@ fn migrate_to_v4(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The writer connection, held (see [`Db::lock`]).
+pub struct Writer<'a> {
+    conn: MutexGuard<'a, Connection>,
+    released: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.released.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 pub struct Db {
     conn: Mutex<Connection>,
     /// Read-only connections for the read path (WAL lets them read while the writer
@@ -214,8 +243,11 @@ pub struct Db {
     /// changes for the one connection's mutex.
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
-    /// Group commit of WAL fsyncs: (requests served up to, sync in progress).
-    wal_sync: Mutex<(u64, bool)>,
+    /// Group commit of WAL fsyncs: (requests served up to, sync in progress, the count
+    /// of writer releases the last completed fsync covered).
+    wal_sync: Mutex<(u64, bool, Option<u64>)>,
+    /// How often the writer connection was let go (see [`Db::lock`]).
+    released: AtomicU64,
     wal_cv: Condvar,
     wal_seq: std::sync::atomic::AtomicU64,
 }
@@ -272,7 +304,8 @@ impl Db {
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
-            wal_sync: Mutex::new((0, false)),
+            wal_sync: Mutex::new((0, false, None)),
+            released: AtomicU64::new(0),
             wal_cv: Condvar::new(),
             wal_seq: Default::default(),
         })
@@ -304,8 +337,13 @@ impl Db {
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The writer connection. Letting it go counts as a possible change of the WAL,
+    /// which is how [`Db::sync_wal`] knows when it has nothing to make durable.
+    pub fn lock(&self) -> Writer<'_> {
+        Writer {
+            conn: self.conn.lock().unwrap_or_else(|e| e.into_inner()),
+            released: &self.released,
+        }
     }
 
     /// Makes every transaction committed before this call durable against power loss.
@@ -321,12 +359,19 @@ impl Db {
             if !g.1 {
                 g.1 = true;
                 let target = self.wal_seq.load(Ordering::Acquire);
+                // Every commit before this call let the writer go before it: when no
+                // writer was let go since the last fsync began, the WAL holds nothing
+                // that fsync did not cover (a COMMIT after a small file's copy made
+                // durable, a second COMMIT of the same file).
+                let released = self.released.load(Ordering::Acquire);
+                let skip = g.2 == Some(released);
                 drop(g);
-                let r = self.fsync_wal(latch);
+                let r = if skip { Ok(()) } else { self.fsync_wal(latch) };
                 g = self.wal_sync.lock().unwrap();
                 g.1 = false;
                 if r.is_ok() {
                     g.0 = g.0.max(target);
+                    g.2 = Some(released);
                 }
                 self.wal_cv.notify_all();
                 r?;

@@ -63,6 +63,17 @@ impl Latch {
     }
 }
 
+/// The kernel's boot id: differs after every reboot. `KURA_BOOT_ID` overrides it so that
+/// tests can simulate a reboot.
+pub fn boot_id() -> String {
+    if let Ok(id) = std::env::var("KURA_BOOT_ID") {
+        return id;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

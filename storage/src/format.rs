@@ -51,7 +51,11 @@
 /// format 1 or 2 store is migrated when opened (`db::migrate_to_v3`).
 /// 4: snapshots carry a label, a hold, a lock date and a busy mark; the store keeps a
 /// job history (`jobs`). Columns added in place when a format 3 store is opened.
-pub const STORE_FORMAT: u32 = 4;
+/// 5: `staged_copies` holds the durable copy of small staged files (the bytes a COMMIT
+/// made durable through the WAL instead of an fsync of the staging file); an older kura
+/// would not restore them after a power loss, so it must refuse the store. The table
+/// is created when a format 4 store is opened.
+pub const STORE_FORMAT: u32 = 5;
 
 pub const PACK_MAGIC: &[u8; 8] = b"KURAPK01";
 pub const RECORD_MAGIC: u32 = 0x4b43_4b31; // "1KCK" little-endian

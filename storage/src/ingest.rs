@@ -314,6 +314,10 @@ impl Store {
             .map_err(|e| StoreError::db("begin ingest commit", e))?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
         forget_parts(&tx, st.ino)?;
+        // The file's durable copy goes with the commit that makes its content durable.
+        if g.copied {
+            crate::staging::put_copy(&tx, st.ino, None)?;
+        }
         let exists = namespace::get_opt(&tx, st.ino)?.is_some();
         if exists {
             namespace::set_content(&tx, st.ino, content, size, Some(mtime))?;
@@ -322,6 +326,7 @@ impl Store {
             .map_err(|e| StoreError::db("commit ingest", e))?;
         drop(conn);
         drop(pins);
+        g.copied = false;
         if log.writes.is_empty() || !exists {
             g.dropped = true;
             self.staging.drop_file(st.ino)?;

@@ -17,10 +17,11 @@
 //! store); see `lib.rs` for the whole order.
 
 use crate::durable::Latch;
-use crate::error::{Result, StoreError};
+use crate::error::{DbContext, Result, StoreError};
 use crate::format::JOURNAL_TRUNCATE;
 use crate::ids::{ChunkId, FileId};
 use crate::namespace::Timespec;
+use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -142,6 +143,8 @@ pub(crate) struct StagedState {
     pub last_write: Instant,
     pub ingesting: Option<IngestLog>,
     pub dir_synced: bool,
+    /// A durable copy of the whole file may be in `staged_copies` (see [`save_copy`]).
+    pub copied: bool,
     /// Bytes written since writeback of this file was last started.
     pub unflushed: u64,
     /// Set under the lock when this staging was ingested away or removed: a writer
@@ -451,6 +454,7 @@ impl StagedState {
             last_write: Instant::now(),
             ingesting: None,
             dir_synced: true,
+            copied: false,
             unflushed: 0,
             dropped: false,
             seal: None,
@@ -598,20 +602,33 @@ impl StagedFile {
         }
     }
 
-    /// Makes every write and truncate acknowledged before this call durable.
-    pub fn sync(&self, latch: &Latch, dir: &Path) -> Result<()> {
+    /// Makes every write and truncate acknowledged before this call durable, either by
+    /// fsyncs of the staging file (and journal, and once the directory) or, for a small
+    /// file in full mode, by handing its bytes to `copy` (which writes them to
+    /// `staged_copies`; the caller's WAL fsync then makes them durable): one device flush
+    /// for a small file's data and its metadata together. `allow_copy` false forces the
+    /// fsyncs (a clean stop, a platform snapshot: the staging files on disk must be
+    /// whole by themselves) and drops the copy.
+    pub fn sync(
+        &self,
+        latch: &Latch,
+        dir: &Path,
+        copy: CopySink<'_>,
+        allow_copy: bool,
+    ) -> Result<()> {
         use std::sync::atomic::Ordering;
         let my = self.seq.load(Ordering::Acquire);
         let mut st = self.sync_state.lock().unwrap();
         loop {
-            if st.0 >= my {
+            // A forced sync is never covered by one that may have made only a copy.
+            if st.0 >= my && (allow_copy || !self.lock().copied) {
                 return Ok(());
             }
             if !st.1 {
                 st.1 = true;
                 let target = self.seq.load(Ordering::Acquire);
                 drop(st);
-                let r = self.fsync_all(latch, dir);
+                let r = self.make_durable(latch, dir, copy, allow_copy);
                 st = self.sync_state.lock().unwrap();
                 st.1 = false;
                 if r.is_ok() {
@@ -623,6 +640,39 @@ impl StagedFile {
                 st = self.sync_cv.wait(st).unwrap();
             }
         }
+    }
+
+    fn make_durable(
+        &self,
+        latch: &Latch,
+        dir: &Path,
+        copy: CopySink<'_>,
+        allow_copy: bool,
+    ) -> Result<()> {
+        let small = {
+            let g = self.lock();
+            if allow_copy && g.journal.is_none() && g.base.is_none() && g.size <= SMALL_COPY_MAX {
+                let mut buf = vec![0u8; g.size as usize];
+                read_exact_or_zero(&g.file, &mut buf, 0)
+                    .map_err(|e| StoreError::io("read staging file", &self.path, e))?;
+                Some(buf)
+            } else {
+                None
+            }
+        };
+        if let Some(bytes) = small {
+            copy(self.ino, Some(&bytes))?;
+            self.lock().copied = true;
+            return Ok(());
+        }
+        self.fsync_all(latch, dir)?;
+        // The fsynced file is now the newer durable state: an older copy must not win
+        // at a recovery. Its removal is durable with the caller's WAL fsync.
+        if self.lock().copied {
+            copy(self.ino, None)?;
+            self.lock().copied = false;
+        }
+        Ok(())
     }
 
     fn fsync_all(&self, latch: &Latch, dir: &Path) -> Result<()> {
@@ -701,6 +751,52 @@ fn read_exact_or_zero(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Re
         }
     }
     Ok(())
+}
+
+/// Files up to this size in full mode are made durable by a copy of their bytes in the
+/// database (one WAL fsync for data and metadata) instead of fsyncs of the staging file
+/// and its directory. Larger ones would make the WAL carry their bytes twice.
+pub const SMALL_COPY_MAX: u64 = 64 << 10;
+
+/// Where [`StagedFile::sync`] sends a small file's bytes (`Some`) or the news that its
+/// staging file is durable on its own and the copy must go (`None`).
+pub(crate) type CopySink<'a> = &'a dyn Fn(FileId, Option<&[u8]>) -> Result<()>;
+
+// This module owns the `staged_copies` table: the durable copies of small staged files.
+// A copy is the whole file as of its last durable point. Recovery after a power loss
+// (the previous run did not stop cleanly and the machine rebooted) rewrites the staging
+// file from it, because the staging file itself was never fsynced; after a killed
+// daemon on the same boot the staging file in the page cache is newer and wins. A copy
+// is removed when the file's staging file is fsynced instead, when the file is ingested
+// (in the ingest's commit) and when the file is removed.
+
+/// Saves (`Some`) or removes (`None`) the durable copy of a staged file.
+pub(crate) fn put_copy(conn: &Connection, ino: FileId, bytes: Option<&[u8]>) -> Result<()> {
+    let r = match bytes {
+        Some(b) => conn
+            .prepare_cached("INSERT OR REPLACE INTO staged_copies(ino, data) VALUES(?1, ?2)")
+            .and_then(|mut st| st.execute(rusqlite::params![ino.0 as i64, b])),
+        None => conn
+            .prepare_cached("DELETE FROM staged_copies WHERE ino=?1")
+            .and_then(|mut st| st.execute([ino.0 as i64])),
+    };
+    r.map(|_| ()).ctx("saving a staged file's copy")
+}
+
+/// Every durable copy, by file.
+pub(crate) fn load_copies(conn: &Connection) -> Result<HashMap<FileId, Vec<u8>>> {
+    let mut st = conn
+        .prepare("SELECT ino, data FROM staged_copies")
+        .ctx("reading staged copies")?;
+    let rows = st
+        .query_map([], |r| Ok((FileId(r.get::<_, i64>(0)? as u64), r.get(1)?)))
+        .ctx("reading staged copies")?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let (ino, data) = r.ctx("reading staged copies")?;
+        out.insert(ino, data);
+    }
+    Ok(out)
 }
 
 impl Staging {
@@ -782,6 +878,7 @@ impl Staging {
                 last_write: Instant::now(),
                 ingesting: None,
                 dir_synced: false,
+                copied: false,
                 unflushed: 0,
                 dropped: false,
                 seal: None,
@@ -848,15 +945,36 @@ impl Staging {
     }
 
     /// Finds staging files left by an earlier run. `inode` answers, for a file id, its
-    /// current (content, size), or None when the file no longer exists.
-    pub fn recover(&self, inode: InodeInfo<'_>) -> Result<usize> {
+    /// current (content, size), or None when the file no longer exists. `copies` are the
+    /// durable copies of small files; when `copies_win` (the machine went down since
+    /// the last clean stop, so staging files may have lost bytes they had) each one
+    /// replaces its staging file, which is made anew where the crash lost it. Returns
+    /// the number of files recovered and the copies of files that no longer exist.
+    pub fn recover(
+        &self,
+        inode: InodeInfo<'_>,
+        mut copies: HashMap<FileId, Vec<u8>>,
+        copies_win: bool,
+    ) -> Result<(usize, Vec<FileId>)> {
         let mut n = 0;
-        let entries = std::fs::read_dir(&self.dir)
+        let mut stale = Vec::new();
+        let listed = std::fs::read_dir(&self.dir)
             .map_err(|e| StoreError::io("list staging", &self.dir, e))?;
-        for e in entries {
+        let mut names = Vec::new();
+        for e in listed {
             let e = e.map_err(|e| StoreError::io("list staging", &self.dir, e))?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
+            names.push((e.file_name().to_string_lossy().into_owned(), e.path(), true));
+        }
+        // A copy whose staging file is gone (its directory entry was never fsynced)
+        // brings its file back.
+        for ino in copies.keys() {
+            let name = ino.0.to_string();
+            if !names.iter().any(|(n, _, _)| *n == name) {
+                names.push((name.clone(), self.dir.join(name), false));
+            }
+        }
+        for (name, path, existed) in names {
+            let name = name.as_str();
             let Ok(id) = name.parse::<u64>() else {
                 // Journals are handled with their staging file; stray tmp files go.
                 // Seal files belong to a snapshot job that a restart ended.
@@ -865,21 +983,40 @@ impl Staging {
                     || (name.ends_with(".j")
                         && !self.dir.join(name.trim_end_matches(".j")).exists())
                 {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = std::fs::remove_file(&path);
                 }
                 continue;
             };
             let ino = FileId(id);
-            let path = e.path();
+            let copy = copies.remove(&ino);
+            let copied = copy.is_some();
             let Some((content, db_size, mtime)) = inode(ino)? else {
                 self.drop_file(ino)?;
+                if copied {
+                    stale.push(ino);
+                }
                 continue;
             };
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
+                .create(copied)
                 .open(&path)
                 .map_err(|e| StoreError::io("open staging file", &path, e))?;
+            if let Some(bytes) = copy.filter(|_| copies_win || !existed) {
+                // The copy is the file as of its last durable point, in full mode.
+                let jp = journal_path(&path);
+                match std::fs::remove_file(&jp) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove staging journal", &jp, e)),
+                }
+                file.set_len(0)
+                    .and_then(|_| file.write_all_at(&bytes, 0))
+                    .and_then(|_| file.set_len(bytes.len() as u64))
+                    .map_err(|e| StoreError::io("restore staging file", &path, e))?;
+                tracing::info!(ino = %ino, bytes = bytes.len(), "staged file restored from its durable copy");
+            }
             let flen = file
                 .metadata()
                 .map_err(|e| StoreError::io("stat staging", &path, e))?
@@ -937,7 +1074,8 @@ impl Staging {
                     mtime,
                     last_write: Instant::now(),
                     ingesting: None,
-                    dir_synced: true,
+                    dir_synced: !copied,
+                    copied,
                     unflushed: 0,
                     dropped: false,
                     seal: None,
@@ -946,7 +1084,7 @@ impl Staging {
             self.files.lock().unwrap().insert(ino, s);
             n += 1;
         }
-        Ok(n)
+        Ok((n, stale))
     }
 }
 

@@ -120,7 +120,7 @@ impl<'a> QuiesceHold<'a> {
     pub fn settle(self) -> Result<Quiesced<'a>> {
         let s = self.store;
         for st in s.staging.all() {
-            st.sync(&s.latch, &s.staging.dir)?;
+            st.sync(&s.latch, &s.staging.dir, &|i, b| s.put_copy(i, b), false)?;
         }
         let db = s.db.lock();
         // Under the writer's lock, so that the WAL cannot grow after its fsync.
@@ -135,7 +135,7 @@ impl<'a> QuiesceHold<'a> {
 
 /// The store held still and durable by [`QuiesceHold::settle`]; released when dropped.
 pub struct Quiesced<'a> {
-    _db: std::sync::MutexGuard<'a, rusqlite::Connection>,
+    _db: crate::db::Writer<'a>,
     _gc: std::sync::RwLockWriteGuard<'a, ()>,
     _ingest: std::sync::MutexGuard<'a, ()>,
 }
@@ -226,12 +226,34 @@ impl Store {
         if crate::ingest::has_interrupted(&store.db.lock())? {
             store.freeing(|| crate::ingest::clear_interrupted(&store.db.lock()))?;
         }
-        let recovered = store.staging.recover(&|ino| {
+        let (copies, copies_win) = {
             let conn = store.db.lock();
-            Ok(namespace::get_opt(&conn, ino)?
-                .filter(|i| i.attr.kind == FileKind::File)
-                .map(|i| (i.content, i.attr.size, i.attr.mtime)))
-        })?;
+            let copies = crate::staging::load_copies(&conn)?;
+            // Staging files may have lost bytes only if the machine went down since the
+            // last clean stop: then the durable copies of small files are the truth.
+            let clean = Db::meta_get::<i64>(&conn, "clean_shutdown")?.unwrap_or(1) == 1;
+            let boot: Option<String> = Db::meta_get(&conn, "boot_id")?;
+            let same_boot = boot.as_deref() == Some(crate::durable::boot_id().as_str());
+            (copies, !(clean || same_boot))
+        };
+        let (recovered, stale) = store.staging.recover(
+            &|ino| {
+                let conn = store.db.lock();
+                Ok(namespace::get_opt(&conn, ino)?
+                    .filter(|i| i.attr.kind == FileKind::File)
+                    .map(|i| (i.content, i.attr.size, i.attr.mtime)))
+            },
+            copies,
+            copies_win,
+        )?;
+        if !stale.is_empty() {
+            store.freeing(|| {
+                let conn = store.db.lock();
+                stale
+                    .iter()
+                    .try_for_each(|ino| crate::staging::put_copy(&conn, *ino, None))
+            })?;
+        }
         if recovered > 0 {
             tracing::info!(store = %store.root.display(), files = recovered, "recovered staged files");
         }
@@ -570,6 +592,9 @@ impl Store {
         if let Some(s) = self.staging.get(ino) {
             let mut g = s.lock();
             g.dropped = true;
+            if g.copied {
+                crate::staging::put_copy(&self.db.lock(), ino, None)?;
+            }
             self.staging.drop_file(ino)?;
         }
         Ok(())
@@ -614,6 +639,12 @@ impl Store {
                     let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
                         return Err(StoreError::IsDir(format!("file id {ino}")));
+                    }
+                    if i.content.is_none() && i.attr.size == size {
+                        // A truncate that changes nothing (`open(O_TRUNC)` of a file
+                        // just created) writes nothing, as ftruncate(2) changes no
+                        // times when the size stays.
+                        return Ok(());
                     }
                     if i.content.is_none() {
                         // Nothing ingested: the size alone describes the file.
@@ -698,17 +729,33 @@ impl Store {
     pub fn sync(&self, ino: FileId) -> Result<()> {
         self.latch.check()?;
         if let Some(st) = self.staging.get(ino) {
-            st.sync(&self.latch, &self.staging.dir)?;
+            st.sync(
+                &self.latch,
+                &self.staging.dir,
+                &|i, b| self.put_copy(i, b),
+                true,
+            )?;
         }
         self.db.sync_wal(&self.latch)
     }
 
-    /// Makes everything durable (used at shutdown and by snapshots).
+    /// Makes everything durable, each staging file whole by itself (used at shutdown and by snapshots).
     pub fn sync_all(&self) -> Result<()> {
         for st in self.staging.all() {
-            st.sync(&self.latch, &self.staging.dir)?;
+            st.sync(
+                &self.latch,
+                &self.staging.dir,
+                &|i, b| self.put_copy(i, b),
+                false,
+            )?;
         }
         self.db.sync_wal(&self.latch)
+    }
+
+    /// A small staged file's durable copy (see `staging::SMALL_COPY_MAX`); on a full
+    /// disk the reserve makes room for it.
+    fn put_copy(&self, ino: FileId, bytes: Option<&[u8]>) -> Result<()> {
+        self.freeing(|| crate::staging::put_copy(&self.db.lock(), ino, bytes))
     }
 
     /// First step of holding the store still and durable on disk (for a platform
