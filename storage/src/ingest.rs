@@ -23,7 +23,11 @@ use crate::format::{BUNDLE_TARGET, KIND_CONTENT};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use crate::namespace;
 use crate::pack::{self, Location};
-use crate::staging::{IngestLog, RangeSet, StagedFile};
+use crate::staging::{IngestLog, RangeSet, StagedFile, SMALL_COPY_MAX};
+
+/// Small files ingested together in one batch (see `Store::ingest_small`): at most
+/// 256 x 64 KiB read into memory at once.
+const SMALL_BATCH_FILES: usize = 256;
 use crate::store::Store;
 use rusqlite::Connection;
 use std::collections::HashSet;
@@ -207,7 +211,23 @@ impl Store {
         let t0 = Instant::now();
         let mut total = IngestReport::default();
         let mut first_err = None;
-        for st in files {
+        // Small files go in batches (see `ingest_small`), the rest one by one.
+        let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|st| {
+            let g = st.lock();
+            g.seal.is_none() && g.journal.is_none() && g.base.is_none() && g.size <= SMALL_COPY_MAX
+        });
+        for batch in small.chunks(SMALL_BATCH_FILES) {
+            match self.ingest_small(batch) {
+                Ok(r) => total.add(&r),
+                Err(StoreError::Poisoned(p)) => return Err(StoreError::Poisoned(p)),
+                Err(e) => {
+                    tracing::warn!(files = batch.len(), error = %e, "small files not ingested; they stay staged");
+                    total.failed += batch.len() as u64;
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for st in large {
             match self.ingest_one(&st) {
                 Ok(r) => total.add(&r),
                 Err(StoreError::Raced(_)) => total.raced += 1,
@@ -234,6 +254,169 @@ impl Store {
             );
         }
         Ok(total)
+    }
+
+    /// Ingests small files (full mode, at most `SMALL_COPY_MAX`) together: each is
+    /// read whole and cut on its own, their new chunks share bundles, and one pack
+    /// fsync and one transaction commit them all (each still gets its own content
+    /// list). A file that a write or truncate raced stays staged as it is and is tried
+    /// again later; its chunks are garbage for GC.
+    fn ingest_small(&self, files: &[Arc<StagedFile>]) -> Result<IngestReport> {
+        self.latch.check()?;
+        let _one = self.ingest_lock.lock().unwrap();
+        let t0 = Instant::now();
+        let mut taken: Vec<(&StagedFile, Vec<u8>, crate::namespace::Timespec)> = Vec::new();
+        let mut read_err = None;
+        for st in files {
+            let mut g = st.lock();
+            if g.dropped || g.seal.is_some() || g.ingesting.is_some() {
+                continue;
+            }
+            // A file that grew past the limit meanwhile goes the usual way next time.
+            match g.small_bytes(&st.path) {
+                Some(Ok(bytes)) => {
+                    g.ingesting = Some(IngestLog::default());
+                    taken.push((st, bytes, g.mtime));
+                }
+                Some(Err(e)) => {
+                    read_err.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        let r = match read_err {
+            Some(e) => Err(e),
+            None => self.ingest_small_taken(&taken),
+        };
+        if r.is_err() {
+            for (st, _, _) in &taken {
+                st.lock().ingesting = None;
+            }
+        }
+        let mut r = r?;
+        r.elapsed = t0.elapsed();
+        Ok(r)
+    }
+
+    fn ingest_small_taken(
+        &self,
+        taken: &[(&StagedFile, Vec<u8>, crate::namespace::Timespec)],
+    ) -> Result<IngestReport> {
+        let mut report = IngestReport::default();
+        if taken.is_empty() {
+            return Ok(report);
+        }
+        let total: usize = taken.iter().map(|t| t.1.len()).sum();
+        let free = self.free_bytes();
+        if free < (total as u64).saturating_add(4 << 20) {
+            return Err(StoreError::NoSpace {
+                context: format!(
+                    "ingesting {} small files needs up to {total} bytes, {free} free; ingest waits",
+                    taken.len()
+                ),
+            });
+        }
+        // One buffer of every file's bytes, each file cut on its own.
+        let mut all = Vec::with_capacity(total);
+        let mut lens = Vec::new();
+        let mut per_file = Vec::with_capacity(taken.len());
+        for (_, bytes, _) in taken {
+            let l = crate::chunker::chunk_lengths(bytes, self.opts.chunker);
+            per_file.push(l.len());
+            lens.extend(l);
+            all.extend_from_slice(bytes);
+        }
+        let ids = if lens.is_empty() {
+            Vec::new()
+        } else {
+            hash_chunks(&all, &lens)
+        };
+        let pins = self.chunks.pins();
+        let mut seen = HashSet::new();
+        let (entries, mut bundles) = self.dedup_batch(&all, &lens, ids, &pins, &mut seen)?;
+        let level = self.opts.zstd_level;
+        self.pool.install(|| {
+            use rayon::prelude::*;
+            bundles
+                .par_iter_mut()
+                .for_each(|b| b.comp = pack::compress(&b.raw, level));
+        });
+        let mut locs = Vec::new();
+        for b in bundles {
+            report.new_chunks += b.members.len() as u64;
+            report.new_bytes += b.raw.len() as u64;
+            report.stored_bytes += b.comp.as_ref().map_or(b.raw.len(), |c| c.len()) as u64;
+            locs.extend(self.chunks.append_bundle(&b.raw, b.comp, &b.members)?);
+        }
+        report.chunks = entries.len() as u64;
+        let mut contents = Vec::with_capacity(taken.len());
+        let mut at = 0;
+        for n in per_file {
+            let list = entries[at..at + n].to_vec();
+            at += n;
+            contents.push(if list.is_empty() {
+                None
+            } else {
+                let (id, loc, stored) =
+                    self.content_object(&ContentList::new(list), &pins, &mut seen)?;
+                locs.extend(loc);
+                report.stored_bytes += stored;
+                Some(id)
+            });
+        }
+        // Chunk records first, then the references to them.
+        let t_sync = Instant::now();
+        let sealed = self.chunks.writer.lock().unwrap().sync(&self.latch)?;
+        report.sync_time = t_sync.elapsed();
+        let _gc = self.gc_lock.read().unwrap();
+        let mut guards: Vec<_> = taken.iter().map(|(st, _, _)| st.lock()).collect();
+        let mut commit = Vec::with_capacity(taken.len());
+        for g in guards.iter_mut() {
+            let log = g.ingesting.take().unwrap_or_default();
+            let ok = !(log.truncated || g.dropped || !log.writes.is_empty());
+            if !ok && !g.dropped {
+                report.raced += 1;
+            }
+            commit.push(ok);
+        }
+        let mut conn = self.db.lock();
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::db("begin ingest commit", e))?;
+        ChunkStore::index_rows(&tx, &locs, &sealed)?;
+        for (i, (st, bytes, mtime)) in taken.iter().enumerate() {
+            if !commit[i] {
+                continue;
+            }
+            // The file's durable copy goes with the commit that makes its content durable.
+            if guards[i].copied {
+                crate::staging::put_copy(&tx, st.ino, None)?;
+            }
+            if namespace::get_opt(&tx, st.ino)?.is_some() {
+                namespace::set_content(&tx, st.ino, contents[i], bytes.len() as u64, Some(*mtime))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| StoreError::db("commit ingest", e))?;
+        drop(conn);
+        drop(pins);
+        for (i, (st, bytes, _)) in taken.iter().enumerate() {
+            if !commit[i] {
+                continue;
+            }
+            let g = &mut guards[i];
+            g.copied = false;
+            g.dropped = true;
+            self.staging.drop_file(st.ino)?;
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+        }
+        tracing::debug!(
+            files = report.files,
+            bytes = report.bytes,
+            "small files ingested"
+        );
+        Ok(report)
     }
 
     fn ingest_one(&self, st: &StagedFile) -> Result<IngestReport> {

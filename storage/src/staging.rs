@@ -302,6 +302,22 @@ impl Drop for Seal {
     }
 }
 
+impl StagedState {
+    /// The whole file, when it is small (at most [`SMALL_COPY_MAX`]) and in full mode
+    /// (no base, no journal): what a durable copy holds and what a batched ingest reads.
+    pub(crate) fn small_bytes(&self, path: &Path) -> Option<Result<Vec<u8>>> {
+        if self.journal.is_some() || self.base.is_some() || self.size > SMALL_COPY_MAX {
+            return None;
+        }
+        let mut buf = vec![0u8; self.size as usize];
+        Some(
+            read_exact_or_zero(&self.file, &mut buf, 0)
+                .map(|_| buf)
+                .map_err(|e| StoreError::io("read staging file", path, e)),
+        )
+    }
+}
+
 pub(crate) struct StagedFile {
     pub ino: FileId,
     pub path: PathBuf,
@@ -649,16 +665,9 @@ impl StagedFile {
         copy: CopySink<'_>,
         allow_copy: bool,
     ) -> Result<()> {
-        let small = {
-            let g = self.lock();
-            if allow_copy && g.journal.is_none() && g.base.is_none() && g.size <= SMALL_COPY_MAX {
-                let mut buf = vec![0u8; g.size as usize];
-                read_exact_or_zero(&g.file, &mut buf, 0)
-                    .map_err(|e| StoreError::io("read staging file", &self.path, e))?;
-                Some(buf)
-            } else {
-                None
-            }
+        let small = match allow_copy {
+            true => self.lock().small_bytes(&self.path).transpose()?,
+            false => None,
         };
         if let Some(bytes) = small {
             copy(self.ino, Some(&bytes))?;

@@ -69,3 +69,48 @@ fn small_file_copies_come_and_go() {
     assert_eq!(read_all(&s, ingested), data(3000, 4));
     assert_eq!(read_all(&s, grows)[1000..], data(100 << 10, 2)[..]);
 }
+
+/// Many small files are ingested together: their new chunks share bundle records (not a
+/// record each), duplicates are stored once, and every file reads back the same.
+#[test]
+fn small_files_ingest_in_shared_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = open(dir);
+    s.create_volume("vol", owner()).unwrap();
+    let mut files = Vec::new();
+    for k in 0..600u64 {
+        // Every fourth file repeats an earlier one; sizes from empty to 40 KiB.
+        let body = data(
+            (k as usize * 677) % (40 << 10),
+            if k % 4 == 0 { k / 4 } else { k + 1000 },
+        );
+        let ino = new_file(&s, format!("f{k}").as_bytes(), &body);
+        files.push((ino, body));
+    }
+    s.sync(files[1].0).unwrap();
+    let r = s.ingest_all(None).unwrap();
+    assert_eq!(r.files, 600);
+    assert!(copies(dir).is_empty());
+    let c = rusqlite::Connection::open(dir.join("kura.db")).unwrap();
+    let (records, chunks): (i64, i64) = c
+        .query_row(
+            "SELECT count(DISTINCT pack || ':' || offset), count(*) FROM chunks WHERE kind = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // About 10 MiB of new data in 1 MiB bundles.
+    assert!(records <= 16, "{records} data records for {chunks} chunks");
+    assert!(chunks > 600, "{chunks}");
+    drop(c);
+    for (ino, body) in &files {
+        assert_eq!(&read_all(&s, *ino), body);
+    }
+    drop(s);
+    let s = open(dir);
+    for (ino, body) in &files {
+        assert_eq!(&read_all(&s, *ino), body);
+    }
+    assert!(s.verify().unwrap().is_clean());
+}
