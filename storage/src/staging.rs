@@ -9,7 +9,9 @@
 //!   base bytes at or past the smallest truncate point read as zeros.
 //!
 //! Durability: `write` puts bytes into the OS page cache (they survive a killed daemon);
-//! `sync` fsyncs the staging file, its journal and, once, the directory. Concurrent
+//! `sync` fsyncs the staging file, its journal and, once, the directory, or for a small
+//! file in full mode saves a copy of it in the database instead (see `SMALL_COPY_MAX`:
+//! the caller's WAL fsync then covers data and metadata with one flush). Concurrent
 //! `sync` calls on one file share fsyncs: a caller returns as soon as an fsync that
 //! started after its write has completed.
 //!
@@ -143,7 +145,7 @@ pub(crate) struct StagedState {
     pub last_write: Instant,
     pub ingesting: Option<IngestLog>,
     pub dir_synced: bool,
-    /// A durable copy of the whole file may be in `staged_copies` (see [`save_copy`]).
+    /// A durable copy of the whole file may be in `staged_copies` (see [`put_copy`]).
     pub copied: bool,
     /// Bytes written since writeback of this file was last started.
     pub unflushed: u64,
@@ -665,21 +667,29 @@ impl StagedFile {
         copy: CopySink<'_>,
         allow_copy: bool,
     ) -> Result<()> {
-        let small = match allow_copy {
-            true => self.lock().small_bytes(&self.path).transpose()?,
-            false => None,
-        };
-        if let Some(bytes) = small {
-            copy(self.ino, Some(&bytes))?;
-            self.lock().copied = true;
-            return Ok(());
+        // The copy is written under the file's lock (lock order: file, then database),
+        // so that an ingest committing the file meanwhile either sees `copied` and
+        // removes the copy in its commit, or has dropped the file before: then no copy
+        // is made, and the ingest's commit (made durable by the caller's WAL fsync)
+        // holds the bytes.
+        if allow_copy {
+            let mut g = self.lock();
+            if g.dropped {
+                return Ok(());
+            }
+            if let Some(bytes) = g.small_bytes(&self.path).transpose()? {
+                copy(self.ino, Some(&bytes))?;
+                g.copied = true;
+                return Ok(());
+            }
         }
         self.fsync_all(latch, dir)?;
         // The fsynced file is now the newer durable state: an older copy must not win
         // at a recovery. Its removal is durable with the caller's WAL fsync.
-        if self.lock().copied {
+        let mut g = self.lock();
+        if g.copied {
             copy(self.ino, None)?;
-            self.lock().copied = false;
+            g.copied = false;
         }
         Ok(())
     }
