@@ -395,6 +395,15 @@ impl Db {
     /// Readers kept open for reuse; more may be open at a busy moment.
     const POOLED_READERS: usize = 8;
 
+    /// Whether bytes only in the page cache may have been lost since the last run: it
+    /// did not stop cleanly *and* the machine booted since (`boot_id` differs). Decides
+    /// the write verifier and which of a small file's copy and staging file is newer.
+    pub fn went_down(conn: &Connection, boot_id: &str) -> Result<bool> {
+        let clean = Self::meta_get::<i64>(conn, "clean_shutdown")?.unwrap_or(1) == 1;
+        let last_boot: Option<String> = Self::meta_get(conn, "boot_id")?;
+        Ok(!clean && last_boot.as_deref() != Some(boot_id))
+    }
+
     /// A value of the `meta` table (this module owns it).
     pub fn meta_get<T: rusqlite::types::FromSql>(
         conn: &Connection,

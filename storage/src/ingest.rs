@@ -23,7 +23,7 @@ use crate::format::{BUNDLE_TARGET, KIND_CONTENT};
 use crate::ids::{ChunkId, FileId, VolumeId};
 use crate::namespace;
 use crate::pack::{self, Location};
-use crate::staging::{IngestLog, RangeSet, StagedFile, SMALL_COPY_MAX};
+use crate::staging::{IngestLog, RangeSet, StagedFile};
 
 /// Small files ingested together in one batch (see `Store::ingest_small`): at most
 /// 256 x 64 KiB read into memory at once.
@@ -214,7 +214,7 @@ impl Store {
         // Small files go in batches (see `ingest_small`), the rest one by one.
         let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|st| {
             let g = st.lock();
-            g.seal.is_none() && g.journal.is_none() && g.base.is_none() && g.size <= SMALL_COPY_MAX
+            g.seal.is_none() && g.is_small()
         });
         for batch in small.chunks(SMALL_BATCH_FILES) {
             match self.ingest_small(batch) {
@@ -307,15 +307,7 @@ impl Store {
             return Ok(report);
         }
         let total: usize = taken.iter().map(|t| t.1.len()).sum();
-        let free = self.free_bytes();
-        if free < (total as u64).saturating_add(4 << 20) {
-            return Err(StoreError::NoSpace {
-                context: format!(
-                    "ingesting {} small files needs up to {total} bytes, {free} free; ingest waits",
-                    taken.len()
-                ),
-            });
-        }
+        self.room_to_ingest(total as u64, || format!("{} small files", taken.len()))?;
         // One buffer of every file's bytes, each file cut on its own.
         let mut all = Vec::with_capacity(total);
         let mut lens = Vec::new();
@@ -388,13 +380,14 @@ impl Store {
             if !commit[i] {
                 continue;
             }
-            // The file's durable copy goes with the commit that makes its content durable.
-            if guards[i].copied {
-                crate::staging::put_copy(&tx, st.ino, None)?;
-            }
-            if namespace::get_opt(&tx, st.ino)?.is_some() {
-                namespace::set_content(&tx, st.ino, contents[i], bytes.len() as u64, Some(*mtime))?;
-            }
+            commit_content(
+                &tx,
+                st.ino,
+                guards[i].copied,
+                contents[i],
+                bytes.len() as u64,
+                *mtime,
+            )?;
         }
         tx.commit()
             .map_err(|e| StoreError::db("commit ingest", e))?;
@@ -417,6 +410,22 @@ impl Store {
             "small files ingested"
         );
         Ok(report)
+    }
+
+    /// Worst case the staged bytes are new and incompressible: refuse up front (with
+    /// 4 MiB to spare) rather than fill the disk with a half-written pack that only GC
+    /// could reclaim. `what` names the files in the error.
+    fn room_to_ingest(&self, need: u64, what: impl Fn() -> String) -> Result<()> {
+        let free = self.free_bytes();
+        if free < need.saturating_add(4 << 20) {
+            return Err(StoreError::NoSpace {
+                context: format!(
+                    "ingesting {} needs up to {need} bytes, {free} free; ingest waits",
+                    what()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn ingest_one(&self, st: &StagedFile) -> Result<IngestReport> {
@@ -450,19 +459,10 @@ impl Store {
             g.ingesting = Some(IngestLog::default());
             (g.size, g.mtime, (segments, resume), new_bytes)
         };
-        // Worst case the staged bytes are new and incompressible: refuse up front rather
-        // than fill the disk with a half-written pack that only GC could reclaim. Holes
-        // cost nothing, so what counts is what the staging file really holds.
-        let free = self.free_bytes();
-        let margin = 4 << 20;
-        if free < new_bytes.saturating_add(margin) {
+        // Holes cost nothing: what counts is what the staging file really holds.
+        if let Err(e) = self.room_to_ingest(new_bytes, || format!("file {}", st.ino)) {
             st.lock().ingesting = None;
-            return Err(StoreError::NoSpace {
-                context: format!(
-                    "ingesting file {} needs up to {new_bytes} bytes, {free} free; ingest waits",
-                    st.ino
-                ),
-            });
+            return Err(e);
         }
         let r = self.ingest_and_commit(st, size, mtime, &segments, t0);
         if r.is_err() {
@@ -497,14 +497,7 @@ impl Store {
             .map_err(|e| StoreError::db("begin ingest commit", e))?;
         ChunkStore::index_rows(&tx, &locs, &sealed)?;
         forget_parts(&tx, st.ino)?;
-        // The file's durable copy goes with the commit that makes its content durable.
-        if g.copied {
-            crate::staging::put_copy(&tx, st.ino, None)?;
-        }
-        let exists = namespace::get_opt(&tx, st.ino)?.is_some();
-        if exists {
-            namespace::set_content(&tx, st.ino, content, size, Some(mtime))?;
-        }
+        let exists = commit_content(&tx, st.ino, g.copied, content, size, mtime)?;
         tx.commit()
             .map_err(|e| StoreError::db("commit ingest", e))?;
         drop(conn);
@@ -1070,6 +1063,27 @@ fn new_data_bound(g: &crate::staging::StagedState, path: &std::path::Path) -> Re
 }
 
 /// Records leaf `seq` of the ingest of `ino` as committed (GC marks it).
+/// A file's part of an ingest commit: its content and size, and its durable copy gone
+/// (`copied`) in the same transaction that makes the content durable. Returns whether
+/// the file still exists (a removed one only loses its copy).
+fn commit_content(
+    tx: &Connection,
+    ino: FileId,
+    copied: bool,
+    content: Option<ChunkId>,
+    size: u64,
+    mtime: crate::namespace::Timespec,
+) -> Result<bool> {
+    if copied {
+        crate::staging::put_copy(tx, ino, None)?;
+    }
+    let exists = namespace::get_opt(tx, ino)?.is_some();
+    if exists {
+        namespace::set_content(tx, ino, content, size, Some(mtime))?;
+    }
+    Ok(exists)
+}
+
 fn record_part(conn: &Connection, ino: FileId, seq: u64, leaf: &ChunkId) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO ingest_parts(ino, seq, leaf) VALUES(?1, ?2, ?3)",

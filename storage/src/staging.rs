@@ -305,10 +305,16 @@ impl Drop for Seal {
 }
 
 impl StagedState {
+    /// Small (at most [`SMALL_COPY_MAX`]) and in full mode (no base, no journal): made
+    /// durable by a copy, ingested in batches.
+    pub(crate) fn is_small(&self) -> bool {
+        self.journal.is_none() && self.base.is_none() && self.size <= SMALL_COPY_MAX
+    }
+
     /// The whole file, when it is small (at most [`SMALL_COPY_MAX`]) and in full mode
     /// (no base, no journal): what a durable copy holds and what a batched ingest reads.
     pub(crate) fn small_bytes(&self, path: &Path) -> Option<Result<Vec<u8>>> {
-        if self.journal.is_some() || self.base.is_some() || self.size > SMALL_COPY_MAX {
+        if !self.is_small() {
             return None;
         }
         let mut buf = vec![0u8; self.size as usize];

@@ -231,10 +231,7 @@ impl Store {
             let copies = crate::staging::load_copies(&conn)?;
             // Staging files may have lost bytes only if the machine went down since the
             // last clean stop: then the durable copies of small files are the truth.
-            let clean = Db::meta_get::<i64>(&conn, "clean_shutdown")?.unwrap_or(1) == 1;
-            let boot: Option<String> = Db::meta_get(&conn, "boot_id")?;
-            let same_boot = boot.as_deref() == Some(crate::durable::boot_id().as_str());
-            (copies, !(clean || same_boot))
+            (copies, Db::went_down(&conn, &crate::durable::boot_id())?)
         };
         let (recovered, stale) = store.staging.recover(
             &|ino| {
@@ -362,11 +359,9 @@ impl Store {
         let mut conn = self.db.lock();
         let tx = conn.transaction().ctx("begin service")?;
         let gen: i64 = Db::meta_get(&tx, "nfs_generation")?.unwrap_or(1);
-        let clean = Db::meta_get::<i64>(&tx, "clean_shutdown")?.unwrap_or(1) == 1;
-        let last_boot: Option<String> = Db::meta_get(&tx, "boot_id")?;
-        let same_boot = last_boot.as_deref() == Some(boot_id);
-        let gen = if clean || same_boot { gen } else { gen + 1 };
-        if !(clean || same_boot) {
+        let went_down = Db::went_down(&tx, boot_id)?;
+        let gen = if went_down { gen + 1 } else { gen };
+        if went_down {
             tracing::warn!(generation = gen, "unclean shutdown and reboot: NFS write verifier changed, clients resend uncommitted writes");
         }
         Db::meta_set(&tx, "nfs_generation", gen)?;
