@@ -503,6 +503,31 @@ async fn restore_test(
     Ok(job_response(&job))
 }
 
+#[derive(Deserialize)]
+struct ReplicateQuery {
+    /// A `[target.NAME]`, an absolute directory or an `s3://` URL.
+    to: String,
+}
+
+/// `POST /volumes/{volume}/replicate?to=TARGET`: the job record and the report.
+async fn replicate(
+    State(app): App,
+    Path(volume): Path<String>,
+    Query(q): Query<ReplicateQuery>,
+) -> Result<Response, ApiError> {
+    let v = volume.clone();
+    blocking(&app, move |s| s.volume(&v)).await?;
+    let job_app = app.clone();
+    let (job, report) = tokio::spawn(async move { job_app.replicate_job(&volume, &q.to).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("replication panicked: {e}"))??;
+    Ok((
+        job_status(&job, StatusCode::OK),
+        Json(serde_json::json!({ "job": JobView::from(&job), "report": report })),
+    )
+        .into_response())
+}
+
 /// A job's record: 200 when it succeeded, 422 when it ran and failed.
 fn job_response(job: &storage::JobRecord) -> Response {
     (job_status(job, StatusCode::OK), Json(JobView::from(job))).into_response()
@@ -914,6 +939,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
         )
         .route("/volumes/{volume}/diff", get(diff))
         .route("/volumes/{volume}/restore-test", post(restore_test))
+        .route("/volumes/{volume}/replicate", post(replicate))
         .route(
             "/volumes/{volume}/import",
             post(import).layer(axum::extract::DefaultBodyLimit::disable()),

@@ -34,7 +34,7 @@ fn print_json(v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn snapshot_line(s: &SnapshotView) -> String {
+pub(crate) fn snapshot_line(s: &SnapshotView) -> String {
     let mut flags = Vec::new();
     if s.held {
         flags.push("held".to_owned());
@@ -169,7 +169,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             }
         }
         Cmd::Snapshot {
-            cmd: SnapCmd::List { volume, json },
+            cmd: SnapCmd::List { volume, json, .. },
         } => {
             let path = match &volume {
                 Some(v) => format!("/volumes/{}/snapshots", seg(v)),
@@ -270,6 +270,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             volume,
             snapshot,
             new_volume,
+            ..
         } => {
             t.call(
                 "POST",
@@ -299,6 +300,39 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             );
         }
         Cmd::PlatformSnapshot => return job_command(t, "/platform-snapshot", None),
+        Cmd::Replicate { volume, to, json } => {
+            let r = t.call(
+                "POST",
+                &format!("/volumes/{}/replicate?to={}", seg(&volume), seg(&to)),
+                None,
+            )?;
+            let ok = r.ok();
+            let v = if ok || r.body.get("job").is_some() {
+                r.body
+            } else {
+                r.into_result()?
+            };
+            if json {
+                print_json(&v)?;
+            } else if let Some(rep) = v.get("report").filter(|r| !r.is_null()) {
+                println!(
+                    "replicated {volume} to {to}: {} snapshots sent ({} already there), {} objects, {} bytes ({} raw) in {:.1} s; newest {}",
+                    rep["snapshots_sent"].as_array().map_or(0, |a| a.len()),
+                    rep["snapshots_present"],
+                    rep["objects_sent"],
+                    rep["bytes_sent"],
+                    rep["raw_bytes"],
+                    rep["seconds"].as_f64().unwrap_or(0.0),
+                    rep["newest"].as_str().unwrap_or("-"),
+                );
+            }
+            if !ok {
+                bail!(
+                    "replication of {volume} to {to} failed: {}",
+                    v["job"]["error"].as_str().unwrap_or("see `kura jobs`")
+                );
+            }
+        }
         Cmd::Ingest => {
             let v = t.call("POST", "/ingest", None)?.into_result()?;
             println!(
@@ -375,7 +409,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                 );
             }
         }
-        Cmd::Verify { json } => {
+        Cmd::Verify { json, .. } => {
             let v = t.call("POST", "/verify", None)?.into_result()?;
             let r: JobReply<VerifyView> = parse(v.clone())?;
             let f = r.result.context("verify returned nothing")?;
@@ -590,6 +624,7 @@ fn restore(t: &Target, args: crate::RestoreArgs) -> Result<i32> {
         to,
         tar: tar_out,
         stream: stream_only,
+        ..
     } = args;
     let volume = volume.as_str();
     let snap = match (snapshot, at) {
@@ -781,7 +816,7 @@ fn tree_counts([files, dirs, symlinks, hardlinks]: [u64; 4], bytes: u64, secs: f
     )
 }
 
-fn finish_restore(
+pub(crate) fn finish_restore(
     volume: &str,
     snap: &str,
     r: &kura::restore::Report,

@@ -46,6 +46,13 @@ pub struct Config {
     pub volume_settings: BTreeMap<String, VolumeToml>,
     #[serde(default = "default_exports", rename = "export")]
     pub exports: Vec<ExportToml>,
+    /// DR copies, `[target.NAME]`: a directory or an S3 bucket (`replica/mod.rs`).
+    #[serde(default, rename = "target")]
+    pub targets: BTreeMap<String, crate::replica::TargetToml>,
+    /// Set by `kura serve --from`: the daemon serves this copy's snapshots read-only
+    /// from a cache store in `data_dir`. Not a config key.
+    #[serde(skip)]
+    pub serve_from: Option<(String, crate::replica::TargetToml)>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -171,6 +178,9 @@ pub struct VolumeToml {
     /// rate it measures predicts the whole snapshot's restore time.
     #[serde(default = "default_sample")]
     pub restore_test_sample_percent: u32,
+    /// DR targets (`[target.NAME]`) this volume is copied to after each snapshot.
+    #[serde(default)]
+    pub replicate_to: Vec<String>,
 }
 
 impl VolumeToml {
@@ -376,8 +386,25 @@ impl Config {
         if self.hooks.timeout_secs == Some(0) {
             bail!("hooks.timeout_secs = 0: every hook would time out");
         }
+        for (name, t) in &self.targets {
+            storage::store::check_volume_name(name).with_context(|| format!("[target.{name}]"))?;
+            t.validate().with_context(|| format!("[target.{name}]"))?;
+            if let Some(c) = &t.schedule {
+                crate::schedule::parse_cron(c).with_context(|| format!("target.{name}.schedule"))?;
+            }
+            if let Some(k) = &t.key_file {
+                if !k.is_file() {
+                    bail!("target.{name}.key_file = {}: no such file", k.display());
+                }
+            }
+        }
         for (name, v) in &self.volume_settings {
             let key = |k: &str| format!("volume.{name}.{k}");
+            for t in &v.replicate_to {
+                if !self.targets.contains_key(t) {
+                    bail!("{} names {t:?}, which has no [target.{t}]", key("replicate_to"));
+                }
+            }
             storage::store::check_volume_name(name).with_context(|| format!("[volume.{name}]"))?;
             if !(v.freeze_limit_secs > 0.0 && v.freeze_limit_secs <= 600.0) {
                 bail!(

@@ -34,6 +34,8 @@ pub struct Appliance {
     /// What each volume takes in the store, and when that was measured (a walk of the
     /// whole store: made at start and after each GC, not per status call).
     pub usage: Mutex<Option<(i64, Vec<storage::VolumeUsage>)>>,
+    /// Set at shutdown: long jobs that can stop midway (replication) do.
+    pub stop_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a snapshot job is asked to do.
@@ -116,6 +118,7 @@ impl Appliance {
             started: Instant::now(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             usage: Mutex::new(None),
+            stop_flag: Default::default(),
         })
     }
 
@@ -183,6 +186,8 @@ impl Appliance {
     /// Refuses new jobs and waits until the running ones have ended.
     pub async fn drain_jobs(&self) {
         self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop_flag
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut rx = self.active.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
@@ -405,6 +410,17 @@ impl Appliance {
         }
         job.ended_ms = now_ms();
         self.record(&job);
+        // DR copies after a new snapshot, each a job of its own in the background.
+        if info.is_some() {
+            for t in &settings.replicate_to {
+                let (app, vol, t) = (self.clone(), volume.to_string(), t.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = app.replicate_job(&vol, &t).await {
+                        tracing::warn!(volume = vol, target = t, error = %e, "replication after the snapshot not run");
+                    }
+                });
+            }
+        }
         // Retention after a new snapshot, when the volume has a policy.
         if info.is_some() && settings.policy().is_set() {
             if let Err(e) = self.prune_volume(volume, false).await {
@@ -862,6 +878,75 @@ impl Appliance {
             tokio::spawn(async move { app.refresh_usage().await });
         }
         r
+    }
+
+    /// The DR target `to` names: a `[target.NAME]`, else a directory or `s3://` URL.
+    pub fn target_toml(&self, to: &str) -> Result<(String, crate::replica::TargetToml)> {
+        match self.cfg.targets.get(to) {
+            Some(t) => Ok((to.to_string(), t.clone())),
+            None if to.starts_with('/') || to.starts_with("s3://") || to.starts_with("file://") => {
+                Ok((to.to_string(), crate::replica::TargetToml::from_arg(to, None)?))
+            }
+            None => bail!("no target {to:?}: name a [target.NAME] of the config, an absolute directory or an s3:// URL"),
+        }
+    }
+
+    /// Replication of `volume` to target `to` as a job: one job per target at a time
+    /// (it never claims the volume: snapshots and clients go on), then the target's
+    /// retention when it has one. The record's output is the report as JSON.
+    pub async fn replicate_job(
+        self: &Arc<Self>,
+        volume: &str,
+        to: &str,
+    ) -> Result<(JobRecord, Option<crate::replica::send::Report>)> {
+        let (name, t) = self.target_toml(to)?;
+        let _claim = self.claim(&format!("target {name}"), "replicate")?;
+        let mut job = JobRecord {
+            kind: "replicate".into(),
+            volume: Some(volume.into()),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let (store, vol, rt) = (self.store.clone(), volume.to_string(), tokio::runtime::Handle::current());
+        let tz = self.cfg.volume(volume).tz();
+        let stop = self.stop_flag.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<_> {
+            let target = Arc::new(crate::replica::Target::open(&name, &t, rt, true)?);
+            let report = crate::replica::send::replicate(&store, &target, &vol, &stop)?;
+            let pruned = match &t.keep {
+                Some(k) => Some(crate::replica::check::prune(
+                    target,
+                    &vol,
+                    &k.policy()?,
+                    tz,
+                    now_ms() / 1000,
+                    false,
+                )?),
+                None => None,
+            };
+            Ok((report, pruned))
+        })
+        .await
+        .map_err(|e| anyhow!("replication panicked: {e}"))?;
+        job.ended_ms = now_ms();
+        let mut out = serde_json::json!({ "target": to });
+        match &r {
+            Ok((rep, pruned)) => {
+                job.result = "ok".into();
+                job.bytes = rep.bytes_sent;
+                job.snapshot = rep.newest.clone();
+                out = serde_json::json!({ "target": to, "report": rep, "pruned": pruned });
+            }
+            Err(e) => {
+                job.result = "failed".into();
+                job.error = Some(format!("{e:#}"));
+                tracing::warn!(volume, target = to, error = %e, "replication failed");
+            }
+        }
+        job.output = out.to_string();
+        self.record(&job);
+        self.metrics.replicated(volume, to, &job);
+        Ok((job, r.ok().map(|(rep, _)| rep)))
     }
 
     /// Verify as a job (store-wide); reads go on meanwhile.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod replica;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -76,6 +77,19 @@ pub async fn run(
     cfg.validate()?;
     let api_addr = cfg.api_addr()?;
     let store = Arc::new(tokio::task::block_in_place(|| open_store(&cfg))?);
+    if let Some((name, t)) = cfg.serve_from.clone() {
+        // A DR site: the copy's snapshots, read through this cache store.
+        let (store, rt, cache) = (store.clone(), tokio::runtime::Handle::current(), cfg.read_cache());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let target = Arc::new(replica::Target::open(&name, &t, rt, false)?);
+            let reader = Arc::new(replica::Reader::new(target.clone(), cache as usize)?);
+            store.set_remote(reader);
+            let n = replica::adopt_all(&target, &store)?;
+            tracing::info!(target = %target.describe(), new = n, "serving a DR copy's snapshots");
+            Ok(())
+        })
+        .await??;
+    }
     let generation = store
         .begin_service(&protocol::boot_id())
         .context("starting service")?;

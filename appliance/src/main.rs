@@ -1,6 +1,7 @@
 //! `kura`: the backup appliance's command line.
 
 mod commands;
+mod from;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -25,6 +26,15 @@ struct Cli {
 enum Cmd {
     /// Serve the NFSv3 exports, the control API and the jobs until SIGINT/SIGTERM.
     Serve {
+        /// Serve a DR copy's snapshots read-only (with the main site gone): a
+        /// [target.NAME], a directory or an s3:// URL; --cache (or --data) holds the
+        /// cache store.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        cache: Option<PathBuf>,
+        #[arg(long, requires = "from")]
+        key_file: Option<PathBuf>,
         /// Listen address of the first export (overrides the config), e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<String>,
@@ -51,6 +61,21 @@ enum Cmd {
         volume: String,
         snapshot: String,
         new_volume: String,
+        /// Make the clone in this store (--data) from a DR copy's snapshot, bringing
+        /// its objects in.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        key_file: Option<PathBuf>,
+    },
+    /// Copies a volume's snapshots to a DR target (only what it lacks).
+    Replicate {
+        volume: String,
+        /// A [target.NAME] of the config, an absolute directory or an s3:// URL.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Copy a local tree into a volume without NFS (modes, owners, times, symlinks, hard
     /// links), optionally snapshotting it: how an existing backup share moves onto
@@ -108,6 +133,11 @@ enum Cmd {
     Verify {
         #[arg(long)]
         json: bool,
+        /// Verify a DR copy instead of the store.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        key_file: Option<PathBuf>,
     },
     /// The job history, newest first.
     Jobs {
@@ -175,6 +205,14 @@ pub struct RestoreArgs {
     /// the daemon writes them itself, faster).
     #[arg(long, conflicts_with = "tar")]
     pub stream: bool,
+    /// Restore from a DR copy (a [target.NAME], a directory or an s3:// URL).
+    #[arg(long, conflicts_with_all = ["tar", "stream", "at"])]
+    pub from: Option<String>,
+    #[arg(long, requires = "from")]
+    pub key_file: Option<PathBuf>,
+    /// Keep the copy's cache store here (else a temporary directory).
+    #[arg(long, requires = "from")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +233,11 @@ enum SnapCmd {
         volume: Option<String>,
         #[arg(long)]
         json: bool,
+        /// List a DR copy's snapshots.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        key_file: Option<PathBuf>,
     },
     Show {
         volume: String,
@@ -226,6 +269,13 @@ enum SnapCmd {
     },
 }
 
+fn exit_with(code: i32) -> Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 fn main() {
     kura::bound_malloc();
     tracing_subscriber::fmt()
@@ -251,7 +301,32 @@ fn real_main() -> Result<()> {
         cfg.data_dir = d;
     }
     match cli.cmd {
-        Cmd::Serve { listen, allow, api } => {
+        Cmd::Serve {
+            from,
+            cache,
+            key_file,
+            listen,
+            allow,
+            api,
+        } => {
+            if let Some(t) = from {
+                let f = from::From {
+                    target: t,
+                    key_file,
+                };
+                cfg.serve_from = Some(f.target_toml(&cfg)?);
+                if let Some(c) = cache {
+                    cfg.data_dir = c;
+                }
+                // The DR site serves what the copy holds, read-only, and runs no jobs.
+                cfg.volumes.clear();
+                cfg.volume_settings.clear();
+                cfg.schedule = Default::default();
+                cfg.platform_snapshot = Default::default();
+                for e in &mut cfg.exports {
+                    e.read_only = true;
+                }
+            }
             if let Some(l) = listen {
                 cfg.exports[0].listen = l;
             }
@@ -284,6 +359,58 @@ fn real_main() -> Result<()> {
                 .await
             })
         }
+        Cmd::Snapshot {
+            cmd:
+                SnapCmd::List {
+                    volume,
+                    json,
+                    from: Some(t),
+                    key_file,
+                },
+        } => exit_with(from::snapshot_list(
+            &cfg,
+            &from::From {
+                target: t,
+                key_file,
+            },
+            volume.as_deref(),
+            json,
+        )?),
+        Cmd::Verify {
+            json,
+            from: Some(t),
+            key_file,
+        } => exit_with(from::verify(
+            &cfg,
+            &from::From {
+                target: t,
+                key_file,
+            },
+            json,
+        )?),
+        Cmd::Restore(args) if args.from.is_some() => {
+            let f = from::From {
+                target: args.from.clone().unwrap(),
+                key_file: args.key_file.clone(),
+            };
+            exit_with(from::restore(&cfg, &f, &args, args.cache.as_deref())?)
+        }
+        Cmd::Clone {
+            volume,
+            snapshot,
+            new_volume,
+            from: Some(t),
+            key_file,
+        } => exit_with(from::clone(
+            &cfg,
+            &from::From {
+                target: t,
+                key_file,
+            },
+            &volume,
+            &snapshot,
+            &new_volume,
+        )?),
         Cmd::Config {
             cmd: ConfigCmd::Check,
         } => {

@@ -28,6 +28,12 @@ pub struct VolumeLabel {
     pub volume: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub volume: String,
+    pub target: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub nfs_seconds: Family<ProcLabel, Histogram>,
@@ -44,6 +50,9 @@ pub struct Metrics {
     pub stored_bytes: Gauge,
     pub fs_free_bytes: Gauge<i64, AtomicI64>,
     pub ingested_bytes: Counter<u64, AtomicU64>,
+    pub dr_age: Family<TargetLabel, Gauge>,
+    pub dr_ok: Family<TargetLabel, Gauge>,
+    pub dr_sent: Family<TargetLabel, Counter>,
 }
 
 use std::sync::atomic::AtomicI64;
@@ -76,6 +85,9 @@ impl Metrics {
             stored_bytes: Gauge::default(),
             fs_free_bytes: Gauge::default(),
             ingested_bytes: Counter::default(),
+            dr_age: Family::default(),
+            dr_ok: Family::default(),
+            dr_sent: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap();
@@ -145,6 +157,21 @@ impl Metrics {
                 "Bytes ingested by snapshot jobs' pre-flush",
                 m.ingested_bytes.clone(),
             );
+            r.register(
+                "dr_copy_age_seconds",
+                "Age of the newest snapshot each DR target holds of each volume (the DR RPO)",
+                m.dr_age.clone(),
+            );
+            r.register(
+                "dr_last_ok",
+                "1 when the last replication of the volume to the target succeeded",
+                m.dr_ok.clone(),
+            );
+            r.register(
+                "dr_sent_bytes",
+                "Bytes replication sent to each target, by volume",
+                m.dr_sent.clone(),
+            );
         }
         m
     }
@@ -180,6 +207,16 @@ impl Metrics {
         }
     }
 
+    /// Records a replication job's bytes (the job itself goes through [`Metrics::job`]).
+    pub fn replicated(&self, volume: &str, target: &str, j: &storage::JobRecord) {
+        self.dr_sent
+            .get_or_create(&TargetLabel {
+                volume: volume.into(),
+                target: target.into(),
+            })
+            .inc_by(j.bytes);
+    }
+
     /// The text exposition, after the store's gauges are set from `status`.
     pub fn encode(&self, status: &crate::status::Status) -> String {
         self.staged_files.set(status.store.staged_files as i64);
@@ -203,6 +240,18 @@ impl Metrics {
             self.volume_staged
                 .get_or_create(&l)
                 .set(v.staged_bytes as i64);
+            for d in &v.dr {
+                let tl = TargetLabel {
+                    volume: v.name.clone(),
+                    target: d.target.clone(),
+                };
+                if let Some(a) = d.newest_snapshot_age_secs {
+                    self.dr_age.get_or_create(&tl).set(a);
+                }
+                self.dr_ok
+                    .get_or_create(&tl)
+                    .set((d.last_result == "ok") as i64);
+            }
         }
         let mut out = String::new();
         if let Err(e) =

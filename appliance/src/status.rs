@@ -77,6 +77,67 @@ pub struct VolumeStatus {
     /// Written and not yet ingested.
     pub staged_files: u64,
     pub staged_bytes: u64,
+    /// The DR copies of this volume, one per target it is (or was) replicated to.
+    pub dr: Vec<DrStatus>,
+}
+
+/// A volume's DR copy at one target, from the job history.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct DrStatus {
+    pub target: String,
+    /// The newest snapshot the copy holds (as of the last good run) and its age: the
+    /// DR site's recovery point.
+    pub newest_snapshot: Option<String>,
+    pub newest_snapshot_age_secs: Option<i64>,
+    /// The last run: `ok` or `failed`, when it ended, its error, bytes it sent.
+    pub last_result: String,
+    pub last_ended: String,
+    pub last_error: Option<String>,
+    pub last_bytes_sent: u64,
+    pub last_ok: Option<String>,
+}
+
+/// Each target's state from the replication jobs of one volume (newest first).
+fn dr_status(jobs: &[&storage::JobRecord], configured: &[String], now_s: i64) -> Vec<DrStatus> {
+    let mut out: Vec<DrStatus> = Vec::new();
+    for t in configured {
+        out.push(DrStatus {
+            target: t.clone(),
+            last_result: "never run".into(),
+            ..Default::default()
+        });
+    }
+    let mut seen_last = std::collections::HashSet::new();
+    let mut seen_ok = std::collections::HashSet::new();
+    for j in jobs {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&j.output) else {
+            continue;
+        };
+        let Some(t) = v["target"].as_str() else { continue };
+        let i = match out.iter().position(|d| d.target == t) {
+            Some(i) => i,
+            None => {
+                out.push(DrStatus {
+                    target: t.into(),
+                    ..Default::default()
+                });
+                out.len() - 1
+            }
+        };
+        let d = &mut out[i];
+        if seen_last.insert(t.to_string()) {
+            d.last_result = j.result.clone();
+            d.last_ended = iso(j.ended_ms);
+            d.last_error = j.error.clone();
+            d.last_bytes_sent = j.bytes;
+        }
+        if j.result == "ok" && seen_ok.insert(t.to_string()) {
+            d.last_ok = Some(iso(j.ended_ms));
+            d.newest_snapshot = j.snapshot.clone();
+            d.newest_snapshot_age_secs = v["report"]["newest_created_s"].as_i64().map(|c| now_s - c);
+        }
+    }
+    out
 }
 
 pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
@@ -164,6 +225,22 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
             .as_ref()
             .and_then(|(_, u)| u.iter().find(|u| u.volume == v.name));
         let st = staged.get(&v.id).copied().unwrap_or_default();
+        let repl: Vec<&storage::JobRecord> = jobs
+            .iter()
+            .filter(|j| j.kind == "replicate" && j.volume.as_deref() == Some(&v.name))
+            .collect();
+        let dr = dr_status(&repl, &cfg.volume(&v.name).replicate_to, now / 1000);
+        for d in &dr {
+            if d.last_result == "failed" {
+                problems.push(format!(
+                    "volume {}: last replication to {} failed at {}: {}",
+                    v.name,
+                    d.target,
+                    d.last_ended,
+                    d.last_error.as_deref().unwrap_or("")
+                ));
+            }
+        }
         let logical = logical.saturating_add_signed(st.size_delta);
         volumes.push(VolumeStatus {
             stored_bytes: used.map(|u| u.stored_bytes),
@@ -189,6 +266,7 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
             estimated_rto_secs: restore_mb_s
                 .and_then(|r| newest.map(|s| (s.logical_bytes as f64 / (r * 1e6)).ceil() as u64)),
             last_jobs,
+            dr,
             name: v.name,
         });
     }

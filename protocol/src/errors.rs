@@ -27,6 +27,7 @@ pub fn to_nfs(op: &str, e: &StoreError) -> nfsstat3 {
         StoreError::NoSpace { .. } => NFS3ERR_NOSPC,
         StoreError::Corrupt { .. } => NFS3ERR_IO,
         StoreError::Poisoned(_) => NFS3ERR_IO,
+        StoreError::Remote(_) => NFS3ERR_IO,
         StoreError::Io { .. } | StoreError::Db { .. } | StoreError::Format(_) => NFS3ERR_IO,
         StoreError::Raced(_) => NFS3ERR_JUKEBOX,
     };

@@ -244,6 +244,8 @@ pub struct ChunkStore {
     locations: Vec<Mutex<LruCache<ChunkId, IndexEntry>>>,
     pins: Mutex<HashMap<ChunkId, u32>>,
     pub(crate) zstd_level: i32,
+    /// Where objects missing from the index are read (a DR copy's cache store only).
+    remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteObjects>>,
 }
 
 /// Chunks pinned by one ingest or snapshot; what is still pinned is unpinned on drop.
@@ -353,6 +355,7 @@ impl ChunkStore {
                 .collect(),
             pins: Mutex::new(HashMap::new()),
             zstd_level,
+            remote: std::sync::OnceLock::new(),
         })
     }
 
@@ -761,9 +764,10 @@ impl ChunkStore {
         // move it between the lookup and the read: retry once from the database.
         let mut fresh = false;
         loop {
-            let e = self
-                .locate(id, fresh)?
-                .ok_or_else(|| corrupt("chunk missing from index".into()))?;
+            let e = match self.locate(id, fresh)? {
+                Some(e) => e,
+                None => return self.get_remote(id, &corrupt),
+            };
             if e.flags & CHUNK_DAMAGED != 0 {
                 return Err(corrupt("chunk quarantined by verify".into()));
             }
@@ -812,6 +816,30 @@ impl ChunkStore {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// An object the local index lacks: from the remote copy when the store has one
+    /// (checked against its id), else `Corrupt` ("missing from index").
+    fn get_remote(&self, id: &ChunkId, corrupt: &dyn Fn(String) -> StoreError) -> Result<ChunkRef> {
+        let Some(remote) = self.remote.get() else {
+            return Err(corrupt("chunk missing from index".into()));
+        };
+        match remote.fetch(id) {
+            Ok(Some(raw)) => {
+                if ChunkId::of(&raw) != *id {
+                    return Err(corrupt("BLAKE3 mismatch in the remote copy".into()));
+                }
+                let len = raw.len();
+                Ok(ChunkRef { raw, start: 0, len })
+            }
+            Ok(None) => Err(corrupt("missing from the local index and the remote copy".into())),
+            Err(e) => Err(StoreError::Remote(format!("reading object {id}: {e}"))),
+        }
+    }
+
+    /// Reads objects this store lacks from `remote` from now on (once per store).
+    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) -> bool {
+        self.remote.set(remote).is_ok()
     }
 
     fn forget_pack_file(&self, id: PackId) {

@@ -30,6 +30,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// The remote copy a cache store reads from could not be read (down, refused).
+    #[error("remote copy unavailable: {0}")]
+    Remote(String),
     #[error("read-only: {0}")]
     ReadOnly(String),
     #[error("no space left on device while {context}")]

@@ -54,6 +54,7 @@ pub mod jobs;
 pub mod namespace;
 pub mod pack;
 pub(crate) mod readahead;
+pub mod remote;
 pub mod snapshot;
 pub mod staging;
 pub mod store;

@@ -631,6 +631,74 @@ pub(crate) fn finish(store: &Store, mut cap: Capture) -> Result<SnapshotInfo> {
     })
 }
 
+/// [`Store::adopt_snapshot`].
+pub(crate) fn adopt(store: &Store, info: &SnapshotInfo, root: &TreeEntry) -> Result<bool> {
+    check_volume_name(&info.name)?;
+    if let Some(l) = &info.label {
+        check_label(l)?;
+    }
+    if root.target_ref != Some(info.root) || root.attr.kind != FileKind::Dir {
+        return Err(StoreError::Format(format!(
+            "snapshot {}@{}: root entry does not name its root",
+            info.volume, info.name
+        )));
+    }
+    let vol = match store.volume(&info.volume) {
+        Ok(v) => v,
+        Err(StoreError::NotFound(_)) => store.create_volume(
+            &info.volume,
+            NewAttr {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        )?,
+        Err(e) => return Err(e),
+    };
+    let mut conn = store.db.lock();
+    let tx = conn.transaction().ctx("begin adopting a snapshot")?;
+    let new = !exists(&tx, vol.id, &info.name)?;
+    if new {
+        tx.execute(
+            "INSERT INTO snapshots(vol, name, root, root_entry, created_s, created_ns,
+                                   logical_bytes, label, lock_until, busy, held)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                vol.id.0 as i64,
+                info.name,
+                &info.root.0[..],
+                tree::encode_entry_alone(root),
+                info.created.sec,
+                info.created.nsec,
+                info.logical_bytes as i64,
+                info.label,
+                info.lock_until,
+                info.busy as i64,
+                info.held as i64,
+            ],
+        )
+        .ctx("adopting a snapshot")?;
+    } else {
+        tx.execute(
+            "UPDATE snapshots SET label=?3, lock_until=?4, busy=?5, held=?6
+             WHERE vol=?1 AND name=?2",
+            params![
+                vol.id.0 as i64,
+                info.name,
+                info.label,
+                info.lock_until,
+                info.busy as i64,
+                info.held as i64,
+            ],
+        )
+        .ctx("updating an adopted snapshot")?;
+    }
+    tx.commit().ctx("commit adopted snapshot")?;
+    drop(conn);
+    store.db.sync_wal(&store.latch)?;
+    Ok(new)
+}
+
 /// A new snapshot's name and label, checked before anything is done.
 fn check_new(name: &str, meta: &SnapshotMeta) -> Result<()> {
     check_volume_name(name)?;

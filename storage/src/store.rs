@@ -1075,6 +1075,62 @@ impl Store {
         crate::snapshot::dir_entries(self, id)
     }
 
+    /// The raw bytes of any object (chunk, content list, directory object), checked.
+    /// Replication reads what it sends through this.
+    pub fn object(&self, id: &ChunkId) -> Result<crate::chunk_store::ChunkRef> {
+        self.chunks.get(id, &|| format!("object {id}"))
+    }
+
+    /// Whether the local index has object `id` (a cache store may read it remotely).
+    pub fn has_object(&self, id: &ChunkId) -> Result<bool> {
+        ChunkStore::has(&*self.db.reader()?, id)
+    }
+
+    /// A content list by id (leaf or index), cached.
+    pub fn content_list(&self, id: &ChunkId) -> Result<Arc<ContentList>> {
+        self.content(id)
+    }
+
+    /// Stores objects brought from elsewhere (a DR copy hydrating a new store), each of
+    /// kind `KIND_DATA`, `KIND_CONTENT` or `KIND_DIR`, checked against its id: durable
+    /// and indexed when this returns. Objects already present are skipped.
+    pub fn put_objects(&self, objects: &[(u8, ChunkId, &[u8])]) -> Result<()> {
+        self.latch.check()?;
+        let mut locs = Vec::new();
+        {
+            let conn = self.db.reader()?;
+            for (kind, id, raw) in objects {
+                if ChunkId::of(raw) != *id {
+                    return Err(StoreError::Corrupt {
+                        what: "an object brought in".into(),
+                        chunk: *id,
+                        detail: "BLAKE3 mismatch".into(),
+                    });
+                }
+                if ChunkStore::has(&conn, id)? || locs.iter().any(|l: &crate::pack::Location| l.id == *id) {
+                    continue;
+                }
+                let comp = crate::pack::compress(raw, self.opts.zstd_level);
+                locs.push(self.chunks.append(*kind, raw, comp, *id)?);
+            }
+        }
+        let _gc = self.gc_lock.read().unwrap();
+        self.chunks.sync_and_index(&locs)
+    }
+
+    /// Records a snapshot made elsewhere (a DR copy's), its objects possibly not here
+    /// (a cache store reads them through [`ChunkStore::set_remote`]). Creates the
+    /// volume if missing. An existing snapshot of that name keeps its tree and takes
+    /// the label, hold, lock and busy mark given. Returns true when it was new.
+    pub fn adopt_snapshot(&self, info: &SnapshotInfo, root: &TreeEntry) -> Result<bool> {
+        crate::snapshot::adopt(self, info, root)
+    }
+
+    /// Reads objects missing from this store from `remote` (a cache store's DR copy).
+    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) -> bool {
+        self.chunks.set_remote(remote)
+    }
+
     /// Deletes a snapshot record; its data goes at the next GC. Held snapshots, and
     /// locked ones until their lock date, are refused ([`StoreError::Refused`]).
     pub fn delete_snapshot(&self, vol: &str, name: &str) -> Result<()> {

@@ -1,0 +1,313 @@
+//! Replication: what a volume's snapshots reach and the copy lacks, then the record.
+//!
+//! Objects are sent children first (a file's chunks, then its content list; a
+//! directory's entries, then the directory object), in packs whose indexes are written
+//! in order, each after its pack and after every earlier index. So whatever the copy's
+//! indexes name, everything it refers to is named too: a directory object found there
+//! means its whole subtree is there, and the walk skips it. That is what makes a copy
+//! incremental (an unchanged subtree costs one lookup) and an interrupted copy
+//! resumable (a rerun finds the packs indexed before the kill and sends the rest). The
+//! snapshot record is written last: a half-sent snapshot is never listed at the target.
+
+use super::layout::{self, Entry, Record};
+use super::Target;
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage::format::{KIND_CONTENT, KIND_DATA, KIND_DIR};
+use storage::ids::ChunkId;
+use storage::namespace::FileKind;
+use storage::Store;
+
+/// Raw bytes collected into one blob (as the store's bundles).
+const BLOB_TARGET: usize = storage::format::BUNDLE_TARGET;
+/// A pack is sent once it holds this much.
+const PACK_TARGET: usize = 32 << 20;
+/// Packs uploading at once.
+const UPLOADS: usize = 3;
+
+/// What one replication did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub volume: String,
+    /// Snapshots whose records were written this run, oldest first.
+    pub snapshots_sent: Vec<String>,
+    /// Records rewritten for a changed label, hold or lock.
+    pub records_updated: usize,
+    /// Snapshots the copy had already.
+    pub snapshots_present: usize,
+    pub objects_sent: u64,
+    /// Bytes of the objects sent, before compression.
+    pub raw_bytes: u64,
+    /// Bytes written to the target (packs, indexes, records).
+    pub bytes_sent: u64,
+    pub packs_sent: u64,
+    /// The newest snapshot of the volume the copy now holds, and when it was taken.
+    pub newest: Option<String>,
+    pub newest_created_s: Option<i64>,
+    pub seconds: f64,
+}
+
+/// Sends every snapshot of `volume` the copy lacks, oldest first. `stop` ends it early
+/// (what was sent stays, and the next run goes on from there).
+pub fn replicate(store: &Store, target: &Target, volume: &str, stop: &AtomicBool) -> Result<Report> {
+    let t0 = Instant::now();
+    store.volume(volume)?;
+    let catalog = target.catalog()?;
+    let at_target: HashMap<(String, String), (String, Record)> = target
+        .records()?
+        .into_iter()
+        .map(|(k, r)| ((r.volume.clone(), r.name.clone()), (k, r)))
+        .collect();
+    let mut s = Sender {
+        store,
+        target,
+        known: catalog.objects.keys().copied().collect(),
+        data: Blob::default(),
+        meta: Blob::default(),
+        pack: Vec::new(),
+        entries: Vec::new(),
+        last: None,
+        slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS)),
+        limiter: Arc::new(Limiter::new(target.bandwidth)),
+        sent: Arc::new(AtomicU64::new(0)),
+        report: Report {
+            target: target.name.clone(),
+            volume: volume.into(),
+            ..Default::default()
+        },
+    };
+    drop(catalog);
+    for snap in store.snapshots(Some(volume))? {
+        if stop.load(Ordering::Relaxed) {
+            return Err(anyhow!("stopped; the next run goes on from here"));
+        }
+        let root = store.snapshot_root(volume, &snap.name)?;
+        let rec = Record::from_store(&snap, &root);
+        let key = target.sealer.snapshot_key(volume, &snap.name);
+        match at_target.get(&(volume.to_string(), snap.name.clone())) {
+            Some((_, there)) if there.root == rec.root => {
+                s.report.snapshots_present += 1;
+                if *there != rec {
+                    s.put_small(&key, rec.encode(&target.sealer))?;
+                    s.report.records_updated += 1;
+                }
+            }
+            _ => {
+                s.dir(&snap.root, stop)
+                    .with_context(|| format!("sending snapshot {volume}@{}", snap.name))?;
+                s.finish()?;
+                s.put_small(&key, rec.encode(&target.sealer))?;
+                s.report.snapshots_sent.push(snap.name.clone());
+            }
+        }
+        s.report.newest = Some(snap.name.clone());
+        s.report.newest_created_s = Some(snap.created.sec);
+    }
+    s.report.bytes_sent = s.sent.load(Ordering::Relaxed);
+    s.report.seconds = t0.elapsed().as_secs_f64();
+    Ok(s.report)
+}
+
+#[derive(Default)]
+struct Blob {
+    raw: Vec<u8>,
+    members: Vec<(ChunkId, u8, u32, u32)>,
+}
+
+struct Sender<'a> {
+    store: &'a Store,
+    target: &'a Target,
+    /// Objects the copy has (indexed) or that this run has queued.
+    known: HashSet<ChunkId>,
+    /// Chunks, and the small objects above them, go to separate blobs: restore and
+    /// verify walk trees without opening data blobs.
+    data: Blob,
+    meta: Blob,
+    pack: Vec<u8>,
+    entries: Vec<Entry>,
+    /// The upload of the newest pack; it waits for every earlier one.
+    last: Option<tokio::task::JoinHandle<Result<()>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    limiter: Arc<Limiter>,
+    sent: Arc<AtomicU64>,
+    report: Report,
+}
+
+impl Sender<'_> {
+    fn dir(&mut self, id: &ChunkId, stop: &AtomicBool) -> Result<()> {
+        if self.known.contains(id) {
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(anyhow!("stopped; the next run goes on from here"));
+        }
+        let entries = self.store.dir_entries(id)?;
+        for e in entries.iter() {
+            match (e.attr.kind, &e.target_ref) {
+                (FileKind::Dir, Some(t)) => self.dir(t, stop)?,
+                (FileKind::File, Some(c)) => self.content(c)?,
+                _ => {}
+            }
+        }
+        let raw = self.store.object(id)?;
+        self.emit(*id, KIND_DIR, &raw)
+    }
+
+    fn content(&mut self, id: &ChunkId) -> Result<()> {
+        if self.known.contains(id) {
+            return Ok(());
+        }
+        let list = self.store.content_list(id)?;
+        for (_, c) in &list.entries {
+            if c.is_hole() || self.known.contains(c) {
+                continue;
+            }
+            if list.index {
+                self.content(c)?;
+            } else {
+                let raw = self.store.object(c)?;
+                self.emit(*c, KIND_DATA, &raw)?;
+            }
+        }
+        let raw = self.store.object(id)?;
+        self.emit(*id, KIND_CONTENT, &raw)
+    }
+
+    fn emit(&mut self, id: ChunkId, kind: u8, raw: &[u8]) -> Result<()> {
+        self.known.insert(id);
+        self.report.objects_sent += 1;
+        self.report.raw_bytes += raw.len() as u64;
+        let meta = kind != KIND_DATA;
+        let b = if meta { &mut self.meta } else { &mut self.data };
+        if !b.raw.is_empty() && b.raw.len() + raw.len() > BLOB_TARGET {
+            self.close_blob(meta)?;
+        }
+        let b = if meta { &mut self.meta } else { &mut self.data };
+        b.members.push((id, kind, b.raw.len() as u32, raw.len() as u32));
+        b.raw.extend_from_slice(raw);
+        if b.raw.len() >= BLOB_TARGET {
+            self.close_blob(meta)?;
+        }
+        Ok(())
+    }
+
+    fn close_blob(&mut self, meta: bool) -> Result<()> {
+        let b = std::mem::take(if meta { &mut self.meta } else { &mut self.data });
+        if b.members.is_empty() {
+            return Ok(());
+        }
+        let sealed = layout::seal_blob(&b.raw, &self.target.sealer);
+        let off = self.pack.len() as u64;
+        for (id, kind, inner, len) in b.members {
+            self.entries.push(Entry {
+                id,
+                kind,
+                blob_off: off,
+                blob_len: sealed.len() as u32,
+                inner_off: inner,
+                raw_len: len,
+            });
+        }
+        self.pack.extend_from_slice(&sealed);
+        if self.pack.len() >= PACK_TARGET {
+            self.ship()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the upload of the pack built so far (and its index after it).
+    fn ship(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let id = layout::new_pack_id();
+        let pack = bytes::Bytes::from(std::mem::take(&mut self.pack));
+        let index = bytes::Bytes::from(layout::encode_index(
+            &std::mem::take(&mut self.entries),
+            &self.target.sealer,
+        ));
+        self.report.packs_sent += 1;
+        let permit = self
+            .target
+            .block(self.slots.clone().acquire_owned())
+            .expect("semaphore open");
+        let prev = self.last.take();
+        let backend = self.target.backend.clone();
+        let (limiter, sent) = (self.limiter.clone(), self.sent.clone());
+        self.last = Some(self.target.rt.spawn(async move {
+            let _permit = permit;
+            limiter.wait(pack.len()).await;
+            let n = pack.len() as u64;
+            backend.put(&format!("packs/{id}"), pack).await?;
+            sent.fetch_add(n, Ordering::Relaxed);
+            if let Some(prev) = prev {
+                prev.await.map_err(|e| anyhow!("upload task: {e}"))??;
+            }
+            limiter.wait(index.len()).await;
+            let n = index.len() as u64;
+            backend.put(&format!("index/{id}"), index).await?;
+            sent.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// Closes open blobs and the pack, and waits until everything queued is indexed.
+    fn finish(&mut self) -> Result<()> {
+        self.close_blob(false)?;
+        self.close_blob(true)?;
+        self.ship()?;
+        if let Some(last) = self.last.take() {
+            self.target
+                .block(last)
+                .map_err(|e| anyhow!("upload task: {e}"))??;
+        }
+        Ok(())
+    }
+
+    fn put_small(&mut self, key: &str, b: Vec<u8>) -> Result<()> {
+        let n = b.len() as u64;
+        let (backend, limiter) = (&self.target.backend, &self.limiter);
+        self.target.block(async {
+            limiter.wait(b.len()).await;
+            backend.put(key, b.into()).await
+        })?;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Keeps uploads under a rate (bytes per second): each upload waits until the bytes
+/// sent before it fit the rate.
+struct Limiter {
+    rate: Option<f64>,
+    start: Instant,
+    booked: std::sync::Mutex<f64>,
+}
+
+impl Limiter {
+    fn new(rate: Option<f64>) -> Limiter {
+        Limiter {
+            rate,
+            start: Instant::now(),
+            booked: std::sync::Mutex::new(0.0),
+        }
+    }
+
+    async fn wait(&self, bytes: usize) {
+        let Some(rate) = self.rate else { return };
+        let at = {
+            let mut b = self.booked.lock().unwrap();
+            let at = *b / rate;
+            *b += bytes as f64;
+            at
+        };
+        let due = self.start + Duration::from_secs_f64(at);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
