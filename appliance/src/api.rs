@@ -507,6 +507,9 @@ async fn restore_test(
 struct ReplicateQuery {
     /// A `[target.NAME]`, an absolute directory or an `s3://` URL.
     to: String,
+    /// Walk whole trees and resend what the copy lacks (repair after damage).
+    #[serde(default)]
+    full: bool,
 }
 
 /// `POST /volumes/{volume}/replicate?to=TARGET`: the job record and the report.
@@ -517,10 +520,13 @@ async fn replicate(
 ) -> Result<Response, ApiError> {
     let v = volume.clone();
     blocking(&app, move |s| s.volume(&v)).await?;
+    app.target_toml(&q.to)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let job_app = app.clone();
-    let (job, report) = tokio::spawn(async move { job_app.replicate_job(&volume, &q.to).await })
-        .await
-        .map_err(|e| anyhow::anyhow!("replication panicked: {e}"))??;
+    let (job, report) =
+        tokio::spawn(async move { job_app.replicate_job(&volume, &q.to, q.full).await })
+            .await
+            .map_err(|e| anyhow::anyhow!("replication panicked: {e}"))??;
     Ok((
         job_status(&job, StatusCode::OK),
         Json(serde_json::json!({ "job": JobView::from(&job), "report": report })),

@@ -300,10 +300,19 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             );
         }
         Cmd::PlatformSnapshot => return job_command(t, "/platform-snapshot", None),
-        Cmd::Replicate { volume, to, json } => {
+        Cmd::Replicate {
+            volume,
+            to,
+            full,
+            json,
+        } => {
             let r = t.call(
                 "POST",
-                &format!("/volumes/{}/replicate?to={}", seg(&volume), seg(&to)),
+                &format!(
+                    "/volumes/{}/replicate?to={}&full={full}",
+                    seg(&volume),
+                    seg(&to)
+                ),
                 None,
             )?;
             let ok = r.ok();

@@ -390,7 +390,8 @@ impl Config {
             storage::store::check_volume_name(name).with_context(|| format!("[target.{name}]"))?;
             t.validate().with_context(|| format!("[target.{name}]"))?;
             if let Some(c) = &t.schedule {
-                crate::schedule::parse_cron(c).with_context(|| format!("target.{name}.schedule"))?;
+                crate::schedule::parse_cron(c)
+                    .with_context(|| format!("target.{name}.schedule"))?;
             }
             if let Some(k) = &t.key_file {
                 if !k.is_file() {
@@ -402,7 +403,10 @@ impl Config {
             let key = |k: &str| format!("volume.{name}.{k}");
             for t in &v.replicate_to {
                 if !self.targets.contains_key(t) {
-                    bail!("{} names {t:?}, which has no [target.{t}]", key("replicate_to"));
+                    bail!(
+                        "{} names {t:?}, which has no [target.{t}]",
+                        key("replicate_to")
+                    );
                 }
             }
             storage::store::check_volume_name(name).with_context(|| format!("[volume.{name}]"))?;

@@ -28,7 +28,12 @@ impl From {
 
     fn open(&self, cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Arc<Target>> {
         let (name, t) = self.target_toml(cfg)?;
-        Ok(Arc::new(Target::open(&name, &t, rt.handle().clone(), false)?))
+        Ok(Arc::new(Target::open(
+            &name,
+            &t,
+            rt.handle().clone(),
+            false,
+        )?))
     }
 }
 

@@ -415,7 +415,7 @@ impl Appliance {
             for t in &settings.replicate_to {
                 let (app, vol, t) = (self.clone(), volume.to_string(), t.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = app.replicate_job(&vol, &t).await {
+                    if let Err(e) = app.replicate_job(&vol, &t, false).await {
                         tracing::warn!(volume = vol, target = t, error = %e, "replication after the snapshot not run");
                     }
                 });
@@ -898,6 +898,7 @@ impl Appliance {
         self: &Arc<Self>,
         volume: &str,
         to: &str,
+        full: bool,
     ) -> Result<(JobRecord, Option<crate::replica::send::Report>)> {
         let (name, t) = self.target_toml(to)?;
         let _claim = self.claim(&format!("target {name}"), "replicate")?;
@@ -907,12 +908,16 @@ impl Appliance {
             started_ms: now_ms(),
             ..Default::default()
         };
-        let (store, vol, rt) = (self.store.clone(), volume.to_string(), tokio::runtime::Handle::current());
+        let (store, vol, rt) = (
+            self.store.clone(),
+            volume.to_string(),
+            tokio::runtime::Handle::current(),
+        );
         let tz = self.cfg.volume(volume).tz();
         let stop = self.stop_flag.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<_> {
             let target = Arc::new(crate::replica::Target::open(&name, &t, rt, true)?);
-            let report = crate::replica::send::replicate(&store, &target, &vol, &stop)?;
+            let report = crate::replica::send::replicate(&store, &target, &vol, full, &stop)?;
             let pruned = match &t.keep {
                 Some(k) => Some(crate::replica::check::prune(
                     target,

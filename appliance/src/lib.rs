@@ -11,10 +11,10 @@ pub mod hooks;
 pub mod import;
 pub mod jobs;
 pub mod metrics;
+pub mod replica;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
-pub mod replica;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -79,7 +79,11 @@ pub async fn run(
     let store = Arc::new(tokio::task::block_in_place(|| open_store(&cfg))?);
     if let Some((name, t)) = cfg.serve_from.clone() {
         // A DR site: the copy's snapshots, read through this cache store.
-        let (store, rt, cache) = (store.clone(), tokio::runtime::Handle::current(), cfg.read_cache());
+        let (store, rt, cache) = (
+            store.clone(),
+            tokio::runtime::Handle::current(),
+            cfg.read_cache(),
+        );
         tokio::task::spawn_blocking(move || -> Result<()> {
             let target = Arc::new(replica::Target::open(&name, &t, rt, false)?);
             let reader = Arc::new(replica::Reader::new(target.clone(), cache as usize)?);

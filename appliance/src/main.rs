@@ -74,6 +74,10 @@ enum Cmd {
         /// A [target.NAME] of the config, an absolute directory or an s3:// URL.
         #[arg(long)]
         to: String,
+        /// Check every object of every snapshot at the target and resend what it
+        /// lacks (after verify --from named damage and it was removed).
+        #[arg(long)]
+        full: bool,
         #[arg(long)]
         json: bool,
     },

@@ -113,7 +113,9 @@ fn dr_status(jobs: &[&storage::JobRecord], configured: &[String], now_s: i64) ->
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&j.output) else {
             continue;
         };
-        let Some(t) = v["target"].as_str() else { continue };
+        let Some(t) = v["target"].as_str() else {
+            continue;
+        };
         let i = match out.iter().position(|d| d.target == t) {
             Some(i) => i,
             None => {
@@ -134,7 +136,8 @@ fn dr_status(jobs: &[&storage::JobRecord], configured: &[String], now_s: i64) ->
         if j.result == "ok" && seen_ok.insert(t.to_string()) {
             d.last_ok = Some(iso(j.ended_ms));
             d.newest_snapshot = j.snapshot.clone();
-            d.newest_snapshot_age_secs = v["report"]["newest_created_s"].as_i64().map(|c| now_s - c);
+            d.newest_snapshot_age_secs =
+                v["report"]["newest_created_s"].as_i64().map(|c| now_s - c);
         }
     }
     out

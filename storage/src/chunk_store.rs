@@ -832,7 +832,9 @@ impl ChunkStore {
                 let len = raw.len();
                 Ok(ChunkRef { raw, start: 0, len })
             }
-            Ok(None) => Err(corrupt("missing from the local index and the remote copy".into())),
+            Ok(None) => Err(corrupt(
+                "missing from the local index and the remote copy".into(),
+            )),
             Err(e) => Err(StoreError::Remote(format!("reading object {id}: {e}"))),
         }
     }

@@ -1107,7 +1107,9 @@ impl Store {
                         detail: "BLAKE3 mismatch".into(),
                     });
                 }
-                if ChunkStore::has(&conn, id)? || locs.iter().any(|l: &crate::pack::Location| l.id == *id) {
+                if ChunkStore::has(&conn, id)?
+                    || locs.iter().any(|l: &crate::pack::Location| l.id == *id)
+                {
                     continue;
                 }
                 let comp = crate::pack::compress(raw, self.opts.zstd_level);

@@ -175,7 +175,12 @@ impl Backend {
                         .with_context(|| format!("opening {}", path.display()))?;
                     let mut buf = vec![0u8; (range.end - range.start) as usize];
                     f.read_exact_at(&mut buf, range.start).with_context(|| {
-                        format!("reading {}..{} of {}", range.start, range.end, path.display())
+                        format!(
+                            "reading {}..{} of {}",
+                            range.start,
+                            range.end,
+                            path.display()
+                        )
                     })?;
                     Ok(Bytes::from(buf))
                 })
@@ -215,7 +220,11 @@ impl Backend {
                     .try_collect()
                     .await
                     .map_err(|e| anyhow!("listing {dir} in {}: {e}", self.describe()))?;
-                let skip = if prefix.is_empty() { 0 } else { prefix.len() + 1 };
+                let skip = if prefix.is_empty() {
+                    0
+                } else {
+                    prefix.len() + 1
+                };
                 Ok(metas
                     .into_iter()
                     .map(|m| {

@@ -41,9 +41,13 @@ pub fn verify(target: Arc<Target>) -> Result<VerifyReport> {
         target: target.name.clone(),
         ..Default::default()
     };
-    r.damage.extend(cat.bad_indexes.iter().map(|b| format!("index {b}")));
     r.damage
-        .extend(cat.missing_packs.iter().map(|p| format!("{p}: missing (its index names it)")));
+        .extend(cat.bad_indexes.iter().map(|b| format!("index {b}")));
+    r.damage.extend(
+        cat.missing_packs
+            .iter()
+            .map(|p| format!("{p}: missing (its index names it)")),
+    );
     let mut by_pack: HashMap<u32, Vec<(&ChunkId, &Loc)>> = HashMap::new();
     for (id, loc) in &cat.objects {
         by_pack.entry(loc.pack).or_default().push((id, loc));
@@ -86,13 +90,17 @@ pub fn verify(target: Arc<Target>) -> Result<VerifyReport> {
                 let end = off + l.blob_len as u64;
                 let opened = bytes
                     .get(off as usize..end as usize)
-                    .ok_or_else(|| anyhow::anyhow!("pack is {} bytes, blob ends at {end}", bytes.len()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("pack is {} bytes, blob ends at {end}", bytes.len())
+                    })
                     .and_then(|s| layout::open_blob(s, &target.sealer, l.blob_raw as usize));
                 let raw = match opened {
                     Ok(raw) => raw,
                     Err(e) => {
-                        r.damage
-                            .push(format!("{key}: blob at {off}: {e:#} ({} objects)", ms.len()));
+                        r.damage.push(format!(
+                            "{key}: blob at {off}: {e:#} ({} objects)",
+                            ms.len()
+                        ));
                         bad.extend(ms.iter().map(|m| *m.0));
                         continue;
                     }
@@ -104,8 +112,9 @@ pub fn verify(target: Arc<Target>) -> Result<VerifyReport> {
                         .get(s..s + loc.raw_len as usize)
                         .is_some_and(|b| ChunkId::of(b) == **id);
                     if !ok {
-                        r.damage
-                            .push(format!("{key}: blob at {off}: object {id} does not match its hash"));
+                        r.damage.push(format!(
+                            "{key}: blob at {off}: object {id} does not match its hash"
+                        ));
                         bad.insert(**id);
                     }
                 }
@@ -165,7 +174,11 @@ fn walk(
                 if c.is_hole() {
                     continue;
                 }
-                let k = if list.index { KIND_CONTENT } else { storage::format::KIND_DATA };
+                let k = if list.index {
+                    KIND_CONTENT
+                } else {
+                    storage::format::KIND_DATA
+                };
                 stack.push((*c, k));
             }
         }
@@ -218,7 +231,12 @@ pub fn prune(
     if policy.is_set() {
         r.plan = crate::retention::plan(&cands, policy, now, tz);
     }
-    let drop: HashSet<&str> = r.plan.iter().filter(|d| !d.keep).map(|d| d.name.as_str()).collect();
+    let drop: HashSet<&str> = r
+        .plan
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.name.as_str())
+        .collect();
     let mut live = Vec::new();
     for (key, rec) in &records {
         let doomed = rec.volume == volume

@@ -48,7 +48,8 @@ impl Sealer {
 
     /// From a key file: 32 bytes, raw or as 64 hex digits.
     pub fn from_key_file(path: &std::path::Path) -> Result<Sealer> {
-        let raw = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+        let raw =
+            std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
         let text = String::from_utf8_lossy(&raw);
         let key: [u8; 32] = if raw.len() == 32 {
             raw.as_slice().try_into().unwrap()
@@ -61,7 +62,9 @@ impl Sealer {
             );
         };
         Ok(Sealer {
-            cipher: Some(XChaCha20Poly1305::new(&blake3::derive_key("kura dr copy seal", &key).into())),
+            cipher: Some(XChaCha20Poly1305::new(
+                &blake3::derive_key("kura dr copy seal", &key).into(),
+            )),
             name_key: blake3::derive_key("kura dr copy names", &key),
         })
     }
@@ -75,7 +78,9 @@ impl Sealer {
             None => plain,
             Some(c) => {
                 let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-                let ct = c.encrypt(&nonce, plain.as_slice()).expect("in-memory encryption");
+                let ct = c
+                    .encrypt(&nonce, plain.as_slice())
+                    .expect("in-memory encryption");
                 let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
                 out.extend_from_slice(&nonce);
                 out.extend_from_slice(&ct);
@@ -147,14 +152,19 @@ impl TargetConfig {
         TargetConfig {
             format: FORMAT.into(),
             encrypted: sealer.encrypted(),
-            key_check: sealer.encrypted().then(|| hex(&sealer.seal(KEY_CHECK.to_vec()))),
+            key_check: sealer
+                .encrypted()
+                .then(|| hex(&sealer.seal(KEY_CHECK.to_vec()))),
         }
     }
 
     /// Checks that `sealer` is what this copy needs.
     pub fn check(&self, sealer: &Sealer, what: &str) -> Result<()> {
         if self.format != FORMAT {
-            bail!("{what}: format {:?}, this kura reads {FORMAT:?}", self.format);
+            bail!(
+                "{what}: format {:?}, this kura reads {FORMAT:?}",
+                self.format
+            );
         }
         match (self.encrypted, sealer.encrypted()) {
             (true, false) => bail!("{what} is encrypted: name its key file (key_file)"),
@@ -285,7 +295,10 @@ impl Record {
         Ok((info, entry))
     }
 
-    pub fn from_store(s: &storage::snapshot::SnapshotInfo, root: &storage::tree::TreeEntry) -> Record {
+    pub fn from_store(
+        s: &storage::snapshot::SnapshotInfo,
+        root: &storage::tree::TreeEntry,
+    ) -> Record {
         Record {
             volume: s.volume.clone(),
             name: s.name.clone(),
@@ -333,12 +346,17 @@ mod tests {
         }
         let sealed = Sealer::from_key_file(&kf).unwrap();
         let b = encode_index(&[e], &sealed);
-        assert!(!b.windows(32).any(|w| w == e.id.as_bytes()), "no plaintext id");
+        assert!(
+            !b.windows(32).any(|w| w == e.id.as_bytes()),
+            "no plaintext id"
+        );
         std::fs::write(&kf, [8u8; 32]).unwrap();
         let other = Sealer::from_key_file(&kf).unwrap();
         assert!(decode_index(&b, &other).is_err());
         assert!(TargetConfig::new(&sealed).check(&other, "t").is_err());
-        assert!(TargetConfig::new(&sealed).check(&Sealer::plain(), "t").is_err());
+        assert!(TargetConfig::new(&sealed)
+            .check(&Sealer::plain(), "t")
+            .is_err());
         assert!(TargetConfig::new(&sealed).check(&sealed, "t").is_ok());
     }
 }

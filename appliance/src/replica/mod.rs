@@ -36,6 +36,9 @@ pub struct TargetToml {
     pub key_file: Option<PathBuf>,
     /// Upload limit in MB/s (10^6 bytes); none by default.
     pub bandwidth_mb_s: Option<f64>,
+    /// Size of the packs sent (MiB, 1..=1024; default 32): one PUT each, and what an
+    /// interrupted copy resends at most.
+    pub pack_mib: Option<u32>,
     /// Replicate every volume that names this target on this cron schedule too (in
     /// `schedule.timezone`), besides after each snapshot.
     pub schedule: Option<String>,
@@ -115,6 +118,11 @@ impl TargetToml {
         if let Some(k) = &self.keep {
             k.policy()?;
         }
+        if let Some(p) = self.pack_mib {
+            if !(1..=1024).contains(&p) {
+                bail!("pack_mib = {p} is outside 1..=1024");
+            }
+        }
         Ok(())
     }
 }
@@ -125,13 +133,20 @@ pub struct Target {
     pub backend: Backend,
     pub sealer: Sealer,
     pub bandwidth: Option<f64>,
+    /// Bytes of a pack before it is sent.
+    pub pack_bytes: usize,
     pub(crate) rt: tokio::runtime::Handle,
 }
 
 impl Target {
     /// Opens the copy described by `t`; `create` makes a new one where there is none
     /// (an empty directory or prefix). Checks the format and the key.
-    pub fn open(name: &str, t: &TargetToml, rt: tokio::runtime::Handle, create: bool) -> Result<Target> {
+    pub fn open(
+        name: &str,
+        t: &TargetToml,
+        rt: tokio::runtime::Handle,
+        create: bool,
+    ) -> Result<Target> {
         t.validate().with_context(|| format!("target {name}"))?;
         let backend = match (&t.path, &t.s3) {
             (Some(p), _) => Backend::dir(p),
@@ -147,13 +162,15 @@ impl Target {
             backend,
             sealer,
             bandwidth: t.bandwidth_mb_s.map(|b| b * 1e6),
+            pack_bytes: t.pack_mib.unwrap_or(32) as usize * (1 << 20),
             rt,
         };
         let what = format!("target {name} ({})", target.backend.describe());
         match target.block(target.backend.get(layout::CONFIG_KEY))? {
             Some(b) => {
-                let c: TargetConfig = serde_json::from_slice(&b)
-                    .with_context(|| format!("{what}: {} is not a kura copy's", layout::CONFIG_KEY))?;
+                let c: TargetConfig = serde_json::from_slice(&b).with_context(|| {
+                    format!("{what}: {} is not a kura copy's", layout::CONFIG_KEY)
+                })?;
                 c.check(&target.sealer, &what)?;
             }
             None if create => {
@@ -164,7 +181,10 @@ impl Target {
                         .put(layout::CONFIG_KEY, serde_json::to_vec_pretty(&c)?.into()),
                 )?;
             }
-            None => bail!("{what} holds no kura copy ({} is missing)", layout::CONFIG_KEY),
+            None => bail!(
+                "{what} holds no kura copy ({} is missing)",
+                layout::CONFIG_KEY
+            ),
         }
         Ok(target)
     }
@@ -198,7 +218,11 @@ impl Target {
             recs.push((k, rec));
         }
         recs.sort_by(|a, b| {
-            (a.1.created_s, a.1.created_ns, &a.1.name).cmp(&(b.1.created_s, b.1.created_ns, &b.1.name))
+            (a.1.created_s, a.1.created_ns, &a.1.name).cmp(&(
+                b.1.created_s,
+                b.1.created_ns,
+                &b.1.name,
+            ))
         });
         Ok(recs)
     }
@@ -213,9 +237,10 @@ impl Target {
             .collect();
         let fetched = self.block(async {
             use futures::StreamExt;
-            futures::stream::iter(keys.iter().map(|(k, _, _)| async move {
-                (k.clone(), self.backend.get(k).await)
-            }))
+            futures::stream::iter(
+                keys.iter()
+                    .map(|(k, _, _)| async move { (k.clone(), self.backend.get(k).await) }),
+            )
             .buffer_unordered(8)
             .collect::<Vec<_>>()
             .await
@@ -338,7 +363,13 @@ impl Reader {
                 .get_range(&pack, loc.blob_off..loc.blob_off + loc.blob_len as u64),
         )?;
         let raw = layout::open_blob(&sealed, &self.target.sealer, loc.blob_raw as usize)
-            .with_context(|| format!("{}: blob at {} of {pack}", self.target.describe(), loc.blob_off))?;
+            .with_context(|| {
+                format!(
+                    "{}: blob at {} of {pack}",
+                    self.target.describe(),
+                    loc.blob_off
+                )
+            })?;
         let raw = Arc::new(raw);
         let mut c = self.cache.lock().unwrap();
         c.bytes += raw.len();
@@ -363,7 +394,10 @@ impl Reader {
             .get(s..s + l)
             .ok_or_else(|| anyhow!("object {id} lies outside its blob"))?;
         if ChunkId::of(raw) != *id {
-            bail!("{}: object {id} does not match its hash", self.target.describe());
+            bail!(
+                "{}: object {id} does not match its hash",
+                self.target.describe()
+            );
         }
         Ok(Some(raw.to_vec()))
     }
@@ -418,7 +452,10 @@ pub fn hydrate(reader: &Reader, store: &storage::Store, rec: &Record) -> Result<
     let mut batch_bytes = 0usize;
     let mut total = 0u64;
     let flush = |batch: &mut Vec<(u8, ChunkId, Vec<u8>)>| -> Result<()> {
-        let refs: Vec<(u8, ChunkId, &[u8])> = batch.iter().map(|(k, i, b)| (*k, *i, b.as_slice())).collect();
+        let refs: Vec<(u8, ChunkId, &[u8])> = batch
+            .iter()
+            .map(|(k, i, b)| (*k, *i, b.as_slice()))
+            .collect();
         store.put_objects(&refs)?;
         batch.clear();
         Ok(())

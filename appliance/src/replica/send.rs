@@ -24,8 +24,6 @@ use storage::Store;
 
 /// Raw bytes collected into one blob (as the store's bundles).
 const BLOB_TARGET: usize = storage::format::BUNDLE_TARGET;
-/// A pack is sent once it holds this much.
-const PACK_TARGET: usize = 32 << 20;
 /// Packs uploading at once.
 const UPLOADS: usize = 3;
 
@@ -54,18 +52,39 @@ pub struct Report {
 
 /// Sends every snapshot of `volume` the copy lacks, oldest first. `stop` ends it early
 /// (what was sent stays, and the next run goes on from there).
-pub fn replicate(store: &Store, target: &Target, volume: &str, stop: &AtomicBool) -> Result<Report> {
+///
+/// `full` walks every snapshot's whole tree and sends each object the copy's indexes
+/// do not name, trusting no directory there to be complete: the repair after damage
+/// (a pack or index lost or removed after verify named it). A copy whose indexes show
+/// damage (one unreadable, a pack missing) is walked so without being asked.
+pub fn replicate(
+    store: &Store,
+    target: &Target,
+    volume: &str,
+    full: bool,
+    stop: &AtomicBool,
+) -> Result<Report> {
     let t0 = Instant::now();
     store.volume(volume)?;
     let catalog = target.catalog()?;
+    // An index whose pack is gone names objects the copy lacks: drop it, and what it
+    // named is sent again below (verify names the loss until then).
+    for p in &catalog.missing_packs {
+        let id = p.trim_start_matches("packs/");
+        tracing::warn!(target = %target.describe(), pack = %p, "pack missing: its index is dropped and its objects sent again");
+        target.block(target.backend.delete(&format!("index/{id}")))?;
+    }
     let at_target: HashMap<(String, String), (String, Record)> = target
         .records()?
         .into_iter()
         .map(|(k, r)| ((r.volume.clone(), r.name.clone()), (k, r)))
         .collect();
+    let full = full || !catalog.missing_packs.is_empty() || !catalog.bad_indexes.is_empty();
     let mut s = Sender {
         store,
         target,
+        full,
+        visited: HashSet::new(),
         known: catalog.objects.keys().copied().collect(),
         data: Blob::default(),
         meta: Blob::default(),
@@ -92,6 +111,11 @@ pub fn replicate(store: &Store, target: &Target, volume: &str, stop: &AtomicBool
         match at_target.get(&(volume.to_string(), snap.name.clone())) {
             Some((_, there)) if there.root == rec.root => {
                 s.report.snapshots_present += 1;
+                if full {
+                    s.dir(&snap.root, stop)
+                        .with_context(|| format!("checking snapshot {volume}@{}", snap.name))?;
+                    s.finish()?;
+                }
                 if *there != rec {
                     s.put_small(&key, rec.encode(&target.sealer))?;
                     s.report.records_updated += 1;
@@ -122,6 +146,9 @@ struct Blob {
 struct Sender<'a> {
     store: &'a Store,
     target: &'a Target,
+    /// Walk whole trees (see [`replicate`]); `visited` keeps shared subtrees to once.
+    full: bool,
+    visited: HashSet<ChunkId>,
     /// Objects the copy has (indexed) or that this run has queued.
     known: HashSet<ChunkId>,
     /// Chunks, and the small objects above them, go to separate blobs: restore and
@@ -139,8 +166,16 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
+    /// Whether the walk goes below `id` (a directory or content list).
+    fn enter(&mut self, id: &ChunkId) -> bool {
+        match self.full {
+            true => self.visited.insert(*id),
+            false => !self.known.contains(id),
+        }
+    }
+
     fn dir(&mut self, id: &ChunkId, stop: &AtomicBool) -> Result<()> {
-        if self.known.contains(id) {
+        if !self.enter(id) {
             return Ok(());
         }
         if stop.load(Ordering::Relaxed) {
@@ -154,25 +189,31 @@ impl Sender<'_> {
                 _ => {}
             }
         }
+        if self.known.contains(id) {
+            return Ok(());
+        }
         let raw = self.store.object(id)?;
         self.emit(*id, KIND_DIR, &raw)
     }
 
     fn content(&mut self, id: &ChunkId) -> Result<()> {
-        if self.known.contains(id) {
+        if !self.enter(id) {
             return Ok(());
         }
         let list = self.store.content_list(id)?;
         for (_, c) in &list.entries {
-            if c.is_hole() || self.known.contains(c) {
+            if c.is_hole() {
                 continue;
             }
             if list.index {
                 self.content(c)?;
-            } else {
+            } else if !self.known.contains(c) {
                 let raw = self.store.object(c)?;
                 self.emit(*c, KIND_DATA, &raw)?;
             }
+        }
+        if self.known.contains(id) {
+            return Ok(());
         }
         let raw = self.store.object(id)?;
         self.emit(*id, KIND_CONTENT, &raw)
@@ -188,7 +229,8 @@ impl Sender<'_> {
             self.close_blob(meta)?;
         }
         let b = if meta { &mut self.meta } else { &mut self.data };
-        b.members.push((id, kind, b.raw.len() as u32, raw.len() as u32));
+        b.members
+            .push((id, kind, b.raw.len() as u32, raw.len() as u32));
         b.raw.extend_from_slice(raw);
         if b.raw.len() >= BLOB_TARGET {
             self.close_blob(meta)?;
@@ -214,7 +256,7 @@ impl Sender<'_> {
             });
         }
         self.pack.extend_from_slice(&sealed);
-        if self.pack.len() >= PACK_TARGET {
+        if self.pack.len() >= self.target.pack_bytes {
             self.ship()?;
         }
         Ok(())
