@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every kura test on a fresh Debian machine, installing what the tests need:
-# Debian's libnfs-utils (nfs-cp, nfs-ls, nfs-cat) and PyPI's nfs-rs in a venv.
+# Debian's libnfs-utils (nfs-cp, nfs-ls, nfs-cat), PyPI's nfs-rs in a venv, and Garage
+# (a real S3 engine for the DR tests), built once by `cargo install` into ~/.cache/kura
+# (about 18 minutes on 2 cores the first time, nothing afterwards).
 # Tests that mount a tmpfs need root; set KURA_SKIP_MOUNT_TESTS=1 where that is impossible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,9 @@ if ! "$VENV/bin/python" -c 'import nfs_rs' 2>/dev/null; then
   "$VENV/bin/pip" install -q 'nfs-rs==0.8.7'
 fi
 export KURA_PYTHON="$VENV/bin/python"
+
+scripts/garage.sh bin >/dev/null
+export KURA_REQUIRE_GARAGE=1
 
 # Release mode: the NFS tests move gigabytes. No doc tests (there are none), so that
 # cargo's last summary is a real one; a total follows.
