@@ -839,6 +839,26 @@ impl ChunkStore {
         }
     }
 
+    /// The record at (pack, offset) as stored (compressed or not), with its header,
+    /// unchecked: replication sends it as it is, and the copy checks each member.
+    pub fn stored_record(
+        &self,
+        pack_id: PackId,
+        offset: u64,
+        stored_len: u32,
+    ) -> Result<(RecordHeader, Vec<u8>)> {
+        let f = self.pack_file(pack_id)?;
+        let path = pack::pack_path(&self.dir, pack_id);
+        let mut stored = Vec::new();
+        let h = self.read_checked(&f, &path, offset, stored_len, &mut stored)?;
+        Ok((h, stored))
+    }
+
+    /// Where object `id` is stored (a healthy row), if the index has it.
+    pub fn location(&self, id: &ChunkId) -> Result<Option<IndexEntry>> {
+        self.locate(id, false)
+    }
+
     /// Reads objects this store lacks from `remote` from now on (once per store).
     pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) -> bool {
         self.remote.set(remote).is_ok()

@@ -1081,6 +1081,28 @@ impl Store {
         self.chunks.get(id, &|| format!("object {id}"))
     }
 
+    /// Where object `id` is stored, when this store has it (replication sends whole
+    /// bundle records through [`Store::stored_record`]).
+    pub fn object_location(&self, id: &ChunkId) -> Result<Option<crate::chunk_store::IndexEntry>> {
+        self.chunks.location(id)
+    }
+
+    /// The healthy index rows of one pack, in record order: the members of its records.
+    pub fn pack_rows(
+        &self,
+        pack: crate::ids::PackId,
+    ) -> Result<Vec<(ChunkId, crate::chunk_store::IndexEntry)>> {
+        ChunkStore::healthy_rows_of(&*self.db.reader()?, pack)
+    }
+
+    /// A record as stored (header and stored bytes, unchecked).
+    pub fn stored_record(
+        &self,
+        e: &crate::chunk_store::IndexEntry,
+    ) -> Result<(crate::pack::RecordHeader, Vec<u8>)> {
+        self.chunks.stored_record(e.pack, e.offset, e.stored_len)
+    }
+
     /// Whether the local index has object `id` (a cache store may read it remotely).
     pub fn has_object(&self, id: &ChunkId) -> Result<bool> {
         ChunkStore::has(&*self.db.reader()?, id)

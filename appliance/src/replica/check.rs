@@ -93,7 +93,9 @@ pub fn verify(target: Arc<Target>) -> Result<VerifyReport> {
                     .ok_or_else(|| {
                         anyhow::anyhow!("pack is {} bytes, blob ends at {end}", bytes.len())
                     })
-                    .and_then(|s| layout::open_blob(s, &target.sealer, l.blob_raw as usize));
+                    .and_then(|s| {
+                        layout::open_blob(s, &target.sealer, l.blob_raw as usize, l.kind)
+                    });
                 let raw = match opened {
                     Ok(raw) => raw,
                     Err(e) => {

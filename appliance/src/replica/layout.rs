@@ -26,7 +26,10 @@ pub const CONFIG_KEY: &str = "kura-target.json";
 pub const FORMAT: &str = "kura-dr-1";
 const KEY_CHECK: &[u8] = b"kura DR copy key check";
 const INDEX_MAGIC: &[u8; 4] = b"KDI1";
-const ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 4 + 4;
+const ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 4 + 4 + 4;
+/// Bit of an entry's kind: its blob is stored uncompressed (a record the store kept
+/// raw because it did not compress, sent as it is).
+pub const RAW_BLOB: u8 = 0x80;
 const NONCE_LEN: usize = 24;
 
 /// Encrypts what leaves the appliance (XChaCha20-Poly1305, a random nonce per blob),
@@ -190,6 +193,8 @@ pub struct Entry {
     pub blob_len: u32,
     pub inner_off: u32,
     pub raw_len: u32,
+    /// Raw length of the whole blob.
+    pub blob_raw: u32,
 }
 
 pub fn encode_index(entries: &[Entry], sealer: &Sealer) -> Vec<u8> {
@@ -203,6 +208,7 @@ pub fn encode_index(entries: &[Entry], sealer: &Sealer) -> Vec<u8> {
         raw.extend_from_slice(&e.blob_len.to_le_bytes());
         raw.extend_from_slice(&e.inner_off.to_le_bytes());
         raw.extend_from_slice(&e.raw_len.to_le_bytes());
+        raw.extend_from_slice(&e.blob_raw.to_le_bytes());
     }
     sealer.seal(zstd::bulk::compress(&raw, 3).expect("in-memory zstd"))
 }
@@ -226,6 +232,7 @@ pub fn decode_index(sealed: &[u8], sealer: &Sealer) -> Result<Vec<Entry>> {
             blob_len: u32::from_le_bytes(b[41..45].try_into().unwrap()),
             inner_off: u32::from_le_bytes(b[45..49].try_into().unwrap()),
             raw_len: u32::from_le_bytes(b[49..53].try_into().unwrap()),
+            blob_raw: u32::from_le_bytes(b[53..57].try_into().unwrap()),
         })
         .collect())
 }
@@ -235,10 +242,14 @@ pub fn seal_blob(raw: &[u8], sealer: &Sealer) -> Vec<u8> {
     sealer.seal(zstd::bulk::compress(raw, 3).expect("in-memory zstd"))
 }
 
-/// Opens a blob of `raw_len` bytes at most.
-pub fn open_blob(sealed: &[u8], sealer: &Sealer, raw_len: usize) -> Result<Vec<u8>> {
-    let comp = sealer.open(sealed)?;
-    zstd::bulk::decompress(&comp, raw_len).context("blob does not decompress")
+/// Opens a blob of `raw_len` bytes (uncompressed when its entries' kind has
+/// [`RAW_BLOB`]).
+pub fn open_blob(sealed: &[u8], sealer: &Sealer, raw_len: usize, kind: u8) -> Result<Vec<u8>> {
+    let plain = sealer.open(sealed)?;
+    if kind & RAW_BLOB != 0 {
+        return Ok(plain);
+    }
+    zstd::bulk::decompress(&plain, raw_len).context("blob does not decompress")
 }
 
 /// A snapshot as the copy records it.
@@ -336,6 +347,7 @@ mod tests {
             blob_len: 9,
             inner_off: 3,
             raw_len: 1,
+            blob_raw: 4,
         };
         let dir = tempfile::tempdir().unwrap();
         let kf = dir.path().join("k");

@@ -274,7 +274,7 @@ pub struct Loc {
     pub kind: u8,
     pub blob_off: u64,
     pub blob_len: u32,
-    /// Raw length of the whole blob (the largest end of its members).
+    /// Raw length of the whole blob.
     pub blob_raw: u32,
     pub inner_off: u32,
     pub raw_len: u32,
@@ -295,18 +295,13 @@ impl Catalog {
     pub fn add_pack(&mut self, id: String, size: u64, entries: &[Entry]) {
         let p = self.packs.len() as u32;
         self.packs.push((id, size));
-        let mut blob_raw: HashMap<u64, u32> = HashMap::new();
-        for e in entries {
-            let end = blob_raw.entry(e.blob_off).or_default();
-            *end = (*end).max(e.inner_off + e.raw_len);
-        }
         for e in entries {
             self.objects.entry(e.id).or_insert(Loc {
                 pack: p,
                 kind: e.kind,
                 blob_off: e.blob_off,
                 blob_len: e.blob_len,
-                blob_raw: blob_raw[&e.blob_off],
+                blob_raw: e.blob_raw,
                 inner_off: e.inner_off,
                 raw_len: e.raw_len,
             });
@@ -362,14 +357,19 @@ impl Reader {
                 .backend
                 .get_range(&pack, loc.blob_off..loc.blob_off + loc.blob_len as u64),
         )?;
-        let raw = layout::open_blob(&sealed, &self.target.sealer, loc.blob_raw as usize)
-            .with_context(|| {
-                format!(
-                    "{}: blob at {} of {pack}",
-                    self.target.describe(),
-                    loc.blob_off
-                )
-            })?;
+        let raw = layout::open_blob(
+            &sealed,
+            &self.target.sealer,
+            loc.blob_raw as usize,
+            loc.kind,
+        )
+        .with_context(|| {
+            format!(
+                "{}: blob at {} of {pack}",
+                self.target.describe(),
+                loc.blob_off
+            )
+        })?;
         let raw = Arc::new(raw);
         let mut c = self.cache.lock().unwrap();
         c.bytes += raw.len();

@@ -17,7 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::format::{KIND_CONTENT, KIND_DATA, KIND_DIR};
+use storage::chunk_store::IndexEntry;
+use storage::format::{CODEC_ZSTD, KIND_CONTENT, KIND_DATA, KIND_DIR};
 use storage::ids::ChunkId;
 use storage::namespace::FileKind;
 use storage::Store;
@@ -85,6 +86,7 @@ pub fn replicate(
         target,
         full,
         visited: HashSet::new(),
+        records: HashMap::new(),
         known: catalog.objects.keys().copied().collect(),
         data: Blob::default(),
         meta: Blob::default(),
@@ -149,6 +151,9 @@ struct Sender<'a> {
     /// Walk whole trees (see [`replicate`]); `visited` keeps shared subtrees to once.
     full: bool,
     visited: HashSet<ChunkId>,
+    /// Members of each bundle record not sent yet, by pack and record offset (a pack's
+    /// rows are read once, when its first record is sent).
+    records: HashMap<storage::ids::PackId, HashMap<u64, Vec<(ChunkId, u32, u32)>>>,
     /// Objects the copy has (indexed) or that this run has queued.
     known: HashSet<ChunkId>,
     /// Chunks, and the small objects above them, go to separate blobs: restore and
@@ -208,8 +213,7 @@ impl Sender<'_> {
             if list.index {
                 self.content(c)?;
             } else if !self.known.contains(c) {
-                let raw = self.store.object(c)?;
-                self.emit(*c, KIND_DATA, &raw)?;
+                self.data_chunk(c)?;
             }
         }
         if self.known.contains(id) {
@@ -217,6 +221,73 @@ impl Sender<'_> {
         }
         let raw = self.store.object(id)?;
         self.emit(*id, KIND_CONTENT, &raw)
+    }
+
+    /// A chunk the copy lacks: its whole bundle record goes as the store keeps it
+    /// (compressed once, at ingest; no decode, no re-encode), with an index entry for
+    /// each member. A chunk kept alone is sent decoded.
+    fn data_chunk(&mut self, c: &ChunkId) -> Result<()> {
+        if let Some(e) = self.store.object_location(c)? {
+            if e.inner_off >= 0 {
+                self.send_record(&e)?;
+            }
+        }
+        if !self.known.contains(c) {
+            let raw = self.store.object(c)?;
+            self.emit(*c, KIND_DATA, &raw)?;
+        }
+        Ok(())
+    }
+
+    fn send_record(&mut self, e: &IndexEntry) -> Result<()> {
+        if !self.records.contains_key(&e.pack) {
+            let mut by_record: HashMap<u64, Vec<(ChunkId, u32, u32)>> = HashMap::new();
+            for (id, row) in self.store.pack_rows(e.pack)? {
+                if row.inner_off >= 0 {
+                    by_record.entry(row.offset).or_default().push((
+                        id,
+                        row.inner_off as u32,
+                        row.raw_len,
+                    ));
+                }
+            }
+            self.records.insert(e.pack, by_record);
+        }
+        let Some(members) = self
+            .records
+            .get_mut(&e.pack)
+            .and_then(|r| r.remove(&e.offset))
+        else {
+            return Ok(()); // sent already (a stale location): the caller sends the chunk
+        };
+        let (h, stored) = self.store.stored_record(e)?;
+        let raw_flag = if h.codec == CODEC_ZSTD {
+            0
+        } else {
+            layout::RAW_BLOB
+        };
+        let sealed = self.target.sealer.seal(stored);
+        let off = self.pack.len() as u64;
+        for (id, inner, len) in members {
+            if self.known.insert(id) {
+                self.report.objects_sent += 1;
+                self.report.raw_bytes += len as u64;
+                self.entries.push(Entry {
+                    id,
+                    kind: KIND_DATA | raw_flag,
+                    blob_off: off,
+                    blob_len: sealed.len() as u32,
+                    inner_off: inner,
+                    raw_len: len,
+                    blob_raw: h.raw_len,
+                });
+            }
+        }
+        self.pack.extend_from_slice(&sealed);
+        if self.pack.len() >= self.target.pack_bytes {
+            self.ship()?;
+        }
+        Ok(())
     }
 
     fn emit(&mut self, id: ChunkId, kind: u8, raw: &[u8]) -> Result<()> {
@@ -253,6 +324,7 @@ impl Sender<'_> {
                 blob_len: sealed.len() as u32,
                 inner_off: inner,
                 raw_len: len,
+                blob_raw: b.raw.len() as u32,
             });
         }
         self.pack.extend_from_slice(&sealed);
