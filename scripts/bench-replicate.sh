@@ -76,7 +76,9 @@ CONF
     echo "run $run next $t seconds $(python3 -c "print(round($t1-$t0,2))") bytes $sent changed $((store2 - store1))" | tee -a "$results"
   done
   cold; t0=$(secs)
-  rclone_out=$(env -u AWS_CA_BUNDLE rclone sync -v --stats-one-line "$S/store" "g:kura/rclone$run" 2>&1 | grep -o 'Transferred: *[0-9.]* [KMG]i*B' | tail -1 || true)
+  # Bytes rclone sent: the files it logs as copied, sized in the store.
+  rclone_out=$(env -u AWS_CA_BUNDLE rclone sync -v "$S/store" "g:kura/rclone$run" 2>&1 |
+    sed -n 's/.*INFO  : \(.*\): Copied .*/\1/p' | (cd "$S/store" && xargs -r -d '\n' du -cb | tail -1 | cut -f1))
   t1=$(secs)
   echo "run $run next rclone seconds $(python3 -c "print(round($t1-$t0,2))") bytes ${rclone_out:-?} changed $((store2 - store1))" | tee -a "$results"
 

@@ -323,8 +323,15 @@ impl Catalog {
 pub struct Reader {
     pub target: Arc<Target>,
     pub catalog: Catalog,
+    /// Each pack's blobs in order (offset, stored length, raw length, kind): a miss
+    /// reads the blobs after it in the same request.
+    blobs: HashMap<u32, Vec<(u64, u32, u32, u8)>>,
     cache: Mutex<BlobCache>,
 }
+
+/// Bytes one read of a copy asks for at most: the blob wanted and the ones after it
+/// (a restore reads a pack's blobs in order; one request per blob was latency-bound).
+const READ_SPAN: u64 = 8 << 20;
 
 struct BlobCache {
     lru: lru::LruCache<(u32, u64), Arc<Vec<u8>>>,
@@ -335,9 +342,21 @@ struct BlobCache {
 impl Reader {
     pub fn new(target: Arc<Target>, cache_bytes: usize) -> Result<Reader> {
         let catalog = target.catalog()?;
+        let mut blobs: HashMap<u32, Vec<(u64, u32, u32, u8)>> = HashMap::new();
+        for l in catalog.objects.values() {
+            blobs
+                .entry(l.pack)
+                .or_default()
+                .push((l.blob_off, l.blob_len, l.blob_raw, l.kind));
+        }
+        for v in blobs.values_mut() {
+            v.sort_unstable_by_key(|b| b.0);
+            v.dedup_by_key(|b| b.0);
+        }
         Ok(Reader {
             target,
             catalog,
+            blobs,
             cache: Mutex::new(BlobCache {
                 lru: lru::LruCache::unbounded(),
                 bytes: 0,
@@ -352,35 +371,53 @@ impl Reader {
             return Ok(b.clone());
         }
         let pack = format!("packs/{}", self.catalog.packs[loc.pack as usize].0);
-        let sealed = self.target.block(
-            self.target
-                .backend
-                .get_range(&pack, loc.blob_off..loc.blob_off + loc.blob_len as u64),
-        )?;
-        let raw = layout::open_blob(
-            &sealed,
-            &self.target.sealer,
-            loc.blob_raw as usize,
-            loc.kind,
-        )
-        .with_context(|| {
-            format!(
-                "{}: blob at {} of {pack}",
-                self.target.describe(),
-                loc.blob_off
-            )
-        })?;
-        let raw = Arc::new(raw);
-        let mut c = self.cache.lock().unwrap();
-        c.bytes += raw.len();
-        c.lru.put(key, raw.clone());
-        while c.bytes > c.limit {
-            match c.lru.pop_lru() {
-                Some((_, b)) => c.bytes -= b.len(),
-                None => break,
+        // The blob and those after it, up to READ_SPAN, in one request.
+        let all = self
+            .blobs
+            .get(&loc.pack)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let first = all.partition_point(|b| b.0 < loc.blob_off);
+        let mut span = vec![(loc.blob_off, loc.blob_len, loc.blob_raw, loc.kind)];
+        for b in all.iter().skip(first + 1) {
+            let end = span.last().map_or(0, |l| l.0 + l.1 as u64);
+            if b.0 != end || b.0 + b.1 as u64 - loc.blob_off > READ_SPAN {
+                break;
+            }
+            span.push(*b);
+        }
+        let end = span.last().map_or(0, |l| l.0 + l.1 as u64);
+        let bytes = self
+            .target
+            .block(self.target.backend.get_range(&pack, loc.blob_off..end))?;
+        let mut wanted = None;
+        for (off, len, raw_len, kind) in span {
+            let at = (off - loc.blob_off) as usize;
+            let sealed = &bytes[at..at + len as usize];
+            let opened = layout::open_blob(sealed, &self.target.sealer, raw_len as usize, kind)
+                .with_context(|| format!("{}: blob at {off} of {pack}", self.target.describe()));
+            let raw = match opened {
+                Ok(r) => Arc::new(r),
+                // Only the blob asked for must open; a damaged neighbour fails its own read.
+                Err(e) if off == loc.blob_off => return Err(e),
+                Err(_) => continue,
+            };
+            if off == loc.blob_off {
+                wanted = Some(raw.clone());
+            }
+            let mut c = self.cache.lock().unwrap();
+            c.bytes += raw.len();
+            if let Some(old) = c.lru.put((loc.pack, off), raw) {
+                c.bytes -= old.len();
+            }
+            while c.bytes > c.limit {
+                match c.lru.pop_lru() {
+                    Some((_, b)) => c.bytes -= b.len(),
+                    None => break,
+                }
             }
         }
-        Ok(raw)
+        Ok(wanted.expect("the blob asked for is in its span"))
     }
 
     /// The raw bytes of object `id`, checked against its id.
