@@ -558,6 +558,28 @@ fn print_status(s: &Status, daemon: bool) {
             v.staged_files
         );
     }
+    if s.volumes.iter().any(|v| !v.dr.is_empty()) {
+        println!();
+        println!(
+            "{:<16} {:<16} {:<22} {:>9}  last replication",
+            "VOLUME", "DR TARGET", "NEWEST THERE", "DR AGE"
+        );
+        for v in &s.volumes {
+            for d in &v.dr {
+                println!(
+                    "{:<16} {:<16} {:<22} {:>9}  {} {} ({}){}",
+                    v.name,
+                    d.target,
+                    d.newest_snapshot.as_deref().unwrap_or("-"),
+                    d.newest_snapshot_age_secs.map_or("-".into(), human_secs),
+                    d.last_result,
+                    d.last_ended,
+                    size(d.last_bytes_sent),
+                    d.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+        }
+    }
     if let Some(at) = s.volumes.iter().find_map(|v| v.usage_at.as_deref()) {
         println!("(stored bytes as of {at}; measured again after each GC)");
     }

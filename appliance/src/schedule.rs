@@ -25,6 +25,8 @@ pub enum Kind {
     Verify,
     RestoreTest,
     PlatformSnapshot,
+    /// Replication of the entry's volume to this target.
+    Replicate(String),
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Verify => "verify",
             Kind::RestoreTest => "restore-test",
             Kind::PlatformSnapshot => "platform-snapshot",
+            Kind::Replicate(_) => "replicate",
         }
     }
 }
@@ -182,6 +185,20 @@ pub fn plan_of(cfg: &crate::config::Config) -> anyhow::Result<Plan> {
             )?);
         }
     }
+    // A target's own schedule replicates every volume that names it.
+    for (target, t) in &cfg.targets {
+        let Some(x) = &t.schedule else { continue };
+        for (name, v) in &cfg.volume_settings {
+            if v.replicate_to.contains(target) {
+                entries.push(Entry::new(
+                    Kind::Replicate(target.clone()),
+                    Some(name.clone()),
+                    x,
+                    store_tz,
+                )?);
+            }
+        }
+    }
     Ok(Plan { entries })
 }
 
@@ -235,7 +252,7 @@ pub async fn run(
 async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
     let vol = e.volume.clone().unwrap_or_default();
     let r: anyhow::Result<()> = async {
-        match e.kind {
+        match &e.kind {
             Kind::Snapshot => {
                 let settings = app.cfg.volume(&vol);
                 let busy = match settings.quiet_secs {
@@ -262,6 +279,7 @@ async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
             Kind::Verify => app.verify_job().await.map(|_| ()),
             Kind::RestoreTest => app.restore_test_job(&vol, None).await.map(|_| ()),
             Kind::PlatformSnapshot => app.platform_snapshot_job().await.map(|_| ()),
+            Kind::Replicate(t) => app.replicate_job(&vol, t, false).await.map(|_| ()),
         }
     }
     .await;
@@ -300,6 +318,24 @@ mod tests {
             t += chrono::Duration::minutes(1);
         }
         out
+    }
+
+    #[test]
+    fn a_targets_schedule_replicates_the_volumes_that_name_it() {
+        let cfg: crate::config::Config = toml::from_str(
+            "[target.dr]\npath = \"/dr\"\nschedule = \"30 2 * * *\"\n[target.other]\npath = \"/o\"\n\
+             [volume.db]\nreplicate_to = [\"dr\"]\n[volume.files]\nreplicate_to = [\"other\"]\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let plan = plan_of(&cfg).unwrap();
+        let repl: Vec<_> = plan
+            .entries
+            .iter()
+            .filter(|e| e.kind.name() == "replicate")
+            .map(|e| (e.kind.clone(), e.volume.clone()))
+            .collect();
+        assert_eq!(repl, [(Kind::Replicate("dr".into()), Some("db".into()))]);
     }
 
     #[test]
