@@ -102,32 +102,9 @@ impl Drop for Cluster {
     }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn json(cfg: &Path, args: &[&str]) -> Value {
     let o = kura(cfg, args);
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn same(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 #[test]
@@ -149,16 +126,7 @@ fn garage_cluster_survives_a_node_down_a_killed_copy_and_a_flipped_byte() {
     std::fs::create_dir_all(src.join("db")).unwrap();
     std::fs::write(src.join("db/dump.bin"), noise(6 << 20, 1)).unwrap();
     std::fs::write(src.join("notes.txt"), "first night\n").unwrap();
-    kura(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
     let r = json(&cfg, &["replicate", "backup", "--to", "g", "--json"]);
     assert_eq!(
         r["report"]["snapshots_sent"],
@@ -172,17 +140,7 @@ fn garage_cluster_survives_a_node_down_a_killed_copy_and_a_flipped_byte() {
     let mut big = std::fs::read(src.join("db/dump.bin")).unwrap();
     big[1 << 20..(1 << 20) + 65536].copy_from_slice(&noise(65536, 2));
     std::fs::write(src.join("db/dump.bin"), &big).unwrap();
-    kura(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--replace",
-            "--snapshot",
-            "s2",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s2", true);
     let r = json(&cfg, &["replicate", "backup", "--to", "g", "--json"]);
     assert_eq!(
         r["report"]["snapshots_sent"],
@@ -197,19 +155,8 @@ fn garage_cluster_survives_a_node_down_a_killed_copy_and_a_flipped_byte() {
     // The main site is gone; the DR site restores and serves from the bucket.
     std::fs::remove_dir_all(t.path().join("store")).unwrap();
     let out = t.path().join("out");
-    kura(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s2",
-            "--from",
-            "g",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
-    same(&src, &out);
+    restore_from(&cfg, "g", "s2", &out);
+    same_tree(&src, &out);
     let mut serve = Command::new(env!("CARGO_BIN_EXE_kura"))
         .arg("--config")
         .arg(&cfg)
@@ -254,16 +201,7 @@ fn garage_cluster_survives_a_node_down_a_killed_copy_and_a_flipped_byte() {
 
     // A new main store replicates a large snapshot; the copy is killed midway, rerun.
     std::fs::write(src.join("db/dump.bin"), noise(20 << 20, 3)).unwrap();
-    kura(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s3",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s3", false);
     let be = g.backend("site-a");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let indexes = || rt.block_on(be.list("index")).unwrap().len();

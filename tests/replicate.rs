@@ -12,20 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Incompressible bytes from a seed (xorshift), as real compressed dumps are.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A tree to back up: a large incompressible file, text, small files, a symlink and a
 /// hard link.
 fn make_tree(dir: &Path, big: usize) {
@@ -45,22 +31,6 @@ fn make_tree(dir: &Path, big: usize) {
     }
     std::os::unix::fs::symlink("db/dump.bin", dir.join("latest")).unwrap();
     std::fs::hard_link(dir.join("db/rows.txt"), dir.join("db/rows.link")).unwrap();
-}
-
-/// Same files, same bytes (names, contents, symlink targets).
-fn same_tree(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
 }
 
 fn run(config: &Path, args: &[&str]) -> std::process::Output {
@@ -101,6 +71,12 @@ fn setup(extra: &str) -> (tempfile::TempDir, PathBuf) {
     (t, cfg)
 }
 
+/// Adds `text` (targets, volume settings) to the config.
+fn append(cfg: &Path, text: &str) {
+    let old = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, old + text).unwrap();
+}
+
 fn snapshots_from(cfg: &Path, target: &str) -> Vec<String> {
     json(cfg, &["snapshot", "list", "--from", target, "--json"])
         .as_array()
@@ -117,16 +93,7 @@ fn dir_copy_is_incremental_and_stands_alone_with_the_main_store_gone() {
     let src = t.path().join("src");
     make_tree(&src, 8 << 20);
     let drs = dr.to_str().unwrap();
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
 
     let first = json(&cfg, &["replicate", "backup", "--to", drs, "--json"]);
     let r1 = &first["report"];
@@ -139,17 +106,7 @@ fn dir_copy_is_incremental_and_stands_alone_with_the_main_store_gone() {
     let changed = 80 << 10;
     big[4 << 20..(4 << 20) + changed].copy_from_slice(&noise(changed, 2));
     std::fs::write(src.join("db/dump.bin"), &big).unwrap();
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--replace",
-            "--snapshot",
-            "s2",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s2", true);
     let second = json(&cfg, &["replicate", "backup", "--to", drs, "--json"]);
     let r2 = &second["report"];
     assert_eq!(r2["snapshots_sent"], serde_json::json!(["s2"]));
@@ -169,18 +126,7 @@ fn dir_copy_is_incremental_and_stands_alone_with_the_main_store_gone() {
     std::fs::remove_dir_all(t.path().join("store")).unwrap();
     assert_eq!(snapshots_from(&cfg, drs), ["s1", "s2"]);
     let out = t.path().join("out");
-    run(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s2",
-            "--from",
-            drs,
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
+    restore_from(&cfg, drs, "s2", &out);
     same_tree(&src, &out);
     let v = json(&cfg, &["verify", "--from", drs, "--json"]);
     assert_eq!(v["damage"], serde_json::json!([]), "{v}");
@@ -231,16 +177,7 @@ fn a_killed_copy_resumes_and_never_shows_half_a_snapshot() {
     std::fs::write(&cfg, text).unwrap();
     let src = t.path().join("src");
     make_tree(&src, 24 << 20);
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
         .arg("--config")
@@ -282,18 +219,7 @@ fn a_killed_copy_resumes_and_never_shows_half_a_snapshot() {
     let v = json(&cfg, &["verify", "--from", "fast", "--json"]);
     assert_eq!(v["damage"], serde_json::json!([]), "{v}");
     let out = t.path().join("out");
-    run(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s1",
-            "--from",
-            "fast",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
+    restore_from(&cfg, "fast", "s1", &out);
     same_tree(&src, &out);
 }
 
@@ -301,21 +227,10 @@ fn a_killed_copy_resumes_and_never_shows_half_a_snapshot() {
 fn verify_names_damaged_and_missing_objects_and_bad_indexes() {
     let (t, cfg) = setup("");
     let dr = t.path().join("dr");
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + &format!("[target.dr]\npath = {dr:?}\npack_mib = 1\n");
-    std::fs::write(&cfg, text).unwrap();
+    append(&cfg, &format!("[target.dr]\npath = {dr:?}\npack_mib = 1\n"));
     let src = t.path().join("src");
     make_tree(&src, 6 << 20);
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
     run(&cfg, &["replicate", "backup", "--to", "dr"]);
     let mut packs: Vec<PathBuf> = std::fs::read_dir(dr.join("packs"))
         .unwrap()
@@ -369,18 +284,7 @@ fn verify_names_damaged_and_missing_objects_and_bad_indexes() {
         .contains(&format!("index/{}", name(&garbled))));
     let out = t.path().join("out");
     std::fs::remove_dir_all(t.path().join("store")).unwrap();
-    run(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s1",
-            "--from",
-            "dr",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
+    restore_from(&cfg, "dr", "s1", &out);
     same_tree(&src, &out);
 }
 
@@ -392,21 +296,10 @@ fn an_encrypted_copy_shows_no_ids_and_needs_its_key() {
     std::fs::write(&key, noise(32, 9)).unwrap();
     let wrong = t.path().join("wrong.key");
     std::fs::write(&wrong, noise(32, 10)).unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + &format!("[target.plain]\npath = {plain:?}\n[target.sealed]\npath = {sealed:?}\nkey_file = {key:?}\n");
-    std::fs::write(&cfg, text).unwrap();
+    append(&cfg, &format!("[target.plain]\npath = {plain:?}\n[target.sealed]\npath = {sealed:?}\nkey_file = {key:?}\n"));
     let src = t.path().join("src");
     make_tree(&src, 2 << 20);
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
     run(&cfg, &["replicate", "backup", "--to", "plain"]);
     run(&cfg, &["replicate", "backup", "--to", "sealed"]);
     // The plain copy's record names the root directory object; the sealed copy must
@@ -464,18 +357,7 @@ fn an_encrypted_copy_shows_no_ids_and_needs_its_key() {
     assert_eq!(snapshots_from(&cfg, "sealed"), ["s1"]);
     std::fs::remove_dir_all(t.path().join("store")).unwrap();
     let out = t.path().join("out");
-    run(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s1",
-            "--from",
-            "sealed",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
+    restore_from(&cfg, "sealed", "s1", &out);
     same_tree(&src, &out);
     let v = json(&cfg, &["verify", "--from", "sealed", "--json"]);
     assert_eq!(v["damage"], serde_json::json!([]), "{v}");
@@ -485,46 +367,18 @@ fn an_encrypted_copy_shows_no_ids_and_needs_its_key() {
 fn the_target_keeps_its_own_retention_and_replicated_holds() {
     let (t, cfg) = setup("");
     let dr = t.path().join("dr");
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + &format!("[target.dr]\npath = {dr:?}\npack_mib = 1\nkeep = {{ last = 1 }}\n");
-    std::fs::write(&cfg, text).unwrap();
+    append(
+        &cfg,
+        &format!("[target.dr]\npath = {dr:?}\npack_mib = 1\nkeep = {{ last = 1 }}\n"),
+    );
     let src = t.path().join("src");
     make_tree(&src, 3 << 20);
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
     run(&cfg, &["snapshot", "hold", "backup", "s1"]);
     std::fs::write(src.join("db/dump.bin"), noise(3 << 20, 5)).unwrap();
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--replace",
-            "--snapshot",
-            "s2",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s2", true);
     std::fs::write(src.join("db/dump.bin"), noise(3 << 20, 6)).unwrap();
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--replace",
-            "--snapshot",
-            "s3",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s3", true);
     let r = json(&cfg, &["replicate", "backup", "--to", "dr", "--json"]);
     assert_eq!(
         r["report"]["snapshots_sent"],
@@ -545,18 +399,7 @@ fn the_target_keeps_its_own_retention_and_replicated_holds() {
     assert!(v["objects"].as_u64().unwrap() > 0);
     std::fs::remove_dir_all(t.path().join("store")).unwrap();
     let out = t.path().join("out");
-    run(
-        &cfg,
-        &[
-            "restore",
-            "backup",
-            "s3",
-            "--from",
-            "dr",
-            "--to",
-            out.to_str().unwrap(),
-        ],
-    );
+    restore_from(&cfg, "dr", "s3", &out);
     same_tree(&src, &out);
 }
 
@@ -567,23 +410,12 @@ fn a_target_that_is_down_fails_clearly_and_the_next_run_catches_up() {
     std::fs::write(&blocked, b"a file where the mount point should be").unwrap();
     let dr = blocked.join("dr");
     let port = free_port();
-    let text = std::fs::read_to_string(&cfg).unwrap()
-        + &format!(
+    append(&cfg, &format!(
             "[target.dr]\npath = {dr:?}\n[target.s3down]\ns3 = {{ endpoint = \"http://127.0.0.1:{port}\", bucket = \"b\", access_key_id = \"k\", secret_access_key = \"s\" }}\n"
-        );
-    std::fs::write(&cfg, text).unwrap();
+        ));
     let src = t.path().join("src");
     make_tree(&src, 1 << 20);
-    run(
-        &cfg,
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "backup",
-            "--snapshot",
-            "s1",
-        ],
-    );
+    import_snapshot(&cfg, &src, "s1", false);
     let out = fails(&cfg, &["replicate", "backup", "--to", "dr"]);
     assert!(out.contains("mnt/dr") && out.contains("failed"), "{out}");
     let t0 = Instant::now();
@@ -749,6 +581,25 @@ fn the_daemon_replicates_after_each_snapshot_and_reports_the_dr_rpo() {
         Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap().contains("no target")),
         other => panic!("unknown target: {other:?}"),
     }
+    // A directory the caller names (not in the config) needs the token, even here.
+    let other = t.path().join("other");
+    let url = d.url_api(&format!("/volumes/backup/replicate?to={}", other.display()));
+    match ureq::post(&url).call() {
+        Err(ureq::Error::Status(401, r)) => assert!(r.into_string().unwrap().contains("token")),
+        other => panic!("a target outside the config without the token: {other:?}"),
+    }
+    assert!(!other.exists(), "nothing written without the token");
+    let token = std::fs::read_to_string(t.path().join("store/api-token")).unwrap();
+    let r = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
+    let v: Value = r.into_json().unwrap();
+    assert_eq!(
+        v["report"]["snapshots_sent"],
+        serde_json::json!(["s1"]),
+        "{v}"
+    );
     match ureq::post(&d.url_api("/volumes/nope/replicate?to=dr")).call() {
         Err(ureq::Error::Status(404, _)) => {}
         other => panic!("unknown volume: {other:?}"),

@@ -512,14 +512,21 @@ struct ReplicateQuery {
     full: bool,
 }
 
-/// `POST /volumes/{volume}/replicate?to=TARGET`: the job record and the report.
+/// `POST /volumes/{volume}/replicate?to=TARGET`: the job record and the report. A
+/// target that is not in the config (a directory or a URL the caller names) needs the
+/// API token even on loopback: the daemon would write a volume's data where the caller
+/// says, with its own rights.
 async fn replicate(
     State(app): App,
     Path(volume): Path<String>,
     Query(q): Query<ReplicateQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let v = volume.clone();
     blocking(&app, move |s| s.volume(&v)).await?;
+    if !app.cfg.targets.contains_key(&q.to) {
+        require_token(&app, &headers, "replication to a target not in the config").await?;
+    }
     app.target_toml(&q.to)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let job_app = app.clone();
@@ -757,17 +764,7 @@ async fn restore_into(
     headers: axum::http::HeaderMap,
     Json(body): Json<RestoreBody>,
 ) -> Result<Response, ApiError> {
-    let data_dir = app.cfg.data_dir.clone();
-    let token = tokio::task::spawn_blocking(move || load_or_make_token(&data_dir))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))??;
-    if !bearer_is(&headers, &token) {
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "a restore written by the daemon needs the bearer token (see <data_dir>/api-token)"
-                .into(),
-        ));
-    }
+    require_token(&app, &headers, "a restore written by the daemon").await?;
     let to = std::path::PathBuf::from(&body.to);
     if !to.is_absolute() {
         return Err(ApiError(
@@ -883,6 +880,27 @@ async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "no such endpoint (see docs/api.md)".into(),
     )
+}
+
+/// Refuses a call that acts with the daemon's rights (writes where the caller says)
+/// unless it carries the token, even on loopback: whoever can read
+/// `<data_dir>/api-token` can act as the daemon anyway.
+async fn require_token(
+    app: &Arc<Appliance>,
+    headers: &axum::http::HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
+    let data_dir = app.cfg.data_dir.clone();
+    let token = tokio::task::spawn_blocking(move || load_or_make_token(&data_dir))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    if !bearer_is(headers, &token) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("{what} needs the bearer token (see <data_dir>/api-token)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a request without the token, when one is required.

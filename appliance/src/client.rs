@@ -115,11 +115,15 @@ impl Target {
                 };
                 daemon_reply(res, url)
             }
-            Target::Local { rt, router, .. } => {
+            Target::Local { rt, router, app } => {
+                // This process opened the store's files itself: it acts as the daemon
+                // would, token included (calls that need it even on loopback).
+                let token = api::load_or_make_token(&app.cfg.data_dir)?;
                 let req = Request::builder()
                     .method(Method::from_bytes(method.as_bytes())?)
                     .uri(path)
                     .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {token}"))
                     .body(match body {
                         Some(b) => Body::from(serde_json::to_vec(&b)?),
                         None => Body::empty(),

@@ -575,7 +575,10 @@ fn print_status(s: &Status, daemon: bool) {
                     d.last_result,
                     d.last_ended,
                     size(d.last_bytes_sent),
-                    d.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    d.last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
         }

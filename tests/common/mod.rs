@@ -378,3 +378,59 @@ pub fn hash_file(path: &Path) -> blake3::Hash {
     h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
     h.finalize()
 }
+
+/// Incompressible bytes from a seed (xorshift), as real compressed dumps are.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `kura import SRC backup [--replace] --snapshot SNAP` with this config.
+pub fn import_snapshot(config: &Path, src: &Path, snap: &str, replace: bool) {
+    let mut args = vec!["import", src.to_str().unwrap(), "backup"];
+    if replace {
+        args.push("--replace");
+    }
+    args.extend(["--snapshot", snap]);
+    kura(config, &args);
+}
+
+/// `kura restore backup SNAP --from TARGET --to OUT` with this config.
+pub fn restore_from(config: &Path, target: &str, snap: &str, out: &Path) {
+    kura(
+        config,
+        &[
+            "restore",
+            "backup",
+            snap,
+            "--from",
+            target,
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+}
+
+/// Same names, bytes and symlink targets under `a` and `b` (`diff -r`).
+pub fn same_tree(a: &Path, b: &Path) {
+    let o = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
