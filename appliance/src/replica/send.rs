@@ -139,6 +139,9 @@ pub fn replicate(
     Ok(s.report)
 }
 
+/// The members of one bundle record: (chunk, offset in the record, length).
+type Members = Vec<(ChunkId, u32, u32)>;
+
 #[derive(Default)]
 struct Blob {
     raw: Vec<u8>,
@@ -153,7 +156,7 @@ struct Sender<'a> {
     visited: HashSet<ChunkId>,
     /// Members of each bundle record not sent yet, by pack and record offset (a pack's
     /// rows are read once, when its first record is sent).
-    records: HashMap<storage::ids::PackId, HashMap<u64, Vec<(ChunkId, u32, u32)>>>,
+    records: HashMap<storage::ids::PackId, HashMap<u64, Members>>,
     /// Objects the copy has (indexed) or that this run has queued.
     known: HashSet<ChunkId>,
     /// Chunks, and the small objects above them, go to separate blobs: restore and
@@ -241,7 +244,7 @@ impl Sender<'_> {
 
     fn send_record(&mut self, e: &IndexEntry) -> Result<()> {
         if !self.records.contains_key(&e.pack) {
-            let mut by_record: HashMap<u64, Vec<(ChunkId, u32, u32)>> = HashMap::new();
+            let mut by_record: HashMap<u64, Members> = HashMap::new();
             for (id, row) in self.store.pack_rows(e.pack)? {
                 if row.inner_off >= 0 {
                     by_record.entry(row.offset).or_default().push((
