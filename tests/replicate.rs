@@ -625,3 +625,64 @@ impl ApiUrl for Daemon {
         format!("{}{path}", self.api)
     }
 }
+
+#[test]
+fn clients_write_and_snapshots_go_on_while_a_slow_replication_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let dr = t.path().join("dr");
+    let cfg = config(
+        t.path(),
+        "127.0.0.1:0",
+        &["127.0.0.1/32"],
+        &format!("\n[target.slow]\npath = {dr:?}\npack_mib = 1\nbandwidth_mb_s = 2\n"),
+    );
+    let d = Daemon::start(&cfg, &[]);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), noise(16 << 20, 7)).unwrap();
+    import_snapshot(&cfg, &src, "s1", false);
+    // ~8 s at 2 MB/s.
+    let url = d.url_api("/volumes/backup/replicate?to=slow");
+    let job = std::thread::spawn(move || {
+        ureq::post(&url)
+            .call()
+            .map(|r| r.into_json::<Value>().unwrap())
+    });
+    let running = || {
+        let st: Value = ureq_get(&d.url_api("/status"));
+        st["running"].to_string().contains("target slow")
+    };
+    let t0 = Instant::now();
+    while !running() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the replication did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A client writes over NFS and a snapshot is taken while the copy runs.
+    let local = t.path().join("new.bin");
+    std::fs::write(&local, noise(1 << 20, 8)).unwrap();
+    let o = libnfs(
+        "nfs-cp",
+        &[local.to_str().unwrap(), &d.url("/backup/new.bin")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run(&cfg, &["snapshot", "create", "backup", "s2"]);
+    assert!(
+        running(),
+        "the write and the snapshot finished while the copy still ran"
+    );
+    let v = job.join().unwrap().unwrap();
+    assert_eq!(
+        v["report"]["snapshots_sent"],
+        serde_json::json!(["s1"]),
+        "{v}"
+    );
+    let secs = v["report"]["seconds"].as_f64().unwrap();
+    let sent = v["report"]["bytes_sent"].as_f64().unwrap();
+    assert!(
+        sent / secs < 2.5e6,
+        "the bandwidth limit holds: {sent} bytes in {secs} s"
+    );
+}
