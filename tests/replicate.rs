@@ -392,6 +392,27 @@ fn the_target_keeps_its_own_retention_and_replicated_holds() {
     run(&cfg, &["snapshot", "release", "backup", "s1"]);
     let r = json(&cfg, &["replicate", "backup", "--to", "dr", "--json"]);
     assert_eq!(r["report"]["records_updated"], 1, "{r}");
+    // The target's GC freed what only s1 and s2 reached.
+    let out: Value = serde_json::from_str(r["job"]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        out["pruned"]["removed"],
+        serde_json::json!(["backup@s1"]),
+        "{out}"
+    );
+    assert_eq!(
+        r["report"]["snapshots_skipped"],
+        serde_json::json!(["s2"]),
+        "{r}"
+    );
+    assert!(r["report"]["bytes_sent"].as_u64().unwrap() < 4096, "{r}");
+    assert!(
+        out["pruned"]["packs_deleted"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    assert!(
+        out["pruned"]["bytes_freed"].as_u64().unwrap() > 2 << 20,
+        "{out}"
+    );
     assert_eq!(snapshots_from(&cfg, "dr"), ["s3"]);
     // What s3 reaches is all there; the main site keeps all three.
     let v = json(&cfg, &["verify", "--from", "dr", "--json"]);

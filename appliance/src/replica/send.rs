@@ -39,6 +39,9 @@ pub struct Report {
     pub records_updated: usize,
     /// Snapshots the copy had already.
     pub snapshots_present: usize,
+    /// Snapshots the copy lacks that are older than its newest: not sent (pruned there
+    /// by its own retention, or older than its first copy).
+    pub snapshots_skipped: Vec<String>,
     pub objects_sent: u64,
     /// Bytes of the objects sent, before compression.
     pub raw_bytes: u64,
@@ -103,6 +106,14 @@ pub fn replicate(
         },
     };
     drop(catalog);
+    // The copy follows the main site forward: a snapshot older than the newest one
+    // there is not sent (the target's retention dropped it, or it predates the copy's
+    // first run); resending it only for retention to drop it again would be churn.
+    let newest_there = at_target
+        .values()
+        .filter(|(_, r)| r.volume == volume)
+        .map(|(_, r)| (r.created_s, r.created_ns))
+        .max();
     for snap in store.snapshots(Some(volume))? {
         if stop.load(Ordering::Relaxed) {
             return Err(anyhow!("stopped; the next run goes on from here"));
@@ -122,6 +133,10 @@ pub fn replicate(
                     s.put_small(&key, rec.encode(&target.sealer))?;
                     s.report.records_updated += 1;
                 }
+            }
+            None if newest_there.is_some_and(|n| (snap.created.sec, snap.created.nsec) < n) => {
+                s.report.snapshots_skipped.push(snap.name.clone());
+                continue;
             }
             _ => {
                 s.dir(&snap.root, stop)
