@@ -665,9 +665,8 @@ fn clients_write_and_snapshots_go_on_while_a_slow_replication_runs() {
     // ~8 s at 2 MB/s.
     let url = d.url_api("/volumes/backup/replicate?to=slow");
     let job = std::thread::spawn(move || {
-        ureq::post(&url)
-            .call()
-            .map(|r| r.into_json::<Value>().unwrap())
+        let r = ureq::post(&url).call().expect("replication call");
+        r.into_json::<Value>().unwrap()
     });
     let running = || {
         let st: Value = ureq_get(&d.url_api("/status"));
@@ -694,7 +693,7 @@ fn clients_write_and_snapshots_go_on_while_a_slow_replication_runs() {
         running(),
         "the write and the snapshot finished while the copy still ran"
     );
-    let v = job.join().unwrap().unwrap();
+    let v = job.join().unwrap();
     assert_eq!(
         v["report"]["snapshots_sent"],
         serde_json::json!(["s1"]),
