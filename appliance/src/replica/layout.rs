@@ -31,6 +31,8 @@ const ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 4 + 4 + 4;
 /// raw because it did not compress, sent as it is).
 pub const RAW_BLOB: u8 = 0x80;
 const NONCE_LEN: usize = 24;
+/// Largest decoded index accepted.
+const MAX_INDEX: u64 = 64 << 20;
 
 /// Encrypts what leaves the appliance (XChaCha20-Poly1305, a random nonce per blob),
 /// or passes it through.
@@ -215,7 +217,20 @@ pub fn encode_index(entries: &[Entry], sealer: &Sealer) -> Vec<u8> {
 
 pub fn decode_index(sealed: &[u8], sealer: &Sealer) -> Result<Vec<Entry>> {
     let comp = sealer.open(sealed)?;
-    let raw = zstd::stream::decode_all(comp.as_slice()).context("index does not decompress")?;
+    // Bounded: an index names at most a pack's objects (1 GiB of 2 KiB chunks is 29 MiB
+    // of entries), so a hostile one cannot make the reader take all memory.
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            zstd::stream::Decoder::new(comp.as_slice()).context("index does not decompress")?,
+            MAX_INDEX + 1,
+        ),
+        &mut raw,
+    )
+    .context("index does not decompress")?;
+    if raw.len() as u64 > MAX_INDEX {
+        bail!("index larger than {MAX_INDEX} bytes");
+    }
     if raw.len() < 8 || &raw[..4] != INDEX_MAGIC {
         bail!("not an index");
     }
@@ -245,6 +260,9 @@ pub fn seal_blob(raw: &[u8], sealer: &Sealer) -> Vec<u8> {
 /// Opens a blob of `raw_len` bytes (uncompressed when its entries' kind has
 /// [`RAW_BLOB`]).
 pub fn open_blob(sealed: &[u8], sealer: &Sealer, raw_len: usize, kind: u8) -> Result<Vec<u8>> {
+    if raw_len > 1 << 30 {
+        bail!("blob of {raw_len} bytes: larger than any object kura writes");
+    }
     let plain = sealer.open(sealed)?;
     if kind & RAW_BLOB != 0 {
         return Ok(plain);
