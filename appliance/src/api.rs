@@ -524,11 +524,11 @@ async fn replicate(
 ) -> Result<Response, ApiError> {
     let v = volume.clone();
     blocking(&app, move |s| s.volume(&v)).await?;
+    app.target_toml(&q.to)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     if !app.cfg.targets.contains_key(&q.to) {
         require_token(&app, &headers, "replication to a target not in the config").await?;
     }
-    app.target_toml(&q.to)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let job_app = app.clone();
     let (job, report) =
         tokio::spawn(async move { job_app.replicate_job(&volume, &q.to, q.full).await })
