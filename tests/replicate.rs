@@ -706,3 +706,60 @@ fn clients_write_and_snapshots_go_on_while_a_slow_replication_runs() {
         "the bandwidth limit holds: {sent} bytes in {secs} s"
     );
 }
+
+#[test]
+fn serve_from_a_copy_shows_what_is_replicated_since() {
+    let (t, cfg) = setup("");
+    let dr = t.path().join("dr");
+    append(&cfg, &format!("[target.dr]\npath = {dr:?}\n"));
+    let src = t.path().join("src");
+    make_tree(&src, 1 << 20);
+    import_snapshot(&cfg, &src, "s1", false);
+    run(&cfg, &["replicate", "backup", "--to", "dr"]);
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_kura"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["serve", "--from", "dr", "--refresh-secs", "1"])
+        .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--cache"])
+        .arg(t.path().join("cache"))
+        .env("KURA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().unwrap()));
+    let port: u16 = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    let cat = |p: &str| {
+        let url = format!("nfs://127.0.0.1{p}?nfsport={port}&mountport={port}&version=3");
+        libnfs("nfs-cat", &[&url])
+    };
+    let got = cat("/backup/.snapshots/s1/etc/conf.d/1.conf");
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "key1 = 1\n");
+    // A new snapshot is replicated while the DR site serves: it appears there.
+    std::fs::write(src.join("etc/conf.d/1.conf"), "changed\n").unwrap();
+    import_snapshot(&cfg, &src, "s2", true);
+    run(&cfg, &["replicate", "backup", "--to", "dr"]);
+    let t0 = Instant::now();
+    loop {
+        let got = cat("/backup/.snapshots/s2/etc/conf.d/1.conf");
+        if got.status.success() {
+            assert_eq!(String::from_utf8_lossy(&got.stdout), "changed\n");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "s2 never appeared at the DR site"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}

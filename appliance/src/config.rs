@@ -52,7 +52,15 @@ pub struct Config {
     /// Set by `kura serve --from`: the daemon serves this copy's snapshots read-only
     /// from a cache store in `data_dir`. Not a config key.
     #[serde(skip)]
-    pub serve_from: Option<(String, crate::replica::TargetToml)>,
+    pub serve_from: Option<ServeFrom>,
+}
+
+/// `kura serve --from`: the copy, and how often its new snapshots are looked for.
+#[derive(Debug, Clone)]
+pub struct ServeFrom {
+    pub name: String,
+    pub target: crate::replica::TargetToml,
+    pub refresh: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -77,19 +77,39 @@ pub async fn run(
     cfg.validate()?;
     let api_addr = cfg.api_addr()?;
     let store = Arc::new(tokio::task::block_in_place(|| open_store(&cfg))?);
-    if let Some((name, t)) = cfg.serve_from.clone() {
-        // A DR site: the copy's snapshots, read through this cache store.
+    if let Some(from) = cfg.serve_from.clone() {
+        // A DR site: the copy's snapshots, read through this cache store, looked for
+        // again every `refresh` (a new catalog each time: what was replicated since).
         let (store, rt, cache) = (
             store.clone(),
             tokio::runtime::Handle::current(),
             cfg.read_cache(),
         );
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let target = Arc::new(replica::Target::open(&name, &t, rt, false)?);
-            let reader = Arc::new(replica::Reader::new(target.clone(), cache as usize)?);
-            store.set_remote(reader);
-            let n = replica::adopt_all(&target, &store)?;
-            tracing::info!(target = %target.describe(), new = n, "serving a DR copy's snapshots");
+            let target = Arc::new(replica::Target::open(&from.name, &from.target, rt, false)?);
+            let view = || -> Result<usize> {
+                let reader = Arc::new(replica::Reader::new(target.clone(), cache as usize)?);
+                store.set_remote(reader);
+                replica::adopt_all(&target, &store)
+            };
+            let n = view()?;
+            tracing::info!(target = %target.describe(), snapshots = n, "serving a DR copy's snapshots");
+            let store = Arc::downgrade(&store);
+            std::thread::Builder::new()
+                .name("kura-dr-refresh".into())
+                .spawn(move || loop {
+                    std::thread::sleep(from.refresh);
+                    let Some(store) = store.upgrade() else { return };
+                    let r = replica::Reader::new(target.clone(), cache as usize).and_then(|reader| {
+                        store.set_remote(Arc::new(reader));
+                        replica::adopt_all(&target, &store)
+                    });
+                    match r {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(new = n, "new snapshots in the DR copy"),
+                        Err(e) => tracing::warn!(error = %e, "refreshing the DR copy's view failed; will retry"),
+                    }
+                })?;
             Ok(())
         })
         .await??;

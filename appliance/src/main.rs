@@ -35,6 +35,9 @@ enum Cmd {
         cache: Option<PathBuf>,
         #[arg(long, requires = "from")]
         key_file: Option<PathBuf>,
+        /// With --from: look for snapshots replicated since, this often (seconds).
+        #[arg(long, requires = "from", default_value_t = 60)]
+        refresh_secs: u64,
         /// Listen address of the first export (overrides the config), e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<String>,
@@ -309,6 +312,7 @@ fn real_main() -> Result<()> {
             from,
             cache,
             key_file,
+            refresh_secs,
             listen,
             allow,
             api,
@@ -318,7 +322,12 @@ fn real_main() -> Result<()> {
                     target: t,
                     key_file,
                 };
-                cfg.serve_from = Some(f.target_toml(&cfg)?);
+                let (name, target) = f.target_toml(&cfg)?;
+                cfg.serve_from = Some(kura::config::ServeFrom {
+                    name,
+                    target,
+                    refresh: std::time::Duration::from_secs(refresh_secs.max(1)),
+                });
                 if let Some(c) = cache {
                     cfg.data_dir = c;
                 }

@@ -245,7 +245,7 @@ pub struct ChunkStore {
     pins: Mutex<HashMap<ChunkId, u32>>,
     pub(crate) zstd_level: i32,
     /// Where objects missing from the index are read (a DR copy's cache store only).
-    remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteObjects>>,
+    remote: std::sync::RwLock<Option<Arc<dyn crate::remote::RemoteObjects>>>,
 }
 
 /// Chunks pinned by one ingest or snapshot; what is still pinned is unpinned on drop.
@@ -355,7 +355,7 @@ impl ChunkStore {
                 .collect(),
             pins: Mutex::new(HashMap::new()),
             zstd_level,
-            remote: std::sync::OnceLock::new(),
+            remote: std::sync::RwLock::new(None),
         })
     }
 
@@ -821,7 +821,7 @@ impl ChunkStore {
     /// An object the local index lacks: from the remote copy when the store has one
     /// (checked against its id), else `Corrupt` ("missing from index").
     fn get_remote(&self, id: &ChunkId, corrupt: &dyn Fn(String) -> StoreError) -> Result<ChunkRef> {
-        let Some(remote) = self.remote.get() else {
+        let Some(remote) = self.remote.read().unwrap().clone() else {
             return Err(corrupt("chunk missing from index".into()));
         };
         match remote.fetch(id) {
@@ -859,9 +859,10 @@ impl ChunkStore {
         self.locate(id, false)
     }
 
-    /// Reads objects this store lacks from `remote` from now on (once per store).
-    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) -> bool {
-        self.remote.set(remote).is_ok()
+    /// Reads objects this store lacks from `remote` from now on (replacing the one
+    /// before: a DR site refreshing its view of the copy).
+    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) {
+        *self.remote.write().unwrap() = Some(remote);
     }
 
     fn forget_pack_file(&self, id: PackId) {

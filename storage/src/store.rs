@@ -1150,8 +1150,9 @@ impl Store {
         crate::snapshot::adopt(self, info, root)
     }
 
-    /// Reads objects missing from this store from `remote` (a cache store's DR copy).
-    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) -> bool {
+    /// Reads objects missing from this store from `remote` (a cache store's DR copy),
+    /// replacing the one set before.
+    pub fn set_remote(&self, remote: Arc<dyn crate::remote::RemoteObjects>) {
         self.chunks.set_remote(remote)
     }
 
