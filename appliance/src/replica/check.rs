@@ -7,10 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use storage::content::ContentList;
-use storage::format::{KIND_CONTENT, KIND_DIR};
+use storage::format::KIND_DIR;
 use storage::ids::ChunkId;
-use storage::namespace::FileKind;
 
 /// What verify found.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -161,29 +159,7 @@ fn walk(
             .object(&id)
             .map_err(|e| format!("{e:#}"))?
             .ok_or_else(|| format!("object {id} is missing"))?;
-        if kind == KIND_DIR {
-            let entries = storage::tree::decode_dir(&raw).map_err(|e| format!("{id}: {e}"))?;
-            for e in entries {
-                match (e.attr.kind, e.target_ref) {
-                    (FileKind::Dir, Some(t)) => stack.push((t, KIND_DIR)),
-                    (FileKind::File, Some(c)) => stack.push((c, KIND_CONTENT)),
-                    _ => {}
-                }
-            }
-        } else {
-            let list = ContentList::decode(&raw).map_err(|e| format!("{id}: {e}"))?;
-            for (_, c) in &list.entries {
-                if c.is_hole() {
-                    continue;
-                }
-                let k = if list.index {
-                    KIND_CONTENT
-                } else {
-                    storage::format::KIND_DATA
-                };
-                stack.push((*c, k));
-            }
-        }
+        stack.extend(super::children(kind, &raw).map_err(|e| format!("{id}: {e:#}"))?);
     }
     Ok(())
 }

@@ -202,17 +202,10 @@ impl Target {
     /// is an error naming its key.
     pub fn records(&self) -> Result<Vec<(String, Record)>> {
         let keys = self.block(self.backend.list("snapshots"))?;
-        let mut out = self.block(async {
-            futures::future::join_all(keys.iter().map(|(k, _, _)| async move {
-                let b = self.backend.get(k).await?;
-                Ok::<_, anyhow::Error>((k.clone(), b))
-            }))
-            .await
-        });
+        let fetched = self.get_all(&keys);
         let mut recs = Vec::new();
-        for r in out.drain(..) {
-            let (k, b) = r?;
-            let Some(b) = b else { continue }; // deleted since the listing
+        for (k, b) in fetched {
+            let Some(b) = b? else { continue }; // deleted since the listing
             let rec = Record::decode(&b, &self.sealer)
                 .with_context(|| format!("{}: snapshot record {k}", self.describe()))?;
             recs.push((k, rec));
@@ -227,6 +220,20 @@ impl Target {
         Ok(recs)
     }
 
+    /// GETs every listed key, eight at a time: (key, its bytes or `None` if gone since
+    /// the listing, or the error).
+    fn get_all(&self, keys: &[(String, u64, u64)]) -> Vec<(String, Result<Option<bytes::Bytes>>)> {
+        use futures::StreamExt;
+        self.block(
+            futures::stream::iter(
+                keys.iter()
+                    .map(|(k, _, _)| async move { (k.clone(), self.backend.get(k).await) }),
+            )
+            .buffered(8)
+            .collect(),
+        )
+    }
+
     /// Reads every index: where each object of the copy is.
     pub fn catalog(&self) -> Result<Catalog> {
         let keys = self.block(self.backend.list("index"))?;
@@ -235,16 +242,7 @@ impl Target {
             .into_iter()
             .map(|(k, size, _)| (k, size))
             .collect();
-        let fetched = self.block(async {
-            use futures::StreamExt;
-            futures::stream::iter(
-                keys.iter()
-                    .map(|(k, _, _)| async move { (k.clone(), self.backend.get(k).await) }),
-            )
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await
-        });
+        let fetched = self.get_all(&keys);
         let mut cat = Catalog::default();
         for (k, b) in fetched {
             let id = k.trim_start_matches("index/").to_string();
@@ -478,11 +476,39 @@ pub fn adopt_all(target: &Target, store: &storage::Store) -> Result<usize> {
     Ok(new)
 }
 
+/// What a directory object or content list (of `kind`) refers to, each with its kind:
+/// the steps of every walk over a copy's trees (verify, prune, hydrate). Chunks have
+/// none.
+pub fn children(kind: u8, raw: &[u8]) -> Result<Vec<(ChunkId, u8)>> {
+    use storage::format::{KIND_CONTENT, KIND_DATA, KIND_DIR};
+    use storage::namespace::FileKind;
+    let mut out = Vec::new();
+    if kind == KIND_DIR {
+        for e in storage::tree::decode_dir(raw)? {
+            match (e.attr.kind, e.target_ref) {
+                (FileKind::Dir, Some(t)) => out.push((t, KIND_DIR)),
+                (FileKind::File, Some(c)) => out.push((c, KIND_CONTENT)),
+                _ => {}
+            }
+        }
+    } else if kind == KIND_CONTENT {
+        let list = storage::content::ContentList::decode(raw)?;
+        let k = if list.index { KIND_CONTENT } else { KIND_DATA };
+        out.extend(
+            list.entries
+                .iter()
+                .filter(|(_, c)| !c.is_hole())
+                .map(|(_, c)| (*c, k)),
+        );
+    }
+    Ok(out)
+}
+
 /// Copies every object snapshot `rec` reaches from the copy into `store` (skipping
 /// what it has), then records the snapshot there: a store of its own, which no
 /// longer needs the copy. Returns the bytes brought in.
 pub fn hydrate(reader: &Reader, store: &storage::Store, rec: &Record) -> Result<u64> {
-    use storage::format::{KIND_CONTENT, KIND_DATA, KIND_DIR};
+    use storage::format::KIND_DIR;
     let mut stack = vec![(rec.root_id()?, KIND_DIR)];
     let mut seen = std::collections::HashSet::new();
     let mut batch: Vec<(u8, ChunkId, Vec<u8>)> = Vec::new();
@@ -504,22 +530,7 @@ pub fn hydrate(reader: &Reader, store: &storage::Store, rec: &Record) -> Result<
         let raw = reader
             .object(&id)?
             .ok_or_else(|| anyhow!("{}: object {id} is missing", reader.target.describe()))?;
-        if kind == KIND_DIR {
-            for e in storage::tree::decode_dir(&raw)? {
-                match (e.attr.kind, e.target_ref) {
-                    (storage::namespace::FileKind::Dir, Some(t)) => stack.push((t, KIND_DIR)),
-                    (storage::namespace::FileKind::File, Some(c)) => stack.push((c, KIND_CONTENT)),
-                    _ => {}
-                }
-            }
-        } else if kind == KIND_CONTENT {
-            let list = storage::content::ContentList::decode(&raw)?;
-            for (_, c) in &list.entries {
-                if !c.is_hole() {
-                    stack.push((*c, if list.index { KIND_CONTENT } else { KIND_DATA }));
-                }
-            }
-        }
+        stack.extend(children(kind, &raw)?);
         total += raw.len() as u64;
         batch_bytes += raw.len();
         batch.push((kind, id, raw));
