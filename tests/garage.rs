@@ -206,15 +206,7 @@ fn garage_cluster_survives_a_node_down_a_killed_copy_and_a_flipped_byte() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let indexes = || rt.block_on(be.list("index")).unwrap().len();
     let before = indexes();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["replicate", "backup", "--to", "gslow"])
-        .env("KURA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = kura_spawn(&cfg, &["replicate", "backup", "--to", "gslow"]);
     let t0 = Instant::now();
     while indexes() < before + 3 {
         assert!(

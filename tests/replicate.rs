@@ -179,15 +179,7 @@ fn a_killed_copy_resumes_and_never_shows_half_a_snapshot() {
     make_tree(&src, 24 << 20);
     import_snapshot(&cfg, &src, "s1", false);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["replicate", "backup", "--to", "slow"])
-        .env("KURA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = kura_spawn(&cfg, &["replicate", "backup", "--to", "slow"]);
     // Kill it once a few packs are indexed, well before the end (~8 s at 3 MB/s).
     let t0 = Instant::now();
     let indexed = || std::fs::read_dir(dr.join("index")).map_or(0, |d| d.count());

@@ -434,3 +434,17 @@ pub fn same_tree(a: &Path, b: &Path) {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// Starts `kura --config CONFIG ARGS...` in the background, output discarded (a run a
+/// test kills midway).
+pub fn kura_spawn(config: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("KURA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
