@@ -54,6 +54,11 @@ impl Shared {
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(to_nfs(op, &e)),
+            // The runtime is shutting down: the call was cancelled, nothing went wrong.
+            Err(e) if e.is_cancelled() => {
+                tracing::debug!(op, "store call cancelled at shutdown");
+                Err(nfsstat3::NFS3ERR_SERVERFAULT)
+            }
             Err(e) => {
                 tracing::error!(op, error = %e, "store call panicked");
                 Err(nfsstat3::NFS3ERR_SERVERFAULT)
