@@ -169,7 +169,6 @@ async fn healthz() -> &'static str {
 #[derive(Deserialize)]
 struct VolumeQuery {
     volume: Option<String>,
-    limit: Option<usize>,
 }
 
 async fn list_snapshots(
@@ -635,9 +634,22 @@ async fn platform_snapshot(State(app): App) -> Result<Response, ApiError> {
     Ok(job_response(&job))
 }
 
-async fn jobs(State(app): App, Query(q): Query<VolumeQuery>) -> ApiResult<Vec<JobView>> {
+#[derive(Deserialize)]
+struct JobsQuery {
+    volume: Option<String>,
+    limit: Option<usize>,
+    /// Only records of this kind; `usage` lists the measurements of what each volume
+    /// takes (not listed otherwise).
+    kind: Option<String>,
+}
+
+async fn jobs(State(app): App, Query(q): Query<JobsQuery>) -> ApiResult<Vec<JobView>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let list = blocking(&app, move |s| s.jobs(q.volume.as_deref(), limit)).await?;
+    let list = blocking(&app, move |s| match &q.kind {
+        Some(k) => s.jobs_of_kind(q.volume.as_deref(), k, limit),
+        None => s.jobs(q.volume.as_deref(), limit),
+    })
+    .await?;
     Ok(Json(list.iter().map(JobView::from).collect()))
 }
 
@@ -863,6 +875,211 @@ async fn snapshot_tar(
         .into_response())
 }
 
+/// An entry of a snapshot's directory as `GET .../ls` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct EntryView {
+    /// The name (bytes that are not UTF-8 shown as U+FFFD).
+    pub name: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Unix seconds.
+    pub mtime: i64,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// A directory of a snapshot, a page of it at a time.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ListingView {
+    /// The directory's path inside the snapshot (`""` for its root).
+    pub path: String,
+    /// Entries in the directory in all.
+    pub total: usize,
+    pub offset: usize,
+    pub entries: Vec<EntryView>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LsQuery {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// `GET /volumes/{v}/snapshots/{s}/ls?path=&offset=&limit=`: one directory of a
+/// snapshot, names sorted, at most `limit` (default 1,000, at most 10,000) entries.
+async fn snapshot_ls(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+    Query(q): Query<LsQuery>,
+) -> ApiResult<ListingView> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let store = app.store.clone();
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<ListingView> {
+        let (dir, path) = crate::restore::resolve(&store, &volume, &name, &q.path)?;
+        if dir.attr.kind != storage::FileKind::Dir {
+            return Err(StoreError::Invalid(format!("{path:?} is not a directory")).into());
+        }
+        let children = store.snapshot_children(&dir)?;
+        let entries = children
+            .iter()
+            .skip(q.offset)
+            .take(limit)
+            .map(|e| EntryView {
+                name: String::from_utf8_lossy(&e.name).into_owned(),
+                kind: match e.attr.kind {
+                    storage::FileKind::File => "file",
+                    storage::FileKind::Dir => "dir",
+                    storage::FileKind::Symlink => "symlink",
+                }
+                .into(),
+                size: e.attr.size,
+                mode: e.attr.mode,
+                uid: e.attr.uid,
+                gid: e.attr.gid,
+                mtime: e.attr.mtime.sec,
+                link: (e.attr.kind == storage::FileKind::Symlink)
+                    .then(|| String::from_utf8_lossy(&e.link).into_owned()),
+            })
+            .collect();
+        Ok(ListingView {
+            path,
+            total: children.len(),
+            offset: q.offset,
+            entries,
+        })
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))??;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    path: String,
+}
+
+/// `GET /volumes/{v}/snapshots/{s}/file?path=`: one file of a snapshot, as it is.
+async fn snapshot_file(
+    State(app): App,
+    Path((volume, name)): Path<(String, String)>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let (f, path) = tokio::task::spawn_blocking(move || {
+        crate::restore::resolve(&store, &volume, &name, &q.path)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))??;
+    if f.attr.kind != storage::FileKind::File {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{path:?} is not a file"),
+        ));
+    }
+    let size = f.attr.size;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(4);
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut off = 0u64;
+        while off < size {
+            let want = (size - off).min(1 << 20) as u32;
+            let piece = match store.snap_read(&f, off, want) {
+                Ok((data, _)) if !data.is_empty() => data,
+                Ok(_) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other("file ended early")));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            off += piece.len() as u64;
+            if tx.blocking_send(Ok(piece.into())).is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    let file_name = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("file")
+        .replace(['"', '\\'], "_");
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", file_name.escape_default()),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A volume's settings as the config gives them, and in words.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct VolumeConfigView {
+    pub volume: String,
+    pub settings: crate::config::VolumeToml,
+    /// Each schedule in words with its time zone and quiet wait: "every day at 01:00
+    /// Asia/Tokyo, after 10 min quiet (at most 2h)".
+    pub schedules: Vec<String>,
+    /// The retention policy in words.
+    pub retention: String,
+    pub prune_schedule: Option<String>,
+    pub restore_test_schedule: Option<String>,
+}
+
+/// `GET /volumes/{volume}/config`: the volume's settings, and in words.
+async fn volume_config(State(app): App, Path(volume): Path<String>) -> ApiResult<VolumeConfigView> {
+    let v = volume.clone();
+    blocking(&app, move |s| s.volume(&v)).await?;
+    let st = app.cfg.volume(&volume);
+    let tz = &st.timezone;
+    let quiet = st.quiet_secs.map(|q| {
+        let q = match q {
+            q if q % 3600 == 0 && q > 0 => format!("{} h", q / 3600),
+            q if q % 60 == 0 && q > 0 => format!("{} min", q / 60),
+            q => format!("{q} s"),
+        };
+        format!(
+            ", after {q} quiet (at most {})",
+            st.max_wait.as_deref().unwrap_or("2h")
+        )
+    });
+    let words = |e: &String| format!("{} {tz}", crate::schedule::describe_cron(e));
+    Ok(Json(VolumeConfigView {
+        schedules: st
+            .schedule
+            .iter()
+            .map(|e| format!("{}{}", words(e), quiet.as_deref().unwrap_or("")))
+            .collect(),
+        retention: st.policy().describe(),
+        prune_schedule: st.prune_schedule.as_ref().map(words),
+        restore_test_schedule: st.restore_test_schedule.as_ref().map(words),
+        settings: st,
+        volume,
+    }))
+}
+
+async fn running_jobs(State(app): App) -> Json<Vec<crate::jobs::RunningView>> {
+    Json(app.running_jobs())
+}
+
 async fn metrics(State(app): App) -> Result<Response, ApiError> {
     let status = crate::status::gather(&app).await?;
     Ok((
@@ -957,11 +1174,17 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
             post(clone_snapshot),
         )
         .route("/volumes/{volume}/snapshots/{name}/tar", get(snapshot_tar))
+        .route("/volumes/{volume}/snapshots/{name}/ls", get(snapshot_ls))
+        .route(
+            "/volumes/{volume}/snapshots/{name}/file",
+            get(snapshot_file),
+        )
         .route(
             "/volumes/{volume}/snapshots/{name}/restore",
             post(restore_into),
         )
         .route("/volumes/{volume}/diff", get(diff))
+        .route("/volumes/{volume}/config", get(volume_config))
         .route("/volumes/{volume}/restore-test", post(restore_test))
         .route("/volumes/{volume}/replicate", post(replicate))
         .route(
@@ -974,6 +1197,7 @@ pub fn router(app: Arc<Appliance>, token: Option<Arc<String>>) -> Router {
         .route("/verify", post(verify))
         .route("/ingest", post(ingest))
         .route("/jobs", get(jobs))
+        .route("/jobs/running", get(running_jobs))
         .fallback(not_found)
         .with_state(app)
         .layer(middleware::from_fn_with_state(token, check_token))

@@ -70,12 +70,18 @@ pub struct ApiToml {
     /// `<data_dir>/api-token` (made at first start, mode 0600).
     #[serde(default = "default_api_listen")]
     pub listen: String,
+    /// Ask for the token on loopback too (a machine whose other users must not act
+    /// on the store): every API call but `/healthz`, and every console page but the
+    /// login.
+    #[serde(default)]
+    pub require_token: bool,
 }
 
 impl Default for ApiToml {
     fn default() -> Self {
         ApiToml {
             listen: default_api_listen(),
+            require_token: false,
         }
     }
 }

@@ -24,8 +24,9 @@ pub struct Appliance {
     pub cfg: Config,
     pub store: Arc<Store>,
     pub shared: Arc<Shared>,
-    /// Volume (or `*` for store-wide jobs) → the kind of job running on it.
-    running: Mutex<HashMap<String, &'static str>>,
+    /// Volume (or `*` for store-wide jobs, `target NAME` for replication) → the job
+    /// running on it.
+    running: Mutex<HashMap<String, Arc<RunningJob>>>,
     /// Jobs in progress, for a clean shutdown that waits for them.
     active: tokio::sync::watch::Sender<usize>,
     stopping: std::sync::atomic::AtomicBool,
@@ -78,10 +79,44 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// A job while it runs: what it is, since when, and where it has got to.
+#[derive(Debug)]
+pub struct RunningJob {
+    pub kind: &'static str,
+    pub started_ms: i64,
+    phase: Mutex<&'static str>,
+}
+
+impl RunningJob {
+    /// The step the job is in now (`pre-flush`, `frozen`, ...).
+    pub fn phase(&self) -> &'static str {
+        *self.phase.lock().unwrap()
+    }
+}
+
+/// A running job as the API shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunningView {
+    /// The volume, `*` for the store, `target NAME` for a replication.
+    pub on: String,
+    pub kind: String,
+    pub started_ms: i64,
+    pub elapsed_ms: i64,
+    pub phase: String,
+}
+
 /// A claim on a volume for one job; released on drop.
 struct Claim<'a> {
     app: &'a Appliance,
     key: String,
+    job: Arc<RunningJob>,
+}
+
+impl Claim<'_> {
+    /// Marks the step the job has reached, for `GET /jobs/running` and the console.
+    fn phase(&self, p: &'static str) {
+        *self.job.phase.lock().unwrap() = p;
+    }
 }
 
 impl Drop for Claim<'_> {
@@ -127,17 +162,24 @@ impl Appliance {
             return Err(Refusal::ShuttingDown);
         }
         let mut r = self.running.lock().unwrap();
-        if let Some(k) = r.get(key) {
+        if let Some(j) = r.get(key) {
             return Err(Refusal::Busy(format!(
-                "a {k} job is already running on {}",
+                "a {} job is already running on {}",
+                j.kind,
                 if key == "*" { "the store" } else { key }
             )));
         }
-        r.insert(key.to_owned(), kind);
+        let job = Arc::new(RunningJob {
+            kind,
+            started_ms: now_ms(),
+            phase: Mutex::new("running"),
+        });
+        r.insert(key.to_owned(), job.clone());
         self.active.send_modify(|n| *n += 1);
         Ok(Claim {
             app: self,
             key: key.to_owned(),
+            job,
         })
     }
 
@@ -148,9 +190,29 @@ impl Appliance {
             .lock()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, j)| (k.clone(), j.kind))
             .collect();
         v.sort();
+        v
+    }
+
+    /// The jobs running now with their step and time so far, oldest first.
+    pub fn running_jobs(&self) -> Vec<RunningView> {
+        let now = now_ms();
+        let mut v: Vec<RunningView> = self
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, j)| RunningView {
+                on: k.clone(),
+                kind: j.kind.to_owned(),
+                started_ms: j.started_ms,
+                elapsed_ms: now - j.started_ms,
+                phase: j.phase().to_owned(),
+            })
+            .collect();
+        v.sort_by(|a, b| (a.started_ms, &a.on).cmp(&(b.started_ms, &b.on)));
         v
     }
 
@@ -223,7 +285,7 @@ impl Appliance {
             let v = volume.to_owned();
             self.blocking(move |s| s.volume(&v)).await?
         };
-        let _claim = self.claim(volume, "snapshot")?;
+        let claim = self.claim(volume, "snapshot")?;
         let settings = self.cfg.volume(volume);
         let started = now_ms();
         let name = match req.name.clone() {
@@ -260,6 +322,7 @@ impl Appliance {
             // staged data, so one round is enough.
             let id = vol.id;
             let t_flush = Instant::now();
+            claim.phase("pre-flush");
             job.bytes = self.blocking(move |s| s.ingest_all(Some(id))).await?.bytes;
             let preflush = t_flush.elapsed();
             for (key, cmd, timeout) in [
@@ -275,6 +338,7 @@ impl Appliance {
                 ),
             ] {
                 if let Some(cmd) = cmd {
+                    claim.phase("pre-freeze hooks");
                     let r = hooks::run(cmd, &env, timeout).await;
                     append_output(&mut job.output, key, &r.output);
                     if let Some(f) = r.failure {
@@ -313,6 +377,7 @@ impl Appliance {
                 store.snapshot_capture_held(&held, &v, &n, &meta)
             });
             let t_gc = Instant::now();
+            claim.phase("freezing");
             let _ = ready_rx.await;
             if t_gc.elapsed() > Duration::from_millis(100) {
                 job.output.push_str(&format!(
@@ -329,6 +394,7 @@ impl Appliance {
                 Err(e) => bail!("freeze: {e}"),
             };
             let t_frozen = Instant::now();
+            claim.phase("frozen");
             job.frozen_at_ms = Some(now_ms());
             let _ = go_tx.send(());
             let left = limit.saturating_sub(t_frozen.elapsed());
@@ -355,6 +421,7 @@ impl Appliance {
             let cap = res.map_err(|e| anyhow!("snapshot task panicked: {e}"))??;
             let sealed = cap.sealed_files();
             let t_finish = Instant::now();
+            claim.phase("storing after the thaw");
             let info = self.blocking(move |s| s.snapshot_finish(cap)).await?;
             // From the end of the pre-flush to the recorded snapshot: what the
             // snapshot itself costs.
@@ -399,6 +466,7 @@ impl Appliance {
             ),
         ] {
             if let Some(cmd) = cmd {
+                claim.phase("post-thaw hooks");
                 let r = hooks::run(cmd, &env, timeout).await;
                 append_output(&mut job.output, key, &r.output);
                 if let Some(f) = r.failure {
@@ -842,10 +910,32 @@ impl Appliance {
 
     /// Measures what each volume takes in the store (for `status`); a failure is
     /// logged and the previous measurement kept.
+    /// Each measurement is also recorded, one `usage` record per volume (its stored
+    /// bytes), for the history that the console charts.
     pub async fn refresh_usage(&self) {
         let at = now_ms();
         match self.blocking(|s| s.usage()).await {
-            Ok(u) => *self.usage.lock().unwrap() = Some((at, u)),
+            Ok(u) => {
+                let ended = now_ms();
+                for v in &u {
+                    self.record(&JobRecord {
+                        kind: storage::USAGE_KIND.into(),
+                        volume: Some(v.volume.clone()),
+                        started_ms: at,
+                        ended_ms: ended,
+                        result: "ok".into(),
+                        bytes: v.stored_bytes,
+                        output: serde_json::json!({
+                            "stored_bytes": v.stored_bytes,
+                            "exclusive_stored_bytes": v.exclusive_stored_bytes,
+                            "raw_bytes": v.raw_bytes,
+                        })
+                        .to_string(),
+                        ..Default::default()
+                    });
+                }
+                *self.usage.lock().unwrap() = Some((at, u))
+            }
             Err(e) => tracing::warn!(error = %e, "measuring the volumes' usage failed"),
         }
     }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod diff;
 pub mod hooks;
 pub mod import;
@@ -135,7 +136,7 @@ pub async fn run(
         .await
         .with_context(|| format!("api.listen: binding {api_addr}"))?;
     let api_bound = api_listener.local_addr()?;
-    let need_token = !api_bound.ip().is_loopback();
+    let need_token = !api_bound.ip().is_loopback() || cfg.api.require_token;
     let app = jobs::Appliance::new(cfg.clone(), store.clone(), shared.clone());
     {
         let m = app.metrics.clone();
@@ -145,7 +146,7 @@ pub async fn run(
     let api_task = tokio::spawn(
         axum::serve(
             api_listener,
-            api::router(app.clone(), need_token.then(|| Arc::new(token))),
+            console::server(app.clone(), Arc::new(token), need_token),
         )
         .with_graceful_shutdown(async {
             let _ = api_stopped.await;

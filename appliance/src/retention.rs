@@ -33,6 +33,42 @@ impl Policy {
     pub fn is_set(&self) -> bool {
         *self != Policy::default()
     }
+
+    /// The policy in words: "keep 8 daily, 4 weekly; all younger than 35d".
+    pub fn describe(&self) -> String {
+        if !self.is_set() {
+            return "keep every snapshot (no retention policy)".into();
+        }
+        let mut counts: Vec<String> = self
+            .keep_last
+            .map(|n| format!("the last {n}"))
+            .into_iter()
+            .collect();
+        counts.extend(
+            [
+                (self.keep_hourly, "hourly"),
+                (self.keep_daily, "daily"),
+                (self.keep_weekly, "weekly"),
+                (self.keep_monthly, "monthly"),
+                (self.keep_yearly, "yearly"),
+            ]
+            .iter()
+            .filter_map(|(n, what)| n.map(|n| format!("{n} {what}"))),
+        );
+        let mut out = String::from("keep ");
+        out.push_str(&counts.join(", "));
+        if let Some(w) = self.keep_within {
+            if !counts.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(&format!(
+                "all younger than {}",
+                crate::status::human_secs(w.as_secs() as i64)
+            ));
+        }
+        out.push_str("; held and locked snapshots always stay");
+        out
+    }
 }
 
 /// What the plan needs of a snapshot.

@@ -294,6 +294,61 @@ async fn fire(app: std::sync::Arc<crate::jobs::Appliance>, e: Entry) {
     }
 }
 
+/// A 5-field cron expression in words for people: `0 1 * * *` is "every day at
+/// 01:00", `*/15 * * * *` "every 15 minutes", `30 2 * * 0` "every Sunday at 02:30";
+/// what has no short wording is shown as the expression itself.
+pub fn describe_cron(expr: &str) -> String {
+    const DAYS: [&str; 8] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let f: Vec<&str> = expr.split_whitespace().collect();
+    let fallback = || format!("at cron \"{}\"", f.join(" "));
+    let [min, hour, dom, mon, dow] = f[..] else {
+        return fallback();
+    };
+    let num = |s: &str, max: u32| s.parse::<u32>().ok().filter(|n| *n <= max);
+    let when = match (num(min, 59), num(hour, 23)) {
+        (Some(m), Some(h)) => format!("at {h:02}:{m:02}"),
+        (Some(m), None) if hour == "*" => format!("every hour at :{m:02}"),
+        (None, None) if hour == "*" => match min.strip_prefix("*/").and_then(|n| num(n, 59)) {
+            Some(n) => format!("every {n} minutes"),
+            None if min == "*" => "every minute".into(),
+            None => return fallback(),
+        },
+        (Some(m), None) => match hour.strip_prefix("*/").and_then(|n| num(n, 23)) {
+            Some(n) => format!("every {n} hours at :{m:02}"),
+            None => return fallback(),
+        },
+        _ => return fallback(),
+    };
+    let day = match (dom, mon, dow) {
+        ("*", "*", "*") => None,
+        ("*", "*", "1-5") => Some("on weekdays".to_string()),
+        ("*", "*", d) => match num(d, 7) {
+            Some(d) => Some(format!("every {}", DAYS[d as usize])),
+            None => return fallback(),
+        },
+        (d, "*", "*") => match num(d, 31).filter(|d| *d >= 1) {
+            Some(d) => Some(format!("on day {d} of every month")),
+            None => return fallback(),
+        },
+        _ => return fallback(),
+    };
+    match day {
+        None if when.starts_with("at ") => format!("every day {when}"),
+        None => when,
+        Some(d) if when.starts_with("at ") => format!("{d} {when}"),
+        Some(d) => format!("{when}, {d}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +391,23 @@ mod tests {
             .map(|e| (e.kind.clone(), e.volume.clone()))
             .collect();
         assert_eq!(repl, [(Kind::Replicate("dr".into()), Some("db".into()))]);
+    }
+
+    #[test]
+    fn cron_in_words() {
+        assert_eq!(describe_cron("0 1 * * *"), "every day at 01:00");
+        assert_eq!(describe_cron("30 2 * * 0"), "every Sunday at 02:30");
+        assert_eq!(describe_cron("0 22 * * 1-5"), "on weekdays at 22:00");
+        assert_eq!(describe_cron("*/15 * * * *"), "every 15 minutes");
+        assert_eq!(describe_cron("5 * * * *"), "every hour at :05");
+        assert_eq!(describe_cron("0 */6 * * *"), "every 6 hours at :00");
+        assert_eq!(
+            describe_cron("0 3 1 * *"),
+            "on day 1 of every month at 03:00"
+        );
+        assert_eq!(describe_cron("0 3 1 1 *"), "at cron \"0 3 1 1 *\"");
+        assert_eq!(describe_cron("61 3 * * *"), "at cron \"61 3 * * *\"");
+        assert_eq!(describe_cron("bogus"), "at cron \"bogus\"");
     }
 
     #[test]

@@ -98,18 +98,30 @@ pub(crate) fn record(store: &Store, j: &JobRecord) -> Result<u64> {
     Ok(id)
 }
 
-/// The newest `limit` jobs (of one volume, or all), newest first.
-pub(crate) fn list(store: &Store, volume: Option<&str>, limit: usize) -> Result<Vec<JobRecord>> {
+/// The kind of the records that are measurements, not jobs (a volume's stored bytes,
+/// made after each GC): listed only when asked for by kind.
+pub const USAGE_KIND: &str = "usage";
+
+/// The newest `limit` records (of one volume, or all), newest first: of `kind`, or
+/// every job but the [`USAGE_KIND`] measurements when `kind` is `None`.
+pub(crate) fn list(
+    store: &Store,
+    volume: Option<&str>,
+    kind: Option<&str>,
+    limit: usize,
+) -> Result<Vec<JobRecord>> {
     let conn = store.db.lock();
     let mut st = conn
         .prepare_cached(
             "SELECT id, kind, volume, started_ms, ended_ms, result, error, snapshot, bytes,
                     frozen_at_ms, freeze_ms, window_ms, output
-             FROM jobs WHERE ?1 IS NULL OR volume = ?1 ORDER BY id DESC LIMIT ?2",
+             FROM jobs WHERE (?1 IS NULL OR volume = ?1)
+               AND (kind = ?2 OR (?2 IS NULL AND kind != ?3))
+             ORDER BY id DESC LIMIT ?4",
         )
         .ctx("listing jobs")?;
     let rows = st
-        .query_map(params![volume, limit as i64], row)
+        .query_map(params![volume, kind, USAGE_KIND, limit as i64], row)
         .ctx("listing jobs")?;
     rows.map(|r| r.ctx("listing jobs")).collect()
 }

@@ -67,7 +67,7 @@ pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcPlan, GcReport, VolumeUsage};
 pub use ids::{ChunkId, FileId, PackId, SnapshotId, VolumeId};
 pub use ingest::IngestReport;
-pub use jobs::JobRecord;
+pub use jobs::{JobRecord, USAGE_KIND};
 pub use namespace::{Attr, FileKind, NewAttr, SetAttr, Timespec, Volume};
 pub use snapshot::{Capture as SnapshotCapture, SnapshotCancel, SnapshotInfo, SnapshotMeta};
 pub use store::{

@@ -1171,7 +1171,17 @@ impl Store {
 
     /// The newest `limit` jobs of one volume (or all), newest first.
     pub fn jobs(&self, volume: Option<&str>, limit: usize) -> Result<Vec<JobRecord>> {
-        crate::jobs::list(self, volume, limit)
+        crate::jobs::list(self, volume, None, limit)
+    }
+
+    /// The newest `limit` records of one kind (`usage` included), newest first.
+    pub fn jobs_of_kind(
+        &self,
+        volume: Option<&str>,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        crate::jobs::list(self, volume, Some(kind), limit)
     }
 
     /// The root directory entry of a snapshot.
