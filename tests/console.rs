@@ -139,6 +139,14 @@ fn actions_without_a_session_or_csrf_token_are_refused() {
     // A name rebound to 127.0.0.1 by another site gets nothing.
     let (st, _, _) = send(agent().get(&url("/ui/")).set("host", "evil.example").call());
     assert_eq!(st, 421);
+    // The API too: a rebound name could otherwise delete snapshots from a browser.
+    let (st, _, _) = send(
+        agent()
+            .delete(&url("/volumes/backup/snapshots/x"))
+            .set("host", "evil.example:80")
+            .call(),
+    );
+    assert_eq!(st, 421);
     // After logout the cookie is worth nothing.
     let (st, _, _) = send(
         agent()
@@ -269,6 +277,32 @@ fn console_in_a_real_browser() {
     let ls = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.contains(&second), "{ls}");
     assert!(!ls.contains(&first), "deleted in the browser: {ls}");
+    // The console's downloads: one file as it is, a directory as a tar.
+    let r = agent()
+        .get(&format!(
+            "{}/ui/volumes/backup/snapshots/{second}/file?path=hello.txt",
+            d.api
+        ))
+        .call()
+        .unwrap();
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .contains("hello.txt"));
+    assert_eq!(r.into_string().unwrap(), "hello from the console test\n");
+    let r = agent()
+        .get(&format!(
+            "{}/ui/volumes/backup/snapshots/{second}/tar?path=docs",
+            d.api
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(r.header("content-type"), Some("application/x-tar"));
+    let mut names = Vec::new();
+    for e in tar::Archive::new(r.into_reader()).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(names.iter().any(|n| n.ends_with("readme.md")), "{names:?}");
     for page in ["dashboard", "volume", "snapshot", "jobs", "delete", "login"] {
         assert!(shots.join(format!("{page}.png")).exists(), "{page}.png");
     }

@@ -1120,12 +1120,45 @@ async fn require_token(
     Ok(())
 }
 
-/// Refuses a request without the token, when one is required.
+/// Whether a Host header names a loopback address or `localhost` (any port).
+pub(crate) fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a request without the token, when one is required. Without a token (on
+/// loopback) the Host must be a loopback name: a web page whose own name its DNS
+/// rebinds to 127.0.0.1 would otherwise call the API from the operator's browser.
+/// (A request with no Host at all is an in-process call: the CLI's or the console's.)
 async fn check_token(
     State(token): State<Option<Arc<String>>>,
     req: Request,
     next: Next,
 ) -> Response {
+    if token.is_none() {
+        if let Some(host) = req.headers().get(header::HOST) {
+            if !host.to_str().is_ok_and(loopback_host) {
+                return ApiError(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "on a loopback address the API answers only to a loopback or localhost name"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
+    }
     if let Some(token) = token {
         if !bearer_is(req.headers(), &token) && req.uri().path() != "/healthz" {
             return ApiError(

@@ -82,7 +82,12 @@ def type_enter(id_, text):
 
 
 def shot(name):
+    """The whole page, not only the window."""
+    size = drv.get_window_size()
+    h = drv.execute_script("return document.documentElement.scrollHeight")
+    drv.set_window_size(size["width"], min(h + 140, 4000))
     drv.save_screenshot(os.path.join(shots, name + ".png"))
+    drv.set_window_size(size["width"], size["height"])
 
 
 def no_overflow(what):

@@ -15,7 +15,7 @@
 mod chart;
 mod pages;
 
-use crate::api::{JobReply, JobView, ListingView, SnapshotView, VolumeConfigView};
+use crate::api::{loopback_host, JobReply, JobView, ListingView, SnapshotView, VolumeConfigView};
 use crate::jobs::{Appliance, PruneResult, RunningView};
 use crate::status::Status;
 use axum::body::Body;
@@ -44,7 +44,7 @@ const MAX_SESSIONS: usize = 256;
 const MAX_FORM: usize = 64 << 10;
 /// Snapshots per page of a volume, entries per page of a directory.
 pub(crate) const SNAPSHOTS_PER_PAGE: usize = 100;
-pub(crate) const ENTRIES_PER_PAGE: usize = 200;
+pub(crate) const ENTRIES_PER_PAGE: usize = 100;
 
 struct Session {
     csrf: String,
@@ -123,24 +123,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-}
-
-/// Whether a Host header names a loopback address or `localhost` (any port).
-fn loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        }),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn refuse(status: StatusCode, text: &str) -> Response {

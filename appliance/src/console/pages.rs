@@ -302,13 +302,13 @@ pub fn volume(f: &Frame, d: VolumeData) -> Markup {
         .map(|u| (u.started_ms / 1000, u.bytes as f64))
         .collect();
     stored.reverse();
-    let mut changed: Vec<(i64, f64)> = d
+    let mut freeze: Vec<(i64, f64)> = d
         .jobs
         .iter()
-        .filter(|j| j.kind == "snapshot" && j.result == "ok")
-        .map(|j| (j.started_ms / 1000, j.bytes as f64))
+        .filter(|j| j.kind == "snapshot")
+        .filter_map(|j| j.window_ms.map(|w| (j.started_ms / 1000, w as f64)))
         .collect();
-    changed.reverse();
+    freeze.reverse();
     let fmt = |b: f64| bytes(b as u64);
     let st = &d.config.settings;
     layout(
@@ -366,36 +366,42 @@ pub fn volume(f: &Frame, d: VolumeData) -> Markup {
             section aria-labelledby="charts-h" {
                 h2 #charts-h { "Over time" }
                 div.charts {
-                    (chart::time_chart("Bytes over time", &[
-                        Series { name: "logical (each snapshot)", class: "s1", points: logical },
+                    (chart::time_chart("Logical and stored bytes", &[
+                        Series { name: "logical (each snapshot)", class: "s1", points: logical.clone() },
                         Series { name: "stored (measured after GC)", class: "s2", points: stored },
                     ], fmt))
-                    (chart::bar_chart("Bytes written between snapshots", &changed, fmt))
+                    (chart::bar_chart("Snapshot sizes (logical)", &logical, fmt))
+                    (chart::bar_chart("Clients held at each snapshot (ms)", &freeze, |v| format!("{v:.0} ms")))
                 }
             }
             section aria-labelledby="snaps-h" {
                 h2 #snaps-h { "Snapshots (" (d.snapshots.len()) ")" }
-                div.scroll {
-                    table #snapshots {
-                        thead { tr {
-                            th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Label" }
-                            th.num scope="col" { "Logical" } th scope="col" { "Marks" }
-                            @if f.logged_in { th scope="col" { span.sr { "Actions" } } }
-                        } }
-                        tbody {
-                            @for s in shown {
-                                tr {
-                                    th scope="row" { a href=(format!("/ui/volumes/{}/snapshots/{}", seg(v), seg(&s.name))) { (s.name) } }
-                                    td { (when(s.created * 1000)) }
-                                    td { (s.label.as_deref().unwrap_or("")) }
-                                    td.num { (bytes(s.logical_bytes)) }
-                                    td { (snapshot_flags(s, now_s)) }
-                                    @if f.logged_in {
-                                        td { @if s.held {
-                                            (action(f, &format!("/ui/volumes/{}/snapshots/{}/release", seg(v), seg(&s.name)), "Release", "", &[]))
-                                        } @else {
-                                            (action(f, &format!("/ui/volumes/{}/snapshots/{}/hold", seg(v), seg(&s.name)), "Hold", "", &[]))
-                                        } }
+                // One form for the table's buttons: one CSRF field, not one per row.
+                form method="post" action=(format!("/ui/volumes/{}", seg(v))) {
+                    @if f.logged_in { input type="hidden" name="csrf" value=(f.csrf); }
+                    div.scroll {
+                        table #snapshots {
+                            thead { tr {
+                                th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Label" }
+                                th.num scope="col" { "Logical" } th scope="col" { "Marks" }
+                                @if f.logged_in { th scope="col" { span.sr { "Actions" } } }
+                            } }
+                            tbody {
+                                @for s in shown {
+                                    @let at = format!("/ui/volumes/{}/snapshots/{}", seg(v), seg(&s.name));
+                                    tr {
+                                        th scope="row" { a href=(at) { (s.name) } }
+                                        td { (when(s.created * 1000)) }
+                                        td { (s.label.as_deref().unwrap_or("")) }
+                                        td.num { (bytes(s.logical_bytes)) }
+                                        td { (snapshot_flags(s, now_s)) }
+                                        @if f.logged_in {
+                                            td { @if s.held {
+                                                button type="submit" formaction=(format!("{at}/release")) { "Release" }
+                                            } @else {
+                                                button type="submit" formaction=(format!("{at}/hold")) { "Hold" }
+                                            } }
+                                        }
                                     }
                                 }
                             }
@@ -479,7 +485,7 @@ fn mode_string(kind: &str, mode: u32) -> String {
 }
 
 /// Most changes a diff shows on the page.
-const DIFF_SHOWN: usize = 500;
+const DIFF_SHOWN: usize = 200;
 
 pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
     let s = d.snap;
