@@ -49,7 +49,8 @@ def measure(path):
         t = time.perf_counter()
         st, h, body = call("GET", path)
         total.append((time.perf_counter() - t) * 1000)
-        server.append(float(h["server-timing"].split("dur=")[1]))
+        timing = h["server-timing"]
+        server.append(float(timing.split("dur=")[1]) if timing else float("nan"))
         size = len(body)
     return statistics.median(server), statistics.median(total), size
 
@@ -70,9 +71,10 @@ css = len(call("GET", "/ui/static/kura.css")[2])
 js = len(call("GET", "/ui/static/kura.js")[2])
 print(f"{volumes} volumes x {snapshots} snapshots; css {css} B, js {js} B; {rounds} rounds, medians")
 print(f"{'page':<44} {'server ms':>10} {'total ms':>10} {'html kB':>8} {'weight kB':>10}")
-for path in ["/ui/", "/ui/volumes/vol00", "/ui/volumes/vol00?page=9",
+for path in ["/status", "/ui/", "/ui/volumes/vol00", "/ui/volumes/vol00?page=9",
              f"/ui/volumes/vol00/snapshots/s{snapshots - 1:05d}",
              f"/ui/volumes/vol00/snapshots/s{snapshots - 1:05d}?diff=s{snapshots - 2:05d}",
              "/ui/jobs"]:
     s, t, size = measure(path)
-    print(f"{path:<44} {s:>10.1f} {t:>10.1f} {size / 1000:>8.1f} {(size + css + js) / 1000:>10.1f}")
+    weight = size if path == "/status" else size + css + js
+    print(f"{path:<44} {s:>10.1f} {t:>10.1f} {size / 1000:>8.1f} {weight / 1000:>10.1f}")

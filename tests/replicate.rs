@@ -685,6 +685,26 @@ fn clients_write_and_snapshots_go_on_while_a_slow_replication_runs() {
         running(),
         "the write and the snapshot finished while the copy still ran"
     );
+    // The running job shows its step and the bytes sent so far, growing.
+    let sent_now = || {
+        let r: Value = ureq_get(&d.url_api("/jobs/running"));
+        let j = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["on"] == "target slow")
+            .cloned();
+        j.map(|j| {
+            assert_eq!(j["kind"], "replicate", "{j}");
+            assert_eq!(j["phase"], "sending", "{j}");
+            j["done_bytes"].as_u64().unwrap()
+        })
+    };
+    let a = sent_now().expect("still running");
+    std::thread::sleep(Duration::from_millis(1500));
+    if let Some(b) = sent_now() {
+        assert!(b > a, "progress: {a} then {b} bytes sent");
+    }
     let v = job.join().unwrap();
     assert_eq!(
         v["report"]["snapshots_sent"],

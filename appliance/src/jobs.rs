@@ -85,6 +85,8 @@ pub struct RunningJob {
     pub kind: &'static str,
     pub started_ms: i64,
     phase: Mutex<&'static str>,
+    /// Bytes done so far, for jobs that count them (a replication: bytes sent).
+    pub done_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RunningJob {
@@ -103,6 +105,8 @@ pub struct RunningView {
     pub started_ms: i64,
     pub elapsed_ms: i64,
     pub phase: String,
+    /// Bytes done so far (sent, for a replication); 0 for jobs that do not count.
+    pub done_bytes: u64,
 }
 
 /// A claim on a volume for one job; released on drop.
@@ -173,6 +177,7 @@ impl Appliance {
             kind,
             started_ms: now_ms(),
             phase: Mutex::new("running"),
+            done_bytes: Default::default(),
         });
         r.insert(key.to_owned(), job.clone());
         self.active.send_modify(|n| *n += 1);
@@ -210,6 +215,7 @@ impl Appliance {
                 started_ms: j.started_ms,
                 elapsed_ms: now - j.started_ms,
                 phase: j.phase().to_owned(),
+                done_bytes: j.done_bytes.load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| (a.started_ms, &a.on).cmp(&(b.started_ms, &b.on)));
@@ -991,7 +997,9 @@ impl Appliance {
         full: bool,
     ) -> Result<(JobRecord, Option<crate::replica::send::Report>)> {
         let (name, t) = self.target_toml(to)?;
-        let _claim = self.claim(&format!("target {name}"), "replicate")?;
+        let claim = self.claim(&format!("target {name}"), "replicate")?;
+        claim.phase("sending");
+        let (sent, job_info) = (claim.job.done_bytes.clone(), claim.job.clone());
         let mut job = JobRecord {
             kind: "replicate".into(),
             volume: Some(volume.into()),
@@ -1007,7 +1015,8 @@ impl Appliance {
         let stop = self.stop_flag.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<_> {
             let target = Arc::new(crate::replica::Target::open(&name, &t, rt, true)?);
-            let report = crate::replica::send::replicate(&store, &target, &vol, full, &stop)?;
+            let report = crate::replica::send::replicate(&store, &target, &vol, full, &stop, sent)?;
+            *job_info.phase.lock().unwrap() = "pruning the copy";
             let pruned = match &t.keep {
                 Some(k) => Some(crate::replica::check::prune(
                     target,

@@ -673,7 +673,7 @@ pub fn running_table(running: &[RunningView]) -> Markup {
     html! {
         @if running.is_empty() { p.muted #running-none { "No job is running." } } @else {
             table #running-jobs {
-                thead { tr { th scope="col" { "On" } th scope="col" { "Job" } th scope="col" { "Step" } th scope="col" { "Started" } th.num scope="col" { "Running for" } } }
+                thead { tr { th scope="col" { "On" } th scope="col" { "Job" } th scope="col" { "Step" } th scope="col" { "Started" } th.num scope="col" { "Running for" } th.num scope="col" { "Done" } } }
                 tbody {
                     @for r in running {
                         tr {
@@ -682,6 +682,7 @@ pub fn running_table(running: &[RunningView]) -> Markup {
                             td { (r.phase) }
                             td { (when(r.started_ms)) }
                             td.num { (duration_ms(r.elapsed_ms)) }
+                            td.num { @if r.done_bytes > 0 { (bytes(r.done_bytes)) } }
                         }
                     }
                 }

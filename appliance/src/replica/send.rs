@@ -60,13 +60,15 @@ pub struct Report {
 /// `full` walks every snapshot's whole tree and sends each object the copy's indexes
 /// do not name, trusting no directory there to be complete: the repair after damage
 /// (a pack or index lost or removed after verify named it). A copy whose indexes show
-/// damage (one unreadable, a pack missing) is walked so without being asked.
+/// damage (one unreadable, a pack missing) is walked so without being asked. `sent`
+/// counts the bytes uploaded as they go (for the running job's progress).
 pub fn replicate(
     store: &Store,
     target: &Target,
     volume: &str,
     full: bool,
     stop: &AtomicBool,
+    sent: Arc<AtomicU64>,
 ) -> Result<Report> {
     let t0 = Instant::now();
     store.volume(volume)?;
@@ -98,7 +100,7 @@ pub fn replicate(
         last: None,
         slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS)),
         limiter: Arc::new(Limiter::new(target.bandwidth)),
-        sent: Arc::new(AtomicU64::new(0)),
+        sent,
         report: Report {
             target: target.name.clone(),
             volume: volume.into(),
