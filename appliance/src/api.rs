@@ -1180,7 +1180,7 @@ fn bearer_is(headers: &axum::http::HeaderMap, token: &str) -> bool {
         .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -58,10 +58,7 @@ pub fn time_chart(title: &str, series: &[Series], fmt: impl Fn(f64) -> String) -
         figure.chart {
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(title) {
                 title { (title) }
-                @for f in [0.0, 0.5, 1.0] {
-                    line.grid x1=(ML) x2=(W - MR) y1=(y(ymax * f)) y2=(y(ymax * f)) {}
-                    text.axis x=(ML - 4.0) y=(y(ymax * f) + 4.0) text-anchor="end" { (fmt(ymax * f)) }
-                }
+                (grid(ymax, &y, &fmt))
                 text.axis x=(ML) y=(H - 6.0) { (day(t0)) }
                 text.axis x=(W - MR) y=(H - 6.0) text-anchor="end" { (day(t1)) }
                 @for s in series {
@@ -102,14 +99,21 @@ pub fn bar_chart(title: &str, points: &[(i64, f64)], fmt: impl Fn(f64) -> String
         figure.chart {
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(title) {
                 title { (title) }
-                @for f in [0.0, 0.5, 1.0] {
-                    line.grid x1=(ML) x2=(W - MR) y1=(y(ymax * f)) y2=(y(ymax * f)) {}
-                    text.axis x=(ML - 4.0) y=(y(ymax * f) + 4.0) text-anchor="end" { (fmt(ymax * f)) }
-                }
+                (grid(ymax, &y, &fmt))
                 // All bars in one path: a few bytes each, not an element each.
                 path.bar d=(bars(&pts, bw, &y)) {}
             }
             figcaption { (title) " (" (points.len()) ")" }
+        }
+    }
+}
+
+/// Three grid lines (0, half, the top) with their values.
+fn grid(ymax: f64, y: &impl Fn(f64) -> f64, fmt: &impl Fn(f64) -> String) -> Markup {
+    html! {
+        @for f in [0.0, 0.5, 1.0] {
+            line.grid x1=(ML) x2=(W - MR) y1=(y(ymax * f)) y2=(y(ymax * f)) {}
+            text.axis x=(ML - 4.0) y=(y(ymax * f) + 4.0) text-anchor="end" { (fmt(ymax * f)) }
         }
     }
 }

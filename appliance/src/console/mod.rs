@@ -15,7 +15,9 @@
 mod chart;
 mod pages;
 
-use crate::api::{loopback_host, JobReply, JobView, ListingView, SnapshotView, VolumeConfigView};
+use crate::api::{
+    constant_time_eq, loopback_host, JobReply, JobView, ListingView, SnapshotView, VolumeConfigView,
+};
 use crate::jobs::{Appliance, PruneResult, RunningView};
 use crate::status::Status;
 use axum::body::Body;
@@ -107,10 +109,6 @@ fn random_hex() -> String {
         panic!("reading /dev/urandom: {e}");
     }
     raw.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -367,19 +365,7 @@ impl Console {
     }
 }
 
-/// A path segment for a URL (volume and snapshot names are plain, but a name is
-/// never trusted to be).
-pub(crate) fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use crate::client::seg;
 
 fn html(m: Markup) -> Response {
     (
@@ -845,21 +831,41 @@ fn snap_back(volume: &str, name: &str) -> String {
     format!("/ui/volumes/{}/snapshots/{}", seg(volume), seg(name))
 }
 
+/// Hold (`hold`) or release a snapshot.
+async fn hold_or_release(
+    ui: &Console,
+    auth: &Auth,
+    volume: &str,
+    name: &str,
+    hold: bool,
+) -> Response {
+    let verb = if hold { "hold" } else { "release" };
+    let uri = format!("/volumes/{}/snapshots/{}/{verb}", seg(volume), seg(name));
+    ui.act(
+        auth,
+        Method::POST,
+        &uri,
+        None,
+        &snap_back(volume, name),
+        |_| {
+            if hold {
+                format!(
+                    "{volume}@{name} is held: retention and delete leave it alone until released."
+                )
+            } else {
+                format!("{volume}@{name} is released.")
+            }
+        },
+    )
+    .await
+}
+
 async fn act_hold(
     State(ui): Ui,
     who: Who,
     Path((volume, name)): Path<(String, String)>,
 ) -> Response {
-    let uri = format!("/volumes/{}/snapshots/{}/hold", seg(&volume), seg(&name));
-    ui.act(
-        &who.0,
-        Method::POST,
-        &uri,
-        None,
-        &snap_back(&volume, &name),
-        |_| format!("{volume}@{name} is held: retention and delete leave it alone until released."),
-    )
-    .await
+    hold_or_release(&ui, &who.0, &volume, &name, true).await
 }
 
 async fn act_release(
@@ -867,16 +873,7 @@ async fn act_release(
     who: Who,
     Path((volume, name)): Path<(String, String)>,
 ) -> Response {
-    let uri = format!("/volumes/{}/snapshots/{}/release", seg(&volume), seg(&name));
-    ui.act(
-        &who.0,
-        Method::POST,
-        &uri,
-        None,
-        &snap_back(&volume, &name),
-        |_| format!("{volume}@{name} is released."),
-    )
-    .await
+    hold_or_release(&ui, &who.0, &volume, &name, false).await
 }
 
 async fn act_delete(
