@@ -229,6 +229,9 @@ fn console_in_a_real_browser() {
     let mut tar = tar::Builder::new(Vec::new());
     tar.append_path_with_name(src.join("readme.md"), "readme.md")
         .unwrap();
+    // A name that needs escaping in a URL and in HTML.
+    tar.append_path_with_name(src.join("readme.md"), "a b&c#d?<e>.txt")
+        .unwrap();
     let body = tar.into_inner().unwrap();
     let r = ureq::post(&format!("{}/volumes/backup/import?path=docs", d.api))
         .send_bytes(&body)
@@ -303,7 +306,75 @@ fn console_in_a_real_browser() {
         names.push(e.unwrap().path().unwrap().display().to_string());
     }
     assert!(names.iter().any(|n| n.ends_with("readme.md")), "{names:?}");
+    // The link the page gives for an awkward name leads to that file.
+    let (_, page, _) = send(
+        agent()
+            .get(&format!(
+                "{}/ui/volumes/backup/snapshots/{second}?path=docs",
+                d.api
+            ))
+            .call(),
+    );
+    assert!(page.contains("a b&amp;c#d?&lt;e&gt;.txt"), "{page}");
+    let href = page
+        .split("href=\"")
+        .filter_map(|h| h.split('"').next())
+        .find(|h| h.contains("/file?path=docs%2Fa"))
+        .expect("a link to the file")
+        .replace("&amp;", "&");
+    let r = agent().get(&format!("{}{href}", d.api)).call().unwrap();
+    assert_eq!(r.into_string().unwrap(), "# docs\n", "{href}");
     for page in ["dashboard", "volume", "snapshot", "jobs", "delete", "login"] {
         assert!(shots.join(format!("{page}.png")).exists(), "{page}.png");
     }
+}
+
+#[test]
+fn a_refused_action_shows_the_apis_reason_and_the_running_job_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "127.0.0.1:0", &["127.0.0.1/32"], "");
+    // Each snapshot holds the volume frozen for 3 s.
+    let d = Daemon::process(&cfg, &[("KURA_TEST_FREEZE_DELAY_MS", "3000")]);
+    let (cookie, csrf) = login(&d);
+    let api = d.api.clone();
+    let slow = std::thread::spawn(move || {
+        ureq::post(&format!("{api}/volumes/backup/snapshots"))
+            .send_json(serde_json::json!({ "name": "slow" }))
+            .unwrap()
+            .status()
+    });
+    // The jobs page shows it, frozen.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, page, _) = send(agent().get(&format!("{}/ui/jobs/running", d.api)).call());
+        if page.contains("<td>frozen</td>") {
+            assert!(page.contains("<td>snapshot</td>"), "{page}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never frozen: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Snapshot now from the console meanwhile: refused, and the page says why.
+    let (st, _, _) = send(
+        agent()
+            .post(&format!("{}/ui/volumes/backup/snapshot", d.api))
+            .set("cookie", &cookie)
+            .send_form(&[("csrf", &csrf)]),
+    );
+    assert_eq!(st, 303);
+    let (_, page, _) = send(
+        agent()
+            .get(&format!("{}/ui/volumes/backup", d.api))
+            .set("cookie", &cookie)
+            .call(),
+    );
+    assert!(
+        page.contains("Refused (409 Conflict): a snapshot job is already running on backup"),
+        "{page}"
+    );
+    assert_eq!(slow.join().unwrap(), 201);
+    assert_eq!(snapshots(&d), vec!["slow".to_string()]);
 }

@@ -179,7 +179,7 @@ type_enter("new_volume", "fromui")
 check("Cloned" in flash() and "fromui" in flash(), f"flash {flash()!r}")
 step = "restore"
 type_enter("restore_to", restore_dir)
-check(flash().startswith("Restored") and "2 files" in flash(), f"flash {flash()!r}")
+check(flash().startswith("Restored") and "3 files" in flash(), f"flash {flash()!r}")
 
 # A client writes a new file; a second snapshot with a label, compared with the first.
 step = "nfs write"
