@@ -120,6 +120,11 @@ fn actions_without_a_session_or_csrf_token_are_refused() {
         Some("http://evil.example"),
     );
     assert_eq!(st, 403, "another site's form: {page}");
+    let (st, _, _) = act(
+        &[("label", "x"), ("csrf", &csrf)],
+        Some("https://evil.example"),
+    );
+    assert_eq!(st, 403, "another site's form over https");
     assert!(snapshots(&d).is_empty(), "a refused action did something");
     let host = d.api.strip_prefix("http://").unwrap().to_owned();
     let (st, _, _) = act(

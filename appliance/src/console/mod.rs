@@ -203,7 +203,11 @@ async fn guard(State(ui): Ui, req: Request, next: Next) -> Response {
             let ok = origin
                 .to_str()
                 .ok()
-                .and_then(|o| o.strip_prefix("http://"))
+                // https: the console behind a TLS proxy that keeps the Host.
+                .and_then(|o| {
+                    o.strip_prefix("http://")
+                        .or_else(|| o.strip_prefix("https://"))
+                })
                 .is_some_and(|o| o.eq_ignore_ascii_case(&host));
             if !ok {
                 return harden(refuse(
