@@ -1121,7 +1121,7 @@ async fn require_token(
 }
 
 /// Whether a Host header names a loopback address or `localhost` (any port).
-pub(crate) fn loopback_host(host: &str) -> bool {
+fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, p)| {
@@ -1138,27 +1138,30 @@ pub(crate) fn loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses a request without the token, when one is required. Without a token (on
-/// loopback) the Host must be a loopback name: a web page whose own name its DNS
-/// rebinds to 127.0.0.1 would otherwise call the API from the operator's browser.
-/// (A request with no Host at all is an in-process call: the CLI's or the console's.)
+/// On a loopback address without a token, refuses a request whose Host is not a
+/// loopback name: a web page whose own name its DNS rebinds to 127.0.0.1 would
+/// otherwise reach the API and the console from the operator's browser. A request
+/// with no Host at all is not a browser's. Layered over the whole server (the API and
+/// the console) by [`crate::console::server`].
+pub async fn loopback_names_only(req: Request, next: Next) -> Response {
+    if let Some(host) = req.headers().get(header::HOST) {
+        if !host.to_str().is_ok_and(loopback_host) {
+            return ApiError(
+                StatusCode::MISDIRECTED_REQUEST,
+                "on a loopback address kura answers only to a loopback or localhost name".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Refuses a request without the token, when one is required.
 async fn check_token(
     State(token): State<Option<Arc<String>>>,
     req: Request,
     next: Next,
 ) -> Response {
-    if token.is_none() {
-        if let Some(host) = req.headers().get(header::HOST) {
-            if !host.to_str().is_ok_and(loopback_host) {
-                return ApiError(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "on a loopback address the API answers only to a loopback or localhost name"
-                        .into(),
-                )
-                .into_response();
-            }
-        }
-    }
     if let Some(token) = token {
         if !bearer_is(req.headers(), &token) && req.uri().path() != "/healthz" {
             return ApiError(
@@ -1286,5 +1289,27 @@ mod tests {
         assert!(!bearer_is(&with("Bearer abc12"), "abc123"), "a prefix");
         assert!(!bearer_is(&with("Basic abc123"), "abc123"));
         assert!(!bearer_is(&axum::http::HeaderMap::new(), "abc123"));
+    }
+
+    #[test]
+    fn loopback_names() {
+        for h in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.1.2.3",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:8080",
+            "10.0.0.1:80",
+            "",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
     }
 }

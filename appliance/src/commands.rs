@@ -6,24 +6,8 @@ use crate::{Cmd, SnapCmd, VolumeCmd};
 use anyhow::{bail, Context, Result};
 use kura::api::{GcView, JobReply, JobView, SnapshotView, VerifyView, VolumeView};
 use kura::client::{seg, Target};
-use kura::status::{human_secs, Status};
+use kura::status::{human_bytes, human_secs, Status};
 use serde_json::{json, Value};
-
-/// Bytes for people: binary units, three significant digits.
-pub fn size(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
 
 fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v).context("reading the API's reply")
@@ -53,7 +37,7 @@ pub(crate) fn snapshot_line(s: &SnapshotView) -> String {
         s.volume,
         s.name,
         s.created_iso,
-        size(s.logical_bytes),
+        human_bytes(s.logical_bytes),
         flags.join(", "),
         s.label
             .as_ref()
@@ -115,7 +99,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                     println!(
                         "{}\t{}\t{} snapshots{}",
                         vol.name,
-                        size(vol.logical_bytes),
+                        human_bytes(vol.logical_bytes),
                         vol.snapshots,
                         if vol.frozen { "\tFROZEN" } else { "" }
                     );
@@ -162,7 +146,7 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                     "snapshot {}@{} ({}, frozen {} ms, window {} ms)",
                     s.volume,
                     s.name,
-                    size(s.logical_bytes),
+                    human_bytes(s.logical_bytes),
                     reply.job.freeze_ms.unwrap_or(0),
                     reply.job.window_ms.unwrap_or(0)
                 );
@@ -231,8 +215,8 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
             } else {
                 for c in parse::<Vec<kura::diff::Change>>(v)? {
                     let sizes = match (c.size_before, c.size_after) {
-                        (Some(x), Some(y)) => format!("{} -> {}", size(x), size(y)),
-                        (Some(x), None) | (None, Some(x)) => size(x),
+                        (Some(x), Some(y)) => format!("{} -> {}", human_bytes(x), human_bytes(y)),
+                        (Some(x), None) | (None, Some(x)) => human_bytes(x),
                         (None, None) => String::new(),
                     };
                     let mark = match c.change.as_str() {
@@ -409,12 +393,12 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                     "{}unreachable chunks {} ({}), packs to repack {}, orphan packs {}, deleted {} chunks, {} {}",
                     if dry_run { "[dry run] " } else { "" },
                     g.unreachable_chunks,
-                    size(g.unreachable_bytes),
+                    human_bytes(g.unreachable_bytes),
                     g.packs_to_repack,
                     g.orphan_packs,
                     g.deleted_chunks,
                     if dry_run { "would reclaim" } else { "reclaimed" },
-                    size(g.reclaim_bytes)
+                    human_bytes(g.reclaim_bytes)
                 );
             }
         }
@@ -506,11 +490,11 @@ fn print_status(s: &Status, daemon: bool) {
     );
     println!(
         "store: {} stored ({} unique), reduction {:.2}x, {} of {} free, {} files staged",
-        size(st.stored_bytes),
-        size(st.unique_bytes),
+        human_bytes(st.stored_bytes),
+        human_bytes(st.unique_bytes),
         st.reduction_ratio,
-        size(st.fs_free_bytes),
-        size(st.fs_total_bytes),
+        human_bytes(st.fs_free_bytes),
+        human_bytes(st.fs_total_bytes),
         st.staged_files
     );
     println!();
@@ -529,7 +513,7 @@ fn print_status(s: &Status, daemon: bool) {
         println!(
             "{:<16} {:>11} {:>6} {:<22} {:>9} {:>6}  {}{}",
             v.name,
-            size(v.logical_bytes),
+            human_bytes(v.logical_bytes),
             v.snapshots,
             v.newest_snapshot_at.as_deref().unwrap_or("-"),
             v.newest_snapshot_age_secs.map_or("-".into(), human_secs),
@@ -551,10 +535,10 @@ fn print_status(s: &Status, daemon: bool) {
         println!(
             "{:<16} {:>11} {:>11} {:>9} {:>11} {:>7}",
             v.name,
-            v.stored_bytes.map_or("-".into(), size),
-            v.exclusive_stored_bytes.map_or("-".into(), size),
+            v.stored_bytes.map_or("-".into(), human_bytes),
+            v.exclusive_stored_bytes.map_or("-".into(), human_bytes),
             v.reduction_ratio.map_or("-".into(), |r| format!("{r:.1}x")),
-            size(v.staged_bytes),
+            human_bytes(v.staged_bytes),
             v.staged_files
         );
     }
@@ -574,7 +558,7 @@ fn print_status(s: &Status, daemon: bool) {
                     d.newest_snapshot_age_secs.map_or("-".into(), human_secs),
                     d.last_result,
                     d.last_ended,
-                    size(d.last_bytes_sent),
+                    human_bytes(d.last_bytes_sent),
                     d.last_error
                         .as_deref()
                         .map(|e| format!(": {e}"))
@@ -845,8 +829,8 @@ fn import(
 fn tree_counts([files, dirs, symlinks, hardlinks]: [u64; 4], bytes: u64, secs: f64) -> String {
     format!(
         "{files} files, {dirs} directories, {symlinks} symlinks, {hardlinks} hard links, {} in {secs:.1} s ({}/s)",
-        size(bytes),
-        size((bytes as f64 / secs) as u64)
+        human_bytes(bytes),
+        human_bytes((bytes as f64 / secs) as u64)
     )
 }
 

@@ -94,6 +94,11 @@ impl RunningJob {
     pub fn phase(&self) -> &'static str {
         *self.phase.lock().unwrap()
     }
+
+    /// Marks the step the job has reached, for `GET /jobs/running` and the console.
+    fn set_phase(&self, p: &'static str) {
+        *self.phase.lock().unwrap() = p;
+    }
 }
 
 /// A running job as the API shows it.
@@ -117,9 +122,8 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    /// Marks the step the job has reached, for `GET /jobs/running` and the console.
     fn phase(&self, p: &'static str) {
-        *self.job.phase.lock().unwrap() = p;
+        self.job.set_phase(p);
     }
 }
 
@@ -999,7 +1003,7 @@ impl Appliance {
         let (name, t) = self.target_toml(to)?;
         let claim = self.claim(&format!("target {name}"), "replicate")?;
         claim.phase("sending");
-        let (sent, job_info) = (claim.job.done_bytes.clone(), claim.job.clone());
+        let running = claim.job.clone();
         let mut job = JobRecord {
             kind: "replicate".into(),
             volume: Some(volume.into()),
@@ -1015,8 +1019,15 @@ impl Appliance {
         let stop = self.stop_flag.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<_> {
             let target = Arc::new(crate::replica::Target::open(&name, &t, rt, true)?);
-            let report = crate::replica::send::replicate(&store, &target, &vol, full, &stop, sent)?;
-            *job_info.phase.lock().unwrap() = "pruning the copy";
+            let report = crate::replica::send::replicate(
+                &store,
+                &target,
+                &vol,
+                full,
+                &stop,
+                running.done_bytes.clone(),
+            )?;
+            running.set_phase("pruning the copy");
             let pruned = match &t.keep {
                 Some(k) => Some(crate::replica::check::prune(
                     target,

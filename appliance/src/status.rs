@@ -316,6 +316,22 @@ pub async fn gather(app: &Arc<Appliance>) -> anyhow::Result<Status> {
     })
 }
 
+/// Bytes for people: binary units, two decimals (`1.21 KiB`).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
 /// `3d 4h`, `2h 5m`, `40s`: an age for people.
 pub fn human_secs(s: i64) -> String {
     let s = s.max(0);
@@ -328,5 +344,19 @@ pub fn human_secs(s: i64) -> String {
         format!("{m}m {}s", s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1_234), "1.21 KiB");
+        assert_eq!(human_bytes(12_345_678), "11.77 MiB");
+        assert_eq!(human_bytes(3 << 40), "3.00 TiB");
     }
 }

@@ -9,14 +9,15 @@
 //! HttpOnly, SameSite=Strict cookie), and every action form carries the session's
 //! CSRF token. On a loopback address the pages can be read without logging in (as
 //! the API can), on any other address nothing but the login page. On loopback the
-//! Host header must name a loopback address or `localhost`, so that a web page that
-//! rebinds its own name to 127.0.0.1 cannot read the console.
+//! Host header must name a loopback address or `localhost` (for the console and the
+//! API alike, one layer over the server), so that a web page that rebinds its own
+//! name to 127.0.0.1 cannot reach either.
 
 mod chart;
 mod pages;
 
 use crate::api::{
-    constant_time_eq, loopback_host, JobReply, JobView, ListingView, SnapshotView, VolumeConfigView,
+    constant_time_eq, JobReply, JobView, ListingView, SnapshotView, VolumeConfigView,
 };
 use crate::jobs::{Appliance, PruneResult, RunningView};
 use crate::status::Status;
@@ -89,6 +90,17 @@ pub(crate) struct ApiFail {
     pub error: String,
 }
 
+impl ApiFail {
+    /// A refusal from its status and body: the API's `{"error": ...}`, else the text.
+    fn from_reply(status: StatusCode, body: &[u8]) -> ApiFail {
+        let error = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        ApiFail { status, error }
+    }
+}
+
 impl IntoResponse for ApiFail {
     fn into_response(self) -> Response {
         let page = pages::error_page(self.status, &self.error);
@@ -156,8 +168,8 @@ fn harden(mut r: Response) -> Response {
     r
 }
 
-/// Every console request passes here: the Host check on loopback, the session from
-/// the cookie, the login requirement off loopback, and for each POST the session, the
+/// Every console request passes here (after the server's Host check on loopback,
+/// [`crate::api::loopback_names_only`]): the session from the cookie, the login requirement off loopback, and for each POST the session, the
 /// Origin and the CSRF token.
 async fn guard(State(ui): Ui, req: Request, next: Next) -> Response {
     let host = req
@@ -166,12 +178,6 @@ async fn guard(State(ui): Ui, req: Request, next: Next) -> Response {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if !ui.need_login && !loopback_host(&host) {
-        return harden(refuse(
-            StatusCode::MISDIRECTED_REQUEST,
-            "on a loopback address the console answers only to a loopback or localhost name",
-        ));
-    }
     let path = req.uri().path().to_owned();
     let open_path = path == "/ui/login" || path.starts_with("/ui/static/");
     let mut auth = Auth::default();
@@ -293,11 +299,7 @@ impl Console {
                 error: format!("reading the API's reply: {e}"),
             })?;
         if !status.is_success() && status != StatusCode::UNPROCESSABLE_ENTITY {
-            let error = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ApiFail { status, error });
+            return Err(ApiFail::from_reply(status, &bytes));
         }
         serde_json::from_slice(&bytes)
             .map(|v| (status, v))
@@ -433,10 +435,15 @@ pub fn server(app: Arc<Appliance>, token: Arc<String>, need_login: bool) -> Rout
         .route("/ui/{*rest}", get(ui_not_found).post(ui_not_found))
         .layer(middleware::from_fn_with_state(ui.clone(), guard))
         .with_state(ui);
-    Router::new()
+    let server = Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .merge(console)
-        .merge(api)
+        .merge(api);
+    if need_login {
+        server
+    } else {
+        server.layer(middleware::from_fn(crate::api::loopback_names_only))
+    }
 }
 
 async fn ui_not_found() -> ApiFail {
@@ -554,8 +561,7 @@ async fn logout(State(ui): Ui, axum::Extension(auth): axum::Extension<Auth>) -> 
 async fn dashboard(State(ui): Ui, axum::Extension(auth): axum::Extension<Auth>) -> Page {
     let t0 = Instant::now();
     let status: Status = ui.get("/status").await?;
-    let running: Vec<RunningView> = ui.get("/jobs/running").await?;
-    let page = pages::dashboard(&ui.frame(&auth), &status, &running);
+    let page = pages::dashboard(&ui.frame(&auth), &status);
     Ok(timed(html(page), t0))
 }
 
@@ -618,11 +624,6 @@ struct BrowseQuery {
     diff: Option<String>,
 }
 
-/// A query value, percent-encoded like a path segment.
-pub(crate) fn q(s: &str) -> String {
-    seg(s)
-}
-
 async fn snapshot_page(
     State(ui): Ui,
     axum::Extension(auth): axum::Extension<Auth>,
@@ -635,7 +636,7 @@ async fn snapshot_page(
     let listing: Result<ListingView, ApiFail> = ui
         .get(&format!(
             "/volumes/{v}/snapshots/{n}/ls?path={}&offset={}&limit={ENTRIES_PER_PAGE}",
-            q(&bq.path),
+            seg(&bq.path),
             bq.offset
         ))
         .await;
@@ -659,8 +660,8 @@ async fn snapshot_page(
                 to.to_owned(),
                 ui.get::<Vec<crate::diff::Change>>(&format!(
                     "/volumes/{v}/diff?from={}&to={}",
-                    q(from),
-                    q(to)
+                    seg(from),
+                    seg(to)
                 ))
                 .await,
             ))
@@ -706,11 +707,7 @@ async fn pass_through(ui: &Console, uri: &str) -> Response {
     let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
-    let error = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    ApiFail { status, error }.into_response()
+    ApiFail::from_reply(status, &bytes).into_response()
 }
 
 async fn download_file(
@@ -724,7 +721,7 @@ async fn download_file(
             "/volumes/{}/snapshots/{}/file?path={}",
             seg(&volume),
             seg(&name),
-            q(&p.path)
+            seg(&p.path)
         ),
     )
     .await
@@ -741,7 +738,7 @@ async fn download_tar(
             "/volumes/{}/snapshots/{}/tar?path={}",
             seg(&volume),
             seg(&name),
-            q(&p.path)
+            seg(&p.path)
         ),
     )
     .await;
@@ -1111,28 +1108,6 @@ async fn act_verify(State(ui): Ui, who: Who) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_names() {
-        for h in [
-            "127.0.0.1:8080",
-            "localhost:1",
-            "LOCALHOST",
-            "[::1]:80",
-            "127.1.2.3",
-        ] {
-            assert!(loopback_host(h), "{h}");
-        }
-        for h in [
-            "evil.example:8080",
-            "10.0.0.1:80",
-            "",
-            "localhost.evil.example",
-            "[::2]:80",
-        ] {
-            assert!(!loopback_host(h), "{h}");
-        }
-    }
 
     #[test]
     fn cookies_are_found_by_name() {

@@ -3,10 +3,10 @@
 //! directory entries come a page at a time, charts are thinned.
 
 use super::chart::{self, Series};
-use super::{q, seg, Flash, ENTRIES_PER_PAGE, SNAPSHOTS_PER_PAGE};
+use super::{seg, Flash, ENTRIES_PER_PAGE, SNAPSHOTS_PER_PAGE};
 use crate::api::{JobView, ListingView, SnapshotView, VolumeConfigView};
 use crate::jobs::{PruneResult, RunningView};
-use crate::status::{human_secs, Status, VolumeStatus};
+use crate::status::{human_bytes, human_secs, Status, VolumeStatus};
 use axum::http::StatusCode;
 use maud::{html, Markup, DOCTYPE};
 
@@ -15,23 +15,6 @@ pub struct Frame {
     pub logged_in: bool,
     pub csrf: String,
     pub flash: Option<Flash>,
-}
-
-/// Bytes for people: `1.23 GB` (powers of 1000, three digits).
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    match u {
-        0 => format!("{n} B"),
-        _ if v >= 100.0 => format!("{v:.0} {}", UNITS[u]),
-        _ if v >= 10.0 => format!("{v:.1} {}", UNITS[u]),
-        _ => format!("{v:.2} {}", UNITS[u]),
-    }
 }
 
 /// Unix milliseconds as `2026-12-01 06:00:12Z`.
@@ -173,7 +156,7 @@ fn dr_cell(v: &VolumeStatus) -> Markup {
     }
 }
 
-pub fn dashboard(f: &Frame, s: &Status, running: &[RunningView]) -> Markup {
+pub fn dashboard(f: &Frame, s: &Status) -> Markup {
     let mut vols: Vec<&VolumeStatus> = s.volumes.iter().collect();
     vols.sort_by_key(|v| (!failing(v), v.name.clone()));
     let st = &s.store;
@@ -196,14 +179,14 @@ pub fn dashboard(f: &Frame, s: &Status, running: &[RunningView]) -> Markup {
                 div.cards {
                     div.card {
                         div.label { "Disk" }
-                        div.value { (bytes(st.fs_free_bytes)) " free" }
+                        div.value { (human_bytes(st.fs_free_bytes)) " free" }
                         (chart::meter("disk used", used, st.fs_total_bytes))
-                        div.small { (bytes(used)) " of " (bytes(st.fs_total_bytes)) " used" }
+                        div.small { (human_bytes(used)) " of " (human_bytes(st.fs_total_bytes)) " used" }
                     }
                     div.card {
                         div.label { "Stored" }
-                        div.value { (bytes(st.stored_bytes)) }
-                        div.small { (bytes(st.unique_bytes)) " unique, " (bytes(st.pack_bytes)) " in packs" }
+                        div.value { (human_bytes(st.stored_bytes)) }
+                        div.small { (human_bytes(st.unique_bytes)) " unique, " (human_bytes(st.pack_bytes)) " in packs" }
                     }
                     div.card {
                         div.label { "Reduction" }
@@ -212,7 +195,7 @@ pub fn dashboard(f: &Frame, s: &Status, running: &[RunningView]) -> Markup {
                     }
                     div.card {
                         div.label { "Jobs running" }
-                        div.value { a href="/ui/jobs" { (running.len()) } }
+                        div.value { a href="/ui/jobs" { (s.running.len()) } }
                         div.small { (st.staged_files) " files staged; up " (human_secs(s.uptime_secs as i64)) }
                     }
                 }
@@ -238,10 +221,10 @@ pub fn dashboard(f: &Frame, s: &Status, running: &[RunningView]) -> Markup {
                                         None => span.muted { "none" },
                                     } }
                                     td { @if let Some(a) = v.newest_snapshot_age_secs { (human_secs(a)) } }
-                                    td.num { (bytes(v.logical_bytes)) }
-                                    td.num { @match v.stored_bytes { Some(b) => (bytes(b)), None => span.muted { "not measured" } } }
+                                    td.num { (human_bytes(v.logical_bytes)) }
+                                    td.num { @match v.stored_bytes { Some(b) => (human_bytes(b)), None => span.muted { "not measured" } } }
                                     td.num { @match v.reduction_ratio { Some(r) => (format!("{r:.1}x")), None => "" } }
-                                    td.num { (bytes(v.staged_bytes)) }
+                                    td.num { (human_bytes(v.staged_bytes)) }
                                     td { (dr_cell(v)) }
                                     @if f.logged_in {
                                         td { (action(f, &format!("/ui/volumes/{}/snapshot", seg(&v.name)), "Snapshot now", "", &[])) }
@@ -309,7 +292,7 @@ pub fn volume(f: &Frame, d: VolumeData) -> Markup {
         .filter_map(|j| j.window_ms.map(|w| (j.started_ms / 1000, w as f64)))
         .collect();
     freeze.reverse();
-    let fmt = |b: f64| bytes(b as u64);
+    let fmt = |b: f64| human_bytes(b as u64);
     let st = &d.config.settings;
     layout(
         f,
@@ -319,12 +302,12 @@ pub fn volume(f: &Frame, d: VolumeData) -> Markup {
             @if let Some(s) = d.status {
                 p { (state_badges(s, d.running.then_some("a job"))) }
                 dl.facts {
-                    dt { "Logical" } dd { (bytes(s.logical_bytes)) " live, " (bytes(s.snapshot_logical_bytes)) " in " (s.snapshots) " snapshots" }
+                    dt { "Logical" } dd { (human_bytes(s.logical_bytes)) " live, " (human_bytes(s.snapshot_logical_bytes)) " in " (s.snapshots) " snapshots" }
                     dt { "Stored" } dd { @match s.stored_bytes {
-                        Some(b) => { (bytes(b)) ", " (bytes(s.exclusive_stored_bytes.unwrap_or(0))) " of it its own" @if let Some(r) = s.reduction_ratio { " (" (format!("{r:.1}x")) " reduction)" } },
+                        Some(b) => { (human_bytes(b)) ", " (human_bytes(s.exclusive_stored_bytes.unwrap_or(0))) " of it its own" @if let Some(r) = s.reduction_ratio { " (" (format!("{r:.1}x")) " reduction)" } },
                         None => span.muted { "not measured yet (measured after each GC)" },
                     } }
-                    dt { "Staged" } dd { (s.staged_files) " files, " (bytes(s.staged_bytes)) }
+                    dt { "Staged" } dd { (s.staged_files) " files, " (human_bytes(s.staged_bytes)) }
                     dt { "Recovery point" } dd {
                         @match s.newest_snapshot_age_secs { Some(a) => { "newest snapshot " (human_secs(a)) " old" }, None => "no snapshot yet" }
                         @if let Some(r) = s.rpo_secs { "; RPO " (human_secs(r as i64)) }
@@ -393,7 +376,7 @@ pub fn volume(f: &Frame, d: VolumeData) -> Markup {
                                         th scope="row" { a href=(at) { (s.name) } }
                                         td { (when(s.created * 1000)) }
                                         td { (s.label.as_deref().unwrap_or("")) }
-                                        td.num { (bytes(s.logical_bytes)) }
+                                        td.num { (human_bytes(s.logical_bytes)) }
                                         td { (snapshot_flags(s, now_s)) }
                                         @if f.logged_in {
                                             td { @if s.held {
@@ -444,7 +427,7 @@ fn job_table(jobs: &[JobView], with_volume: bool) -> Markup {
                             td { span class=(if j.result == "ok" { "ok" } else { "bad" }) { (j.result) } }
                             td.num { (duration_ms(j.ended_ms - j.started_ms)) }
                             td.num { @if let (Some(fz), Some(w)) = (j.freeze_ms, j.window_ms) { (fz) " / " (w) " ms" } }
-                            td.num { (bytes(j.bytes)) }
+                            td.num { (human_bytes(j.bytes)) }
                             td { (j.snapshot.as_deref().unwrap_or("")) @if let Some(e) = &j.error { " " span.bad { (e) } } }
                         }
                     }
@@ -501,7 +484,7 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
             dl.facts {
                 dt { "Created" } dd { (when(s.created * 1000)) }
                 dt { "Label" } dd { (s.label.as_deref().unwrap_or("none")) }
-                dt { "Logical" } dd { (bytes(s.logical_bytes)) }
+                dt { "Logical" } dd { (human_bytes(s.logical_bytes)) }
                 dt { "Marks" } dd #marks { (snapshot_flags(s, now_s)) @if !s.held && s.lock_until <= now_s && !s.busy { "none" } }
             }
             @if f.logged_in {
@@ -547,10 +530,10 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
                             a href=(base) { "/" }
                             @let parts: Vec<&str> = l.path.split('/').filter(|p| !p.is_empty()).collect();
                             @for (i, part) in parts.iter().enumerate() {
-                                a href=(format!("{base}?path={}", q(&parts[..=i].join("/")))) { (part) } "/"
+                                a href=(format!("{base}?path={}", seg(&parts[..=i].join("/")))) { (part) } "/"
                             }
                             " · "
-                            a href=(format!("{base}/tar?path={}", q(&l.path))) download { "download this directory as tar" }
+                            a href=(format!("{base}/tar?path={}", seg(&l.path))) download { "download this directory as tar" }
                         }
                         div.scroll {
                             table #files {
@@ -561,12 +544,12 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
                                         tr {
                                             th scope="row" {
                                                 @match e.kind.as_str() {
-                                                    "dir" => a href=(format!("{base}?path={}", q(&p))) { (e.name) "/" },
-                                                    "file" => a href=(format!("{base}/file?path={}", q(&p))) download=(e.name) { (e.name) },
+                                                    "dir" => a href=(format!("{base}?path={}", seg(&p))) { (e.name) "/" },
+                                                    "file" => a href=(format!("{base}/file?path={}", seg(&p))) download=(e.name) { (e.name) },
                                                     _ => { (e.name) " → " (e.link.as_deref().unwrap_or("")) },
                                                 }
                                             }
-                                            td.num { @if e.kind == "file" { (bytes(e.size)) } }
+                                            td.num { @if e.kind == "file" { (human_bytes(e.size)) } }
                                             td { (when(e.mtime * 1000)) }
                                             td { code { (mode_string(&e.kind, e.mode)) } }
                                             td { (e.uid) ":" (e.gid) }
@@ -578,9 +561,9 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
                         @if l.entries.is_empty() { p.muted { "Empty directory." } }
                         @if l.total > ENTRIES_PER_PAGE {
                             nav.pager aria-label="directory pages" {
-                                @if l.offset > 0 { a href=(format!("{base}?path={}&offset={}", q(&l.path), l.offset.saturating_sub(ENTRIES_PER_PAGE))) { "← previous" } " " }
+                                @if l.offset > 0 { a href=(format!("{base}?path={}&offset={}", seg(&l.path), l.offset.saturating_sub(ENTRIES_PER_PAGE))) { "← previous" } " " }
                                 "entries " (l.offset + 1) "–" (l.offset + l.entries.len()) " of " (l.total)
-                                @if l.offset + l.entries.len() < l.total { " " a href=(format!("{base}?path={}&offset={}", q(&l.path), l.offset + ENTRIES_PER_PAGE)) { "next →" } }
+                                @if l.offset + l.entries.len() < l.total { " " a href=(format!("{base}?path={}&offset={}", seg(&l.path), l.offset + ENTRIES_PER_PAGE)) { "next →" } }
                             }
                         }
                     }
@@ -589,9 +572,9 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
             section aria-labelledby="diff-h" {
                 h2 #diff-h { "Compare" }
                 p {
-                    @if let Some(o) = &d.neighbours.0 { a href=(format!("{base}?diff={}", q(&o.name))) { "with the previous snapshot (" (o.name) ")" } }
+                    @if let Some(o) = &d.neighbours.0 { a href=(format!("{base}?diff={}", seg(&o.name))) { "with the previous snapshot (" (o.name) ")" } }
                     @if d.neighbours.0.is_some() && d.neighbours.1.is_some() { " · " }
-                    @if let Some(o) = &d.neighbours.1 { a href=(format!("{base}?diff={}", q(&o.name))) { "with the next snapshot (" (o.name) ")" } }
+                    @if let Some(o) = &d.neighbours.1 { a href=(format!("{base}?diff={}", seg(&o.name))) { "with the next snapshot (" (o.name) ")" } }
                 }
                 form.inline method="get" action=(base) {
                     label for="diff" { "with snapshot " }
@@ -613,8 +596,8 @@ pub fn snapshot(f: &Frame, d: SnapshotData) -> Markup {
                                             tr {
                                                 td { span class=(format!("chg {}", c.change)) { (c.change) } }
                                                 td { (c.path) }
-                                                td.num { @if let Some(b) = c.size_before { (bytes(b)) } }
-                                                td.num { @if let Some(b) = c.size_after { (bytes(b)) } }
+                                                td.num { @if let Some(b) = c.size_before { (human_bytes(b)) } }
+                                                td.num { @if let Some(b) = c.size_after { (human_bytes(b)) } }
                                             }
                                         }
                                     }
@@ -647,7 +630,7 @@ pub fn confirm_delete(
                 ul {
                     li { "the point in time " strong { (when(s.created * 1000)) } " of volume " (v)
                         @if let Some(l) = &s.label { ", labelled “" (l) "”" } }
-                    li { (bytes(s.logical_bytes)) " of files as they were then; what no other snapshot or live file holds is freed at the next GC" }
+                    li { (human_bytes(s.logical_bytes)) " of files as they were then; what no other snapshot or live file holds is freed at the next GC" }
                     li { "after it, " (v) " keeps " (count.saturating_sub(1)) " snapshots"
                         @match (&near.0, &near.1) {
                             (Some(a), Some(b)) => { "; the nearest left are " (a.name) " (older) and " (b.name) " (newer)" },
@@ -682,7 +665,7 @@ pub fn running_table(running: &[RunningView]) -> Markup {
                             td { (r.phase) }
                             td { (when(r.started_ms)) }
                             td.num { (duration_ms(r.elapsed_ms)) }
-                            td.num { @if r.done_bytes > 0 { (bytes(r.done_bytes)) } }
+                            td.num { @if r.done_bytes > 0 { (human_bytes(r.done_bytes)) } }
                         }
                     }
                 }
@@ -789,10 +772,10 @@ pub fn gc_plan(f: &Frame, gc: Option<&crate::api::GcView>) -> Markup {
             h1 { "Garbage collection plan" }
             @if let Some(g) = gc {
                 dl.facts #gc-plan {
-                    dt { "Unreachable chunks" } dd { (g.unreachable_chunks) " (" (bytes(g.unreachable_bytes)) ")" }
+                    dt { "Unreachable chunks" } dd { (g.unreachable_chunks) " (" (human_bytes(g.unreachable_bytes)) ")" }
                     dt { "Packs to rewrite" } dd { (g.packs_to_repack) }
                     dt { "Packs to remove" } dd { (g.orphan_packs) }
-                    dt { "Would reclaim" } dd { strong { (bytes(g.reclaim_bytes)) } }
+                    dt { "Would reclaim" } dd { strong { (human_bytes(g.reclaim_bytes)) } }
                 }
             }
             p { "GC deletes only what no live file and no snapshot reaches; clients keep writing meanwhile." }
@@ -806,15 +789,6 @@ pub fn gc_plan(f: &Frame, gc: Option<&crate::api::GcView>) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_for_people() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(1_234), "1.23 kB");
-        assert_eq!(bytes(12_345_678), "12.3 MB");
-        assert_eq!(bytes(123_456_789_000), "123 GB");
-    }
 
     #[test]
     fn modes_for_people() {
