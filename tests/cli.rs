@@ -6,13 +6,7 @@ use common::*;
 use std::process::{Command, Output};
 
 fn run(data: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env("KURA_LOG", "warn")
-        .output()
-        .unwrap()
+    kura_data(data, args)
 }
 
 fn stdout(o: &Output) -> String {

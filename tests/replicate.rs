@@ -135,13 +135,7 @@ fn dir_copy_is_incremental_and_stands_alone_with_the_main_store_gone() {
     // A new writable store at the DR site from s1, on its own.
     let site2 = t.path().join("site2");
     let c = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_kura"))
-            .arg("--data")
-            .arg(&site2)
-            .args(args)
-            .env("KURA_LOG", "warn")
-            .output()
-            .unwrap();
+        let o = kura_data(&site2, args);
         assert!(
             o.status.success(),
             "kura {args:?}: {}",

@@ -226,26 +226,31 @@ pub fn damage_largest_pack(data: &Path) {
     std::fs::write(&pack, b).unwrap();
 }
 
-/// Runs the `kura` CLI with a config and returns its output, whatever the exit code.
-pub fn kura_output(config: &Path, args: &[&str]) -> Output {
+/// Runs the `kura` CLI with `flag` (`--config` or `--data`) set to `path`; returns its
+/// output, whatever the exit code.
+fn kura_with(flag: &str, path: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(config)
+        .arg(flag)
+        .arg(path)
         .args(args)
         .env("KURA_LOG", "warn")
         .output()
         .unwrap()
 }
 
+/// Runs the `kura` CLI with a config and returns its output, whatever the exit code.
+pub fn kura_output(config: &Path, args: &[&str]) -> Output {
+    kura_with("--config", config, args)
+}
+
+/// Runs the `kura` CLI on a data directory (no config); output whatever the exit code.
+pub fn kura_data(data: &Path, args: &[&str]) -> Output {
+    kura_with("--data", data, args)
+}
+
 /// Runs the `kura` CLI with a config; it must succeed.
 pub fn kura(config: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("KURA_LOG", "warn")
-        .output()
-        .unwrap();
+    let o = kura_output(config, args);
     assert!(
         o.status.success(),
         "kura {args:?} failed: {}",
