@@ -325,7 +325,7 @@ fn read_window(store: &Store, e: &TreeEntry, off: u64, len: usize, stream: &Stre
             Ok(p) => pieces.extend(p),
             Err(x) => {
                 err.get_or_insert_with(|| x.to_string());
-                pieces.push(Piece::Owned(vec![0; n]));
+                pieces.push(Piece::Zeros(n));
             }
         }
         at += n;
@@ -752,7 +752,8 @@ fn write_data_at(f: &std::fs::File, pieces: &[Piece], off: u64) -> std::io::Resu
     let (mut run, mut run_off, mut at) = (0, off, off);
     for (k, p) in pieces.iter().enumerate() {
         let len = p.as_ref().len() as u64;
-        if matches!(p, Piece::Owned(v) if v.iter().all(|b| *b == 0)) {
+        if matches!(p, Piece::Zeros(_)) || matches!(p, Piece::Owned(v) if v.iter().all(|b| *b == 0))
+        {
             write_pieces_at(f, &pieces[run..k], run_off)?;
             (run, run_off) = (k + 1, at + len);
         }

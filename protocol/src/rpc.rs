@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::limits::{ConnState, Limits, LogLimiter};
+use storage::IoBuf;
 
 /// Largest record accepted: a 1 MiB WRITE (the advertised `wtmax`) with headroom.
 pub const MAX_RECORD: usize = 4 << 20;
@@ -47,7 +48,7 @@ pub struct Call {
     pub proc_: u32,
     /// The AUTH_UNIX credential; `None` for any other flavor.
     pub cred: Option<auth_unix>,
-    msg: Vec<u8>,
+    msg: IoBuf,
     args_at: usize,
 }
 
@@ -90,7 +91,8 @@ impl Call {
     /// version 2 → RPC_MISMATCH, a credential that is too long, malformed, or of a
     /// flavor kura does not serve (RPCSEC_GSS, …) → AUTH_ERROR (BADCRED), a record too
     /// short to say → the connection is closed.
-    pub fn parse(msg: Vec<u8>) -> Result<Call, Refused> {
+    pub fn parse(msg: impl Into<IoBuf>) -> Result<Call, Refused> {
+        let msg: IoBuf = msg.into();
         let mut w = Words(&msg);
         let close = |why: &str| Refused {
             reply: None,
@@ -387,10 +389,8 @@ type Permits = (
 );
 
 /// Reads one record (all its fragments). `Ok(None)` at a clean end of stream.
-pub async fn read_record<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut msg = Vec::new();
+pub async fn read_record<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<IoBuf>> {
+    let mut msg = IoBuf::new();
     loop {
         let mut mark = [0u8; 4];
         match r.read_exact(&mut mark).await {
@@ -409,7 +409,8 @@ pub async fn read_record<R: tokio::io::AsyncRead + Unpin>(
             ));
         }
         let at = msg.len();
-        msg.resize(at + len, 0);
+        // A recycled buffer: read_exact fills every byte of it or fails.
+        msg.resize(at + len);
         r.read_exact(&mut msg[at..]).await?;
         if mark & 0x8000_0000 != 0 {
             return Ok(Some(msg));
@@ -610,7 +611,7 @@ mod tests {
         wire.extend_from_slice(&(0x8000_0000u32 | 2).to_be_bytes());
         wire.extend_from_slice(b"de");
         let mut r = wire.as_slice();
-        assert_eq!(read_record(&mut r).await.unwrap().unwrap(), b"abcde");
+        assert_eq!(&read_record(&mut r).await.unwrap().unwrap()[..], b"abcde");
         assert!(read_record(&mut r).await.unwrap().is_none(), "clean end");
 
         let huge = (0x8000_0000u32 | (MAX_RECORD as u32 + 1)).to_be_bytes();

@@ -13,6 +13,7 @@ use crate::gc::{GcOptions, GcPlan, GcReport};
 use crate::ids::{ChunkId, FileId};
 use crate::ids::{SnapshotId, VolumeId};
 use crate::ingest::IngestReport;
+use crate::iobuf::{IoBuf, ZEROS};
 use crate::jobs::JobRecord;
 pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
@@ -810,7 +811,7 @@ impl Store {
                     (g.size, g.view(off, off + n))
                 };
                 let n = size.saturating_sub(off).min(len as u64) as usize;
-                let mut buf = vec![0u8; n];
+                let mut buf = IoBuf::with_len(n);
                 let what = || format!("file id {ino}");
                 st.read_view(&view, off, &mut buf, &|c, o, b| {
                     self.read_content(&c, o, b, &what)
@@ -1342,7 +1343,7 @@ trait Sink {
         self.data(&c[at..at + len]);
     }
     /// Bytes of their own (a staged read), handed over whole.
-    fn owned(&mut self, v: Vec<u8>) {
+    fn owned(&mut self, v: IoBuf) {
         self.data(&v);
     }
     /// `n` more bytes will follow.
@@ -1354,6 +1355,10 @@ trait Sink {
 pub enum Piece {
     Shared(ChunkRef),
     Owned(Vec<u8>),
+    /// A recycled buffer (a staged read).
+    Buf(IoBuf),
+    /// This many zeros (at most 1 MiB), from one static page run: a hole.
+    Zeros(usize),
 }
 
 impl AsRef<[u8]> for Piece {
@@ -1361,6 +1366,8 @@ impl AsRef<[u8]> for Piece {
         match self {
             Piece::Shared(c) => c,
             Piece::Owned(v) => v,
+            Piece::Buf(b) => b,
+            Piece::Zeros(n) => &ZEROS[..*n],
         }
     }
 }
@@ -1372,29 +1379,24 @@ impl Sink for Pieces {
     fn data(&mut self, b: &[u8]) {
         self.0.push(Piece::Owned(b.to_vec()));
     }
-    fn zeros(&mut self, n: usize) {
-        if n > 0 {
-            self.0.push(Piece::Owned(vec![0; n]));
+    fn zeros(&mut self, mut n: usize) {
+        while n > 0 {
+            let k = n.min(ZEROS.len());
+            self.0.push(Piece::Zeros(k));
+            n -= k;
         }
     }
     fn chunk(&mut self, c: &ChunkRef, at: usize, len: usize) {
         self.0.push(Piece::Shared(c.slice(at, len)));
     }
-    fn owned(&mut self, v: Vec<u8>) {
-        self.0.push(Piece::Owned(v));
+    fn owned(&mut self, v: IoBuf) {
+        self.0.push(Piece::Buf(v));
     }
 }
 
 impl Sink for Vec<u8> {
     fn data(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
-    }
-    fn owned(&mut self, v: Vec<u8>) {
-        if self.is_empty() {
-            *self = v;
-        } else {
-            self.extend_from_slice(&v);
-        }
     }
     fn reserve(&mut self, n: usize) {
         Vec::reserve(self, n);
