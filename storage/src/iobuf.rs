@@ -32,7 +32,7 @@ impl IoBuf {
     /// A buffer of `len` bytes whose contents are unspecified (zeros when new, the
     /// last user's bytes when recycled): the caller overwrites all of them.
     pub fn with_len(len: usize) -> IoBuf {
-        if len < SMALL || len > CLASS {
+        if !(SMALL..=CLASS).contains(&len) {
             return IoBuf {
                 v: vec![0; len],
                 len,
