@@ -53,11 +53,8 @@ impl ReadAhead {
                         let Ok(ids) = rx.lock().unwrap().recv() else {
                             return;
                         };
-                        let _ = chunks.prefetch_locations(&ids);
-                        for id in ids {
-                            // A failure is the reader's to report when it gets there.
-                            let _ = chunks.get(&id, &|| "read-ahead".into());
-                        }
+                        // A failure is the reader's to report when it gets there.
+                        let _ = chunks.get_many(&ids, &|| "read-ahead".into(), None);
                     })
                     .ok()
             })

@@ -884,14 +884,17 @@ impl Store {
     ) -> Result<()> {
         let list = self.content(c)?;
         let pieces = list.pieces(off, len as u64);
-        if !list.index {
+        let chunks = if list.index {
+            Vec::new()
+        } else {
             let ids: Vec<ChunkId> = pieces
                 .iter()
                 .map(|&(idx, _, _)| list.entries[idx].1)
                 .filter(|id| !id.is_hole())
                 .collect();
-            self.chunks.prefetch_locations(&ids)?;
-        }
+            self.chunks.get_many(&ids, what, stream)?
+        };
+        let mut chunks = chunks.into_iter();
         let mut done = 0usize;
         for (idx, eoff, elen) in pieces {
             let (_, id) = list.entries[idx];
@@ -900,7 +903,9 @@ impl Store {
             } else if list.index {
                 self.content_to(&id, eoff, elen as usize, sink, what, stream)?;
             } else {
-                let data = self.chunks.get_in(&id, what, stream)?;
+                let data = chunks
+                    .next()
+                    .expect("one chunk per piece that is not a hole");
                 match data.get(eoff as usize..(eoff + elen) as usize) {
                     Some(_) => sink.chunk(&data, eoff as usize, elen as usize),
                     None => {
