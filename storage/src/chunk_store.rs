@@ -754,7 +754,7 @@ impl ChunkStore {
 
     /// The chunks `ids`, read and checked in order, for one read of a file. Consecutive
     /// chunks mostly come from one record: each is first looked for in the record of the
-    /// one before ([`ChunkStore::from_last`]); index rows are looked up one by one for
+    /// one before ([`ChunkStore::in_last_record`]); index rows are looked up one by one for
     /// the first misses, then for the rest in one read transaction. A warm sequential
     /// read so touches the shared caches about once per record, not once per chunk.
     pub(crate) fn get_many(
@@ -767,7 +767,7 @@ impl ChunkStore {
         let mut rows: Option<(usize, Vec<Option<IndexEntry>>)> = None;
         let (mut last, mut misses) = (None, 0u32);
         for (k, id) in ids.iter().enumerate() {
-            if let Some(c) = self.from_last(&last, id) {
+            if let Some(c) = Self::in_last_record(&last, id) {
                 out.push(c);
                 continue;
             }
@@ -785,7 +785,7 @@ impl ChunkStore {
     /// record holds it and it was checked there before: no index row, no cache lookup.
     /// (A record's bytes never change; if GC has moved the chunk since, these are still
     /// its bytes, checked against its id.)
-    fn from_last(&self, last: &LastRecord, id: &ChunkId) -> Option<ChunkRef> {
+    fn in_last_record(last: &LastRecord, id: &ChunkId) -> Option<ChunkRef> {
         let (_, _, rec) = last.as_ref()?;
         let (start, len) = *rec.verified.lock().unwrap().get(id)?;
         Some(ChunkRef {
