@@ -10,7 +10,8 @@
 #   the small-file case), SIZE_MIB=0 skips the 1 GiB case
 # Then four readers at once: each server gets four PAR_MIB files (kura's ingested
 # before they are read), read once to warm caches, then read by four nfs-cp at once,
-# RUNS times: aggregate MB/s and, for kura, the daemon's CPU use beside it.
+# RUNS times: aggregate MB/s and, for kura, the daemon's CPU use beside it; and one
+# reader of one of those files alone (a single stream of an ingested file).
 # Then small files (scripts/bench-small.py, nfs-rs from target/test-venv): SMALL_FILES
 # files of 4 KiB created one after another (open, write, close) by one client, then by
 # four clients at once; files/s, median of RUNS.
@@ -138,7 +139,7 @@ for _ in $(seq 120); do
   [ -z "$(ls -A "$DIR/kstore/staging" 2>/dev/null)" ] && [ -z "$(ls -A "$DIR/kstore-base/staging" 2>/dev/null)" ] && break
   sleep 1
 done
-declare -A P C
+declare -A P C S
 for ((i = 0; i <= RUNS; i++)); do
   for srv in $SERVERS; do
     sync; sleep 2
@@ -148,13 +149,22 @@ for ((i = 0; i <= RUNS; i++)); do
     wait "${readers[@]}"
     t1=$(now); c1=$(cpu $pid)
     for k in 1 2 3 4; do cmp -s "$IO/par$k.bin" "$IO/pout$k.bin" || { echo "$srv: parallel read differs" >&2; exit 1; }; rm -f "$IO/pout$k.bin"; done
+    sync; sleep 1
+    t2=$(now); nfs-cp "$(where $srv 1)" "$IO/pout1.bin" >/dev/null; t3=$(now)
+    cmp -s "$IO/par1.bin" "$IO/pout1.bin" || { echo "$srv: single read differs" >&2; exit 1; }
+    rm -f "$IO/pout1.bin"
     # Turn 0 warms the caches and is not counted.
     [ "$i" -eq 0 ] && continue
     P[$srv]+="$(echo "$((4 * PAR_MIB)) $t0 $t1" | awk '{ printf "%.0f", $1 * 1.048576 / ($3 - $2) }') "
     C[$srv]+="$(echo "$t0 $t1 $c0 $c1" | awk '{ printf "%.0f", ($4 - $3) / ($2 - $1) }') "
+    S[$srv]+="$(echo "$PAR_MIB $t2 $t3" | awk '{ printf "%.0f", $1 * 1.048576 / ($3 - $2) }') "
   done
 done
 echo "four readers at once, ${PAR_MIB} MiB each, $RUNS runs: aggregate MB/s (median; all runs), server CPU % of one core"
 for srv in $SERVERS; do
   printf "%-10s read %5s  (%s)  cpu %4s%%  (%s)\n" "$srv" "$(echo "${P[$srv]}" | med)" "${P[$srv]}" "$(echo "${C[$srv]}" | med)" "${C[$srv]}"
+done
+echo "one reader of an ingested ${PAR_MIB} MiB file, $RUNS runs: MB/s (median; all runs)"
+for srv in $SERVERS; do
+  printf "%-10s read %5s  (%s)\n" "$srv" "$(echo "${S[$srv]}" | med)" "${S[$srv]}"
 done

@@ -66,6 +66,21 @@ impl Shared {
         }
     }
 
+    /// Like [`Shared::run`] for a point read of the namespace (LOOKUP, attributes not
+    /// in the cache), run on this worker thread: such a read takes a pooled SQLite
+    /// reader (WAL: it never waits for the writer) and at most a staged file's
+    /// bookkeeping lock, and costs less than the two thread hops to the blocking pool
+    /// and back (which were most of a LOOKUP's time). Nothing that may wait on the
+    /// writer, do I/O beyond the database pages, or run long goes through here.
+    pub async fn run_quick<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Store) -> storage::Result<T>,
+    ) -> Result<T, nfsstat3> {
+        let _permit = self.permit().await?;
+        f(&self.store).map_err(|e| to_nfs(op, &e))
+    }
+
     /// Like [`Shared::run`] for a call that borrows the request's buffer: runs on this
     /// worker thread (`block_in_place`) so that a 1 MiB WRITE payload is not copied.
     pub async fn run_here<T>(
@@ -163,7 +178,7 @@ impl KuraFs {
             None => {
                 let i = self
                     .shared
-                    .run("getattr", move |s| s.inode(ino))
+                    .run_quick("getattr", move |s| s.inode(ino))
                     .await
                     .map_err(|e| {
                         if e == nfsstat3::NFS3ERR_NOENT {

@@ -35,7 +35,10 @@ impl KuraFs {
                     if self.volume_of_root(dir).await?.is_some() {
                         return Ok(Node::Root);
                     }
-                    let p = self.shared.run("lookup ..", move |s| s.parent(dir)).await?;
+                    let p = self
+                        .shared
+                        .run_quick("lookup ..", move |s| s.parent(dir))
+                        .await?;
                     Node::Live(p.ok_or(nfsstat3::NFS3ERR_NOENT)?)
                 } else if name.as_slice() == SNAPDIR {
                     match self.volume_of_root(dir).await? {
@@ -51,7 +54,7 @@ impl KuraFs {
                 } else {
                     let (a, vol) = self
                         .shared
-                        .run("lookup", move |s| {
+                        .run_quick("lookup", move |s| {
                             let i = s.lookup_inode(dir, &name)?;
                             Ok((i.attr, i.vol))
                         })
