@@ -11,9 +11,9 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 base, token, shots, restore_dir, new_txt_url = sys.argv[1:6]
@@ -65,11 +65,30 @@ def flash():
     return els[0].text if els else ""
 
 
+def replaced(el):
+    """A wait condition: `el` no longer belongs to the document (the next page took its
+    place). Chromium says so with a stale element, or, while the page is being
+    swapped, with an inspector error about the node."""
+
+    def gone(_):
+        try:
+            el.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e) or "No node with given id" in str(e):
+                return True
+            raise
+
+    return gone
+
+
 def settled(act):
     """Does `act` (a click or an Enter that submits) and waits for the next page."""
     old = drv.find_element(By.TAG_NAME, "html")
     act()
-    WebDriverWait(drv, 120).until(EC.staleness_of(old))
+    WebDriverWait(drv, 120).until(replaced(old))
     WebDriverWait(drv, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
