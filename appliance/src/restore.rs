@@ -752,8 +752,7 @@ fn write_data_at(f: &std::fs::File, pieces: &[Piece], off: u64) -> std::io::Resu
     let (mut run, mut run_off, mut at) = (0, off, off);
     for (k, p) in pieces.iter().enumerate() {
         let len = p.as_ref().len() as u64;
-        if matches!(p, Piece::Zeros(_)) || matches!(p, Piece::Owned(v) if v.iter().all(|b| *b == 0))
-        {
+        if matches!(p, Piece::Zeros(_)) {
             write_pieces_at(f, &pieces[run..k], run_off)?;
             (run, run_off) = (k + 1, at + len);
         }

@@ -88,8 +88,8 @@ impl Shared {
         op: &'static str,
         f: impl FnOnce(&Store) -> storage::Result<T>,
     ) -> Result<T, nfsstat3> {
-        let _permit = self.permit().await?;
-        tokio::task::block_in_place(|| f(&self.store)).map_err(|e| to_nfs(op, &e))
+        self.run_quick(op, |s| tokio::task::block_in_place(|| f(s)))
+            .await
     }
 
     /// Sets the observer of NFS calls (once; later calls are ignored).
