@@ -2,7 +2,10 @@
 //!
 //! Every store call goes through one door, [`Shared::run`]: a semaphore bounds the calls
 //! in flight (backpressure however deep a client's queue) and `spawn_blocking` keeps
-//! the sync store off the async threads. Attributes of live files are cached in memory
+//! the sync store off the async threads. Namespace point reads that never wait on the
+//! writer take the same permit but run on the worker thread ([`Shared::run_quick`]),
+//! and a WRITE borrows its request buffer under `block_in_place`
+//! ([`Shared::run_here`]). Attributes of live files are cached in memory
 //! and invalidated by every mutation made through any export (all mutations of a live
 //! volume go through here), so GETATTR rarely touches the store.
 //!
