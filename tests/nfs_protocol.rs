@@ -645,3 +645,113 @@ fn portmap_and_credentials() {
         assert_eq!((w(0), w(1), w(2), w(3), w(4)), (77, 1, 1, 1, 1));
     });
 }
+
+/// UNSTABLE writes to small files that no COMMIT covered survive SIGKILL. Such files
+/// are staged in memory (no staging file on disk: their bytes are in the database's
+/// WAL), and the daemon restarted on the same boot answers the same write verifier,
+/// so a client would not resend them: they must be there, overwrites, truncates and a
+/// file that outgrew memory included.
+#[test]
+fn uncommitted_small_writes_survive_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_fixed_port(tmp.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600");
+    std::fs::write(&cfg, text).unwrap();
+    let body = |k: u32, len: usize| -> Vec<u8> {
+        (0..len).map(|i| (i as u32 * 7 + k * 13) as u8).collect()
+    };
+    let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
+    let port = d.port;
+    let (files, verf) = runtime().block_on(async {
+        let (mut c, root) = connect(port, "/backup").await;
+        let mut files = Vec::new();
+        let mut verf = None;
+        for k in 0..40u32 {
+            let n = format!("f{k}");
+            let Nfs3Result::Ok(f) = create(
+                &mut c,
+                &root,
+                n.as_bytes(),
+                createhow3::UNCHECKED(sattr3::default()),
+            )
+            .await
+            else {
+                panic!("create {n}")
+            };
+            let fh = f.obj.unwrap();
+            let mut want = body(k, 1000 + k as usize * 300);
+            let w = write(&mut c, &fh, 0, &want, stable_how::UNSTABLE).await;
+            verf = Some(w.verf);
+            // An overwrite that extends the file.
+            let patch = body(k + 100, 500);
+            let at = want.len() - 100;
+            write(&mut c, &fh, at as u64, &patch, stable_how::UNSTABLE).await;
+            want.truncate(at);
+            want.extend_from_slice(&patch);
+            if k % 5 == 0 {
+                // A truncate (SETATTR of the size).
+                let r = c
+                    .setattr(&SETATTR3args {
+                        object: fh.clone(),
+                        new_attributes: sattr3 {
+                            size: set_size3::Some(700),
+                            ..Default::default()
+                        },
+                        guard: sattrguard3::None,
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(status(&r), nfsstat3::NFS3_OK);
+                want.truncate(700);
+            }
+            if k == 7 {
+                // Outgrows memory: goes on in a staging file on disk.
+                let big = body(k + 200, 100_000);
+                write(&mut c, &fh, want.len() as u64, &big, stable_how::UNSTABLE).await;
+                want.extend_from_slice(&big);
+            }
+            files.push((fh, want));
+        }
+        (files, verf.unwrap())
+    });
+    // Only the file that outgrew memory has a staging file.
+    let staged: Vec<_> = std::fs::read_dir(tmp.path().join("store/staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    d.kill9();
+    let _d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
+    runtime().block_on(async {
+        let (mut c, _) = connect(port, "/backup").await;
+        for (i, (fh, want)) in files.iter().enumerate() {
+            let Nfs3Result::Ok(r) = c
+                .read(&READ3args {
+                    file: fh.clone(),
+                    offset: 0,
+                    count: 1 << 20,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("read f{i}")
+            };
+            assert_eq!(r.data.as_ref(), &want[..], "f{i}");
+        }
+        let Nfs3Result::Ok(cm) = c
+            .commit(&COMMIT3args {
+                file: files[0].0.clone(),
+                offset: 0,
+                count: 0,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("commit")
+        };
+        assert_eq!(cm.verf, verf, "same boot: the verifier stays");
+    });
+}

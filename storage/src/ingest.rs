@@ -491,6 +491,9 @@ impl Store {
         if log.truncated || g.dropped {
             return Err(StoreError::Raced(st.ino));
         }
+        if !log.writes.is_empty() {
+            st.spill_for_rebase(&mut g)?;
+        }
         let mut conn = self.db.lock();
         let tx = conn
             .transaction()

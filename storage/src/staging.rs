@@ -11,7 +11,15 @@
 //! Durability: `write` puts bytes into the OS page cache (they survive a killed daemon);
 //! `sync` fsyncs the staging file, its journal and, once, the directory, or for a small
 //! file in full mode saves a copy of it in the database instead (see `SMALL_COPY_MAX`:
-//! the caller's WAL fsync then covers data and metadata with one flush). Concurrent
+//! the caller's WAL fsync then covers data and metadata with one flush).
+//!
+//! A new file starts *in memory*: its staging file is a memfd, and every write also
+//! replaces its copy in the database (a WAL append, which survives a killed daemon as
+//! a staging file would), so that a small file never makes a file on disk. Creating
+//! and deleting a staging file per small file was the largest cost of a small file
+//! (see `MEMORY_BYTES`). It moves to a staging file on disk (*spills*) when it grows
+//! past `SMALL_COPY_MAX`, when an ingest it raced leaves it staged, or when too many
+//! files are in memory already. Concurrent
 //! `sync` calls on one file share fsyncs: a caller returns as soon as an fsync that
 //! started after its write has completed.
 //!
@@ -29,6 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -154,6 +163,69 @@ pub(crate) struct StagedState {
     pub dropped: bool,
     /// The file as a snapshot's freeze saw it, until that snapshot has ingested it.
     pub seal: Option<Seal>,
+    /// Set while `file` is a memfd (the file is staged in memory; its copy in the
+    /// database is always current). Counts towards [`MEMORY_BYTES`] until dropped.
+    pub mem: Option<MemSlot>,
+}
+
+/// What a file staged in memory holds of [`MEMORY_BYTES`]: its size in whole pages, at
+/// least one. Given back when dropped (the file spilled to disk, or its staging ended).
+pub(crate) struct MemSlot {
+    total: Arc<AtomicU64>,
+    charged: u64,
+}
+
+impl MemSlot {
+    /// Takes `bytes` (in pages) of the budget `total`, or None when it has no room.
+    fn take(total: &Arc<AtomicU64>, bytes: u64) -> Option<MemSlot> {
+        let mut slot = MemSlot {
+            total: total.clone(),
+            charged: 0,
+        };
+        slot.resize(bytes).then_some(slot)
+    }
+
+    /// Charges the file at `bytes` now; false (and nothing changed) past the budget.
+    fn resize(&mut self, bytes: u64) -> bool {
+        let want = bytes.max(1).div_ceil(4096) * 4096;
+        if want > self.charged {
+            let more = want - self.charged;
+            let before = self.total.fetch_add(more, Ordering::AcqRel);
+            if before + more > MEMORY_BYTES {
+                self.total.fetch_sub(more, Ordering::AcqRel);
+                return false;
+            }
+        } else {
+            self.total.fetch_sub(self.charged - want, Ordering::AcqRel);
+        }
+        self.charged = want;
+        true
+    }
+}
+
+impl Drop for MemSlot {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.charged, Ordering::AcqRel);
+    }
+}
+
+/// Files staged in memory hold at most this much at once (counted in pages); more go
+/// to staging files on disk. 4 KiB files: 16,384 of them, a few seconds of a fast
+/// small-file writer (a file is ingested once it has been quiet for
+/// `ingest_idle_secs`).
+pub const MEMORY_BYTES: u64 = 64 << 20;
+
+/// A memfd for a file staged in memory: pages of the daemon's own, gone with it (which
+/// is why such a file's bytes are also in the database).
+fn memfd() -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid C string; the returned descriptor is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"kura-staged".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// A staged file frozen for a snapshot: its layout at the freeze and, in a side file at
@@ -341,6 +413,8 @@ pub(crate) struct Staging {
     pub files: Mutex<HashMap<FileId, Arc<StagedFile>>>,
     /// Largest file the staging filesystem holds (probed at open).
     pub max_file_size: u64,
+    /// Bytes staged in memory now (at most [`MEMORY_BYTES`]).
+    mem_bytes: Arc<AtomicU64>,
 }
 
 /// Finds the largest size a file on the filesystem of `dir` may have (ext4 with 4 KiB
@@ -482,6 +556,7 @@ impl StagedState {
             unflushed: 0,
             dropped: false,
             seal: None,
+            mem: None,
         }
     }
 
@@ -530,8 +605,9 @@ impl StagedFile {
     /// Fails with `Raced` when the staging was dropped meanwhile (look up again).
     /// `reserve`: space is short, so allocate the blocks first; then a full disk fails
     /// the write before any byte of it lands. A write that fails midway is cut back
-    /// off the end of the file, so no part of a refused write stays.
-    pub fn write(&self, off: u64, data: &[u8], reserve: bool) -> Result<()> {
+    /// off the end of the file, so no part of a refused write stays. A file staged in
+    /// memory hands its new bytes to `copy` too (or spills to disk when it outgrows it).
+    pub fn write(&self, off: u64, data: &[u8], reserve: bool, copy: CopySink<'_>) -> Result<()> {
         let mut g = self.lock();
         if g.dropped {
             return Err(StoreError::Raced(self.ino));
@@ -540,22 +616,40 @@ impl StagedFile {
             .checked_add(data.len() as u64)
             .ok_or_else(|| StoreError::TooBig("write past the largest file offset".into()))?;
         g.preserve(off, end)?;
-        if reserve {
-            allocate(&g.file, off, data.len() as u64)
-                .map_err(|e| StoreError::io("allocate staging file", &self.path, e))?;
-        }
-        if let Err(e) = g.file.write_all_at(data, off) {
-            // Full mode: the staging file is the file, so what the failed write appended
-            // is cut off again. Overlay mode: bytes outside the journaled ranges are
-            // never read, so a failed write is invisible there as it is.
-            if g.base.is_none() && end > g.size {
-                let _ = g.file.set_len(g.size);
+        let new_size = end.max(g.size);
+        if let Some(slot) = g.mem.as_mut() {
+            if new_size > SMALL_COPY_MAX || !slot.resize(new_size) {
+                self.spill(&mut g)?;
             }
-            return Err(StoreError::io("write staging file", &self.path, e));
         }
-        if let Some(j) = g.journal.as_mut() {
-            journal_append(j, &self.path, off, data.len() as u64)?;
-            g.ranges.insert(off, end);
+        if g.mem.is_some() {
+            let old_size = g.size;
+            self.in_memory(&mut g, end.max(old_size), copy, |bytes| {
+                bytes[off as usize..end as usize].copy_from_slice(data)
+            })?;
+        } else {
+            if reserve {
+                allocate(&g.file, off, data.len() as u64)
+                    .map_err(|e| StoreError::io("allocate staging file", &self.path, e))?;
+            }
+            if let Err(e) = g.file.write_all_at(data, off) {
+                // Full mode: the staging file is the file, so what the failed write
+                // appended is cut off again. Overlay mode: bytes outside the journaled
+                // ranges are never read, so a failed write is invisible there as it is.
+                if g.base.is_none() && end > g.size {
+                    let _ = g.file.set_len(g.size);
+                }
+                return Err(StoreError::io("write staging file", &self.path, e));
+            }
+            if let Some(j) = g.journal.as_mut() {
+                journal_append(j, &self.path, off, data.len() as u64)?;
+                g.ranges.insert(off, end);
+            }
+            g.unflushed += data.len() as u64;
+            if g.unflushed >= EARLY_WRITEBACK {
+                g.unflushed = 0;
+                start_writeback(&g.file);
+            }
         }
         g.size = g.size.max(end);
         g.mtime = Timespec::now();
@@ -563,36 +657,97 @@ impl StagedFile {
         if let Some(l) = g.ingesting.as_mut() {
             l.writes.insert(off, end);
         }
-        g.unflushed += data.len() as u64;
-        if g.unflushed >= EARLY_WRITEBACK {
-            g.unflushed = 0;
-            start_writeback(&g.file);
-        }
-        self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.seq.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
-    pub fn truncate(&self, size: u64) -> Result<()> {
+    /// Changes a file staged in memory to `size` bytes, edited by `edit`: the new bytes
+    /// go to the database first (`copy`), then to the memfd, so that a refused copy
+    /// (a full disk) leaves the file as it was.
+    fn in_memory(
+        &self,
+        g: &mut StagedState,
+        size: u64,
+        copy: CopySink<'_>,
+        edit: impl FnOnce(&mut [u8]),
+    ) -> Result<()> {
+        let mut bytes = vec![0u8; size as usize];
+        let keep = g.size.min(size) as usize;
+        read_exact_or_zero(&g.file, &mut bytes[..keep], 0)
+            .map_err(|e| StoreError::io("read staged file", &self.path, e))?;
+        edit(&mut bytes);
+        copy(self.ino, Some(&bytes))?;
+        g.copied = true;
+        g.file
+            .set_len(0)
+            .and_then(|_| g.file.write_all_at(&bytes, 0))
+            .map_err(|e| StoreError::io("write staged file in memory", &self.path, e))
+    }
+
+    /// Moves a file staged in memory to its staging file on disk (same offsets, same
+    /// size). Its copy in the database stays as an older durable state until the
+    /// staging file is fsynced (see [`StagedFile::sync`]).
+    fn spill(&self, g: &mut StagedState) -> Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| StoreError::io("create staging file", &self.path, e))?;
+        let mut bytes = vec![0u8; g.size as usize];
+        read_exact_or_zero(&g.file, &mut bytes, 0)
+            .map_err(|e| StoreError::io("read staged file", &self.path, e))?;
+        file.write_all_at(&bytes, 0)
+            .and_then(|_| file.set_len(g.size))
+            .map_err(|e| StoreError::io("write staging file", &self.path, e))?;
+        g.file = Arc::new(file);
+        g.dir_synced = false;
+        g.mem = None;
+        Ok(())
+    }
+
+    /// Before an ingest commits a file that writes raced: a file staged in memory
+    /// spills, so that the bytes that stay staged are in a staging file when the
+    /// ingest's commit removes the copy. (Small files are ingested in batches, which
+    /// leave a raced file staged as it is; this keeps the rule for any other way.)
+    pub(crate) fn spill_for_rebase(&self, g: &mut StagedState) -> Result<()> {
+        if g.mem.is_some() {
+            self.spill(g)?;
+        }
+        Ok(())
+    }
+
+    pub fn truncate(&self, size: u64, copy: CopySink<'_>) -> Result<()> {
         let mut g = self.lock();
         if g.dropped {
             return Err(StoreError::Raced(self.ino));
         }
         g.preserve(size, u64::MAX)?;
-        if let Some(j) = g.journal.as_mut() {
-            journal_append(j, &self.path, size, JOURNAL_TRUNCATE)?;
-            g.ranges.clip(size);
-            g.base_limit = g.base_limit.min(size);
+        if let Some(slot) = g.mem.as_mut() {
+            if size > SMALL_COPY_MAX || !slot.resize(size) {
+                self.spill(&mut g)?;
+            }
         }
-        g.file
-            .set_len(size)
-            .map_err(|e| StoreError::io("truncate staging file", &self.path, e))?;
+        if g.mem.is_some() {
+            self.in_memory(&mut g, size, copy, |_| {})?;
+        } else {
+            if let Some(j) = g.journal.as_mut() {
+                journal_append(j, &self.path, size, JOURNAL_TRUNCATE)?;
+                g.ranges.clip(size);
+                g.base_limit = g.base_limit.min(size);
+            }
+            g.file
+                .set_len(size)
+                .map_err(|e| StoreError::io("truncate staging file", &self.path, e))?;
+        }
         g.size = size;
         g.mtime = Timespec::now();
         g.last_write = Instant::now();
         if let Some(l) = g.ingesting.as_mut() {
             l.truncated = true;
         }
-        self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.seq.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -640,12 +795,17 @@ impl StagedFile {
         copy: CopySink<'_>,
         allow_copy: bool,
     ) -> Result<()> {
-        use std::sync::atomic::Ordering;
         let my = self.seq.load(Ordering::Acquire);
         let mut st = self.sync_state.lock().unwrap();
         loop {
-            // A forced sync is never covered by one that may have made only a copy.
-            if st.0 >= my && (allow_copy || !self.lock().copied) {
+            // A forced sync is never covered by one that may have made only a copy
+            // (except in memory, where the copy is the only durable state there is).
+            if st.0 >= my
+                && (allow_copy || {
+                    let g = self.lock();
+                    !g.copied || g.mem.is_some()
+                })
+            {
                 return Ok(());
             }
             if !st.1 {
@@ -678,6 +838,15 @@ impl StagedFile {
         // removes the copy in its commit, or has dropped the file before: then no copy
         // is made, and the ingest's commit (made durable by the caller's WAL fsync)
         // holds the bytes.
+        {
+            let g = self.lock();
+            // In memory, every write already replaced the copy: the caller's WAL
+            // fsync is all it takes, also for a forced sync (a restart finds no
+            // staging file and takes the copy).
+            if g.dropped || g.mem.is_some() {
+                return Ok(());
+            }
+        }
         if allow_copy {
             let mut g = self.lock();
             if g.dropped {
@@ -832,6 +1001,7 @@ impl Staging {
             dir,
             files: Mutex::new(HashMap::new()),
             max_file_size,
+            mem_bytes: Arc::default(),
         })
     }
 
@@ -874,13 +1044,20 @@ impl Staging {
             }
             None => None,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create staging file", &path, e))?;
+        // A new small file starts in memory, while there is room.
+        let mem = (base.is_none() && size <= SMALL_COPY_MAX)
+            .then(|| MemSlot::take(&self.mem_bytes, size))
+            .flatten();
+        let file = match &mem {
+            Some(_) => memfd().map_err(|e| StoreError::io("create memfd", &path, e))?,
+            None => OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io("create staging file", &path, e))?,
+        };
         let mut journal = journal;
         if base.is_none() {
             file.set_len(size)
@@ -907,6 +1084,7 @@ impl Staging {
                 unflushed: 0,
                 dropped: false,
                 seal: None,
+                mem,
             },
         );
         files.insert(ino, s.clone());
@@ -1104,6 +1282,7 @@ impl Staging {
                     unflushed: 0,
                     dropped: false,
                     seal: None,
+                    mem: None,
                 },
             );
             self.files.lock().unwrap().insert(ino, s);

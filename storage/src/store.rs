@@ -651,7 +651,7 @@ impl Store {
                     self.start_staging(&i)?
                 }
             };
-            match st.truncate(size) {
+            match st.truncate(size, &|i, b| self.put_copy(i, b)) {
                 Err(StoreError::Raced(_)) => continue,
                 r => return r,
             }
@@ -714,7 +714,7 @@ impl Store {
                     self.start_staging(&i)?
                 }
             };
-            match st.write(off, data, reserve) {
+            match st.write(off, data, reserve, &|i, b| self.put_copy(i, b)) {
                 Err(StoreError::Raced(_)) => continue,
                 r => return r,
             }

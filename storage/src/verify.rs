@@ -9,7 +9,7 @@
 use crate::chunk_store::{ChunkStore, IndexEntry};
 use crate::error::{Result, StoreError};
 use crate::format::CHUNK_DAMAGED;
-use crate::ids::{ChunkId, PackId};
+use crate::ids::{ChunkId, FileId, PackId};
 use crate::namespace::FileKind;
 use crate::pack;
 use crate::store::Store;
@@ -95,6 +95,13 @@ impl Store {
             report.staged_files += 1;
             report.staged_bytes += g.size;
             let what = || format!("staged file id {} ({})", st.ino, self.describe(st.ino));
+            if g.mem.is_some() {
+                // Staged in memory: what a restart would find is the copy.
+                if let Some(p) = self.check_copy(st.ino, g.copied, g.size) {
+                    report.staged_problems.push(format!("{}: {p}", what()));
+                }
+                continue;
+            }
             let len = match std::fs::metadata(&st.path) {
                 Ok(m) => m.len(),
                 Err(e) => {
@@ -126,6 +133,30 @@ impl Store {
                     what()
                 ));
             }
+        }
+    }
+
+    /// A file staged in memory: its durable copy must hold its `size` bytes once it
+    /// has one (a file only sized, never written, has none and needs none).
+    fn check_copy(&self, ino: FileId, copied: bool, size: u64) -> Option<String> {
+        if !copied {
+            return None;
+        }
+        let len: rusqlite::Result<Option<i64>> = self.db.reader().ok()?.query_row(
+            "SELECT length(data) FROM staged_copies WHERE ino=?1",
+            [ino.0 as i64],
+            |r| r.get(0),
+        );
+        match len {
+            Ok(Some(n)) if n as u64 == size => None,
+            Ok(n) => Some(format!(
+                "its copy in the database holds {} bytes, {size} recorded",
+                n.unwrap_or(0)
+            )),
+            Err(rusqlite::Error::QueryReturnedNoRows) => {
+                Some("staged in memory, but its copy in the database is missing".into())
+            }
+            Err(e) => Some(format!("reading its copy: {e}")),
         }
     }
 

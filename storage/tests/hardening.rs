@@ -110,11 +110,20 @@ fn verify_checks_the_landing_zone() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let v = s.create_volume("vol", owner()).unwrap();
+    // Past the size of files staged in memory: a staging file on disk.
     let f = s.create(v.root, b"staged", file_mode()).unwrap().ino;
-    s.write(f, 0, &data(10_000, 3)).unwrap();
+    s.write(f, 0, &data(100_000, 3)).unwrap();
+    // A small file, staged in memory: its copy in the database is checked.
+    let small = s.create(v.root, b"small", file_mode()).unwrap().ino;
+    s.write(small, 0, &data(10_000, 4)).unwrap();
     let r = s.verify().unwrap();
-    assert!(r.is_clean());
-    assert_eq!((r.staged_files, r.staged_bytes), (1, 10_000));
+    assert!(r.is_clean(), "{:?}", r.staged_problems);
+    assert_eq!((r.staged_files, r.staged_bytes), (2, 110_000));
+    assert!(!dir
+        .path()
+        .join("staging")
+        .join(small.0.to_string())
+        .exists());
     std::fs::remove_file(dir.path().join("staging").join(f.0.to_string())).unwrap();
     let r = s.verify().unwrap();
     assert!(!r.is_clean());
