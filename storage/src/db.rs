@@ -260,6 +260,13 @@ impl Db {
              PRAGMA cache_size=-16384; PRAGMA busy_timeout=5000;",
         )
         .ctx("setting pragmas")?;
+        // A write transaction takes the write lock when it begins, where SQLite waits
+        // for a busy lock (busy_timeout). A deferred one that reads first and then
+        // writes gets SQLITE_BUSY at once if the lock is busy at that moment, and a
+        // reader takes it for an instant when it catches the WAL index header
+        // mid-update: a CREATE failed with "database is locked" that way under four
+        // clients creating small files.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;",
         )
