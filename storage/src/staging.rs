@@ -624,9 +624,13 @@ impl StagedFile {
         }
         if g.mem.is_some() {
             let old_size = g.size;
-            self.in_memory(&mut g, end.max(old_size), copy, |bytes| {
-                bytes[off as usize..end as usize].copy_from_slice(data)
-            })?;
+            self.in_memory(
+                &mut g,
+                end.max(old_size),
+                copy,
+                |bytes| bytes[off as usize..end as usize].copy_from_slice(data),
+                |f| f.write_all_at(data, off),
+            )?;
         } else {
             if reserve {
                 allocate(&g.file, off, data.len() as u64)
@@ -662,26 +666,36 @@ impl StagedFile {
     }
 
     /// Changes a file staged in memory to `size` bytes, edited by `edit`: the new bytes
-    /// go to the database first (`copy`), then to the memfd, so that a refused copy
-    /// (a full disk) leaves the file as it was.
+    /// go to the database first (`copy`), so that a refused copy (a full disk) leaves
+    /// the file as it was; then `apply` makes the same change to the memfd, in place
+    /// (reads of the memfd run without the file's lock and must never see it half
+    /// rewritten). Should the memfd refuse it, file and copy go back as they were.
     fn in_memory(
         &self,
         g: &mut StagedState,
         size: u64,
         copy: CopySink<'_>,
         edit: impl FnOnce(&mut [u8]),
+        apply: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> Result<()> {
-        let mut bytes = vec![0u8; size as usize];
         let keep = g.size.min(size) as usize;
-        read_exact_or_zero(&g.file, &mut bytes[..keep], 0)
+        let mut old = vec![0u8; g.size as usize];
+        read_exact_or_zero(&g.file, &mut old, 0)
             .map_err(|e| StoreError::io("read staged file", &self.path, e))?;
+        let mut bytes = vec![0u8; size as usize];
+        bytes[..keep].copy_from_slice(&old[..keep]);
         edit(&mut bytes);
         copy(self.ino, Some(&bytes))?;
         g.copied = true;
-        g.file
-            .set_len(0)
-            .and_then(|_| g.file.write_all_at(&bytes, 0))
-            .map_err(|e| StoreError::io("write staged file in memory", &self.path, e))
+        if let Err(e) = apply(&g.file) {
+            let _ = g
+                .file
+                .write_all_at(&old, 0)
+                .and_then(|_| g.file.set_len(old.len() as u64));
+            let _ = copy(self.ino, Some(&old));
+            return Err(StoreError::io("write staged file in memory", &self.path, e));
+        }
+        Ok(())
     }
 
     /// Moves a file staged in memory to its staging file on disk (same offsets, same
@@ -730,7 +744,7 @@ impl StagedFile {
             }
         }
         if g.mem.is_some() {
-            self.in_memory(&mut g, size, copy, |_| {})?;
+            self.in_memory(&mut g, size, copy, |_| {}, |f| f.set_len(size))?;
         } else {
             if let Some(j) = g.journal.as_mut() {
                 journal_append(j, &self.path, size, JOURNAL_TRUNCATE)?;
