@@ -92,12 +92,8 @@ for step in ['clean', 'kill', 'reboot']:
 #[test]
 fn small_files_survive_kill9_and_power_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
     // Files stay staged (not ingested) so that the power loss below reaches them.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config_fixed_port_staged(tmp.path());
     let mut d = Daemon::process(&cfg, &[("KURA_BOOT_ID", "boot-a")]);
     let mut p = PyProc::start(
         d.port,

@@ -104,6 +104,21 @@ async fn write(
     }
 }
 
+async fn commit(c: &mut Client, fh: &nfs_fh3) -> COMMIT3resok {
+    let r = c
+        .commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        })
+        .await
+        .unwrap();
+    match r {
+        Nfs3Result::Ok(cm) => cm,
+        Nfs3Result::Err((stat, _)) => panic!("commit: {stat:?}"),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -452,17 +467,7 @@ fn guards_handles_limits_commit_and_paging() {
         let w = write(&mut c, &fh, 0, &data, stable_how::UNSTABLE).await;
         assert_eq!(w.count, 100_000);
         assert!(matches!(w.committed, stable_how::UNSTABLE));
-        let Nfs3Result::Ok(cm) = c
-            .commit(&COMMIT3args {
-                file: fh.clone(),
-                offset: 0,
-                count: 0,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("commit")
-        };
+        let cm = commit(&mut c, &fh).await;
         assert_eq!(cm.verf, w.verf);
         let w2 = write(&mut c, &fh, 100_000, b"end", stable_how::FILE_SYNC).await;
         assert!(matches!(w2.committed, stable_how::FILE_SYNC));
@@ -654,11 +659,7 @@ fn portmap_and_credentials() {
 #[test]
 fn uncommitted_small_writes_survive_kill9() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config_fixed_port_staged(tmp.path());
     let body = |k: u32, len: usize| -> Vec<u8> {
         (0..len).map(|i| (i as u32 * 7 + k * 13) as u8).collect()
     };
@@ -741,17 +742,7 @@ fn uncommitted_small_writes_survive_kill9() {
             };
             assert_eq!(r.data.as_ref(), &want[..], "f{i}");
         }
-        let Nfs3Result::Ok(cm) = c
-            .commit(&COMMIT3args {
-                file: files[0].0.clone(),
-                offset: 0,
-                count: 0,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("commit")
-        };
+        let cm = commit(&mut c, &files[0].0).await;
         assert_eq!(cm.verf, verf, "same boot: the verifier stays");
     });
 }

@@ -18,8 +18,8 @@
 //! a staging file would), so that a small file never makes a file on disk. Creating
 //! and deleting a staging file per small file was the largest cost of a small file
 //! (see `MEMORY_BYTES`). It moves to a staging file on disk (*spills*) when it grows
-//! past `SMALL_COPY_MAX`, when an ingest it raced leaves it staged, or when too many
-//! files are in memory already. Concurrent
+//! past `SMALL_COPY_MAX` or when too many files are in memory already (and before an
+//! ingest would make it an overlay: overlays are on disk). Concurrent
 //! `sync` calls on one file share fsyncs: a caller returns as soon as an fsync that
 //! started after its write has completed.
 //!

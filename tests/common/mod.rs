@@ -46,6 +46,17 @@ pub fn config_fixed_port(dir: &Path, extra: &str) -> PathBuf {
     )
 }
 
+/// [`config_fixed_port`] with ingest held off (`ingest_idle_secs = 3600`): what clients
+/// write stays staged, for tests of the landing zone itself.
+pub fn config_fixed_port_staged(dir: &Path) -> PathBuf {
+    let cfg = config_fixed_port(dir, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// A daemon running in this process: its thread, and the sender that stops it.
 struct InProcess {
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
