@@ -274,13 +274,7 @@ impl Seal {
             }
             for (x, y) in todo.iter() {
                 if self.side.is_none() {
-                    let f = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&self.side_path)
-                        .map_err(|e| StoreError::io("create seal file", &self.side_path, e))?;
+                    let f = create_rw(&self.side_path, "create seal file")?;
                     self.side = Some(Arc::new(f));
                 }
                 let (side, path) = (self.side.as_ref().unwrap(), &self.side_path);
@@ -494,6 +488,18 @@ fn start_writeback(file: &File) {
     }
 }
 
+/// Creates `path` empty for reading and writing (a staging file, a seal's side file);
+/// `what` names it in the error.
+fn create_rw(path: &Path, what: &'static str) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(what, path, e))
+}
+
 fn journal_path(p: &Path) -> PathBuf {
     p.with_extension("j")
 }
@@ -702,13 +708,7 @@ impl StagedFile {
     /// size). Its copy in the database stays as an older durable state until the
     /// staging file is fsynced (see [`StagedFile::sync`]).
     fn spill(&self, g: &mut StagedState) -> Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| StoreError::io("create staging file", &self.path, e))?;
+        let file = create_rw(&self.path, "create staging file")?;
         let mut bytes = vec![0u8; g.size as usize];
         read_exact_or_zero(&g.file, &mut bytes, 0)
             .map_err(|e| StoreError::io("read staged file", &self.path, e))?;
@@ -853,23 +853,19 @@ impl StagedFile {
         // is made, and the ingest's commit (made durable by the caller's WAL fsync)
         // holds the bytes.
         {
-            let g = self.lock();
+            let mut g = self.lock();
             // In memory, every write already replaced the copy: the caller's WAL
             // fsync is all it takes, also for a forced sync (a restart finds no
             // staging file and takes the copy).
             if g.dropped || g.mem.is_some() {
                 return Ok(());
             }
-        }
-        if allow_copy {
-            let mut g = self.lock();
-            if g.dropped {
-                return Ok(());
-            }
-            if let Some(bytes) = g.small_bytes(&self.path).transpose()? {
-                copy(self.ino, Some(&bytes))?;
-                g.copied = true;
-                return Ok(());
+            if allow_copy {
+                if let Some(bytes) = g.small_bytes(&self.path).transpose()? {
+                    copy(self.ino, Some(&bytes))?;
+                    g.copied = true;
+                    return Ok(());
+                }
             }
         }
         self.fsync_all(latch, dir)?;
@@ -1064,13 +1060,7 @@ impl Staging {
             .flatten();
         let file = match &mem {
             Some(_) => memfd().map_err(|e| StoreError::io("create memfd", &path, e))?,
-            None => OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| StoreError::io("create staging file", &path, e))?,
+            None => create_rw(&path, "create staging file")?,
         };
         let mut journal = journal;
         if base.is_none() {
