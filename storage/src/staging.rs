@@ -987,6 +987,18 @@ pub(crate) fn put_copy(conn: &Connection, ino: FileId, bytes: Option<&[u8]>) -> 
     r.map(|_| ()).ctx("saving a staged file's copy")
 }
 
+/// The length of a staged file's durable copy, or None when it has none.
+pub(crate) fn copy_len(conn: &Connection, ino: FileId) -> Result<Option<u64>> {
+    let r = conn
+        .prepare_cached("SELECT length(data) FROM staged_copies WHERE ino=?1")
+        .and_then(|mut st| st.query_row([ino.0 as i64], |r| r.get::<_, Option<i64>>(0)));
+    match r {
+        Ok(n) => Ok(Some(n.unwrap_or(0) as u64)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e).ctx("reading a staged file's copy"),
+    }
+}
+
 /// Every durable copy, by file.
 pub(crate) fn load_copies(conn: &Connection) -> Result<HashMap<FileId, Vec<u8>>> {
     let mut st = conn

@@ -142,20 +142,16 @@ impl Store {
         if !copied {
             return None;
         }
-        let len: rusqlite::Result<Option<i64>> = self.db.reader().ok()?.query_row(
-            "SELECT length(data) FROM staged_copies WHERE ino=?1",
-            [ino.0 as i64],
-            |r| r.get(0),
-        );
+        let len = self
+            .db
+            .reader()
+            .and_then(|conn| crate::staging::copy_len(&conn, ino));
         match len {
-            Ok(Some(n)) if n as u64 == size => None,
-            Ok(n) => Some(format!(
-                "its copy in the database holds {} bytes, {size} recorded",
-                n.unwrap_or(0)
+            Ok(Some(n)) if n == size => None,
+            Ok(Some(n)) => Some(format!(
+                "its copy in the database holds {n} bytes, {size} recorded"
             )),
-            Err(rusqlite::Error::QueryReturnedNoRows) => {
-                Some("staged in memory, but its copy in the database is missing".into())
-            }
+            Ok(None) => Some("staged in memory, but its copy in the database is missing".into()),
             Err(e) => Some(format!("reading its copy: {e}")),
         }
     }
