@@ -898,15 +898,14 @@ fn platform_snapshot_copies_a_consistent_store() {
 #[test]
 fn status_shows_stored_staged_and_owned_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config_fixed_port(tmp.path(), "");
+    let cfg = config_fixed_port_staged(tmp.path());
     let t = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
         t.replace(
             "volumes = [\"backup\"]",
             "volumes = [\"backup\", \"other\"]",
-        )
-        .replace("ingest_idle_secs = 1", "ingest_idle_secs = 3600"),
+        ),
     )
     .unwrap();
     let d = Daemon::start(&cfg, &[]);
