@@ -474,9 +474,14 @@ impl Store {
     /// LOOKUP with the inode row (its volume, for the export's gate).
     pub fn lookup_inode(&self, dir: FileId, name: &[u8]) -> Result<Inode> {
         let conn = self.db.reader()?;
-        namespace::dir(&conn, dir)?;
-        let e = namespace::lookup(&conn, dir, name)?
-            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        // Only a directory holds names: a name found needs no second read to know
+        // that `dir` is one. A name not found does (NotDir, or `dir` itself gone).
+        let Some(e) = namespace::lookup(&conn, dir, name)? else {
+            namespace::dir(&conn, dir)?;
+            return Err(StoreError::NotFound(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        };
         drop(conn);
         let mut i = e.inode;
         i.attr = self.overlay_attr(i.attr);
@@ -497,8 +502,15 @@ impl Store {
     }
 
     pub fn create(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<Attr> {
+        Ok(self.create_in(dir, name, attr)?.0)
+    }
+
+    /// [`Store::create`], also returning the directory's attributes as the create left
+    /// them (read in the same transaction, so that the caller need not ask again).
+    pub fn create_in(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<(Attr, Attr)> {
         self.mutate("create file", |tx| {
-            Ok(namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr)
+            let f = namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr;
+            Ok((f, namespace::get(tx, dir)?.attr))
         })
     }
 
@@ -615,6 +627,29 @@ impl Store {
         self.getattr(ino)
     }
 
+    /// The attributes of `ino` when `s` would change nothing, from a pooled reader
+    /// alone (never the writer): a SETATTR that sets only the size a file already has
+    /// (`open(O_TRUNC)` of a file just created, which every file copy does). `None`:
+    /// `setattr` has work to do.
+    pub fn setattr_unchanged(&self, ino: FileId, s: &SetAttr) -> Result<Option<Attr>> {
+        self.latch.check()?;
+        let only_size = s.mode.is_none()
+            && s.uid.is_none()
+            && s.gid.is_none()
+            && s.atime.is_none()
+            && s.mtime.is_none();
+        let (true, Some(size)) = (only_size, s.size) else {
+            return Ok(None);
+        };
+        if self.staging.get(ino).is_some() {
+            return Ok(None);
+        }
+        let i = namespace::get(&*self.db.reader()?, ino)?;
+        // The same test as `truncate`'s: a file that is nothing but its size.
+        let unchanged = i.attr.kind == FileKind::File && i.content.is_none() && i.attr.size == size;
+        Ok(unchanged.then(|| self.overlay_attr(i.attr)))
+    }
+
     /// `TooBig` when a file would end past [`Store::max_file_size`].
     fn check_size(&self, ino: FileId, end: u64) -> Result<()> {
         if end > self.max_file_size() {
@@ -684,6 +719,21 @@ impl Store {
     /// Writes into the landing zone. Survives a killed daemon once this returns; call
     /// [`Store::sync`] for durability against power loss.
     pub fn write(&self, ino: FileId, off: u64, data: &[u8]) -> Result<()> {
+        self.write_inner(ino, off, data).map(|_| ())
+    }
+
+    /// [`Store::write`], then the file's attributes as `getattr` gives them: from the
+    /// inode row the write read to start staging the file, when it did, so that the
+    /// first write of a new file reads that row once.
+    pub fn write_attr(&self, ino: FileId, off: u64, data: &[u8]) -> Result<Attr> {
+        match self.write_inner(ino, off, data)? {
+            Some(a) => Ok(self.overlay_attr(a)),
+            None => self.getattr(ino),
+        }
+    }
+
+    /// Writes; returns the inode row's attributes when it read them.
+    fn write_inner(&self, ino: FileId, off: u64, data: &[u8]) -> Result<Option<Attr>> {
         self.latch.check()?;
         let len = data.len() as u64;
         self.check_size(ino, off.saturating_add(len))?;
@@ -700,8 +750,8 @@ impl Store {
         }
         let reserve = total == 0 || free < headroom.saturating_add(len).saturating_add(TIGHT_SPACE);
         loop {
-            let st = match self.staging.get(ino) {
-                Some(st) => st,
+            let (st, row) = match self.staging.get(ino) {
+                Some(st) => (st, None),
                 None => {
                     let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
@@ -711,12 +761,12 @@ impl Store {
                             StoreError::Invalid(format!("file id {ino} is not a regular file"))
                         });
                     }
-                    self.start_staging(&i)?
+                    (self.start_staging(&i)?, Some(i.attr))
                 }
             };
             match st.write(off, data, reserve, &|i, b| self.put_copy(i, b)) {
                 Err(StoreError::Raced(_)) => continue,
-                r => return r,
+                r => return r.map(|()| row),
             }
         }
     }

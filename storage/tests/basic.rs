@@ -536,3 +536,58 @@ fn recycled_read_buffers_show_only_the_files_own_bytes() {
         assert_eq!(pieces_bytes(based, 0, 1 << 20), want_based);
     }
 }
+
+/// The shortcuts of the NFS metadata path answer as the general calls do: a SETATTR
+/// that changes nothing is recognised from a reader (and only then), a LOOKUP tells a
+/// missing name from a file that is no directory, a create returns the directory as
+/// `getattr` sees it, and a write returns the file's attributes after it.
+#[test]
+fn metadata_shortcuts_agree_with_the_general_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let (f, d) = s.create_in(v.root, b"f", file_mode()).unwrap();
+    assert_eq!(d.mtime, s.getattr(v.root).unwrap().mtime);
+    assert_eq!(d.ctime, s.getattr(v.root).unwrap().ctime);
+    assert_eq!(f.size, 0);
+    let only_size = |n| SetAttr {
+        size: Some(n),
+        ..Default::default()
+    };
+    let same = s.setattr_unchanged(f.ino, &only_size(0)).unwrap().unwrap();
+    assert_eq!(same.ino, f.ino);
+    assert_eq!(same.mtime, f.mtime);
+    assert!(s.setattr_unchanged(f.ino, &only_size(5)).unwrap().is_none());
+    let chmod = SetAttr {
+        size: Some(0),
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert!(s.setattr_unchanged(f.ino, &chmod).unwrap().is_none());
+    assert!(s
+        .setattr_unchanged(v.root, &only_size(0))
+        .unwrap()
+        .is_none());
+
+    let a = s.write_attr(f.ino, 0, b"hello").unwrap();
+    assert_eq!(a.size, 5);
+    let g = s.getattr(f.ino).unwrap();
+    assert_eq!(
+        (a.size, a.mtime, a.ctime, a.mode),
+        (g.size, g.mtime, g.ctime, g.mode)
+    );
+    let a = s.write_attr(f.ino, 5, b" world").unwrap();
+    assert_eq!(a.size, 11);
+    // Staged: the general path decides.
+    assert!(s
+        .setattr_unchanged(f.ino, &only_size(11))
+        .unwrap()
+        .is_none());
+
+    assert!(matches!(
+        s.lookup(v.root, b"missing"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(s.lookup(f.ino, b"x"), Err(StoreError::NotDir(_))));
+    assert_eq!(s.lookup(v.root, b"f").unwrap().ino, f.ino);
+}
