@@ -9,7 +9,7 @@ pub struct Shared {
     /// Only this module touches the store: everything else goes through `run`.
     store: Arc<Store>,
     permits: Semaphore,
-    pub(super) attrs: Mutex<LruCache<FileId, (Attr, VolumeId)>>,
+    attrs: Mutex<AttrCache>,
     pub(super) dir_index: Mutex<LruCache<ChunkId, Arc<HashMap<FileId, usize>>>>,
     pub(super) started: Timespec,
     /// Mutating calls pass it; snapshot jobs close it per volume.
@@ -17,6 +17,19 @@ pub struct Shared {
     /// Told of every NFS call served (for metrics), once set.
     observer: std::sync::OnceLock<CallObserver>,
 }
+
+/// Live attributes by file id. Every invalidation moves `epoch` on, and a value read
+/// from the store is kept only if the epoch is still the one taken before the read
+/// began ([`Shared::attr_ticket`]): a read that overlapped a change must not put back
+/// what the change's invalidation removed.
+struct AttrCache {
+    lru: LruCache<FileId, (Attr, VolumeId)>,
+    epoch: u64,
+}
+
+/// The attribute cache's epoch when a store read or change began.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AttrTicket(u64);
 
 /// Told of each NFS call: procedure name, time to serve, bytes in and out.
 pub type CallObserver = Box<dyn Fn(&'static str, std::time::Duration, usize, usize) + Send + Sync>;
@@ -27,7 +40,10 @@ impl Shared {
         Arc::new(Shared {
             store,
             permits: Semaphore::new(max_inflight.max(1)),
-            attrs: Mutex::new(LruCache::new(NonZeroUsize::new(65_536).unwrap())),
+            attrs: Mutex::new(AttrCache {
+                lru: LruCache::new(NonZeroUsize::new(65_536).unwrap()),
+                epoch: 0,
+            }),
             dir_index: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             started: Timespec::now(),
             gate: FreezeGate::new(),
@@ -113,8 +129,48 @@ impl Shared {
     pub fn invalidate(&self, inos: &[FileId]) {
         let mut c = self.attrs.lock().unwrap();
         for i in inos {
-            c.pop(i);
+            c.lru.pop(i);
         }
+        c.epoch += 1;
+    }
+
+    /// Taken before a store call whose result may be cached.
+    pub(super) fn attr_ticket(&self) -> AttrTicket {
+        AttrTicket(self.attrs.lock().unwrap().epoch)
+    }
+
+    pub(super) fn cached_attr(&self, ino: FileId) -> Option<(Attr, VolumeId)> {
+        self.attrs.lock().unwrap().lru.get(&ino).copied()
+    }
+
+    /// Caches attributes read from the store, unless something was invalidated since
+    /// `t` was taken (the read may then hold what that change replaced).
+    pub(super) fn remember(&self, t: AttrTicket, a: Attr, vol: VolumeId) {
+        let mut c = self.attrs.lock().unwrap();
+        if c.epoch == t.0 {
+            c.lru.put(a.ino, (a, vol));
+        }
+    }
+
+    /// After a change made by a store call that read `fresh` (of files in `vol`) after
+    /// making it, and that also changed `also`: keeps `fresh` when nothing was
+    /// invalidated since `t` (no other change can have come between), forgets it
+    /// otherwise, and forgets `also`. Like every invalidation it moves the epoch on, so
+    /// that reads begun before the change put nothing back.
+    pub(super) fn changed(&self, t: AttrTicket, fresh: &[Attr], vol: VolumeId, also: &[FileId]) {
+        let mut c = self.attrs.lock().unwrap();
+        let keep = c.epoch == t.0;
+        for a in fresh {
+            if keep {
+                c.lru.put(a.ino, (*a, vol));
+            } else {
+                c.lru.pop(&a.ino);
+            }
+        }
+        for i in also {
+            c.lru.pop(i);
+        }
+        c.epoch += 1;
     }
 
     /// FSINFO's maxfilesize (a fixed property of the open store).
@@ -123,7 +179,9 @@ impl Shared {
     }
 
     pub fn invalidate_all(&self) {
-        self.attrs.lock().unwrap().clear();
+        let mut c = self.attrs.lock().unwrap();
+        c.lru.clear();
+        c.epoch += 1;
     }
 }
 
@@ -167,15 +225,21 @@ impl KuraFs {
     /// Lets a mutating call on live inode `ino` through its volume's freeze gate
     /// (waiting while the volume is frozen); the drain of a freeze waits for the pass.
     pub(super) async fn pass(&self, ino: FileId) -> Result<Pass, nfsstat3> {
+        Ok(self.pass_vol(ino).await?.0)
+    }
+
+    /// [`KuraFs::pass`], also telling the volume the inode belongs to.
+    pub(super) async fn pass_vol(&self, ino: FileId) -> Result<(Pass, VolumeId), nfsstat3> {
         let (_, vol) = self.live_attr_vol(ino).await?;
-        Ok(self.shared.gate.enter(vol).await)
+        Ok((self.shared.gate.enter(vol).await, vol))
     }
 
     async fn live_attr_vol(&self, ino: FileId) -> Result<(Attr, VolumeId), nfsstat3> {
-        let cached = self.shared.attrs.lock().unwrap().get(&ino).copied();
+        let cached = self.shared.cached_attr(ino);
         let (a, vol) = match cached {
             Some(v) => v,
             None => {
+                let t = self.shared.attr_ticket();
                 let i = self
                     .shared
                     .run_quick("getattr", move |s| s.inode(ino))
@@ -187,7 +251,7 @@ impl KuraFs {
                             e
                         }
                     })?;
-                self.shared.attrs.lock().unwrap().put(ino, (i.attr, i.vol));
+                self.shared.remember(t, i.attr, i.vol);
                 (i.attr, i.vol)
             }
         };
@@ -195,5 +259,131 @@ impl KuraFs {
             return Err(nfsstat3::NFS3ERR_STALE);
         }
         Ok((a, vol))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nfs3_types::xdr_codec::Opaque;
+
+    fn store() -> (tempfile::TempDir, Arc<Store>, storage::Volume) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), storage::StoreOptions::default()).unwrap();
+        let owner = NewAttr {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let v = store.create_volume("v", owner).unwrap();
+        (dir, Arc::new(store), v)
+    }
+
+    /// A read that began before an invalidation caches nothing; a change keeps what
+    /// it read back only when no other invalidation came between.
+    #[test]
+    fn the_epoch_keeps_overlapping_reads_and_changes_out_of_the_cache() {
+        let (_d, store, v) = store();
+        let shared = Shared::new(store.clone(), 4);
+        let a = store.getattr(v.root).unwrap();
+        let stale = Attr { size: 1, ..a };
+
+        let t = shared.attr_ticket();
+        shared.invalidate(&[v.root]);
+        shared.remember(t, stale, v.id);
+        assert!(
+            shared.cached_attr(v.root).is_none(),
+            "a read overlapping a change"
+        );
+
+        let t = shared.attr_ticket();
+        shared.remember(t, a, v.id);
+        assert_eq!(shared.cached_attr(v.root).unwrap().0.size, a.size);
+
+        let t = shared.attr_ticket();
+        shared.changed(t, &[stale], v.id, &[]);
+        assert_eq!(
+            shared.cached_attr(v.root).unwrap().0.size,
+            1,
+            "its own change"
+        );
+
+        // Two changes in flight: the later-finishing one read before the other's
+        // invalidation, so it must not be cached.
+        let (t1, t2) = (shared.attr_ticket(), shared.attr_ticket());
+        shared.changed(t2, &[a], v.id, &[]);
+        shared.changed(t1, &[stale], v.id, &[]);
+        assert!(shared.cached_attr(v.root).is_none());
+        // and reads begun before a change put nothing back.
+        shared.remember(t1, a, v.id);
+        assert!(shared.cached_attr(v.root).is_none());
+
+        let t = shared.attr_ticket();
+        shared.remember(t, a, v.id);
+        shared.invalidate_all();
+        assert!(shared.cached_attr(v.root).is_none());
+    }
+
+    /// What the export answers after CREATE, SETATTR and WRITE (partly from the
+    /// attributes those calls cached) is what an export with an empty cache answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_attributes_after_changes_match_the_store() {
+        let (_d, store, v) = store();
+        let fs = KuraFs::new(Shared::new(store.clone(), 4), ExportPolicy::default());
+        let uncached =
+            || async { KuraFs::new(Shared::new(store.clone(), 4), ExportPolicy::default()) };
+        let key = |n: &fattr3| {
+            (
+                n.size,
+                n.mode,
+                n.nlink,
+                n.uid,
+                n.gid,
+                (n.mtime.seconds, n.mtime.nseconds),
+                (n.ctime.seconds, n.ctime.nseconds),
+            )
+        };
+        let same = |n: fattr3, node: Node| async move {
+            let fresh = uncached().await;
+            let h = fresh.resolve(node).await.unwrap();
+            assert_eq!(key(&n), key(&fresh.getattr(&h).await.unwrap()));
+        };
+        let root = fs.resolve(Node::Live(v.root)).await.unwrap();
+        fs.getattr(&root).await.unwrap(); // cached before the change
+        let name = filename3(Opaque::borrowed(b"f"));
+        let (f, fa) = fs
+            .create(&root, &name, sattr3::default(), false)
+            .await
+            .unwrap();
+        same(fa, f.clone()).await;
+        same(fs.getattr(&root).await.unwrap(), root.0.clone()).await;
+
+        let h = fs.resolve(f.clone()).await.unwrap();
+        let trunc = sattr3 {
+            size: set_size3::Some(0),
+            ..sattr3::default()
+        };
+        same(fs.setattr(&h, trunc).await.unwrap(), f.clone()).await;
+        let (wa, _) = fs
+            .write(&h, 0, &[7u8; 4096], stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        assert_eq!(wa.size, 4096);
+        same(wa, f.clone()).await;
+        same(fs.getattr(&h).await.unwrap(), f.clone()).await;
+        let (wa, _) = fs
+            .write(&h, 4096, &[8u8; 100], stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+        assert_eq!(wa.size, 4196);
+        same(fs.getattr(&h).await.unwrap(), f.clone()).await;
+        let chmod = sattr3 {
+            mode: set_mode3::Some(0o600),
+            ..sattr3::default()
+        };
+        fs.setattr(&h, chmod).await.unwrap();
+        let a = fs.getattr(&h).await.unwrap();
+        assert_eq!(a.mode & 0o7777, 0o600);
+        same(a, f).await;
     }
 }

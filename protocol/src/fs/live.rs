@@ -8,15 +8,46 @@ impl KuraFs {
     pub async fn setattr(&self, id: &Checked, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let node = id.0.clone();
         let ino = self.writable_node(&node)?;
-        let _pass = self.pass(ino).await?;
+        let (_pass, vol) = self.pass_vol(ino).await?;
         let s = self.set_attr(&setattr);
+        // A SETATTR that changes nothing is answered from a reader, without the hops
+        // to the blocking pool and back (most of its time).
+        if let Some(a) = self
+            .shared
+            .run_quick("setattr", |st| st.setattr_unchanged(ino, &s))
+            .await?
+        {
+            return Ok(self.fattr(&node, &a));
+        }
         self.shared.invalidate(&[ino]);
+        let t = self.shared.attr_ticket();
         let a = self
             .shared
             .run("setattr", move |st| st.setattr(ino, s))
-            .await?;
-        self.shared.invalidate(&[ino]);
+            .await;
+        let a = self.settle(t, ino, vol, a)?;
         Ok(self.fattr(&node, &a))
+    }
+
+    /// After a store call that changed `ino` and read its attributes back: caches
+    /// them (see [`Shared::changed`]), or forgets `ino` when the call failed.
+    fn settle(
+        &self,
+        t: AttrTicket,
+        ino: FileId,
+        vol: VolumeId,
+        r: Result<Attr, nfsstat3>,
+    ) -> Result<Attr, nfsstat3> {
+        match r {
+            Ok(a) if a.ino == ino => {
+                self.shared.changed(t, &[a], vol, &[]);
+                Ok(a)
+            }
+            r => {
+                self.shared.invalidate(&[ino]);
+                r
+            }
+        }
     }
 
     pub async fn write(
@@ -28,23 +59,24 @@ impl KuraFs {
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         let node = id.0.clone();
         let ino = self.writable_node(&node)?;
-        let _pass = self.pass(ino).await?;
+        let (_pass, vol) = self.pass_vol(ino).await?;
         let a = self.live_attr(ino).await?;
         if a.kind != FileKind::File {
             return Err(nfsstat3::NFS3ERR_INVAL);
         }
         let sync = !matches!(stable, stable_how::UNSTABLE);
+        let t = self.shared.attr_ticket();
         let a = self
             .shared
             .run_here("write", |s| {
-                s.write(ino, offset, data)?;
+                let a = s.write_attr(ino, offset, data)?;
                 if sync {
                     s.sync(ino)?;
                 }
-                s.getattr(ino)
+                Ok(a)
             })
-            .await?;
-        self.shared.invalidate(&[ino]);
+            .await;
+        let a = self.settle(t, ino, vol, a)?;
         Ok((
             self.fattr(&node, &a),
             if sync {
@@ -65,7 +97,7 @@ impl KuraFs {
         guarded: bool,
     ) -> Result<(Node, fattr3), nfsstat3> {
         let dir = self.writable_node(&dirid.0)?;
-        let _pass = self.pass(dir).await?;
+        let (_pass, vol) = self.pass_vol(dir).await?;
         let name = filename.as_ref().to_vec();
         self.check_new_name(dir, &name).await?;
         let na = self.new_attr(&attr, 0o644);
@@ -73,11 +105,13 @@ impl KuraFs {
             set_size3::Some(n) => Some(n),
             set_size3::None => None,
         };
+        let t = self.shared.attr_ticket();
         let a = self
             .shared
             .run("create", move |s| {
-                let a = match s.create(dir, &name, na) {
-                    Ok(a) => a,
+                // The directory's attributes, when the create read them.
+                let (a, d) = match s.create_in(dir, &name, na) {
+                    Ok((a, d)) => (a, Some(d)),
                     Err(StoreError::Exists(_)) if !guarded => {
                         let a = s.lookup(dir, &name)?;
                         if a.kind != FileKind::File {
@@ -85,23 +119,37 @@ impl KuraFs {
                                 String::from_utf8_lossy(&name).into_owned(),
                             ));
                         }
-                        a
+                        (a, None)
                     }
                     Err(e) => return Err(e),
                 };
-                match size {
+                let a = match size {
                     Some(n) if n != a.size => s.setattr(
                         a.ino,
                         SetAttr {
                             size: Some(n),
                             ..Default::default()
                         },
-                    ),
-                    _ => Ok(a),
-                }
+                    )?,
+                    _ => a,
+                };
+                Ok((a, d))
             })
-            .await?;
-        self.shared.invalidate(&[dir, a.ino]);
+            .await;
+        let a = match a {
+            Ok((a, Some(d))) => {
+                self.shared.changed(t, &[a, d], vol, &[]);
+                a
+            }
+            Ok((a, None)) => {
+                self.shared.changed(t, &[a], vol, &[dir]);
+                a
+            }
+            Err(e) => {
+                self.shared.invalidate(&[dir]);
+                return Err(e);
+            }
+        };
         let node = Node::Live(a.ino);
         Ok((node.clone(), self.fattr(&node, &a)))
     }

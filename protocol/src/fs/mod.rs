@@ -24,6 +24,7 @@ mod policy;
 mod read;
 mod snapshots;
 
+use door::AttrTicket;
 pub use door::{CallObserver, Shared};
 pub use freeze::{FreezeError, FreezeGate, FreezeStats, Frozen, Pass};
 pub use listing::{DirEntryPlus, KuraIter};

@@ -52,6 +52,7 @@ impl KuraFs {
                         }
                     }
                 } else {
+                    let t = self.shared.attr_ticket();
                     let (a, vol) = self
                         .shared
                         .run_quick("lookup", move |s| {
@@ -59,7 +60,7 @@ impl KuraFs {
                             Ok((i.attr, i.vol))
                         })
                         .await?;
-                    self.shared.attrs.lock().unwrap().put(a.ino, (a, vol));
+                    self.shared.remember(t, a, vol);
                     Node::Live(a.ino)
                 }
             }
