@@ -258,7 +258,12 @@ pub struct Db {
     released: AtomicU64,
     wal_cv: Condvar,
     wal_seq: std::sync::atomic::AtomicU64,
+    /// Moving average of the WAL's fsyncs, in ns (see [`Db::sync_is_quick`]).
+    sync_avg_ns: AtomicU64,
 }
+
+/// An fsync of the WAL this quick on average counts as quick: a flash device's.
+pub const QUICK_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
@@ -330,6 +335,8 @@ impl Db {
             released: AtomicU64::new(0),
             wal_cv: Condvar::new(),
             wal_seq: Default::default(),
+            // Unknown until measured: not quick.
+            sync_avg_ns: AtomicU64::new(QUICK_SYNC.as_nanos() as u64 * 8),
         })
     }
 
@@ -373,6 +380,25 @@ impl Db {
         }
     }
 
+    /// The writer connection if nobody holds it now (see [`Db::lock`]).
+    pub fn try_lock(&self) -> Option<Writer<'_>> {
+        let conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Writer {
+            conn,
+            released: &self.released,
+        })
+    }
+
+    /// Whether the WAL's recent fsyncs were quick (an average under
+    /// [`QUICK_SYNC`]), so that a caller may wait for the next one in place.
+    pub fn sync_is_quick(&self) -> bool {
+        self.sync_avg_ns.load(Ordering::Relaxed) < QUICK_SYNC.as_nanos() as u64
+    }
+
     /// Makes every transaction committed before this call durable against power loss.
     /// Concurrent callers share one fsync (group commit).
     pub fn sync_wal(&self, latch: &Latch) -> Result<()> {
@@ -393,7 +419,18 @@ impl Db {
                 let released = self.released.load(Ordering::Acquire);
                 let skip = g.2 == Some(released);
                 drop(g);
-                let r = if skip { Ok(()) } else { self.fsync_wal(latch) };
+                let r = if skip {
+                    Ok(())
+                } else {
+                    let t0 = std::time::Instant::now();
+                    let r = self.fsync_wal(latch);
+                    // A moving average over ~8 fsyncs.
+                    let took = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                    let avg = self.sync_avg_ns.load(Ordering::Relaxed);
+                    self.sync_avg_ns
+                        .store(avg - avg / 8 + took / 8, Ordering::Relaxed);
+                    r
+                };
                 g = self.wal_sync.lock().unwrap();
                 g.1 = false;
                 if r.is_ok() {

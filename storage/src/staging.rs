@@ -840,6 +840,13 @@ impl StagedFile {
         }
     }
 
+    /// Whether a [`StagedFile::sync`] now would be the caller's WAL fsync alone: the
+    /// file is in memory (or gone).
+    pub fn syncs_with_the_wal(&self) -> bool {
+        let g = self.lock();
+        g.dropped || g.mem.is_some()
+    }
+
     fn make_durable(
         &self,
         latch: &Latch,

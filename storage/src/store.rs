@@ -494,7 +494,28 @@ impl Store {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         self.latch.check()?;
-        let mut conn = self.db.lock();
+        Self::in_tx(&mut self.db.lock(), what, f)
+    }
+
+    /// [`Store::mutate`] if the writer connection is free now; `None` (nothing done)
+    /// if somebody holds it.
+    fn mutate_now<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.latch.check()?;
+        match self.db.try_lock() {
+            Some(mut conn) => Self::in_tx(&mut conn, what, f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn in_tx<T>(
+        conn: &mut rusqlite::Connection,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = conn.transaction().ctx(what)?;
         let r = f(&tx)?;
         tx.commit().ctx(what)?;
@@ -508,10 +529,39 @@ impl Store {
     /// [`Store::create`], also returning the directory's attributes as the create left
     /// them (read in the same transaction, so that the caller need not ask again).
     pub fn create_in(&self, dir: FileId, name: &[u8], attr: NewAttr) -> Result<(Attr, Attr)> {
-        self.mutate("create file", |tx| {
-            let f = namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr;
-            Ok((f, namespace::get(tx, dir)?.attr))
-        })
+        self.mutate("create file", |tx| Self::create_tx(tx, dir, name, attr))
+    }
+
+    /// [`Store::create_in`] if the writer connection is free now; `None` (nothing
+    /// done) if somebody holds it. For callers that must not wait for it.
+    pub fn try_create_in(
+        &self,
+        dir: FileId,
+        name: &[u8],
+        attr: NewAttr,
+    ) -> Result<Option<(Attr, Attr)>> {
+        self.mutate_now("create file", |tx| Self::create_tx(tx, dir, name, attr))
+    }
+
+    fn create_tx(
+        tx: &rusqlite::Transaction<'_>,
+        dir: FileId,
+        name: &[u8],
+        attr: NewAttr,
+    ) -> Result<(Attr, Attr)> {
+        let f = namespace::create(tx, dir, name, FileKind::File, attr, b"", None)?.attr;
+        Ok((f, namespace::get(tx, dir)?.attr))
+    }
+
+    /// Whether [`Store::sync`] of `ino` would now be one quick fsync: the file has no
+    /// staging file on disk to flush, and the database's recent fsyncs were quick
+    /// (see `Db::sync_is_quick`).
+    pub fn sync_is_quick(&self, ino: FileId) -> bool {
+        self.db.sync_is_quick()
+            && self
+                .staging
+                .get(ino)
+                .is_none_or(|st| st.syncs_with_the_wal())
     }
 
     /// Exclusive create (NFS EXCLUSIVE): a retry with the same verifier succeeds.

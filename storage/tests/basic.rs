@@ -591,3 +591,35 @@ fn metadata_shortcuts_agree_with_the_general_calls() {
     assert!(matches!(s.lookup(f.ino, b"x"), Err(StoreError::NotDir(_))));
     assert_eq!(s.lookup(v.root, b"f").unwrap().ino, f.ino);
 }
+
+/// The in-place paths of the NFS export: a create that must not wait for the writer
+/// makes the same file as `create_in` (and refuses a taken name the same way), and a
+/// file whose COMMIT would flush a staging file on disk never counts as a quick sync.
+#[test]
+fn in_place_create_and_quick_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let (f, d) = s
+        .try_create_in(v.root, b"small", file_mode())
+        .unwrap()
+        .expect("nobody holds the writer");
+    assert_eq!(s.lookup(v.root, b"small").unwrap().ino, f.ino);
+    assert_eq!(d.mtime, s.getattr(v.root).unwrap().mtime);
+    assert!(matches!(
+        s.try_create_in(v.root, b"small", file_mode()),
+        Err(StoreError::Exists(_))
+    ));
+    let big = s.create(v.root, b"big", file_mode()).unwrap().ino;
+    s.write(big, 0, &data(256 << 10, 3)).unwrap();
+    for k in 0..40u8 {
+        s.write(f.ino, 0, &[k; 4096]).unwrap();
+        s.sync(f.ino).unwrap();
+    }
+    assert!(!s.sync_is_quick(big), "a staging file on disk is flushed");
+    // A small file in memory syncs with the WAL alone: quick when the WAL's fsyncs are
+    // (as for a file not staged at all).
+    assert_eq!(s.sync_is_quick(f.ino), s.sync_is_quick(v.root));
+    s.sync(big).unwrap();
+    assert_eq!(read_all(&s, f.ino), vec![39u8; 4096]);
+}
