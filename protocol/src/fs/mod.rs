@@ -4,8 +4,10 @@
 //! in flight (backpressure however deep a client's queue) and `spawn_blocking` keeps
 //! the sync store off the async threads. Namespace point reads that never wait on the
 //! writer take the same permit but run on the worker thread ([`Shared::run_quick`]),
-//! and a WRITE borrows its request buffer under `block_in_place`
-//! ([`Shared::run_here`]). Attributes of live files are cached in memory
+//! a WRITE borrows its request buffer under `block_in_place`
+//! ([`Shared::run_here`]), and a small file's CREATE (when the writer is free) and
+//! COMMIT (when fsyncs are quick) run in place while one worker stays free of such
+//! calls ([`Shared::run_inline`]). Attributes of live files are cached in memory
 //! and invalidated by every mutation made through any export (all mutations of a live
 //! volume go through here), so GETATTR rarely touches the store.
 //!
@@ -40,6 +42,7 @@ use nfs3_types::nfs3::{
 use nfs3_types::rpc::auth_unix;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use storage::{
     Attr, ChunkId, FileId, FileKind, NewAttr, SetAttr, SnapshotId, Store, StoreError, Timespec,
