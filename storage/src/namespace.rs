@@ -85,6 +85,17 @@ pub struct SetAttr {
     pub mtime: Option<Timespec>,
 }
 
+impl SetAttr {
+    /// Whether it sets anything besides the size (what `set_attr` writes).
+    pub fn sets_attributes(&self) -> bool {
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.atime.is_some()
+            || self.mtime.is_some()
+    }
+}
+
 /// Ownership and mode for a new inode.
 #[derive(Clone, Copy, Debug)]
 pub struct NewAttr {

@@ -663,12 +663,7 @@ impl Store {
         if let Some(size) = s.size {
             self.truncate(ino, size)?;
         }
-        let has_other = s.mode.is_some()
-            || s.uid.is_some()
-            || s.gid.is_some()
-            || s.atime.is_some()
-            || s.mtime.is_some();
-        if has_other {
+        if s.sets_attributes() {
             self.mutate("setattr", |tx| namespace::set_attr(tx, ino, &s))?;
             if let (Some(m), Some(st)) = (s.mtime, self.staging.get(ino)) {
                 st.lock().mtime = m;
@@ -683,20 +678,14 @@ impl Store {
     /// `setattr` has work to do.
     pub fn setattr_unchanged(&self, ino: FileId, s: &SetAttr) -> Result<Option<Attr>> {
         self.latch.check()?;
-        let only_size = s.mode.is_none()
-            && s.uid.is_none()
-            && s.gid.is_none()
-            && s.atime.is_none()
-            && s.mtime.is_none();
-        let (true, Some(size)) = (only_size, s.size) else {
+        let (false, Some(size)) = (s.sets_attributes(), s.size) else {
             return Ok(None);
         };
         if self.staging.get(ino).is_some() {
             return Ok(None);
         }
         let i = namespace::get(&*self.db.reader()?, ino)?;
-        // The same test as `truncate`'s: a file that is nothing but its size.
-        let unchanged = i.attr.kind == FileKind::File && i.content.is_none() && i.attr.size == size;
+        let unchanged = i.attr.kind == FileKind::File && truncates_nothing(&i, size);
         Ok(unchanged.then(|| self.overlay_attr(i.attr)))
     }
 
@@ -721,10 +710,7 @@ impl Store {
                     if i.attr.kind != FileKind::File {
                         return Err(StoreError::IsDir(format!("file id {ino}")));
                     }
-                    if i.content.is_none() && i.attr.size == size {
-                        // A truncate that changes nothing (`open(O_TRUNC)` of a file
-                        // just created) writes nothing, as ftruncate(2) changes no
-                        // times when the size stays.
+                    if truncates_nothing(&i, size) {
                         return Ok(());
                     }
                     if i.content.is_none() {
@@ -1545,6 +1531,14 @@ pub struct StoreStats {
     /// Capacity of the filesystem holding the store (FSSTAT reports the same).
     pub fs_total_bytes: u64,
     pub fs_free_bytes: u64,
+}
+
+/// Whether truncating the unstaged file `i` to `size` changes nothing: a file that is
+/// nothing but its size (no content ingested), already that size (`open(O_TRUNC)` of
+/// a file just created). Such a truncate writes nothing, as ftruncate(2) changes no
+/// times when the size stays.
+fn truncates_nothing(i: &Inode, size: u64) -> bool {
+    i.content.is_none() && i.attr.size == size
 }
 
 /// (total, available) bytes of the filesystem holding `path`.
