@@ -374,23 +374,23 @@ impl Db {
     /// The writer connection. Letting it go counts as a possible change of the WAL,
     /// which is how [`Db::sync_wal`] knows when it has nothing to make durable.
     pub fn lock(&self) -> Writer<'_> {
-        Writer {
-            conn: self.conn.lock().unwrap_or_else(|e| e.into_inner()),
-            released: &self.released,
-        }
+        self.writer(self.conn.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The writer connection if nobody holds it now (see [`Db::lock`]).
     pub fn try_lock(&self) -> Option<Writer<'_>> {
-        let conn = match self.conn.try_lock() {
-            Ok(c) => c,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(Writer {
+        match self.conn.try_lock() {
+            Ok(c) => Some(self.writer(c)),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(self.writer(e.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn writer<'a>(&'a self, conn: MutexGuard<'a, Connection>) -> Writer<'a> {
+        Writer {
             conn,
             released: &self.released,
-        })
+        }
     }
 
     /// Whether the WAL's recent fsyncs were quick (an average under
