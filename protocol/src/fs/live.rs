@@ -107,31 +107,57 @@ impl KuraFs {
         };
         let t = self.shared.attr_ticket();
         // The common case first: a new name in a new, empty file, made in place when
-        // the writer is free now (the general path below when it is not).
-        if size.is_none_or(|n| n == 0) {
+        // the writer is free now (`None`: the general path below does the create).
+        let quick = if size.is_none_or(|n| n == 0) {
             let n = name.clone();
-            let quick = self
+            match self
                 .shared
                 .run_inline("create", move |s| s.try_create_in(dir, &n, na))
-                .await;
-            match quick {
-                Ok(Some((a, d))) => {
-                    self.shared.changed(t, &[a, d], vol, &[]);
-                    let node = Node::Live(a.ino);
-                    return Ok((node.clone(), self.fattr(&node, &a)));
-                }
-                Ok(None) => {}
-                Err(nfsstat3::NFS3ERR_EXIST) if !guarded => {}
-                Err(e) => {
-                    self.shared.invalidate(&[dir]);
-                    return Err(e);
-                }
+                .await
+            {
+                Ok(Some((a, d))) => Some(Ok((a, Some(d)))),
+                Ok(None) => None,
+                Err(nfsstat3::NFS3ERR_EXIST) if !guarded => None,
+                Err(e) => Some(Err(e)),
             }
-        }
-        let a = self
-            .shared
+        } else {
+            None
+        };
+        let made = match quick {
+            Some(r) => r,
+            None => self.create_anyway(dir, name, na, size, guarded).await,
+        };
+        let a = match made {
+            Ok((a, Some(d))) => {
+                self.shared.changed(t, &[a, d], vol, &[]);
+                a
+            }
+            Ok((a, None)) => {
+                self.shared.changed(t, &[a], vol, &[dir]);
+                a
+            }
+            Err(e) => {
+                self.shared.invalidate(&[dir]);
+                return Err(e);
+            }
+        };
+        let node = Node::Live(a.ino);
+        Ok((node.clone(), self.fattr(&node, &a)))
+    }
+
+    /// CREATE's general path: waits for the writer; an UNCHECKED create of a taken
+    /// name reuses the regular file there (truncated to `size` if given). Returns the
+    /// file's attributes and the directory's when the create read them.
+    async fn create_anyway(
+        &self,
+        dir: FileId,
+        name: Vec<u8>,
+        na: NewAttr,
+        size: Option<u64>,
+        guarded: bool,
+    ) -> Result<(Attr, Option<Attr>), nfsstat3> {
+        self.shared
             .run("create", move |s| {
-                // The directory's attributes, when the create read them.
                 let (a, d) = match s.create_in(dir, &name, na) {
                     Ok((a, d)) => (a, Some(d)),
                     Err(StoreError::Exists(_)) if !guarded => {
@@ -157,23 +183,7 @@ impl KuraFs {
                 };
                 Ok((a, d))
             })
-            .await;
-        let a = match a {
-            Ok((a, Some(d))) => {
-                self.shared.changed(t, &[a, d], vol, &[]);
-                a
-            }
-            Ok((a, None)) => {
-                self.shared.changed(t, &[a], vol, &[dir]);
-                a
-            }
-            Err(e) => {
-                self.shared.invalidate(&[dir]);
-                return Err(e);
-            }
-        };
-        let node = Node::Live(a.ino);
-        Ok((node.clone(), self.fattr(&node, &a)))
+            .await
     }
 
     pub async fn create_exclusive(
