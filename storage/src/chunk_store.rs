@@ -43,17 +43,57 @@ pub(crate) type LastRecord = Option<(PackId, u64, Arc<Record>)>;
 
 /// A decoded record payload and the members of it whose hash a read has checked.
 pub(crate) struct Record {
-    raw: Arc<Vec<u8>>,
+    raw: Arc<Decoded>,
     /// Chunk id -> (offset, length) of members found to hash to their id.
     verified: Mutex<HashMap<ChunkId, (u32, u32)>>,
 }
 
 impl Record {
-    fn new(raw: Vec<u8>) -> Arc<Record> {
+    fn new(raw: Decoded) -> Arc<Record> {
         Arc::new(Record {
             raw: Arc::new(raw),
             verified: Mutex::new(HashMap::new()),
         })
+    }
+}
+
+/// Buffers a [`StreamCache`] lends to the records it decodes, and gets back.
+type Spares = Mutex<Vec<Vec<u8>>>;
+
+/// Spare buffers a [`StreamCache`] keeps: enough for the records its readers' windows
+/// still hold while the next ones are decoded.
+const SPARES: usize = 16;
+
+/// The plain bytes of a decoded record. Bytes a [`StreamCache`] lent go back to it
+/// when the last holder lets go (often a window of a restore being written, long after
+/// the cache itself let the record go): a long read so decodes into memory it has
+/// touched before, not into fresh pages the kernel must fault in and clear.
+pub(crate) struct Decoded {
+    bytes: Vec<u8>,
+    home: Option<std::sync::Weak<Spares>>,
+}
+
+impl Decoded {
+    fn own(bytes: Vec<u8>) -> Decoded {
+        Decoded { bytes, home: None }
+    }
+}
+
+impl std::ops::Deref for Decoded {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take().and_then(|w| w.upgrade()) {
+            let mut spares = home.lock().unwrap();
+            if spares.len() < SPARES {
+                spares.push(std::mem::take(&mut self.bytes));
+            }
+        }
     }
 }
 
@@ -147,13 +187,14 @@ impl RecordLru {
 pub struct StreamCache {
     inner: Mutex<StreamInner>,
     ready: Condvar,
+    /// Buffers of decoded records nothing holds any more, for the next ones (a leaf
+    /// lock: a [`Decoded`] dropped anywhere, `inner` held or not, takes it).
+    spare: Arc<Spares>,
 }
 
 struct StreamInner {
     records: RecordLru,
-    /// Buffers of records let go, for the next decoded ones.
-    spare: Vec<Vec<u8>>,
-    /// Buffers for stored (compressed) bytes, likewise reused.
+    /// Buffers for stored (compressed) bytes, reused.
     spare_stored: Vec<Vec<u8>>,
 }
 
@@ -163,31 +204,23 @@ impl StreamCache {
         StreamCache {
             inner: Mutex::new(StreamInner {
                 records: RecordLru::new(limit),
-                spare: Vec::new(),
                 spare_stored: Vec::new(),
             }),
             ready: Condvar::new(),
+            spare: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     fn forget(&self, pack: PackId, offset: u64) {
-        let mut g = self.inner.lock().unwrap();
-        if let Some(old) = g.records.remove((pack, offset)) {
-            g.release(old);
-        }
+        // Taken out under the lock, let go after it (its buffer goes to `spare`).
+        let old = self.inner.lock().unwrap().records.remove((pack, offset));
+        drop(old);
     }
-}
 
-impl StreamInner {
-    /// Keeps the memory of a record let go, when nothing else holds it.
-    fn release(&mut self, rec: Arc<Record>) {
-        if let Ok(rec) = Arc::try_unwrap(rec) {
-            if let Ok(raw) = Arc::try_unwrap(rec.raw) {
-                if self.spare.len() < 8 {
-                    self.spare.push(raw);
-                }
-            }
-        }
+    /// A buffer for the next decoded record, and where it goes back to.
+    fn lend(&self) -> (Vec<u8>, std::sync::Weak<Spares>) {
+        let buf = self.spare.lock().unwrap().pop().unwrap_or_default();
+        (buf, Arc::downgrade(&self.spare))
     }
 }
 
@@ -202,7 +235,7 @@ const LOCATIONS_PER_SHARD: usize = 16 << 10;
 /// A chunk's bytes: a slice of a cached record, shared, not copied.
 #[derive(Clone)]
 pub struct ChunkRef {
-    raw: Arc<Vec<u8>>,
+    raw: Arc<Decoded>,
     start: usize,
     len: usize,
 }
@@ -893,7 +926,13 @@ impl ChunkStore {
                     return Err(corrupt("BLAKE3 mismatch in the remote copy".into()));
                 }
                 let len = raw.len();
-                Ok(ChunkRef { raw, start: 0, len })
+                // The copy's cache may hold these bytes too: a chunk's worth of copy.
+                let raw = Arc::try_unwrap(raw).unwrap_or_else(|shared| (*shared).clone());
+                Ok(ChunkRef {
+                    raw: Arc::new(Decoded::own(raw)),
+                    start: 0,
+                    len,
+                })
             }
             Ok(None) => Err(corrupt(
                 "missing from the local index and the remote copy".into(),
@@ -939,7 +978,7 @@ impl ChunkStore {
         pack_id: PackId,
         offset: u64,
         stored_len: u32,
-    ) -> Result<Arc<Vec<u8>>> {
+    ) -> Result<Arc<Decoded>> {
         Ok(self.record(pack_id, offset, stored_len, true)?.raw.clone())
     }
 
@@ -1009,7 +1048,7 @@ impl ChunkStore {
     ) -> Result<Arc<Record>> {
         let (mut stored, mut raw) = (Vec::new(), Vec::new());
         self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, check)?;
-        Ok(Record::new(raw))
+        Ok(Record::new(Decoded::own(raw)))
     }
 
     /// A decoded record for a long sequential read: from the shared cache when it is
@@ -1032,26 +1071,31 @@ impl ChunkStore {
         {
             return Ok(b.clone());
         }
-        let (mut raw, mut stored) =
+        let mut stored =
             match RecordLru::get_or_claim(st.inner.lock().unwrap(), &st.ready, key, |g| {
                 &mut g.records
             }) {
                 Ok(rec) => return Ok(rec),
-                Err(mut g) => (
-                    g.spare.pop().unwrap_or_default(),
-                    g.spare_stored.pop().unwrap_or_default(),
-                ),
+                Err(mut g) => g.spare_stored.pop().unwrap_or_default(),
             };
+        let (mut raw, home) = st.lend();
         let decoded = self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, false);
-        let rec = decoded.map(|()| Record::new(raw));
+        let rec = decoded.map(|()| {
+            Record::new(Decoded {
+                bytes: raw,
+                home: Some(home),
+            })
+        });
         let mut g = st.inner.lock().unwrap();
         if g.spare_stored.len() < 8 {
             g.spare_stored.push(stored);
         }
-        for old in g.records.finish(key, rec.as_ref().ok(), 1) {
-            g.release(old);
-        }
+        let gone = g.records.finish(key, rec.as_ref().ok(), 1);
+        drop(g);
         st.ready.notify_all();
+        // Their buffers go back to `st.spare` now, or when the last window holding
+        // them has been written.
+        drop(gone);
         rec
     }
 
@@ -1082,5 +1126,54 @@ impl ChunkStore {
             .unwrap()
             .remove((pack_id, offset));
         self.forget_locations();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_cache_gets_its_buffers_back_from_the_last_holder() {
+        let st = StreamCache::new(1 << 20);
+        let (mut buf, home) = st.lend();
+        buf.extend_from_slice(&[7u8; 4096]);
+        let ptr = buf.as_ptr();
+        let rec = Record::new(Decoded {
+            bytes: buf,
+            home: Some(home),
+        });
+        let chunk = ChunkRef {
+            raw: rec.raw.clone(),
+            start: 100,
+            len: 10,
+        };
+        drop(rec);
+        // A window still holds a slice: the buffer is not free yet.
+        assert!(st.spare.lock().unwrap().is_empty());
+        assert_eq!(&chunk[..], &[7u8; 10]);
+        drop(chunk);
+        // The last holder gave it back; the next record decodes into the same memory.
+        let (again, _) = st.lend();
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.capacity() >= 4096);
+        // A buffer outliving its cache is simply freed.
+        let (buf, home) = st.lend();
+        let orphan = Decoded {
+            bytes: buf,
+            home: Some(home),
+        };
+        drop(st);
+        drop(orphan);
+        // At most SPARES buffers are kept.
+        let st = StreamCache::new(1 << 20);
+        let held: Vec<Decoded> = (0..SPARES + 4)
+            .map(|_| Decoded {
+                bytes: vec![1; 16],
+                home: Some(Arc::downgrade(&st.spare)),
+            })
+            .collect();
+        drop(held);
+        assert_eq!(st.spare.lock().unwrap().len(), SPARES);
     }
 }
