@@ -1406,6 +1406,7 @@ impl Store {
             live_logical_bytes: logical,
             staged_files: self.staging.all().len() as u64,
             read_cache_bytes: self.chunks.cache_bytes(),
+            chunk_lookups: self.chunks.lookups(),
         })
     }
 }
@@ -1528,6 +1529,9 @@ pub struct StoreStats {
     pub staged_files: u64,
     /// Decoded, checked chunk records held in memory now (at most `cache_bytes`).
     pub read_cache_bytes: u64,
+    /// Chunk index rows looked up by id since the store was opened (reads find most
+    /// chunks of a file without one: see `ChunkStore::get_many`).
+    pub chunk_lookups: u64,
     /// Capacity of the filesystem holding the store (FSSTAT reports the same).
     pub fs_total_bytes: u64,
     pub fs_free_bytes: u64,
