@@ -1295,6 +1295,35 @@ impl Store {
         crate::snapshot::snap_read(self, f, off, len)
     }
 
+    /// [`Store::snap_read`] as pieces that share the cached chunks (an NFS READ of a
+    /// snapshot file sends them without copying them into one buffer, as a READ of a
+    /// live file does); returns the pieces, their length and whether EOF was reached.
+    pub fn snap_read_shared(
+        &self,
+        f: &TreeEntry,
+        off: u64,
+        len: u32,
+    ) -> Result<(Vec<Piece>, usize, bool)> {
+        if f.attr.kind != FileKind::File {
+            return Err(StoreError::IsDir(
+                String::from_utf8_lossy(&f.name).into_owned(),
+            ));
+        }
+        let size = f.attr.size;
+        let n = size.saturating_sub(off).min(len as u64) as usize;
+        let mut pieces = Pieces(Vec::new());
+        match f.target_ref {
+            Some(c) => {
+                let name = String::from_utf8_lossy(&f.name).into_owned();
+                let what = || format!("snapshot file {name}");
+                self.content_to(&c, off, n, &mut pieces, &what, None)?;
+                self.read_ahead(&c, off, n, size);
+            }
+            None => pieces.zeros(n),
+        }
+        Ok((pieces.0, n, off + n as u64 >= size))
+    }
+
     /// `len` bytes of a snapshot file from `off` (zeros past its end) as pieces that
     /// share the decoded records, for a long sequential read (restore): records are
     /// decoded into `stream`, not into the shared read cache.

@@ -165,3 +165,44 @@ fn a_changed_generation_reads_back_from_older_bundles_with_few_lookups() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].contains("quarantined"), "{failed:?}");
 }
+
+/// A READ of a snapshot file as shared pieces answers exactly what the copying read
+/// answers: the same bytes (holes as zeros), the same length clipped at the end, the
+/// same EOF flag.
+#[test]
+fn snapshot_reads_as_pieces_match_the_copying_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"sparse", file_mode()).unwrap().ino;
+    s.write(f, 0, &data(1 << 20, 7)).unwrap();
+    s.write(f, 5 << 20, &data(300_000, 8)).unwrap();
+    s.create(v.root, b"empty", file_mode()).unwrap();
+    s.snapshot("vol", "one").unwrap();
+    let root = s.snapshot_root("vol", "one").unwrap();
+    for name in [&b"sparse"[..], b"empty"] {
+        let e = s.snap_lookup(&root, name).unwrap();
+        let size = e.attr.size;
+        for off in [
+            0,
+            1000,
+            1 << 20,
+            3 << 20,
+            size.saturating_sub(10),
+            size,
+            size + 5,
+        ] {
+            for len in [1u32, 4096, 1 << 20] {
+                let (want, eof) = s.snap_read(&e, off, len).unwrap();
+                let (pieces, n, eof2) = s.snap_read_shared(&e, off, len).unwrap();
+                let got: Vec<u8> = pieces.iter().flat_map(|p| p.as_ref().to_vec()).collect();
+                assert_eq!((n, eof2), (want.len(), eof), "{name:?} at {off}+{len}");
+                assert!(got == want, "{name:?} at {off}+{len}: bytes differ");
+            }
+        }
+    }
+    assert!(matches!(
+        s.snap_read_shared(&root, 0, 10),
+        Err(StoreError::IsDir(_))
+    ));
+}

@@ -131,12 +131,11 @@ impl KuraFs {
                 if e.attr.kind != FileKind::File {
                     return Err(nfsstat3::NFS3ERR_ISDIR);
                 }
-                let (v, eof) = self
-                    .shared
-                    .run("read snapshot", move |s| s.snap_read(&e, offset, count))
-                    .await?;
-                let n = v.len();
-                Ok((vec![storage::Piece::Owned(v)], n, eof))
+                self.shared
+                    .run("read snapshot", move |s| {
+                        s.snap_read_shared(&e, offset, count)
+                    })
+                    .await
             }
             _ => Err(nfsstat3::NFS3ERR_ISDIR),
         }
