@@ -76,17 +76,19 @@ struct Near {
 /// was).
 const NEAR: usize = 4;
 
-/// Buffers a [`StreamCache`] lends to the records it decodes, and gets back.
+/// Buffers a [`StreamCache`] or the read cache lends to the records it decodes, and
+/// gets back.
 type Spares = Mutex<Vec<Vec<u8>>>;
 
-/// Spare buffers a [`StreamCache`] keeps: enough for the records its readers' windows
-/// still hold while the next ones are decoded.
+/// Spare buffers a cache keeps: enough for the records its readers (a restore's
+/// windows, READ replies being sent) still hold while the next ones are decoded.
 const SPARES: usize = 16;
 
-/// The plain bytes of a decoded record. Bytes a [`StreamCache`] lent go back to it
-/// when the last holder lets go (often a window of a restore being written, long after
-/// the cache itself let the record go): a long read so decodes into memory it has
-/// touched before, not into fresh pages the kernel must fault in and clear.
+/// The plain bytes of a decoded record. Bytes a cache lent go back to it when the
+/// last holder lets go (often a window of a restore being written, or a READ reply
+/// being sent, after the cache itself let the record go): a long read so decodes
+/// into memory it has touched before, not into fresh pages the kernel must fault in
+/// and clear.
 pub(crate) struct Decoded {
     bytes: Vec<u8>,
     home: Option<std::sync::Weak<Spares>>,
@@ -303,6 +305,10 @@ pub struct ChunkStore {
     remote: std::sync::RwLock<Option<Arc<dyn crate::remote::RemoteObjects>>>,
     /// Index rows looked up by chunk id in the database (not from `locations`).
     lookups: std::sync::atomic::AtomicU64,
+    /// Buffers of records the read cache let go and nothing holds any more, for the
+    /// next records it decodes (see [`Decoded`]): a read larger than the cache decodes
+    /// into memory it touched before instead of fresh pages.
+    spare: Arc<Spares>,
 }
 
 /// Chunks pinned by one ingest or snapshot; what is still pinned is unpinned on drop.
@@ -419,6 +425,7 @@ impl ChunkStore {
             zstd_level,
             remote: std::sync::RwLock::new(None),
             lookups: Default::default(),
+            spare: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -1151,9 +1158,13 @@ impl ChunkStore {
         stored_len: u32,
         check: bool,
     ) -> Result<Arc<Record>> {
-        let (mut stored, mut raw) = (Vec::new(), Vec::new());
+        let mut stored = Vec::new();
+        let mut raw = self.spare.lock().unwrap().pop().unwrap_or_default();
         self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, check)?;
-        Ok(Record::new(Decoded::own(raw)))
+        Ok(Record::new(Decoded {
+            bytes: raw,
+            home: Some(Arc::downgrade(&self.spare)),
+        }))
     }
 
     /// A decoded record for a long sequential read: from the shared cache when it is
