@@ -8,7 +8,8 @@
 # each); the newest file is restored from the newest generation. Needs root (drop_caches); installs restic and libnfs-utils.
 #   scripts/bench-restore.sh [RUNS]   env: CORPUS (default $TMPDIR/kura-corpus),
 #   PART (dumps, tree or vmimage; default: dumps if present, else tree),
-#   BENCH_DIR (default $TMPDIR/kura-restore-bench)
+#   BENCH_DIR (default $TMPDIR/kura-restore-bench), KURA_BASELINE (another kura binary,
+#   measured side by side without a daemon on a copy of the same store)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -42,6 +43,13 @@ for f in $FILES; do
   LAST=$g; LASTF=$f
 done
 kill -TERM $KPID; wait $KPID || true
+BASE=${KURA_BASELINE:-}
+if [ -n "$BASE" ]; then
+  # A copy of the store, opened once untimed (an older build may build its indexes).
+  cp -a "$DIR/store" "$DIR/base-store"
+  sed "s#$DIR/store#$DIR/base-store#" "$DIR/kura.toml" > "$DIR/base.toml"
+  "$BASE" --config "$DIR/base.toml" snapshot list >/dev/null
+fi
 BYTES=$(stat -c %s "$DIR/gen/$LASTF")
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # One cold restore into DIR/out (the command's arguments after "restore"); prints MB/s.
@@ -51,7 +59,7 @@ timed() {
   t1=$(date +%s.%N); echo "$BYTES / ($t1 - $t0) / 1000000" | bc -l
 }
 KR=("$KURA" --config "$DIR/kura.toml" restore backup "$LAST" "$LASTF")
-d=(); s=(); k=(); r=()
+d=(); s=(); k=(); r=(); b=()
 for i in $(seq "$RUNS"); do
   start_kura "$KURA" "$DIR"
   d+=("$(timed "${KR[@]}" --to "$DIR/out")")            # the daemon writes the files
@@ -61,12 +69,16 @@ for i in $(seq "$RUNS"); do
   k+=("$(timed "${KR[@]}" --to "$DIR/out")")            # no daemon: the CLI holds the store
   cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF"
   r+=("$(timed restic restore -q latest --target "$DIR/out")")
+  if [ -n "$BASE" ]; then
+    b+=("$(timed "$BASE" --config "$DIR/base.toml" restore backup "$LAST" "$LASTF" --to "$DIR/out")")
+    cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF"
+  fi
 done
-python3 - "$PART" "$BYTES" "${d[*]}" "${s[*]}" "${k[*]}" "${r[*]}" <<'PY'
+python3 - "$PART" "$BYTES" "${d[*]}" "${s[*]}" "${k[*]}" "${r[*]}" "${b[*]}" <<'PY'
 import statistics, sys
 part, size = sys.argv[1], int(sys.argv[2])
-runs = [[float(x) for x in a.split()] for a in sys.argv[3:7]]
-names = ["kura restore, daemon serving", "kura restore --stream (tar)", "kura restore, no daemon", "restic restore"]
+runs = [[float(x) for x in a.split()] for a in sys.argv[3:8] if a.strip()]
+names = ["kura restore, daemon serving", "kura restore --stream (tar)", "kura restore, no daemon", "restic restore", "baseline kura, no daemon"]
 mr = statistics.median(runs[3])
 print(f"{part}: newest generation {size/1e6:.0f} MB, cold cache, median of {len(runs[3])}")
 for n, v in zip(names, runs):
