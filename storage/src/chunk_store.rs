@@ -942,9 +942,10 @@ impl ChunkStore {
     }
 
     /// [`ChunkStore::get`] for one chunk of a longer read: `row` is its index row when
-    /// the caller looked it up already (`None` looks it up here), `last` the record the read's previous chunk came from (consecutive chunks
-    /// mostly share one, and then it is not looked up again), and `stream` where
-    /// records are decoded instead of the shared read cache (when given).
+    /// the caller looked it up already (`None` looks it up here), `last` the record
+    /// the read's previous chunk came from (consecutive chunks mostly share one, and
+    /// then it is not looked up again), and `stream` where records are decoded instead
+    /// of the shared read cache (when given).
     fn get_at(
         &self,
         id: &ChunkId,
