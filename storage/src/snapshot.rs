@@ -821,29 +821,6 @@ pub(crate) fn snap_lookup(store: &Store, dir: &TreeEntry, name: &[u8]) -> Result
         .map_err(|_| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))
 }
 
-/// Reads a file of a snapshot.
-pub(crate) fn snap_read(
-    store: &Store,
-    f: &TreeEntry,
-    off: u64,
-    len: u32,
-) -> Result<(Vec<u8>, bool)> {
-    if f.attr.kind != FileKind::File {
-        return Err(StoreError::IsDir(
-            String::from_utf8_lossy(&f.name).into_owned(),
-        ));
-    }
-    let size = f.attr.size;
-    let n = size.saturating_sub(off).min(len as u64) as usize;
-    let mut buf = vec![0u8; n];
-    if let Some(c) = f.target_ref {
-        let name = String::from_utf8_lossy(&f.name).into_owned();
-        store.read_content(&c, off, &mut buf, &|| format!("snapshot file {name}"))?;
-        store.read_ahead(&c, off, n, size);
-    }
-    Ok((buf, off + n as u64 >= size))
-}
-
 /// Makes a new writable volume from a snapshot. Data is shared, not copied; only
 /// inode rows are written.
 pub(crate) fn clone_snapshot(

@@ -1290,9 +1290,12 @@ impl Store {
         crate::snapshot::snap_lookup(self, dir, name)
     }
 
-    /// Reads a file of a snapshot.
+    /// Reads a file of a snapshot: up to `len` bytes from `off`, and whether EOF was
+    /// reached.
     pub fn snap_read(&self, f: &TreeEntry, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
-        crate::snapshot::snap_read(self, f, off, len)
+        let mut buf = Vec::new();
+        let (_, eof) = self.snap_read_to(f, off, len, &mut buf)?;
+        Ok((buf, eof))
     }
 
     /// [`Store::snap_read`] as pieces that share the cached chunks (an NFS READ of a
@@ -1304,6 +1307,21 @@ impl Store {
         off: u64,
         len: u32,
     ) -> Result<(Vec<Piece>, usize, bool)> {
+        let mut pieces = Pieces(Vec::new());
+        let (n, eof) = self.snap_read_to(f, off, len, &mut pieces)?;
+        Ok((pieces.0, n, eof))
+    }
+
+    /// Sends up to `len` bytes of snapshot file `f` from `off` to `sink` (nothing past
+    /// its end), through the shared read cache, and has the read-ahead follow; returns
+    /// how many and whether EOF was reached.
+    fn snap_read_to(
+        &self,
+        f: &TreeEntry,
+        off: u64,
+        len: u32,
+        sink: &mut dyn Sink,
+    ) -> Result<(usize, bool)> {
         if f.attr.kind != FileKind::File {
             return Err(StoreError::IsDir(
                 String::from_utf8_lossy(&f.name).into_owned(),
@@ -1311,17 +1329,17 @@ impl Store {
         }
         let size = f.attr.size;
         let n = size.saturating_sub(off).min(len as u64) as usize;
-        let mut pieces = Pieces(Vec::new());
+        sink.reserve(n);
         match f.target_ref {
             Some(c) => {
                 let name = String::from_utf8_lossy(&f.name).into_owned();
                 let what = || format!("snapshot file {name}");
-                self.content_to(&c, off, n, &mut pieces, &what, None)?;
+                self.content_to(&c, off, n, sink, &what, None)?;
                 self.read_ahead(&c, off, n, size);
             }
-            None => pieces.zeros(n),
+            None => sink.zeros(n),
         }
-        Ok((pieces.0, n, off + n as u64 >= size))
+        Ok((n, off + n as u64 >= size))
     }
 
     /// `len` bytes of a snapshot file from `off` (zeros past its end) as pieces that
