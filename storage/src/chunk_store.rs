@@ -61,12 +61,10 @@ impl Record {
     }
 }
 
-/// A record a read took chunks from lately, with what its index rows share.
+/// A record a read took chunks from lately, and the index row that led the read
+/// there (its members' rows differ from it only in their place and length).
 struct Near {
-    pack: PackId,
-    offset: u64,
-    stored_len: u32,
-    kind: u8,
+    row: IndexEntry,
     rec: Arc<Record>,
 }
 
@@ -809,6 +807,17 @@ impl ChunkStore {
         self.locate_in(id, fresh, &mut None)
     }
 
+    /// The pooled connection `reader` holds, taken from the pool at the first call.
+    fn reader_in<'a, 'r>(
+        &'a self,
+        reader: &'r mut Option<crate::db::Reader<'a>>,
+    ) -> Result<&'r Connection> {
+        Ok(match reader {
+            Some(r) => r,
+            None => reader.insert(self.db.reader()?),
+        })
+    }
+
     /// [`ChunkStore::locate`] for one of many lookups: `reader` is the pooled
     /// connection they share, taken at the first lookup the cache cannot answer.
     fn locate_in<'a>(
@@ -822,11 +831,7 @@ impl ChunkStore {
                 return Ok(Some(*e));
             }
         }
-        let conn = match reader {
-            Some(r) => r,
-            None => reader.insert(self.db.reader()?),
-        };
-        let e = Self::lookup(conn, id)?;
+        let e = Self::lookup(self.reader_in(reader)?, id)?;
         self.lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut l = self.location_shard(id).lock().unwrap();
@@ -877,15 +882,12 @@ impl ChunkStore {
                 let n = near.remove(i);
                 let (inner, len) = n.rec.members.get().expect("has the id")[id];
                 let row = IndexEntry {
-                    pack: n.pack,
-                    offset: n.offset,
-                    stored_len: n.stored_len,
                     raw_len: len,
-                    kind: n.kind,
                     flags: 0,
                     inner_off: i64::from(inner),
+                    ..n.row
                 };
-                last = Some((n.pack, n.offset, n.rec.clone()));
+                last = Some((row.pack, row.offset, n.rec.clone()));
                 near.insert(0, n);
                 // The hash check decides: bytes that hash to the id are the chunk. A
                 // mismatch makes `get_at` look the row up again and read from there.
@@ -902,24 +904,18 @@ impl ChunkStore {
                 continue;
             }
             if rec.members.get().is_none() {
-                let conn = match &mut reader {
-                    Some(r) => r,
-                    None => reader.insert(self.db.reader()?),
-                };
                 // Without the list the read looks its chunks up one by one: slower,
                 // not wrong.
-                let m = Self::members_of(conn, e.pack, e.offset).unwrap_or_default();
+                let m = Self::members_of(self.reader_in(&mut reader)?, e.pack, e.offset)
+                    .unwrap_or_default();
                 let _ = rec.members.set(m);
             }
-            near.retain(|n| (n.pack, n.offset) != (e.pack, e.offset));
+            near.retain(|n| (n.row.pack, n.row.offset) != (e.pack, e.offset));
             near.truncate(NEAR - 1);
             near.insert(
                 0,
                 Near {
-                    pack: e.pack,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    kind: e.kind,
+                    row: e,
                     rec: rec.clone(),
                 },
             );
