@@ -96,6 +96,15 @@ impl Decoded {
     fn own(bytes: Vec<u8>) -> Decoded {
         Decoded { bytes, home: None }
     }
+
+    /// Bytes to decode a record into, in a buffer `spares` lends (a new one when it
+    /// has none), which goes back there when the last holder drops them.
+    fn lent(spares: &Arc<Spares>) -> Decoded {
+        Decoded {
+            bytes: spares.lock().unwrap().pop().unwrap_or_default(),
+            home: Some(Arc::downgrade(spares)),
+        }
+    }
 }
 
 impl std::ops::Deref for Decoded {
@@ -234,12 +243,6 @@ impl StreamCache {
         // Taken out under the lock, let go after it (its buffer goes to `spare`).
         let old = self.inner.lock().unwrap().records.remove((pack, offset));
         drop(old);
-    }
-
-    /// A buffer for the next decoded record, and where it goes back to.
-    fn lend(&self) -> (Vec<u8>, std::sync::Weak<Spares>) {
-        let buf = self.spare.lock().unwrap().pop().unwrap_or_default();
-        (buf, Arc::downgrade(&self.spare))
     }
 }
 
@@ -1156,12 +1159,16 @@ impl ChunkStore {
         check: bool,
     ) -> Result<Arc<Record>> {
         let mut stored = Vec::new();
-        let mut raw = self.spare.lock().unwrap().pop().unwrap_or_default();
-        self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, check)?;
-        Ok(Record::new(Decoded {
-            bytes: raw,
-            home: Some(Arc::downgrade(&self.spare)),
-        }))
+        let mut raw = Decoded::lent(&self.spare);
+        self.decode_into(
+            pack_id,
+            offset,
+            stored_len,
+            &mut stored,
+            &mut raw.bytes,
+            check,
+        )?;
+        Ok(Record::new(raw))
     }
 
     /// A decoded record for a long sequential read: from the shared cache when it is
@@ -1191,14 +1198,16 @@ impl ChunkStore {
                 Ok(rec) => return Ok(rec),
                 Err(mut g) => g.spare_stored.pop().unwrap_or_default(),
             };
-        let (mut raw, home) = st.lend();
-        let decoded = self.decode_into(pack_id, offset, stored_len, &mut stored, &mut raw, false);
-        let rec = decoded.map(|()| {
-            Record::new(Decoded {
-                bytes: raw,
-                home: Some(home),
-            })
-        });
+        let mut raw = Decoded::lent(&st.spare);
+        let decoded = self.decode_into(
+            pack_id,
+            offset,
+            stored_len,
+            &mut stored,
+            &mut raw.bytes,
+            false,
+        );
+        let rec = decoded.map(|()| Record::new(raw));
         let mut g = st.inner.lock().unwrap();
         if g.spare_stored.len() < 8 {
             g.spare_stored.push(stored);
@@ -1249,13 +1258,10 @@ mod tests {
     #[test]
     fn a_stream_cache_gets_its_buffers_back_from_the_last_holder() {
         let st = StreamCache::new(1 << 20);
-        let (mut buf, home) = st.lend();
-        buf.extend_from_slice(&[7u8; 4096]);
+        let mut buf = Decoded::lent(&st.spare);
+        buf.bytes.extend_from_slice(&[7u8; 4096]);
         let ptr = buf.as_ptr();
-        let rec = Record::new(Decoded {
-            bytes: buf,
-            home: Some(home),
-        });
+        let rec = Record::new(buf);
         let chunk = ChunkRef {
             raw: rec.raw.clone(),
             start: 100,
@@ -1267,15 +1273,11 @@ mod tests {
         assert_eq!(&chunk[..], &[7u8; 10]);
         drop(chunk);
         // The last holder gave it back; the next record decodes into the same memory.
-        let (again, _) = st.lend();
+        let again = Decoded::lent(&st.spare);
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.capacity() >= 4096);
         // A buffer outliving its cache is simply freed.
-        let (buf, home) = st.lend();
-        let orphan = Decoded {
-            bytes: buf,
-            home: Some(home),
-        };
+        let orphan = Decoded::lent(&st.spare);
         drop(st);
         drop(orphan);
         // At most SPARES buffers are kept.
