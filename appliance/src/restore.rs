@@ -696,6 +696,7 @@ impl Out for DirOut<'_> {
         let f = std::fs::File::create(&p).with_context(|| format!("writing {path}"))?;
         let size = e.attr.size;
         f.set_len(size).with_context(|| format!("writing {path}"))?;
+        let reserved = size > WINDOW && reserve(&f, size);
         let (progress, stop) = (self.progress, self.stop);
         let (f, failed) = (&f, &AtomicBool::new(false));
         let n = if size <= WINDOW { 1 } else { readers() };
@@ -710,7 +711,7 @@ impl Out for DirOut<'_> {
                 }
                 let (pieces, err) = read_window(store, e, off, len, stream);
                 damage = damage.or(err);
-                if let Err(x) = write_data_at(f, &pieces, off) {
+                if let Err(x) = write_data_at(f, &pieces, off, reserved) {
                     failed.store(true, Ordering::Relaxed);
                     return Err(x);
                 }
@@ -748,18 +749,70 @@ impl Out for DirOut<'_> {
 
 /// Writes `pieces` one after another at `off` in `f`, leaving runs of zeros of their
 /// own (holes, and what could not be read) unwritten: the file was sized first, so they
-/// read as zeros, and a sparse file comes back sparse.
-fn write_data_at(f: &std::fs::File, pieces: &[Piece], off: u64) -> std::io::Result<()> {
+/// read as zeros, and a sparse file comes back sparse. In a file whose blocks were
+/// reserved first (`reserved`, see [`reserve`]) the whole blocks of such a run are
+/// given back.
+fn write_data_at(
+    f: &std::fs::File,
+    pieces: &[Piece],
+    off: u64,
+    reserved: bool,
+) -> std::io::Result<()> {
     let (mut run, mut run_off, mut at) = (0, off, off);
+    let mut zeros_from = None;
     for (k, p) in pieces.iter().enumerate() {
         let len = p.as_ref().len() as u64;
         if matches!(p, Piece::Zeros(_)) {
             write_pieces_at(f, &pieces[run..k], run_off)?;
             (run, run_off) = (k + 1, at + len);
+            zeros_from.get_or_insert(at);
+        } else if let Some(from) = zeros_from.take() {
+            if reserved {
+                give_back(f, from, at);
+            }
         }
         at += len;
     }
+    if let (Some(from), true) = (zeros_from, reserved) {
+        give_back(f, from, at);
+    }
     write_pieces_at(f, &pieces[run..], run_off)
+}
+
+/// Allocates a large file's blocks before its data is written, as one extent where the
+/// file system can: ext4 then writes into blocks it has, instead of reserving delayed
+/// allocations page by page (1 GiB written in 4 MiB calls by one or six threads:
+/// 0.15-0.38 s of system time, against 0.25-0.41 s into a file only sized; restic
+/// restores do the same). `false`, and the file left sparse, where it cannot: no
+/// support, or no room for the whole apparent size (a sparse file may still fit).
+fn reserve(f: &std::fs::File, size: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) } == 0 {
+        return true;
+    }
+    // A failed allocation may have kept part of what it took.
+    give_back(f, 0, size);
+    false
+}
+
+/// Frees the whole blocks between `from` and `to` of a file whose blocks were reserved
+/// (where it has no data); they read as zeros either way, so a failure only costs space.
+fn give_back(f: &std::fs::File, from: u64, to: u64) {
+    use std::os::unix::io::AsRawFd;
+    const BLOCK: u64 = 4096;
+    let (a, b) = (from.next_multiple_of(BLOCK), to / BLOCK * BLOCK);
+    if b > a {
+        // SAFETY: as in `reserve`; the size stays as it is.
+        unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                a as libc::off_t,
+                (b - a) as libc::off_t,
+            )
+        };
+    }
 }
 
 /// Bytes handed to the kernel per write call, at most. The page cache sizes its folios
@@ -954,9 +1007,67 @@ mod tests {
         }
         assert!(want.len() as u64 > 8 * WRITE_MAX);
         f.set_len(off + want.len() as u64).unwrap();
-        write_data_at(&f, &pieces, off).unwrap();
+        write_data_at(&f, &pieces, off, false).unwrap();
         let got = std::fs::read(dir.path().join("f")).unwrap();
         assert!(got[..off as usize].iter().all(|b| *b == 0));
         assert!(got[off as usize..] == want[..], "restored bytes differ");
+    }
+
+    /// A reserved file gives back the blocks of its runs of zeros (a hole inside one
+    /// window, and one across two) and keeps its data.
+    #[test]
+    fn a_reserved_file_gives_back_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = std::fs::File::create(&p).unwrap();
+        let size = 24u64 << 20;
+        f.set_len(size).unwrap();
+        if !reserve(&f, size) {
+            eprintln!("no fallocate here; skipped");
+            return;
+        }
+        assert!(std::fs::metadata(&p).unwrap().blocks() * 512 >= size);
+        let data = |n: usize| vec![Piece::Owned(vec![7u8; n])];
+        // Zeros come in pieces of at most 1 MiB.
+        let zeros = |mut n: usize| {
+            let mut v = Vec::new();
+            while n > 0 {
+                v.push(Piece::Zeros(n.min(1 << 20)));
+                n -= n.min(1 << 20);
+            }
+            v
+        };
+        // Window 1 (0..8 MiB): 5000 bytes, 6 MiB of zeros, the rest data.
+        let w1 = [data(5000), zeros(6 << 20), data((2 << 20) - 5000)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        write_data_at(&f, &w1, 0, true).unwrap();
+        // Windows 2 and 3: zeros from 12 MiB to 20 MiB, across their boundary.
+        let w2 = [data(4 << 20), zeros(4 << 20)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let w3 = [zeros(4 << 20), data(4 << 20)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        write_data_at(&f, &w2, 8 << 20, true).unwrap();
+        write_data_at(&f, &w3, 16 << 20, true).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), size);
+        let used = m.blocks() * 512;
+        assert!(
+            used <= (10 << 20) + (64 << 10),
+            "{used} bytes still allocated"
+        );
+        let got = std::fs::read(&p).unwrap();
+        let want: Vec<u8> = [w1, w2, w3]
+            .iter()
+            .flatten()
+            .flat_map(|p| p.as_ref().iter().copied())
+            .collect();
+        assert!(got == want, "bytes differ");
     }
 }
