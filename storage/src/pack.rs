@@ -328,7 +328,13 @@ pub fn decode_into(
     match hdr.codec {
         CODEC_RAW => out.extend_from_slice(stored),
         CODEC_ZSTD => {
-            out.reserve(hdr.raw_len as usize);
+            let need = hdr.raw_len as usize;
+            if out.capacity() < need {
+                // A fresh buffer, not a grown one (growing copies what it held), and of
+                // a full bundle's size at least: bundles differ in length by up to a
+                // chunk, and a buffer lent again should fit the next one.
+                *out = Vec::with_capacity(need.max(BUNDLE_TARGET + CHUNK_MAX as usize));
+            }
             DECOMPRESSOR.with(|d| {
                 let mut d = d.borrow_mut();
                 if d.is_none() {
