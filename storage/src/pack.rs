@@ -326,15 +326,12 @@ pub fn decode_into(
     out.clear();
     check_stored(hdr, stored)?;
     match hdr.codec {
-        CODEC_RAW => out.extend_from_slice(stored),
+        CODEC_RAW => {
+            room_for(out, stored.len());
+            out.extend_from_slice(stored);
+        }
         CODEC_ZSTD => {
-            let need = hdr.raw_len as usize;
-            if out.capacity() < need {
-                // A fresh buffer, not a grown one (growing copies what it held), and of
-                // a full bundle's size at least: bundles differ in length by up to a
-                // chunk, and a buffer lent again should fit the next one.
-                *out = Vec::with_capacity(need.max(BUNDLE_TARGET + CHUNK_MAX as usize));
-            }
+            room_for(out, hdr.raw_len as usize);
             DECOMPRESSOR.with(|d| {
                 let mut d = d.borrow_mut();
                 if d.is_none() {
@@ -348,6 +345,22 @@ pub fn decode_into(
         c => return Err(format!("unknown codec {c}")),
     }
     check_decoded(hdr, out, check)
+}
+
+/// Makes the empty `out` able to hold `need` bytes: a fresh buffer when it is too
+/// small, not a grown one (growing copies what it held). A bundle's buffer gets a full
+/// bundle's size (bundles differ in length by up to a chunk, and a buffer lent again
+/// should fit the next one); a smaller record's (a directory, a content list) just
+/// its own, since a cache counts records by their length.
+fn room_for(out: &mut Vec<u8>, need: usize) {
+    if out.capacity() < need {
+        let bundle = BUNDLE_TARGET + CHUNK_MAX as usize;
+        *out = Vec::with_capacity(if need >= BUNDLE_TARGET {
+            need.max(bundle)
+        } else {
+            need
+        });
+    }
 }
 
 fn check_stored(hdr: &RecordHeader, stored: &[u8]) -> std::result::Result<(), String> {
