@@ -41,24 +41,42 @@ pub struct IndexEntry {
 /// The record a read's previous chunk came from: (pack, offset, decoded record).
 pub(crate) type LastRecord = Option<(PackId, u64, Arc<Record>)>;
 
+/// Members of a record: chunk id -> (offset, length) in its decoded bytes. Looked up
+/// once per chunk read, so hashed with foldhash (randomly keyed, several times
+/// faster than the standard SipHash on 32-byte keys).
+pub type Members = HashMap<ChunkId, (u32, u32), foldhash::fast::RandomState>;
+
 /// A decoded record payload and the members of it whose hash a read has checked.
 pub(crate) struct Record {
     raw: Arc<Decoded>,
     /// Chunk id -> (offset, length) of members found to hash to their id.
-    verified: Mutex<HashMap<ChunkId, (u32, u32)>>,
+    verified: Mutex<Members>,
     /// Chunk id -> (offset, length) of every member, as the index places them (not
     /// checked), once a sequential read has asked ([`ChunkStore::get_many`]).
-    members: std::sync::OnceLock<HashMap<ChunkId, (u32, u32)>>,
+    members: std::sync::OnceLock<Members>,
 }
 
 impl Record {
     fn new(raw: Decoded) -> Arc<Record> {
         Arc::new(Record {
             raw: Arc::new(raw),
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(Members::default()),
             members: std::sync::OnceLock::new(),
         })
     }
+}
+
+/// Chunks [`ChunkStore::get_many`] checks together: enough to fill the SIMD lanes,
+/// few enough (~600 KiB) to be hashed while the CPU's cache still holds their bytes.
+const CHECK_BATCH: usize = 64;
+
+/// A chunk [`ChunkStore::get_many`] took without checking it yet: `out[at]`, from
+/// `rec` at (pack, offset).
+struct Unchecked {
+    at: usize,
+    rec: Arc<Record>,
+    pack: PackId,
+    offset: u64,
 }
 
 /// A record a read took chunks from lately, and the index row that led the read
@@ -520,11 +538,7 @@ impl ChunkStore {
     /// them: id -> (offset in the record, length). One range of the `chunks_place`
     /// index (which holds every column asked for: no lookup per row). A member verify
     /// quarantined is left out, so that a read of it fails as by its row.
-    pub fn members_of(
-        conn: &Connection,
-        pack: PackId,
-        offset: u64,
-    ) -> Result<HashMap<ChunkId, (u32, u32)>> {
+    pub fn members_of(conn: &Connection, pack: PackId, offset: u64) -> Result<Members> {
         let mut st = conn
             .prepare_cached(
                 "SELECT id, inner_off, raw_len FROM chunks
@@ -540,7 +554,7 @@ impl ChunkStore {
                 ))
             })
             .ctx("listing a record's members")?;
-        let mut out = HashMap::new();
+        let mut out = Members::default();
         for r in rows {
             let (id, at, len) = r.ctx("listing a record's members")?;
             if let (Some(id), Ok(at), Ok(len)) = (
@@ -851,7 +865,7 @@ impl ChunkStore {
 
     /// Reads and verifies a chunk. `what` names the file (or object) for error messages.
     pub fn get(&self, id: &ChunkId, what: &dyn Fn() -> String) -> Result<ChunkRef> {
-        self.get_at(id, None, &mut None, what, None)
+        Ok(self.get_at(id, None, &mut None, what, None, true)?.0)
     }
 
     /// The chunks `ids`, read and checked in order, for one read of a file. Consecutive
@@ -863,6 +877,10 @@ impl ChunkStore {
     /// on one pooled connection for the whole read. A sequential read so looks up
     /// about one row per record, not one per chunk (a restore of a 1 GB dump looked
     /// up 125,000 rows by id, a tenth of its CPU).
+    ///
+    /// The chunks not checked before are hashed together at the end
+    /// ([`crate::hash_many`]: every SIMD lane busy); one that does not match is read
+    /// again as [`ChunkStore::get`] would (its row looked up afresh).
     pub(crate) fn get_many(
         &self,
         ids: &[ChunkId],
@@ -870,10 +888,14 @@ impl ChunkStore {
         stream: Option<&StreamCache>,
     ) -> Result<Vec<ChunkRef>> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut unchecked: Vec<Unchecked> = Vec::new();
         let mut last = None;
         let mut near: Vec<Near> = Vec::with_capacity(NEAR);
         let mut reader = None;
         for (k, id) in ids.iter().enumerate() {
+            if unchecked.len() >= CHECK_BATCH {
+                self.check_many(ids, &mut out, &mut unchecked, what, stream)?;
+            }
             if let Some(c) = Self::in_last_record(&last, id) {
                 out.push(c);
                 continue;
@@ -894,12 +916,14 @@ impl ChunkStore {
                 near.insert(0, n);
                 // The hash check decides: bytes that hash to the id are the chunk. A
                 // mismatch makes `get_at` look the row up again and read from there.
-                out.push(self.get_at(id, Some(row), &mut last, what, stream)?);
+                let got = self.get_at(id, Some(row), &mut last, what, stream, false)?;
+                Self::take(&mut out, got, &last, &mut unchecked);
                 continue;
             }
             // Not in the local index: `get_at` asks again, then the remote copy.
             let row = self.locate_in(id, false, &mut reader)?;
-            out.push(self.get_at(id, row, &mut last, what, stream)?);
+            let got = self.get_at(id, row, &mut last, what, stream, false)?;
+            Self::take(&mut out, got, &last, &mut unchecked);
             let (Some(e), Some((p, o, rec))) = (row, &last) else {
                 continue;
             };
@@ -923,7 +947,63 @@ impl ChunkStore {
                 },
             );
         }
+        self.check_many(ids, &mut out, &mut unchecked, what, stream)?;
         Ok(out)
+    }
+
+    /// Adds a chunk `get_at` returned to `out`; one it did not check (from the record
+    /// `last` names) waits in `unchecked`.
+    fn take(
+        out: &mut Vec<ChunkRef>,
+        (c, checked): (ChunkRef, bool),
+        last: &LastRecord,
+        unchecked: &mut Vec<Unchecked>,
+    ) {
+        if let (false, Some((pack, offset, rec))) = (checked, last) {
+            unchecked.push(Unchecked {
+                at: out.len(),
+                rec: rec.clone(),
+                pack: *pack,
+                offset: *offset,
+            });
+        }
+        out.push(c);
+    }
+
+    /// Checks the chunks `get_many` took unchecked, all in one pass; marks each that
+    /// hashes to its id checked in its record, and reads any other again, checked.
+    fn check_many(
+        &self,
+        ids: &[ChunkId],
+        out: &mut [ChunkRef],
+        unchecked: &mut Vec<Unchecked>,
+        what: &dyn Fn() -> String,
+        stream: Option<&StreamCache>,
+    ) -> Result<()> {
+        if unchecked.is_empty() {
+            return Ok(());
+        }
+        let unchecked = std::mem::take(unchecked);
+        let msgs: Vec<&[u8]> = unchecked.iter().map(|u| &*out[u.at]).collect();
+        let sums = crate::hash_many::hash_many(&msgs);
+        drop(msgs);
+        for (u, sum) in unchecked.iter().zip(sums) {
+            let (id, c) = (&ids[u.at], &out[u.at]);
+            // Before calling it damaged, once more the plain way.
+            if sum == id.0 || ChunkId::of(c) == *id {
+                let span = (c.start as u32, c.len as u32);
+                u.rec.verified.lock().unwrap().insert(*id, span);
+                continue;
+            }
+            tracing::debug!(chunk = %id, "chunk read failed its check, retrying after re-lookup");
+            self.forget_pack_file(u.pack);
+            self.uncache(u.pack, u.offset);
+            if let Some(st) = stream {
+                st.forget(u.pack, u.offset);
+            }
+            out[u.at] = self.get_at(id, None, &mut None, what, stream, true)?.0;
+        }
+        Ok(())
     }
 
     /// Chunk `id` from the record the read's previous chunk came from, when that
@@ -944,7 +1024,9 @@ impl ChunkStore {
     /// the caller looked it up already (`None` looks it up here), `last` the record
     /// the read's previous chunk came from (consecutive chunks mostly share one, and
     /// then it is not looked up again), and `stream` where records are decoded instead
-    /// of the shared read cache (when given).
+    /// of the shared read cache (when given). Without `check`, a member not checked
+    /// before is returned unchecked (`false` beside it; the caller checks it, see
+    /// [`ChunkStore::get_many`]); `last` then names its record.
     fn get_at(
         &self,
         id: &ChunkId,
@@ -952,7 +1034,8 @@ impl ChunkStore {
         last: &mut LastRecord,
         what: &dyn Fn() -> String,
         stream: Option<&StreamCache>,
-    ) -> Result<ChunkRef> {
+        check: bool,
+    ) -> Result<(ChunkRef, bool)> {
         let corrupt = |detail: String| StoreError::Corrupt {
             what: what(),
             chunk: *id,
@@ -967,7 +1050,7 @@ impl ChunkStore {
                 Some(e) => e,
                 None => match self.locate(id, fresh)? {
                     Some(e) => e,
-                    None => return self.get_remote(id, &corrupt),
+                    None => return Ok((self.get_remote(id, &corrupt)?, true)),
                 },
             };
             if e.flags & CHUNK_DAMAGED != 0 {
@@ -991,7 +1074,7 @@ impl ChunkStore {
                 }
                 let span = (start as u32, len as u32);
                 let known = rec.verified.lock().unwrap().get(id) == Some(&span);
-                if !known {
+                if !known && check {
                     if ChunkId::of(&rec.raw[start..start + len]) != *id {
                         return Err(corrupt(format!(
                             "BLAKE3 mismatch in pack {} at {}",
@@ -1006,7 +1089,7 @@ impl ChunkStore {
                     len,
                 };
                 *last = Some((e.pack, e.offset, rec));
-                Ok(c)
+                Ok((c, known || check))
             });
             match r {
                 Ok(c) => return Ok(c),

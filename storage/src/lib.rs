@@ -48,6 +48,7 @@ pub mod durable;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod hash_many;
 pub mod ids;
 pub mod ingest;
 pub mod iobuf;
