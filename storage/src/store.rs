@@ -151,6 +151,9 @@ pub struct Store {
     readahead: crate::readahead::ReadAhead,
     pub(crate) opts: StoreOptions,
     content_cache: Mutex<LruCache<ChunkId, Arc<ContentList>>>,
+    /// Held while a content list is read and decoded (by the list's first byte): the
+    /// readers of one large file, starting together, decode its list once, not each.
+    content_loading: [Mutex<()>; 16],
     pub(crate) dir_cache: Mutex<LruCache<ChunkId, Arc<Vec<TreeEntry>>>>,
     /// What snapshot captures not yet finished refer to; GC marks from it.
     pub(crate) capture_roots: Arc<crate::snapshot::CaptureRoots>,
@@ -208,6 +211,7 @@ impl Store {
             readahead,
             opts,
             content_cache: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
+            content_loading: Default::default(),
             dir_cache: Mutex::new(LruCache::new(NonZeroUsize::new(1024).unwrap())),
             capture_roots: Default::default(),
             gc_lock: RwLock::new(()),
@@ -1058,6 +1062,10 @@ impl Store {
 
     /// A content list, cached.
     pub(crate) fn content(&self, c: &ChunkId) -> Result<Arc<ContentList>> {
+        if let Some(l) = self.content_cache.lock().unwrap().get(c) {
+            return Ok(l.clone());
+        }
+        let _loading = self.content_loading[c.0[0] as usize % 16].lock().unwrap();
         if let Some(l) = self.content_cache.lock().unwrap().get(c) {
             return Ok(l.clone());
         }
