@@ -175,6 +175,15 @@ fn bad_names_are_refused() {
     ));
 }
 
+/// The largest pack file of the store at `dir` (the data bundles, not small objects).
+fn largest_pack(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
 /// A flipped byte in a pack: reads fail with `Corrupt` naming the file (never wrong
 /// bytes), verify names the live file and the snapshot, quarantines the record, and
 /// writing the same content again heals the store.
@@ -190,12 +199,7 @@ fn corruption_is_detected_quarantined_and_healed() {
     s.snapshot("vol", "nightly").unwrap();
     drop(s);
     // Damage the middle of the largest pack (the data bundle, not the small objects).
-    let packs = dir.path().join("packs");
-    let victim = std::fs::read_dir(&packs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let victim = largest_pack(dir.path());
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x5a;
@@ -260,12 +264,7 @@ fn a_damaged_chunk_in_a_long_read_is_caught_by_its_hash() {
     s.write(f, 0, &payload).unwrap();
     s.snapshot("vol", "nightly").unwrap();
     drop(s);
-    let packs = dir.path().join("packs");
-    let victim = std::fs::read_dir(&packs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let victim = largest_pack(dir.path());
     let mut bytes = std::fs::read(&victim).unwrap();
     // The payload is stored as it is: find a piece of its second half in the pack.
     let probe = &payload[700_000..700_064];
