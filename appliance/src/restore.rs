@@ -706,6 +706,9 @@ impl Out for DirOut<'_> {
         let reserved = size > WINDOW && reserve(&f, size);
         let (progress, stop) = (self.progress, self.stop);
         let (f, failed) = (&f, &AtomicBool::new(false));
+        // One reader writes at a time; the others wait asleep (the kernel's lock on the
+        // file would have them spin on a core while the writer copies).
+        let writing = &std::sync::Mutex::new(());
         let n = if size <= WINDOW { 1 } else { readers() };
         let read_and_write = |first: u64| -> std::io::Result<Option<String>> {
             let mut damage = None;
@@ -718,7 +721,11 @@ impl Out for DirOut<'_> {
                 }
                 let (pieces, err) = read_window(store, e, off, len, stream);
                 damage = damage.or(err);
-                if let Err(x) = write_data_at(f, &pieces, off, reserved) {
+                let written = {
+                    let _turn = writing.lock().unwrap_or_else(|e| e.into_inner());
+                    write_data_at(f, &pieces, off, reserved)
+                };
+                if let Err(x) = written {
                     failed.store(true, Ordering::Relaxed);
                     return Err(x);
                 }
