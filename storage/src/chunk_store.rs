@@ -878,7 +878,7 @@ impl ChunkStore {
     /// about one row per record, not one per chunk (a restore of a 1 GB dump looked
     /// up 125,000 rows by id, a tenth of its CPU).
     ///
-    /// The chunks not checked before are hashed together at the end
+    /// The chunks not checked before are hashed together, [`CHECK_BATCH`] at a time
     /// ([`crate::hash_many`]: every SIMD lane busy); one that does not match is read
     /// again as [`ChunkStore::get`] would (its row looked up afresh).
     pub(crate) fn get_many(
@@ -996,11 +996,7 @@ impl ChunkStore {
                 continue;
             }
             tracing::debug!(chunk = %id, "chunk read failed its check, retrying after re-lookup");
-            self.forget_pack_file(u.pack);
-            self.uncache(u.pack, u.offset);
-            if let Some(st) = stream {
-                st.forget(u.pack, u.offset);
-            }
+            self.forget_record(u.pack, u.offset, stream);
             out[u.at] = self.get_at(id, None, &mut None, what, stream, true)?.0;
         }
         Ok(())
@@ -1096,11 +1092,7 @@ impl ChunkStore {
                 Err(err) if !fresh => {
                     tracing::debug!(%err, chunk = %id, "chunk read failed, retrying after re-lookup");
                     *last = None;
-                    self.forget_pack_file(e.pack);
-                    self.uncache(e.pack, e.offset);
-                    if let Some(st) = stream {
-                        st.forget(e.pack, e.offset);
-                    }
+                    self.forget_record(e.pack, e.offset, stream);
                     fresh = true;
                 }
                 Err(StoreError::Corrupt { detail, .. }) => return Err(corrupt(detail)),
@@ -1323,6 +1315,16 @@ impl ChunkStore {
             chunk: hdr.id,
             detail: format!("{detail} at {}:{offset}", path.display()),
         })
+    }
+
+    /// Forgets all a read kept of the record at (pack, offset) after it failed: the
+    /// open pack file, the decoded record (shared cache and `stream`), remembered rows.
+    fn forget_record(&self, pack_id: PackId, offset: u64, stream: Option<&StreamCache>) {
+        self.forget_pack_file(pack_id);
+        self.uncache(pack_id, offset);
+        if let Some(st) = stream {
+            st.forget(pack_id, offset);
+        }
     }
 
     pub(crate) fn uncache(&self, pack_id: PackId, offset: u64) {
