@@ -1115,8 +1115,13 @@ impl Staging {
     }
 
     /// Forgets a file's staging and deletes its files (after ingest or removal).
+    /// The files go while the map is still locked: a write that finds the file gone
+    /// and starts staging it again ([`Staging::start`], under the same lock) makes its
+    /// files only after these are unlinked, never before (the unlink would take the new
+    /// ones, and with them every write since, at the next crash).
     pub fn drop_file(&self, ino: FileId) -> Result<()> {
-        self.files.lock().unwrap().remove(&ino);
+        let mut files = self.files.lock().unwrap();
+        files.remove(&ino);
         let p = self.path(ino);
         for p in [journal_path(&p), p] {
             match std::fs::remove_file(&p) {
@@ -1345,5 +1350,39 @@ mod tests {
         );
         r.clip_out(0, 100);
         assert!(r.is_empty());
+    }
+
+    /// A file's staging dropped (its ingest committed) while a write starts staging it
+    /// anew: the new staging's files must survive the drop. They were once unlinked by
+    /// it when the write came between the drop's forgetting the file and its unlinking
+    /// the paths: the live file went on in unlinked files and a crash (or a copy of the
+    /// data directory) lost every write since.
+    #[test]
+    fn a_drop_never_unlinks_the_next_staging_of_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Arc::new(Staging::open(tmp.path().join("staging")).unwrap());
+        let ino = FileId(7);
+        let base = Some((ChunkId([1; 32]), 4096));
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        let mut rounds = 0;
+        while rounds < 3000 && Instant::now() < deadline {
+            rounds += 1;
+            staging.start(ino, base, 4096, Timespec::now()).unwrap();
+            let s = staging.clone();
+            let restarter = std::thread::spawn(move || loop {
+                // As a write that finds the file gone from staging: start it again.
+                if s.get(ino).is_none() {
+                    return s.start(ino, base, 4096, Timespec::now()).unwrap();
+                }
+                std::hint::spin_loop();
+            });
+            staging.drop_file(ino).unwrap();
+            let st = restarter.join().unwrap();
+            assert!(
+                st.path.exists() && journal_path(&st.path).exists(),
+                "round {rounds}: the new staging's files were unlinked by the drop before it"
+            );
+            staging.drop_file(ino).unwrap();
+        }
     }
 }
