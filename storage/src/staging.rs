@@ -409,6 +409,20 @@ pub(crate) struct Staging {
     pub max_file_size: u64,
     /// Bytes staged in memory now (at most [`MEMORY_BYTES`]).
     mem_bytes: Arc<AtomicU64>,
+    /// Drops so far, counted per slot of file ids (see [`Staging::lookup`]); changed
+    /// under `files`' lock.
+    drops: Box<[AtomicU64; DROP_SLOTS]>,
+}
+
+/// Slots of [`Staging::drops`]: a drop of another file in the same slot only costs a
+/// write that starts staging one more look at its inode.
+const DROP_SLOTS: usize = 256;
+
+/// What [`Staging::lookup`] found: the file's staging, or the drop count a
+/// [`Staging::start`] of it must still see.
+pub(crate) enum Lookup {
+    Staged(Arc<StagedFile>),
+    Unstaged(u64),
 }
 
 /// Finds the largest size a file on the filesystem of `dir` may have (ext4 with 4 KiB
@@ -1031,7 +1045,35 @@ impl Staging {
             files: Mutex::new(HashMap::new()),
             max_file_size,
             mem_bytes: Arc::default(),
+            drops: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
         })
+    }
+
+    fn drop_slot(&self, ino: FileId) -> &AtomicU64 {
+        &self.drops[(ino.0 % DROP_SLOTS as u64) as usize]
+    }
+
+    /// Counts a change of an unstaged file's inode row that a staging starts from (a
+    /// size set without staging) as a drop, so that a [`Staging::start`] on a row read
+    /// before it is refused. Returns whether the file is staged now (a start came
+    /// first: the caller makes its change in the staging too).
+    pub fn changed(&self, ino: FileId) -> bool {
+        let files = self.files.lock().unwrap();
+        self.drop_slot(ino).fetch_add(1, Ordering::AcqRel);
+        files.contains_key(&ino)
+    }
+
+    /// The file's staging, or (when it has none) how many drops its slot has seen: a
+    /// caller that reads the inode to start staging it passes that to
+    /// [`Staging::start`], which refuses (`Raced`) when a staging of the file was
+    /// dropped since. The inode it read may then be older than the ingest that
+    /// dropped it; a staging started on that base would lose what the ingest stored.
+    pub fn lookup(&self, ino: FileId) -> Lookup {
+        let files = self.files.lock().unwrap();
+        match files.get(&ino) {
+            Some(s) => Lookup::Staged(s.clone()),
+            None => Lookup::Unstaged(self.drop_slot(ino).load(Ordering::Acquire)),
+        }
     }
 
     pub fn get(&self, ino: FileId) -> Option<Arc<StagedFile>> {
@@ -1047,16 +1089,23 @@ impl Staging {
     }
 
     /// Starts staging a file: full mode when `base` is None, overlay otherwise.
+    /// `drops` is what [`Staging::lookup`] said before the caller read the inode that
+    /// `base`, `size` and `mtime` come from; `Raced` if the file was dropped since
+    /// (read the inode again).
     pub fn start(
         &self,
         ino: FileId,
         base: Option<(ChunkId, u64)>,
         size: u64,
         mtime: Timespec,
+        drops: u64,
     ) -> Result<Arc<StagedFile>> {
         let mut files = self.files.lock().unwrap();
         if let Some(s) = files.get(&ino) {
             return Ok(s.clone());
+        }
+        if self.drop_slot(ino).load(Ordering::Acquire) != drops {
+            return Err(StoreError::Raced(ino));
         }
         let path = self.path(ino);
         let journal = match base {
@@ -1122,6 +1171,7 @@ impl Staging {
     pub fn drop_file(&self, ino: FileId) -> Result<()> {
         let mut files = self.files.lock().unwrap();
         files.remove(&ino);
+        self.drop_slot(ino).fetch_add(1, Ordering::AcqRel);
         let p = self.path(ino);
         for p in [journal_path(&p), p] {
             match std::fs::remove_file(&p) {
@@ -1367,12 +1417,12 @@ mod tests {
         let mut rounds = 0;
         while rounds < 3000 && Instant::now() < deadline {
             rounds += 1;
-            staging.start(ino, base, 4096, Timespec::now()).unwrap();
+            start(&staging, ino, base).unwrap();
             let s = staging.clone();
             let restarter = std::thread::spawn(move || loop {
                 // As a write that finds the file gone from staging: start it again.
-                if s.get(ino).is_none() {
-                    return s.start(ino, base, 4096, Timespec::now()).unwrap();
+                if let Lookup::Unstaged(_) = s.lookup(ino) {
+                    return start(&s, ino, base).unwrap();
                 }
                 std::hint::spin_loop();
             });
@@ -1384,5 +1434,49 @@ mod tests {
             );
             staging.drop_file(ino).unwrap();
         }
+    }
+
+    fn start(s: &Staging, ino: FileId, base: Option<(ChunkId, u64)>) -> Result<Arc<StagedFile>> {
+        match s.lookup(ino) {
+            Lookup::Staged(st) => Ok(st),
+            Lookup::Unstaged(drops) => s.start(ino, base, 4096, Timespec::now(), drops),
+        }
+    }
+
+    /// A write that read a file's inode while the file was unstaged may not start
+    /// staging it on that row once a staging of the file was dropped meanwhile (an
+    /// ingest committed newer content): `Raced`, so it reads the inode again. Drops of
+    /// other files, and stagings still there, let it through.
+    #[test]
+    fn a_start_on_an_inode_read_before_a_drop_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::open(tmp.path().join("staging")).unwrap();
+        let (ino, other) = (FileId(7), FileId(8));
+        let base = Some((ChunkId([1; 32]), 4096));
+        let Lookup::Unstaged(seen) = staging.lookup(ino) else {
+            panic!("not staged yet")
+        };
+        // Meanwhile another write staged it and an ingest committed and dropped it.
+        start(&staging, ino, base).unwrap();
+        staging.drop_file(ino).unwrap();
+        start(&staging, other, base).unwrap();
+        staging.drop_file(other).unwrap();
+        assert!(matches!(
+            staging.start(ino, base, 4096, Timespec::now(), seen),
+            Err(StoreError::Raced(i)) if i == ino
+        ));
+        // Looked up again, it starts; and a staging present is returned as it is.
+        let Lookup::Unstaged(now) = staging.lookup(ino) else {
+            panic!("dropped")
+        };
+        start(&staging, other, base).unwrap();
+        staging.drop_file(other).unwrap();
+        let st = staging
+            .start(ino, base, 4096, Timespec::now(), now)
+            .unwrap();
+        let again = staging
+            .start(ino, base, 4096, Timespec::now(), seen)
+            .unwrap();
+        assert!(Arc::ptr_eq(&st, &again));
     }
 }

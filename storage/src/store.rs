@@ -18,7 +18,7 @@ use crate::jobs::JobRecord;
 pub use crate::namespace::Volume;
 use crate::namespace::{self, Attr, FileKind, Inode, NewAttr, SetAttr, Timespec};
 use crate::snapshot::{Capture, SnapshotInfo, SnapshotMeta};
-use crate::staging::{StagedFile, Staging};
+use crate::staging::{Lookup, StagedFile, Staging};
 use crate::tree::TreeEntry;
 use crate::verify::VerifyReport;
 use lru::LruCache;
@@ -707,9 +707,9 @@ impl Store {
     fn truncate(&self, ino: FileId, size: u64) -> Result<()> {
         self.check_size(ino, size)?;
         loop {
-            let st = match self.staging.get(ino) {
-                Some(st) => st,
-                None => {
+            let st = match self.staging.lookup(ino) {
+                Lookup::Staged(st) => st,
+                Lookup::Unstaged(drops) => {
                     let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
                         return Err(StoreError::IsDir(format!("file id {ino}")));
@@ -718,12 +718,27 @@ impl Store {
                         return Ok(());
                     }
                     if i.content.is_none() {
-                        // Nothing ingested: the size alone describes the file.
-                        return self.mutate("truncate", |tx| {
-                            namespace::set_content(tx, ino, None, size, Some(Timespec::now()))
-                        });
+                        // Nothing ingested: the size alone describes the file, unless
+                        // an ingest stored content since the row was read.
+                        let set = self.mutate("truncate", |tx| {
+                            if namespace::get(tx, ino)?.content.is_some() {
+                                return Ok(false);
+                            }
+                            namespace::set_content(tx, ino, None, size, Some(Timespec::now()))?;
+                            Ok(true)
+                        })?;
+                        // A write that read the row before this commit reads it again;
+                        // one that started staging the file from it meanwhile gets the
+                        // new size in its staging too (the loop, once more).
+                        if self.staging.changed(ino) || !set {
+                            continue;
+                        }
+                        return Ok(());
                     }
-                    self.start_staging(&i)?
+                    match self.start_staging(&i, drops) {
+                        Err(StoreError::Raced(_)) => continue,
+                        r => r?,
+                    }
                 }
             };
             match st.truncate(size, &|i, b| self.put_copy(i, b)) {
@@ -733,13 +748,15 @@ impl Store {
         }
     }
 
-    fn start_staging(&self, i: &Inode) -> Result<Arc<StagedFile>> {
+    /// Starts staging the file of inode row `i`, read after [`Staging::lookup`] said
+    /// `drops` (`Raced`: look the file up again).
+    fn start_staging(&self, i: &Inode, drops: u64) -> Result<Arc<StagedFile>> {
         let base = match i.content {
             Some(c) => Some((c, self.content(&c)?.len())),
             None => None,
         };
         self.staging
-            .start(i.attr.ino, base, i.attr.size, i.attr.mtime)
+            .start(i.attr.ino, base, i.attr.size, i.attr.mtime, drops)
     }
 
     pub fn readdir(&self, dir: FileId, cookie: u64, limit: usize) -> Result<Vec<DirEntry>> {
@@ -790,9 +807,9 @@ impl Store {
         }
         let reserve = total == 0 || free < headroom.saturating_add(len).saturating_add(TIGHT_SPACE);
         loop {
-            let (st, row) = match self.staging.get(ino) {
-                Some(st) => (st, None),
-                None => {
+            let (st, row) = match self.staging.lookup(ino) {
+                Lookup::Staged(st) => (st, None),
+                Lookup::Unstaged(drops) => {
                     let i = namespace::get(&*self.db.reader()?, ino)?;
                     if i.attr.kind != FileKind::File {
                         return Err(if i.attr.kind == FileKind::Dir {
@@ -801,7 +818,10 @@ impl Store {
                             StoreError::Invalid(format!("file id {ino} is not a regular file"))
                         });
                     }
-                    (self.start_staging(&i)?, Some(i.attr))
+                    match self.start_staging(&i, drops) {
+                        Err(StoreError::Raced(_)) => continue,
+                        r => (r?, Some(i.attr)),
+                    }
                 }
             };
             match st.write(off, data, reserve, &|i, b| self.put_copy(i, b)) {

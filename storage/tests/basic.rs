@@ -84,6 +84,37 @@ fn truncate_grow_and_shrink() {
     assert_eq!(read_all(&s, f), vec![0; 20_000]);
 }
 
+/// A file nothing was ever stored in is resized by its row alone (no staging); a write
+/// after that starts its staging from the new size, and one that restages it after a
+/// size change sees that change.
+#[test]
+fn a_size_set_without_staging_is_what_the_next_write_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = s.create_volume("vol", owner()).unwrap();
+    let f = s.create(v.root, b"f", file_mode()).unwrap().ino;
+    let size = |n| SetAttr {
+        size: Some(n),
+        ..Default::default()
+    };
+    s.setattr(f, size(100)).unwrap();
+    assert_eq!(s.getattr(f).unwrap().size, 100);
+    s.write(f, 0, b"abc").unwrap();
+    let mut want = vec![0u8; 100];
+    want[..3].copy_from_slice(b"abc");
+    assert_eq!(read_all(&s, f), want);
+    s.ingest_all(None).unwrap();
+    assert_eq!(read_all(&s, f), want);
+    // Ingested to nothing (a hole), resized again by the row, then written.
+    let g = s.create(v.root, b"g", file_mode()).unwrap().ino;
+    s.setattr(g, size(10)).unwrap();
+    s.setattr(g, size(0)).unwrap();
+    s.write(g, 4, b"z").unwrap();
+    assert_eq!(read_all(&s, g), b"\0\0\0\0z");
+    s.ingest_all(None).unwrap();
+    assert_eq!(read_all(&s, g), b"\0\0\0\0z");
+}
+
 /// Snapshots see the tree as it was; later changes do not leak in; clone is writable.
 #[test]
 fn snapshot_clone_delete_gc() {
