@@ -5,7 +5,10 @@
 # before every run), side by side in each round, median of RUNS (default 3).
 # The files go into kura over NFS (nfs-cp) and into restic with `restic backup`, one
 # generation per file (night1, night2, ...: a kura snapshot and a restic snapshot
-# each); the newest file is restored from the newest generation. Needs root (drop_caches); installs restic and libnfs-utils.
+# each); the newest file is restored from the newest generation, after a `kura gc` (the
+# nightly GC, which regroups the newest generation's chunks into bundles of their own)
+# and, side by side, from a copy of the store taken before it. Needs root (drop_caches);
+# installs restic and libnfs-utils.
 #   scripts/bench-restore.sh [RUNS]   env: CORPUS (default $TMPDIR/kura-corpus),
 #   PART (dumps, tree or vmimage; default: dumps if present, else tree),
 #   BENCH_DIR (default $TMPDIR/kura-restore-bench), KURA_BASELINE (another kura binary,
@@ -43,6 +46,12 @@ for f in $FILES; do
   LAST=$g; LASTF=$f
 done
 kill -TERM $KPID; wait $KPID || true
+# The store as the snapshots left it (no GC yet), then the nightly GC on the store.
+cp -a "$DIR/store" "$DIR/fresh-store"
+sed "s#$DIR/store#$DIR/fresh-store#" "$DIR/kura.toml" > "$DIR/fresh.toml"
+g0=$(date +%s.%N)
+"$KURA" --config "$DIR/kura.toml" gc
+echo "gc: $(echo "$(date +%s.%N) - $g0" | bc -l | cut -c1-5) s"
 BASE=${KURA_BASELINE:-}
 if [ -n "$BASE" ]; then
   # A copy of the store, opened once untimed (an older build may build its indexes).
@@ -59,7 +68,7 @@ timed() {
   t1=$(date +%s.%N); echo "$BYTES / ($t1 - $t0) / 1000000" | bc -l
 }
 KR=("$KURA" --config "$DIR/kura.toml" restore backup "$LAST" "$LASTF")
-d=(); s=(); k=(); r=(); b=()
+d=(); s=(); k=(); r=(); b=(); f=()
 for i in $(seq "$RUNS"); do
   start_kura "$KURA" "$DIR"
   d+=("$(timed "${KR[@]}" --to "$DIR/out")")            # the daemon writes the files
@@ -69,8 +78,8 @@ for i in $(seq "$RUNS"); do
   # The runs without a daemon take turns at going first: on a VM whose host takes back
   # free memory, the run after one that freed much (restic's exit, the daemon's) pays
   # for fresh pages, up to 2 s of system time more per GB written.
-  for j in 0 1 2; do
-    case $(( (i + j) % 3 )) in
+  for j in 0 1 2 3; do
+    case $(( (i + j) % 4 )) in
       0) k+=("$(timed "${KR[@]}" --to "$DIR/out")")     # no daemon: the CLI holds the store
          cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF" ;;
       1) r+=("$(timed restic restore -q latest --target "$DIR/out")") ;;
@@ -78,17 +87,21 @@ for i in $(seq "$RUNS"); do
            b+=("$(timed "$BASE" --config "$DIR/base.toml" restore backup "$LAST" "$LASTF" --to "$DIR/out")")
            cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF"
          fi ;;
+      3) f+=("$(timed "$KURA" --config "$DIR/fresh.toml" restore backup "$LAST" "$LASTF" --to "$DIR/out")")
+         cmp "$DIR/out/$LASTF" "$DIR/gen/$LASTF" ;;
     esac
   done
 done
-python3 - "$PART" "$BYTES" "${d[*]}" "${s[*]}" "${k[*]}" "${r[*]}" "${b[*]}" <<'PY'
+python3 - "$PART" "$BYTES" "${d[*]}" "${s[*]}" "${k[*]}" "${r[*]}" "${b[*]}" "${f[*]}" <<'PY'
 import statistics, sys
 part, size = sys.argv[1], int(sys.argv[2])
-runs = [[float(x) for x in a.split()] for a in sys.argv[3:8] if a.strip()]
-names = ["kura restore, daemon serving", "kura restore --stream (tar)", "kura restore, no daemon", "restic restore", "baseline kura, no daemon"]
+runs = [[float(x) for x in a.split()] for a in sys.argv[3:9]]
+names = ["kura restore, daemon serving", "kura restore --stream (tar)", "kura restore, no daemon", "restic restore", "baseline kura, no daemon", "kura, no daemon, before GC"]
 mr = statistics.median(runs[3])
 print(f"{part}: newest generation {size/1e6:.0f} MB, cold cache, median of {len(runs[3])}")
 for n, v in zip(names, runs):
+    if not v:
+        continue
     m = statistics.median(v)
     print(f"{n:30} {m:6.0f} MB/s  ({', '.join(f'{x:.0f}' for x in v)})  {m/mr:.2f}x restic")
 PY

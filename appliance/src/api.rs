@@ -363,6 +363,12 @@ pub struct GcView {
     pub unreachable_chunks: usize,
     pub unreachable_bytes: u64,
     pub packs_to_repack: usize,
+    /// Packs rewritten (or to be) to give the newest generation bundles of its own.
+    #[serde(default)]
+    pub packs_to_regroup: usize,
+    /// Plain bytes in bundles that mix generations, before the run.
+    #[serde(default)]
+    pub mixed_bytes: u64,
     pub orphan_packs: usize,
     pub deleted_chunks: u64,
     /// Reclaimed, or what would be on a dry run.
@@ -382,6 +388,8 @@ async fn gc(State(app): App, body: Option<Json<GcReq>>) -> ApiResult<JobReply<Gc
             unreachable_chunks: r.plan.unreachable.len(),
             unreachable_bytes: r.plan.unreachable_bytes,
             packs_to_repack: r.plan.repack.len(),
+            packs_to_regroup: r.plan.regroup.len(),
+            mixed_bytes: r.plan.mixed_bytes,
             orphan_packs: r.plan.remove_packs.len(),
             deleted_chunks: r.deleted_chunks,
             reclaim_bytes: if dry_run {

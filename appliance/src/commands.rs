@@ -390,11 +390,13 @@ pub fn run(t: &Target, cmd: Cmd) -> Result<i32> {
                 let r: JobReply<GcView> = parse(v)?;
                 let g = r.result.context("gc returned nothing")?;
                 println!(
-                    "{}unreachable chunks {} ({}), packs to repack {}, orphan packs {}, deleted {} chunks, {} {}",
+                    "{}unreachable chunks {} ({}), packs to repack {}, to regroup {} ({} in mixed bundles), orphan packs {}, deleted {} chunks, {} {}",
                     if dry_run { "[dry run] " } else { "" },
                     g.unreachable_chunks,
                     human_bytes(g.unreachable_bytes),
                     g.packs_to_repack,
+                    g.packs_to_regroup,
+                    human_bytes(g.mixed_bytes),
                     g.orphan_packs,
                     g.deleted_chunks,
                     if dry_run { "would reclaim" } else { "reclaimed" },

@@ -41,6 +41,9 @@ pub struct Config {
     /// The platform snapshot of the store's own disk, `[platform_snapshot]`.
     #[serde(default)]
     pub platform_snapshot: PlatformToml,
+    /// What a GC run may rewrite, `[gc]`.
+    #[serde(default)]
+    pub gc: GcToml,
     /// Per-volume settings, `[volume.NAME]`; a volume named here is created at start.
     #[serde(default, rename = "volume")]
     pub volume_settings: BTreeMap<String, VolumeToml>,
@@ -105,6 +108,36 @@ impl Default for StoreSchedule {
             timezone: default_timezone(),
         }
     }
+}
+
+/// `[gc]`: how much a GC run rewrites for faster restores.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcToml {
+    /// Pack bytes (GiB) a run rewrites at most to give the newest generation bundles
+    /// of its own (`storage::gc`, "regrouping"); 0: never.
+    #[serde(default = "default_regroup_max_gib")]
+    pub regroup_max_gib: u64,
+}
+
+impl Default for GcToml {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+impl GcToml {
+    pub fn options(&self, dry_run: bool) -> storage::GcOptions {
+        storage::GcOptions {
+            regroup_max_bytes: self.regroup_max_gib.saturating_mul(1 << 30),
+            dry_run,
+            ..Default::default()
+        }
+    }
+}
+
+fn default_regroup_max_gib() -> u64 {
+    16
 }
 
 /// A store-wide snapshot of the disk under the data directory, taken by the platform
@@ -605,6 +638,14 @@ mod tests {
         assert!(bad("[[export]]\nidle_timeout_secs = 0")
             .unwrap_err()
             .contains("idle_timeout_secs"));
+        assert!(bad("[gc]\nregroup = false")
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(bad("[gc]\nregroup_max_gib = -1").is_err());
+        assert_eq!(c.gc.options(true).regroup_max_bytes, 16 << 30);
+        assert!(c.gc.options(true).dry_run);
+        let c: Config = toml::from_str("[gc]\nregroup_max_gib = 0").unwrap();
+        assert_eq!(c.gc.options(false).regroup_max_bytes, 0);
         let c: Config =
             toml::from_str("[[export]]\nmax_connections = 8\nidle_timeout_secs = 30").unwrap();
         let e = c.exports[0].to_config().unwrap();

@@ -952,10 +952,7 @@ impl Appliance {
 
     /// GC as a job (store-wide); clients keep writing meanwhile.
     pub async fn gc_job(self: &Arc<Self>, dry_run: bool) -> Result<(JobRecord, storage::GcReport)> {
-        let opts = storage::GcOptions {
-            dry_run,
-            ..Default::default()
-        };
+        let opts = self.cfg.gc.options(dry_run);
         let r = self
             .store_job(
                 "gc",

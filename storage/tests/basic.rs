@@ -169,7 +169,7 @@ fn snapshot_clone_delete_gc() {
     let rep = s
         .gc(&GcOptions {
             repack_below: 0.9,
-            dry_run: false,
+            ..Default::default()
         })
         .unwrap();
     assert!(rep.deleted_chunks > 0, "{rep:?}");

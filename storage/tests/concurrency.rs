@@ -128,7 +128,7 @@ fn gc_during_ingest_keeps_references() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
                 s.gc(&GcOptions {
                     repack_below: 0.9,
-                    dry_run: false,
+                    ..Default::default()
                 })
                 .unwrap();
                 n += 1;

@@ -68,7 +68,7 @@ fn crash_child() {
                     let _ = s.remove(v.root, format!("f{}", i - 1).as_bytes());
                     s.gc(&GcOptions {
                         repack_below: 0.9,
-                        dry_run: false,
+                        ..Default::default()
                     })
                     .unwrap();
                 }
@@ -186,7 +186,7 @@ fn check(dir: &std::path::Path, acked: &[u64], deleted: &[u64], snaps: &[String]
     s.ingest_all(None).unwrap();
     s.gc(&GcOptions {
         repack_below: 0.0,
-        dry_run: false,
+        ..Default::default()
     })
     .unwrap();
     let counts = storage::gc::pack_counts(&s).unwrap();

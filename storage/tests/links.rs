@@ -8,7 +8,7 @@ use storage::*;
 fn gc(s: &Store) -> GcReport {
     s.gc(&GcOptions {
         repack_below: 0.99,
-        dry_run: false,
+        ..Default::default()
     })
     .unwrap()
 }

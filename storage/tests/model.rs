@@ -401,7 +401,7 @@ proptest! {
             for (old, _, _) in &snaps[..snaps.len() - 1] {
                 s.delete_snapshot("vol", old).unwrap();
             }
-            s.gc(&GcOptions { repack_below: 0.99, dry_run: false }).unwrap();
+            s.gc(&GcOptions { repack_below: 0.99, ..Default::default() }).unwrap();
             prop_assert!(&snapshot_tree(&s, "vol", name).0 == tree);
             prop_assert!(s.verify().unwrap().is_clean());
         }

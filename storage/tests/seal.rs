@@ -186,7 +186,7 @@ fn gc_between_capture_and_finish_keeps_what_the_capture_needs() {
     s.ingest_all(None).unwrap();
     s.gc(&GcOptions {
         repack_below: 0.99,
-        dry_run: false,
+        ..Default::default()
     })
     .unwrap();
     s.snapshot_finish(cap).unwrap();
@@ -199,7 +199,7 @@ fn gc_between_capture_and_finish_keeps_what_the_capture_needs() {
     // After the finish the snapshot itself holds them.
     s.gc(&GcOptions {
         repack_below: 0.99,
-        dry_run: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(s.verify().unwrap().is_clean());

@@ -774,6 +774,7 @@ pub fn gc_plan(f: &Frame, gc: Option<&crate::api::GcView>) -> Markup {
                 dl.facts #gc-plan {
                     dt { "Unreachable chunks" } dd { (g.unreachable_chunks) " (" (human_bytes(g.unreachable_bytes)) ")" }
                     dt { "Packs to rewrite" } dd { (g.packs_to_repack) }
+                    dt { "Packs to regroup" } dd { (g.packs_to_regroup) " (" (human_bytes(g.mixed_bytes)) " in bundles that mix generations)" }
                     dt { "Packs to remove" } dd { (g.orphan_packs) }
                     dt { "Would reclaim" } dd { strong { (human_bytes(g.reclaim_bytes)) } }
                 }
