@@ -10,13 +10,14 @@
 //!    pack file removed. Pack files with no indexed record (left by a crash) are removed.
 //!    The pack currently being appended to is never touched.
 //!
-//! Every rewrite also regroups: of the bundles it copies, the members the newest
-//! snapshot of some volume reads go into new bundles of their own, the others into
-//! others. A later generation mostly reuses an older one's chunks, and a bundle is
-//! decoded whole to read any of them: without regrouping, a restore of night 3 of the
-//! dumps corpus decoded 1.37 bytes for every byte it wrote, the bytes nights 2 and 3
-//! changed riding along in night 1's bundles. So a pack whose live bytes lie largely
-//! in such mixed bundles is rewritten too, sparse or not ([`GcPlan::regroup`]).
+//! Every rewrite also regroups: it bundles the members of each age apart (read by the
+//! files that changed in a volume's newest snapshot, by its other files, or by older
+//! snapshots only; see `Ages`). A later generation mostly reuses an older one's
+//! chunks, and a bundle is decoded whole to read any of them: without regrouping, a
+//! restore of night 3 of the dumps corpus decoded 1.37 bytes for every byte it wrote,
+//! the bytes nights 2 and 3 changed riding along in night 1's bundles. So a pack whose
+//! live bytes lie largely in bundles that mix ages is rewritten too, sparse or not
+//! ([`GcPlan::regroup`]), within a budget per run.
 
 use crate::chunk_store::ChunkStore;
 use crate::error::{DbContext, Result, StoreError};
@@ -33,7 +34,8 @@ pub struct GcOptions {
     /// Packs whose live bytes are below this fraction of the pack are rewritten.
     pub repack_below: f64,
     /// Pack bytes a run rewrites at most for their mixed bundles (see [`REGROUP_AT`]),
-    /// the most mixed packs first; the rest waits for the next run. 0: never.
+    /// the most mixed packs first; the rest waits for the next run. 0: never, and
+    /// repacks of sparse packs keep their bundles' members together as they were.
     pub regroup_max_bytes: u64,
     pub dry_run: bool,
 }
@@ -246,8 +248,11 @@ impl Store {
 
     /// What the newest snapshot of each volume reaches, and of that what its files
     /// that changed since the snapshot before it read: the layout regrouping aims at
-    /// (see [`Ages`]).
-    fn ages(&self) -> Result<Ages> {
+    /// (see [`Ages`]). Nothing (one age for all) when `opts` allows no regrouping.
+    fn ages(&self, opts: &GcOptions) -> Result<Ages> {
+        if opts.regroup_max_bytes == 0 {
+            return Ok(Ages::default());
+        }
         let mut by_volume: HashMap<String, Vec<crate::snapshot::SnapshotInfo>> = HashMap::new();
         for s in self.snapshots(None)? {
             by_volume.entry(s.volume.clone()).or_default().push(s);
@@ -396,7 +401,7 @@ impl Store {
             let _excl = self.gc_lock.write().unwrap();
             let marked = self.mark()?;
             let pinned = self.chunks.pinned_snapshot();
-            ages = self.ages()?;
+            ages = self.ages(opts)?;
             report.plan = self.plan_from(&marked, &pinned, &ages, opts)?;
             if opts.dry_run {
                 return Ok(report);
@@ -620,7 +625,7 @@ pub fn pack_counts(store: &Store) -> Result<HashMap<PackId, u64>> {
 pub(crate) fn gc_plan(store: &Store, opts: &GcOptions) -> Result<GcPlan> {
     let marked = store.mark()?;
     let pinned = store.chunks.pinned_snapshot();
-    let ages = store.ages()?;
+    let ages = store.ages(opts)?;
     store.plan_from(&marked, &pinned, &ages, opts)
 }
 
