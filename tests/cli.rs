@@ -110,6 +110,13 @@ fn operator_workflow() {
     ok(run(&data, &["snapshot", "delete", "backup", "nightly-1"]));
     let gc = ok(run(&data, &["gc"]));
     assert!(gc.contains("deleted"), "{gc}");
+    let plan = ok(run(&data, &["gc", "--dry-run"]));
+    assert!(
+        plan.contains("to regroup 0 (0 B in mixed bundles)"),
+        "{plan}"
+    );
+    let jobs = ok(run(&data, &["jobs", "--json"]));
+    assert!(jobs.contains("to regroup them"), "{jobs}");
     assert!(ok(run(&data, &["verify"])).contains("checked"));
 }
 

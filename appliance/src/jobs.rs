@@ -963,9 +963,14 @@ impl Appliance {
                     } else {
                         r.reclaimed_bytes
                     };
-                    if dry_run {
-                        job.output = "dry run".into();
-                    }
+                    job.output = if dry_run {
+                        "dry run".into()
+                    } else {
+                        format!(
+                            "deleted {} chunks; rewrote {} packs ({} to regroup them), removed {}",
+                            r.deleted_chunks, r.repacked_packs, r.regrouped_packs, r.removed_packs
+                        )
+                    };
                 },
             )
             .await;
