@@ -49,17 +49,22 @@ fn add_night(dir: &std::path::Path, name: &str, data: &[u8]) -> Store {
     open(dir)
 }
 
+/// A volume with two nights (files `n1` and `n2`, snapshots of the same names): the
+/// first night's data from `seed`, the second night's changed from it by `seed + 1`.
+fn two_nights(dir: &std::path::Path, seed: u8) -> (Vec<u8>, Vec<u8>, Store) {
+    open(dir).create_volume("vol", owner()).unwrap();
+    let n1 = data(SIZE, seed.into());
+    let n2 = night(&n1, seed + 1);
+    add_night(dir, "n1", &n1);
+    let s = add_night(dir, "n2", &n2);
+    (n1, n2, s)
+}
+
 #[test]
 fn gc_gives_each_generation_bundles_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create_volume("vol", owner()).unwrap();
-    drop(s);
-    let n1 = data(SIZE, 1);
-    let n2 = night(&n1, 2);
+    let (n1, n2, s) = two_nights(dir.path(), 1);
     let n3 = night(&n2, 3);
-    add_night(dir.path(), "n1", &n1);
-    let s = add_night(dir.path(), "n2", &n2);
 
     // Night 2 reads night 1's bundles only in part: they are mixed, and so is the pack.
     let plan = s.gc_plan(&GcOptions::default()).unwrap();
@@ -109,13 +114,8 @@ fn gc_gives_each_generation_bundles_of_its_own() {
 #[test]
 fn reads_during_a_regroup_return_what_the_snapshot_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create_volume("vol", owner()).unwrap();
-    drop(s);
-    let n1 = data(SIZE, 7);
-    let n2 = night(&n1, 5);
-    add_night(dir.path(), "n1", &n1);
-    let s = std::sync::Arc::new(add_night(dir.path(), "n2", &n2));
+    let (n1, n2, s) = two_nights(dir.path(), 5);
+    let s = std::sync::Arc::new(s);
     assert!(!s.gc_plan(&GcOptions::default()).unwrap().regroup.is_empty());
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = [("n1", "n1", n1.clone()), ("n2", "n2", n2.clone())]
